@@ -1,0 +1,523 @@
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+
+use crate::resolve::ResolveError;
+
+/// Where the problem types are documented.
+const DOCS: &str = "https://docs.rs/tower-api-key/latest/tower_api_key/enum.AuthError.html";
+
+/// Why a request was refused. Each variant has one HTTP and one gRPC mapping; see
+/// [`Rejection`] for how it is rendered.
+///
+/// None of the variants carries any part of the presented key.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// No key in the request. HTTP 401 with a `WWW-Authenticate` challenge and no
+    /// `error` (RFC 6750 §3.1); gRPC `UNAUTHENTICATED`.
+    #[error("the request carries no API key")]
+    MissingKey,
+    /// The key is malformed, unknown or revoked; one answer for all three so that a
+    /// caller learns nothing about which. HTTP 401 `error="invalid_token"`; gRPC
+    /// `UNAUTHENTICATED`.
+    #[error("the API key is malformed, unknown or revoked")]
+    InvalidKey,
+    /// The key is past its expiry time. HTTP 401 `error="invalid_token"` with an
+    /// `error_description`; gRPC `UNAUTHENTICATED`.
+    #[error("the API key has expired")]
+    ExpiredKey,
+    /// The request carries two different keys (say, a bearer token and an `X-API-Key`
+    /// header). HTTP 400 `error="invalid_request"`; gRPC `UNAUTHENTICATED`.
+    #[error("the request carries more than one API key")]
+    ConflictingKeys,
+    /// The key is valid but lacks a scope. HTTP 403 `error="insufficient_scope"`;
+    /// gRPC `PERMISSION_DENIED`.
+    #[error("the API key lacks the scope {scope}")]
+    InsufficientScope {
+        /// The scope that was required.
+        scope: Cow<'static, str>,
+    },
+    /// The key store could not be reached and the key was not cached. HTTP 503 with
+    /// `Retry-After`; gRPC `UNAVAILABLE`. Never a 401, never let through.
+    #[error("{0}")]
+    Unavailable(ResolveError),
+}
+
+impl AuthError {
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::MissingKey | Self::InvalidKey | Self::ExpiredKey => StatusCode::UNAUTHORIZED,
+            Self::ConflictingKeys => StatusCode::BAD_REQUEST,
+            Self::InsufficientScope { .. } => StatusCode::FORBIDDEN,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The gRPC status code this error is answered with.
+    pub fn grpc_code(&self) -> i32 {
+        match self {
+            Self::MissingKey | Self::InvalidKey | Self::ExpiredKey | Self::ConflictingKeys => 16,
+            Self::InsufficientScope { .. } => 7,
+            Self::Unavailable(_) => 14,
+        }
+    }
+
+    fn slug(&self) -> &'static str {
+        match self {
+            Self::MissingKey => "variant.MissingKey",
+            Self::InvalidKey => "variant.InvalidKey",
+            Self::ExpiredKey => "variant.ExpiredKey",
+            Self::ConflictingKeys => "variant.ConflictingKeys",
+            Self::InsufficientScope { .. } => "variant.InsufficientScope",
+            Self::Unavailable(_) => "variant.Unavailable",
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self {
+            Self::MissingKey => "Missing API key",
+            Self::InvalidKey => "Invalid API key",
+            Self::ExpiredKey => "Expired API key",
+            Self::ConflictingKeys => "Conflicting API keys",
+            Self::InsufficientScope { .. } => "Insufficient scope",
+            Self::Unavailable(_) => "Key store unavailable",
+        }
+    }
+
+    /// The message shown to callers. It never includes the resolver's error, which is
+    /// for the service's logs.
+    fn detail(&self) -> Cow<'static, str> {
+        match self {
+            Self::MissingKey => "The request carries no API key.".into(),
+            Self::InvalidKey => "The API key is malformed, unknown or revoked.".into(),
+            Self::ExpiredKey => "The API key has expired.".into(),
+            Self::ConflictingKeys => "The request carries more than one different API key.".into(),
+            Self::InsufficientScope { scope } => {
+                format!("The API key lacks the scope {scope}.").into()
+            }
+            Self::Unavailable(_) => {
+                "The API key could not be checked right now; try again shortly.".into()
+            }
+        }
+    }
+}
+
+/// The realm named in `WWW-Authenticate` challenges, with the challenges prebuilt so
+/// that rejecting allocates nothing.
+#[derive(Clone)]
+pub(crate) struct Realm(Arc<Challenges>);
+
+struct Challenges {
+    name: Box<str>,
+    missing: HeaderValue,
+    invalid: HeaderValue,
+    expired: HeaderValue,
+    bad_request: HeaderValue,
+}
+
+static DEFAULT_REALM: LazyLock<Realm> = LazyLock::new(|| Realm::new("api").expect("valid"));
+
+impl Default for Realm {
+    fn default() -> Self {
+        DEFAULT_REALM.clone()
+    }
+}
+
+impl fmt::Debug for Realm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0.name, f)
+    }
+}
+
+impl Realm {
+    /// `None` if the name has characters that cannot stand in a quoted string.
+    pub(crate) fn new(name: &str) -> Option<Self> {
+        if !name
+            .bytes()
+            .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
+        {
+            return None;
+        }
+        let value = |rest: &str| {
+            HeaderValue::from_maybe_shared(Bytes::from(format!("Bearer realm=\"{name}\"{rest}")))
+                .ok()
+        };
+        Some(Self(Arc::new(Challenges {
+            name: name.into(),
+            missing: value("")?,
+            invalid: value(", error=\"invalid_token\"")?,
+            expired: value(
+                ", error=\"invalid_token\", error_description=\"The API key has expired\"",
+            )?,
+            bad_request: value(", error=\"invalid_request\"")?,
+        })))
+    }
+}
+
+/// A refused request, ready to be rendered: the [`AuthError`], whether the request was
+/// gRPC, and the layer's settings that shape the answer.
+///
+/// [`render`](Self::render) gives the standard answer; a custom
+/// [`Responder`](crate::Responder) can look at [`error`](Self::error) and answer
+/// differently. With the `axum` feature, `Rejection` is also an axum `IntoResponse` (the
+/// extractors' rejection type); with `tonic`, it converts into a `tonic::Status`.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    error: AuthError,
+    grpc: bool,
+    realm: Realm,
+    retry_after: Duration,
+}
+
+pub(crate) const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+impl Rejection {
+    /// A rejection with the default realm (`api`) and `Retry-After`, for code outside the
+    /// layer that wants the same answers (extractors, handlers).
+    pub fn new(error: AuthError, grpc: bool) -> Self {
+        Self::with_settings(error, grpc, Realm::default(), DEFAULT_RETRY_AFTER)
+    }
+
+    /// A rejection for a request with these headers: gRPC if its `content-type` says so.
+    pub fn for_request(error: AuthError, headers: &HeaderMap) -> Self {
+        Self::new(error, is_grpc(headers))
+    }
+
+    pub(crate) fn with_settings(
+        error: AuthError,
+        grpc: bool,
+        realm: Realm,
+        retry_after: Duration,
+    ) -> Self {
+        Self {
+            error,
+            grpc,
+            realm,
+            retry_after,
+        }
+    }
+
+    /// Why the request was refused.
+    pub fn error(&self) -> &AuthError {
+        &self.error
+    }
+
+    /// Turns the rejection back into its error.
+    pub fn into_error(self) -> AuthError {
+        self.error
+    }
+
+    /// Was the request a gRPC call?
+    pub fn is_grpc(&self) -> bool {
+        self.grpc
+    }
+
+    /// The standard answer: an RFC 9457 `application/problem+json` response with the
+    /// RFC 6750 `WWW-Authenticate` challenge, or for gRPC a trailers-only response with
+    /// `grpc-status` and `grpc-message`.
+    pub fn render(&self) -> Response<Bytes> {
+        if self.grpc {
+            return self.render_grpc();
+        }
+        let mut response = Response::new(self.problem_body());
+        *response.status_mut() = self.error.status();
+        let headers = response.headers_mut();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        let challenges = &self.realm.0;
+        match &self.error {
+            AuthError::MissingKey => {
+                headers.insert(WWW_AUTHENTICATE, challenges.missing.clone());
+            }
+            AuthError::InvalidKey => {
+                headers.insert(WWW_AUTHENTICATE, challenges.invalid.clone());
+            }
+            AuthError::ExpiredKey => {
+                headers.insert(WWW_AUTHENTICATE, challenges.expired.clone());
+            }
+            AuthError::ConflictingKeys => {
+                headers.insert(WWW_AUTHENTICATE, challenges.bad_request.clone());
+            }
+            AuthError::InsufficientScope { scope } => {
+                let value = if is_quotable(scope) {
+                    format!("Bearer error=\"insufficient_scope\", scope=\"{scope}\"")
+                } else {
+                    "Bearer error=\"insufficient_scope\"".to_owned()
+                };
+                if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
+                    headers.insert(WWW_AUTHENTICATE, value);
+                }
+            }
+            AuthError::Unavailable(_) => {
+                headers.insert(RETRY_AFTER, retry_after_value(self.retry_after));
+            }
+        }
+        response
+    }
+
+    fn problem_body(&self) -> Bytes {
+        let error = &self.error;
+        // The fixed answers are the same bytes every time.
+        macro_rules! fixed {
+            ($slug:literal, $title:literal, $status:literal, $detail:literal) => {
+                Bytes::from_static(
+                    concat!(
+                        "{\"type\":\"",
+                        "https://docs.rs/tower-api-key/latest/tower_api_key/enum.AuthError.html#",
+                        $slug,
+                        "\",\"title\":\"",
+                        $title,
+                        "\",\"status\":",
+                        $status,
+                        ",\"detail\":\"",
+                        $detail,
+                        "\"}"
+                    )
+                    .as_bytes(),
+                )
+            };
+        }
+        match error {
+            AuthError::MissingKey => fixed!(
+                "variant.MissingKey",
+                "Missing API key",
+                "401",
+                "The request carries no API key."
+            ),
+            AuthError::InvalidKey => fixed!(
+                "variant.InvalidKey",
+                "Invalid API key",
+                "401",
+                "The API key is malformed, unknown or revoked."
+            ),
+            _ => {
+                let mut body = String::with_capacity(256);
+                body.push_str("{\"type\":");
+                push_json_string(&mut body, &format!("{DOCS}#{}", error.slug()));
+                body.push_str(",\"title\":");
+                push_json_string(&mut body, error.title());
+                body.push_str(",\"status\":");
+                body.push_str(error.status().as_str());
+                body.push_str(",\"detail\":");
+                push_json_string(&mut body, &error.detail());
+                if let AuthError::InsufficientScope { scope } = error {
+                    body.push_str(",\"scope\":");
+                    push_json_string(&mut body, scope);
+                }
+                body.push('}');
+                Bytes::from(body)
+            }
+        }
+    }
+
+    fn render_grpc(&self) -> Response<Bytes> {
+        let mut response = Response::new(Bytes::new());
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert("grpc-status", HeaderValue::from(self.error.grpc_code()));
+        let message = percent_encode(&self.error.detail());
+        if let Ok(value) = HeaderValue::from_str(&message) {
+            headers.insert("grpc-message", value);
+        }
+        response
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.error, f)
+    }
+}
+
+impl std::error::Error for Rejection {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl From<AuthError> for Rejection {
+    fn from(error: AuthError) -> Self {
+        Self::new(error, false)
+    }
+}
+
+/// Does this request speak gRPC (`content-type: application/grpc…`)?
+pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// `Retry-After` in whole seconds, rounded up and never 0.
+pub(crate) fn retry_after_value(after: Duration) -> HeaderValue {
+    let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+    HeaderValue::from(secs.max(1))
+}
+
+fn is_quotable(s: &str) -> bool {
+    s.bytes()
+        .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
+}
+
+/// Appends `s` as a JSON string literal.
+pub(crate) fn push_json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                out.push_str(&format!("\\u{:04x}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Percent-encodes a `grpc-message` as the gRPC HTTP/2 spec asks.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (b' '..=b'~').contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body_json(r: &Response<Bytes>) -> serde_json::Value {
+        serde_json::from_slice(r.body()).unwrap()
+    }
+
+    #[test]
+    fn every_http_rendering_is_valid_problem_json() {
+        let errors = [
+            AuthError::MissingKey,
+            AuthError::InvalidKey,
+            AuthError::ExpiredKey,
+            AuthError::ConflictingKeys,
+            AuthError::InsufficientScope {
+                scope: "orders:read".into(),
+            },
+            AuthError::Unavailable(ResolveError::new("db down")),
+        ];
+        for error in errors {
+            let r = Rejection::new(error.clone(), false).render();
+            assert_eq!(r.status(), error.status());
+            assert_eq!(r.headers()[CONTENT_TYPE], "application/problem+json");
+            let body = body_json(&r);
+            assert_eq!(body["status"], error.status().as_u16());
+            assert_eq!(body["title"], error.title());
+            assert_eq!(body["detail"], &*error.detail());
+            assert_eq!(
+                body["type"].as_str().unwrap(),
+                format!("{DOCS}#{}", error.slug())
+            );
+            // The resolver's own error stays out of the answer.
+            assert!(!String::from_utf8_lossy(r.body()).contains("db down"));
+        }
+    }
+
+    #[test]
+    fn challenges_follow_rfc_6750() {
+        let realm = Realm::new("orders api").unwrap();
+        let render = |e| {
+            Rejection::with_settings(e, false, realm.clone(), Duration::from_millis(1500)).render()
+        };
+        let www = |r: &Response<Bytes>| r.headers()[WWW_AUTHENTICATE].to_str().unwrap().to_owned();
+        assert_eq!(
+            www(&render(AuthError::MissingKey)),
+            r#"Bearer realm="orders api""#
+        );
+        assert_eq!(
+            www(&render(AuthError::InvalidKey)),
+            r#"Bearer realm="orders api", error="invalid_token""#
+        );
+        assert_eq!(
+            www(&render(AuthError::ExpiredKey)),
+            r#"Bearer realm="orders api", error="invalid_token", error_description="The API key has expired""#
+        );
+        assert_eq!(
+            www(&render(AuthError::ConflictingKeys)),
+            r#"Bearer realm="orders api", error="invalid_request""#
+        );
+        let scope = render(AuthError::InsufficientScope {
+            scope: "orders:write".into(),
+        });
+        assert_eq!(
+            www(&scope),
+            r#"Bearer error="insufficient_scope", scope="orders:write""#
+        );
+        assert_eq!(body_json(&scope)["scope"], "orders:write");
+        let unavailable = render(AuthError::Unavailable(ResolveError::new("x")));
+        assert!(unavailable.headers().get(WWW_AUTHENTICATE).is_none());
+        assert_eq!(unavailable.headers()[RETRY_AFTER], "2");
+    }
+
+    #[test]
+    fn realm_must_be_quotable() {
+        assert!(Realm::new("a\"b").is_none());
+        assert!(Realm::new("a\nb").is_none());
+    }
+
+    #[test]
+    fn unquotable_scope_is_left_out_of_the_header_but_escaped_in_json() {
+        let r = Rejection::new(
+            AuthError::InsufficientScope {
+                scope: "we\"ird\n".into(),
+            },
+            false,
+        )
+        .render();
+        assert_eq!(
+            r.headers()[WWW_AUTHENTICATE],
+            "Bearer error=\"insufficient_scope\""
+        );
+        assert_eq!(body_json(&r)["scope"], "we\"ird\n");
+    }
+
+    #[test]
+    fn grpc_rendering() {
+        for (error, code) in [
+            (AuthError::MissingKey, "16"),
+            (AuthError::InvalidKey, "16"),
+            (AuthError::ExpiredKey, "16"),
+            (AuthError::InsufficientScope { scope: "a".into() }, "7"),
+            (AuthError::Unavailable(ResolveError::new("x")), "14"),
+        ] {
+            let r = Rejection::new(error, true).render();
+            assert_eq!(r.status(), StatusCode::OK);
+            assert_eq!(r.headers()[CONTENT_TYPE], "application/grpc");
+            assert_eq!(r.headers()["grpc-status"], code);
+            assert!(r.headers().contains_key("grpc-message"));
+        }
+        assert_eq!(percent_encode("a%b\u{e9}"), "a%25b%C3%A9");
+    }
+
+    #[test]
+    fn retry_after_rounds_up_and_is_never_zero() {
+        assert_eq!(retry_after_value(Duration::ZERO), "1");
+        assert_eq!(retry_after_value(Duration::from_millis(1)), "1");
+        assert_eq!(retry_after_value(Duration::from_secs(3)), "3");
+        assert_eq!(retry_after_value(Duration::from_millis(3001)), "4");
+    }
+}

@@ -1,0 +1,76 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use http::Response;
+use pin_project_lite::pin_project;
+
+use super::ResponseBody;
+
+pub(crate) type BoxFuture<B, E> =
+    Pin<Box<dyn Future<Output = Result<Response<ResponseBody<B>>, E>> + Send>>;
+
+pin_project! {
+    /// Response future of [`ApiKeyService`](crate::ApiKeyService) and
+    /// [`RequireScopeService`](crate::RequireScopeService).
+    ///
+    /// `F` is the inner service's future, `B` its response body and `E` its error.
+    pub struct ResponseFuture<F, B, E> {
+        #[pin]
+        kind: Kind<F, B, E>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, B, E> {
+        // The key was found in the cache: the inner service is already running.
+        Inner { #[pin] future: F },
+        // A cache miss: resolving the key, then calling the inner service.
+        Resolving { future: BoxFuture<B, E> },
+        // Refused before reaching the inner service.
+        Rejected { response: Option<Response<ResponseBody<B>>> },
+    }
+}
+
+impl<F, B, E> ResponseFuture<F, B, E> {
+    pub(crate) fn inner(future: F) -> Self {
+        Self {
+            kind: Kind::Inner { future },
+        }
+    }
+
+    pub(crate) fn resolving(future: BoxFuture<B, E>) -> Self {
+        Self {
+            kind: Kind::Resolving { future },
+        }
+    }
+
+    pub(crate) fn rejected(response: Response<ResponseBody<B>>) -> Self {
+        Self {
+            kind: Kind::Rejected {
+                response: Some(response),
+            },
+        }
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B, E>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<ResponseBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Inner { future } => {
+                let response = ready!(future.poll(cx))?;
+                Poll::Ready(Ok(response.map(ResponseBody::inner)))
+            }
+            KindProj::Resolving { future } => future.as_mut().poll(cx),
+            KindProj::Rejected { response } => Poll::Ready(Ok(response
+                .take()
+                .expect("ResponseFuture polled after completion"))),
+        }
+    }
+}

@@ -1,0 +1,127 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use super::error::{DEFAULT_RETRY_AFTER, Realm};
+use super::{ApiKeyService, DefaultResponder, KeySource, Responder};
+use crate::key::KeyFormat;
+use crate::resolve::{CachedResolver, KeyResolver};
+
+/// Authenticates every request by its API key; see the [module docs](crate::auth).
+///
+/// Cheap to clone. The cache it holds is shared by every service it builds.
+#[derive(Clone, Debug)]
+pub struct ApiKeyLayer<R, P = DefaultResponder> {
+    pub(crate) cache: CachedResolver<R>,
+    pub(crate) config: Arc<Config>,
+    pub(crate) responder: P,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) format: KeyFormat,
+    pub(crate) source: KeySource,
+    pub(crate) realm: Realm,
+    pub(crate) allow_anonymous: bool,
+    pub(crate) hide_credentials: bool,
+    pub(crate) retry_after: Duration,
+}
+
+/// Why [`ApiKeyLayer::realm`] refused a realm.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a realm is printable ASCII without '\"' or '\\\\'")]
+pub struct InvalidRealm(());
+
+impl<R: KeyResolver> ApiKeyLayer<R> {
+    /// A layer resolving keys through `resolver`, behind a [`CachedResolver`] with its
+    /// default settings.
+    pub fn new(resolver: R) -> Self {
+        Self::from_cache(CachedResolver::new(resolver))
+    }
+
+    /// A layer using a cache built elsewhere: to set its capacity and TTLs, or to keep a
+    /// handle for [`CachedResolver::invalidate`].
+    pub fn from_cache(cache: CachedResolver<R>) -> Self {
+        Self {
+            cache,
+            config: Arc::new(Config {
+                format: KeyFormat::default(),
+                source: KeySource::default(),
+                realm: Realm::default(),
+                allow_anonymous: false,
+                hide_credentials: false,
+                retry_after: DEFAULT_RETRY_AFTER,
+            }),
+            responder: DefaultResponder,
+        }
+    }
+}
+
+impl<R: KeyResolver, P: Responder> ApiKeyLayer<R, P> {
+    /// The key format; keys that do not fit it are refused before any lookup.
+    pub fn format(mut self, format: KeyFormat) -> Self {
+        Arc::make_mut(&mut self.config).format = format;
+        self
+    }
+
+    /// Where keys are read (default: `Authorization: Bearer`).
+    pub fn source(mut self, source: KeySource) -> Self {
+        Arc::make_mut(&mut self.config).source = source;
+        self
+    }
+
+    /// The realm in `WWW-Authenticate` challenges (default `api`).
+    pub fn realm(mut self, realm: &str) -> Result<Self, InvalidRealm> {
+        Arc::make_mut(&mut self.config).realm = Realm::new(realm).ok_or(InvalidRealm(()))?;
+        Ok(self)
+    }
+
+    /// Lets requests that carry no key through, without [`Authenticated`](crate::Authenticated)
+    /// in their extensions (off by default). A request with a bad key is still refused.
+    pub fn allow_anonymous(mut self, allow: bool) -> Self {
+        Arc::make_mut(&mut self.config).allow_anonymous = allow;
+        self
+    }
+
+    /// Removes the key (its header or query parameter) before the inner service sees
+    /// the request (off by default).
+    pub fn hide_credentials(mut self, hide: bool) -> Self {
+        Arc::make_mut(&mut self.config).hide_credentials = hide;
+        self
+    }
+
+    /// The `Retry-After` sent with 503 when the key store is unreachable (default 5 s;
+    /// rounded up to whole seconds, at least 1).
+    pub fn retry_after(mut self, after: Duration) -> Self {
+        Arc::make_mut(&mut self.config).retry_after = after;
+        self
+    }
+
+    /// Answers rejections with `responder` instead of [`DefaultResponder`].
+    pub fn responder<P2: Responder>(self, responder: P2) -> ApiKeyLayer<R, P2> {
+        ApiKeyLayer {
+            cache: self.cache,
+            config: self.config,
+            responder,
+        }
+    }
+
+    /// The cache, for [`CachedResolver::invalidate`].
+    pub fn cache(&self) -> &CachedResolver<R> {
+        &self.cache
+    }
+}
+
+impl<S, R: KeyResolver, P: Responder> Layer<S> for ApiKeyLayer<R, P> {
+    type Service = ApiKeyService<S, R, P>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ApiKeyService {
+            inner,
+            cache: self.cache.clone(),
+            config: Arc::clone(&self.config),
+            responder: self.responder.clone(),
+        }
+    }
+}

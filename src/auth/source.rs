@@ -1,0 +1,304 @@
+use std::sync::Arc;
+
+use http::header::AUTHORIZATION;
+use http::{HeaderMap, HeaderName, Uri};
+
+/// Where [`ApiKeyLayer`](crate::ApiKeyLayer) reads the key.
+///
+/// - [`bearer`](Self::bearer) (the default): `Authorization: Bearer <key>`, scheme
+///   matched case-insensitively;
+/// - [`header`](Self::header): a header holding only the key, such as `X-API-Key`;
+/// - [`query`](Self::query): a query parameter. Opt-in only: URLs end up in logs,
+///   browser histories and `Referer` headers.
+///
+/// Sources combine with [`or`](Self::or); all of them are read, and a request carrying
+/// two *different* keys is refused with 400 `invalid_request` rather than one of them
+/// being picked silently.
+///
+/// ```
+/// use http::HeaderName;
+/// use tower_api_key::KeySource;
+///
+/// let source = KeySource::bearer().or(KeySource::header(HeaderName::from_static("x-api-key")));
+/// # let _ = source;
+/// ```
+#[derive(Clone, Debug)]
+pub struct KeySource {
+    sources: Arc<[Source]>,
+}
+
+#[derive(Clone, Debug)]
+enum Source {
+    Bearer,
+    Header(HeaderName),
+    Query(Box<str>),
+}
+
+/// Why the key could not be read from a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SourceError {
+    /// Two different keys.
+    Conflicting,
+    /// A key header whose bytes are not visible ASCII.
+    Unreadable,
+}
+
+impl Default for KeySource {
+    fn default() -> Self {
+        Self::bearer()
+    }
+}
+
+impl KeySource {
+    /// `Authorization: Bearer <key>`.
+    pub fn bearer() -> Self {
+        Self::one(Source::Bearer)
+    }
+
+    /// A header whose whole value is the key, e.g. `X-API-Key`.
+    pub fn header(name: HeaderName) -> Self {
+        Self::one(Source::Header(name))
+    }
+
+    /// A query parameter, e.g. `?api_key=…`. Keys are base62, so the value is taken as
+    /// it stands, with no percent-decoding.
+    pub fn query(name: impl Into<String>) -> Self {
+        Self::one(Source::Query(name.into().into_boxed_str()))
+    }
+
+    /// Reads from `self` and from `other`.
+    pub fn or(self, other: KeySource) -> Self {
+        Self {
+            sources: self
+                .sources
+                .iter()
+                .chain(other.sources.iter())
+                .cloned()
+                .collect(),
+        }
+    }
+
+    fn one(source: Source) -> Self {
+        Self {
+            sources: Arc::new([source]),
+        }
+    }
+
+    /// The key the request carries, if any.
+    pub(crate) fn extract<'a>(
+        &self,
+        headers: &'a HeaderMap,
+        uri: &'a Uri,
+    ) -> Result<Option<&'a str>, SourceError> {
+        let mut found: Option<&'a str> = None;
+        for source in self.sources.iter() {
+            match source {
+                Source::Bearer => {
+                    for value in headers.get_all(AUTHORIZATION) {
+                        let value = value.to_str().map_err(|_| SourceError::Unreadable)?;
+                        if let Some(token) = bearer_token(value) {
+                            take(&mut found, token)?;
+                        }
+                    }
+                }
+                Source::Header(name) => {
+                    for value in headers.get_all(name) {
+                        let value = value.to_str().map_err(|_| SourceError::Unreadable)?;
+                        take(&mut found, value.trim())?;
+                    }
+                }
+                Source::Query(name) => {
+                    for value in query_values(uri, name) {
+                        take(&mut found, value)?;
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Removes what the sources read, so that the inner service never sees the key.
+    pub(crate) fn strip(&self, headers: &mut HeaderMap, uri: &mut Uri) {
+        for source in self.sources.iter() {
+            match source {
+                Source::Bearer => {
+                    let bearer = headers
+                        .get_all(AUTHORIZATION)
+                        .iter()
+                        .any(|v| v.to_str().ok().and_then(bearer_token).is_some());
+                    if bearer {
+                        headers.remove(AUTHORIZATION);
+                    }
+                }
+                Source::Header(name) => {
+                    headers.remove(name);
+                }
+                Source::Query(name) => strip_query(uri, name),
+            }
+        }
+    }
+}
+
+/// Keeps the first key seen; a different second key is a conflict.
+fn take<'a>(found: &mut Option<&'a str>, key: &'a str) -> Result<(), SourceError> {
+    match *found {
+        Some(seen) if seen != key => Err(SourceError::Conflicting),
+        _ => {
+            *found = Some(key);
+            Ok(())
+        }
+    }
+}
+
+/// The token of a `Bearer` credential; the scheme is case-insensitive (RFC 9110 §11.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let value = value.trim_start();
+    let (scheme, rest) = value.split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case("bearer") || !rest.starts_with(' ') {
+        return None;
+    }
+    Some(rest.trim())
+}
+
+fn query_values<'u, 'n>(
+    uri: &'u Uri,
+    name: &'n str,
+) -> impl Iterator<Item = &'u str> + use<'u, 'n> {
+    uri.query()
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter_map(move |pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (k == name).then_some(v)
+        })
+}
+
+fn strip_query(uri: &mut Uri, name: &str) {
+    let Some(query) = uri.query() else { return };
+    if query_values(uri, name).next().is_none() {
+        return;
+    }
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| pair.split_once('=').map_or(*pair, |(k, _)| k) != name)
+        .collect();
+    let mut path_and_query = uri.path().to_owned();
+    if !kept.is_empty() {
+        path_and_query.push('?');
+        path_and_query.push_str(&kept.join("&"));
+    }
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.path_and_query = path_and_query.parse().ok();
+    if let Ok(rebuilt) = Uri::from_parts(parts) {
+        *uri = rebuilt;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    fn all() -> KeySource {
+        KeySource::bearer()
+            .or(KeySource::header(HeaderName::from_static("x-api-key")))
+            .or(KeySource::query("api_key"))
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_other_schemes_are_ignored() {
+        let uri = Uri::from_static("/");
+        for v in ["Bearer k1", "bearer k1", "BEARER   k1 ", "  bEaReR k1"] {
+            let h = headers(&[("authorization", v)]);
+            assert_eq!(KeySource::bearer().extract(&h, &uri), Ok(Some("k1")), "{v}");
+        }
+        for v in ["Basic a2V5", "Bearerk1", "Token k1", "Bear"] {
+            let h = headers(&[("authorization", v)]);
+            assert_eq!(KeySource::bearer().extract(&h, &uri), Ok(None), "{v}");
+        }
+        let h = headers(&[("authorization", "Bearer ")]);
+        assert_eq!(KeySource::bearer().extract(&h, &uri), Ok(Some("")));
+    }
+
+    #[test]
+    fn sources_in_combination() {
+        let src = all();
+        let uri = Uri::from_static("/x?a=1&api_key=k1&b=2");
+        assert_eq!(src.extract(&HeaderMap::new(), &uri), Ok(Some("k1")));
+        let h = headers(&[("x-api-key", "k1"), ("authorization", "Bearer k1")]);
+        assert_eq!(
+            src.extract(&h, &uri),
+            Ok(Some("k1")),
+            "the same key twice is fine"
+        );
+        let h = headers(&[("x-api-key", "k2"), ("authorization", "Bearer k1")]);
+        assert_eq!(
+            src.extract(&h, &Uri::from_static("/")),
+            Err(SourceError::Conflicting)
+        );
+        let h = headers(&[("x-api-key", "k1"), ("x-api-key", "k2")]);
+        assert_eq!(
+            src.extract(&h, &Uri::from_static("/")),
+            Err(SourceError::Conflicting)
+        );
+        assert_eq!(
+            src.extract(
+                &HeaderMap::new(),
+                &Uri::from_static("/x?api_key=k1&api_key=k3")
+            ),
+            Err(SourceError::Conflicting)
+        );
+        // Query parameters are read only when asked for.
+        assert_eq!(
+            KeySource::bearer().extract(&HeaderMap::new(), &uri),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn non_ascii_header_is_unreadable() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-api-key",
+            http::HeaderValue::from_bytes(b"k\xff").unwrap(),
+        );
+        let src = KeySource::header(HeaderName::from_static("x-api-key"));
+        assert_eq!(
+            src.extract(&h, &Uri::from_static("/")),
+            Err(SourceError::Unreadable)
+        );
+    }
+
+    #[test]
+    fn strip_removes_every_copy_of_the_key() {
+        let src = all();
+        let mut h = headers(&[
+            ("x-api-key", "k1"),
+            ("authorization", "Bearer k1"),
+            ("accept", "*/*"),
+        ]);
+        let mut uri = Uri::from_static("http://h/x?a=1&api_key=k1&b=2");
+        src.strip(&mut h, &mut uri);
+        assert!(!h.contains_key("x-api-key"));
+        assert!(!h.contains_key("authorization"));
+        assert!(h.contains_key("accept"));
+        assert_eq!(uri.to_string(), "http://h/x?a=1&b=2");
+        let mut only = Uri::from_static("/x?api_key=k1");
+        src.strip(&mut h, &mut only);
+        assert_eq!(only.to_string(), "/x");
+        // A Basic credential is not ours to remove.
+        let mut h = headers(&[("authorization", "Basic a2V5")]);
+        src.strip(&mut h, &mut only);
+        assert!(h.contains_key("authorization"));
+    }
+}

@@ -1,0 +1,628 @@
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use moka::Expiry;
+use moka::future::Cache;
+
+use super::{KeyResolver, ResolveError};
+use crate::key::KeyHash;
+use crate::record::{Authenticated, KeyRecord};
+
+const DEFAULT_CAPACITY: u64 = 100_000;
+const DEFAULT_TTL: Duration = Duration::from_secs(30);
+const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(5);
+/// One hit in this many (per thread) goes through moka, so that its admission and
+/// eviction policy keeps seeing which keys are hot.
+const TOUCH_EVERY: u32 = 64;
+
+/// A moka cache in front of any [`KeyResolver`].
+///
+/// - **Bounded**: at most `max_capacity` entries (TinyLFU admission, so a flood of
+///   unknown keys does not push out the keys in real use).
+/// - **Positive and negative TTLs**: a found record is kept for `ttl` (default 30 s), an
+///   unknown hash for `negative_ttl` (default 5 s). The TTL bounds how long a revocation
+///   made elsewhere takes to be seen here unless [`invalidate`](Self::invalidate) is
+///   called. Expiry and revocation *times* on a record are checked on every request by
+///   the layer, not left to the TTL.
+/// - **Single-flight**: concurrent lookups of one uncached hash make one resolver call.
+/// - **Errors are not cached**: the next request tries the resolver again.
+///
+/// Moka decides what stays. On top of it sits a small sharded table holding the same
+/// entries, which moka's eviction listener keeps a subset of moka; most hits are served
+/// from that table with one read lock and no moka bookkeeping, and one hit in 64 per
+/// thread is passed to moka so that its policy still sees which keys are hot.
+///
+/// Clones share the cache.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_api_key::{CachedResolver, KeyFormat, KeyRecord, MemoryStore};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let store = MemoryStore::new();
+/// let key = KeyFormat::default().generate();
+/// store.insert(KeyRecord::new(&key, "acme"));
+///
+/// let cache = CachedResolver::builder(store)
+///     .max_capacity(10_000)
+///     .ttl(Duration::from_secs(60))
+///     .negative_ttl(Duration::from_secs(2))
+///     .build();
+/// let found = cache.lookup(&key.hash()).await.unwrap().unwrap();
+/// assert_eq!(found.consumer(), "acme");
+/// cache.invalidate(&key.hash()).await;
+/// # }
+/// ```
+pub struct CachedResolver<R> {
+    inner: Arc<Inner<R>>,
+}
+
+impl<R> Clone for CachedResolver<R> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<R> std::fmt::Debug for CachedResolver<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedResolver")
+            .field("entries", &self.inner.moka.entry_count())
+            .field("ttl", &self.inner.ttl)
+            .field("negative_ttl", &self.inner.negative_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner<R> {
+    resolver: R,
+    moka: Cache<KeyHash, Slot>,
+    front: Arc<Front>,
+    ttl: Duration,
+    negative_ttl: Duration,
+    /// Bumped by every invalidation; a load that saw it change is not kept.
+    epoch: AtomicU64,
+    generation: AtomicU64,
+}
+
+/// Builds a [`CachedResolver`]; from [`CachedResolver::builder`].
+#[derive(Debug)]
+pub struct CachedResolverBuilder<R> {
+    resolver: R,
+    max_capacity: u64,
+    ttl: Duration,
+    negative_ttl: Duration,
+}
+
+impl<R: KeyResolver> CachedResolverBuilder<R> {
+    /// At most this many entries, found and unknown together (default 100 000).
+    pub fn max_capacity(mut self, entries: u64) -> Self {
+        self.max_capacity = entries;
+        self
+    }
+
+    /// How long a found record is kept (default 30 s).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// How long an unknown hash is remembered as unknown (default 5 s).
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.negative_ttl = ttl;
+        self
+    }
+
+    /// Builds the cache.
+    pub fn build(self) -> CachedResolver<R> {
+        let front = Arc::new(Front::new(self.max_capacity));
+        let listener_front = Arc::clone(&front);
+        let moka = Cache::builder()
+            .max_capacity(self.max_capacity)
+            .expire_after(SlotExpiry)
+            .eviction_listener(move |hash: Arc<KeyHash>, slot: Slot, _cause| {
+                listener_front.remove_generation(&hash, slot.generation);
+            })
+            .build();
+        CachedResolver {
+            inner: Arc::new(Inner {
+                resolver: self.resolver,
+                moka,
+                front,
+                ttl: self.ttl,
+                negative_ttl: self.negative_ttl,
+                epoch: AtomicU64::new(0),
+                generation: AtomicU64::new(0),
+            }),
+        }
+    }
+}
+
+impl<R: KeyResolver> CachedResolver<R> {
+    /// A cache with the defaults: 100 000 entries, TTL 30 s, negative TTL 5 s.
+    pub fn new(resolver: R) -> Self {
+        Self::builder(resolver).build()
+    }
+
+    /// A builder to set capacity and TTLs.
+    pub fn builder(resolver: R) -> CachedResolverBuilder<R> {
+        CachedResolverBuilder {
+            resolver,
+            max_capacity: DEFAULT_CAPACITY,
+            ttl: DEFAULT_TTL,
+            negative_ttl: DEFAULT_NEGATIVE_TTL,
+        }
+    }
+
+    /// The resolver behind the cache.
+    pub fn resolver(&self) -> &R {
+        &self.inner.resolver
+    }
+
+    /// The caller for `hash`, from the cache or, on a miss, from the resolver.
+    ///
+    /// `Ok(None)` means no key has this hash. The record's expiry and revocation times
+    /// are not checked here; [`KeyRecord::status`] does that.
+    pub async fn lookup(&self, hash: &KeyHash) -> Result<Option<Authenticated>, ResolveError> {
+        match self.lookup_cached(hash, Instant::now()) {
+            Some(found) => Ok(found),
+            None => self.lookup_slow(hash).await,
+        }
+    }
+
+    /// The hit path: a fresh entry from the front table, without awaiting.
+    ///
+    /// `None` means "take the slow path": not in the table, stale, or this hit's turn to
+    /// be reported to moka.
+    pub(crate) fn lookup_cached(
+        &self,
+        hash: &KeyHash,
+        now: Instant,
+    ) -> Option<Option<Authenticated>> {
+        let found = self.inner.front.get_fresh(hash, now)?;
+        if touch_due() {
+            return None;
+        }
+        Some(found)
+    }
+
+    /// The slow path: through moka, loading from the resolver on a miss.
+    pub(crate) async fn lookup_slow(
+        &self,
+        hash: &KeyHash,
+    ) -> Result<Option<Authenticated>, ResolveError> {
+        let slot = self.load_through_moka(hash).await?;
+        if slot.deadline > Instant::now() {
+            return Ok(slot.auth);
+        }
+        // Moka's clock may run a hair behind ours: drop the stale entry and load again.
+        self.inner.moka.invalidate(hash).await;
+        Ok(self.load_through_moka(hash).await?.auth)
+    }
+
+    async fn load_through_moka(&self, hash: &KeyHash) -> Result<Slot, ResolveError> {
+        let inner = &self.inner;
+        let load = async {
+            let epoch = inner.epoch.load(Ordering::Acquire);
+            let record = inner.resolver.resolve(hash).await?;
+            let now = Instant::now();
+            let (auth, ttl) = match record {
+                Some(record) => (Some(Authenticated::new(record)), inner.ttl),
+                None => (None, inner.negative_ttl),
+            };
+            let generation = inner.generation.fetch_add(1, Ordering::Relaxed);
+            if inner.epoch.load(Ordering::Acquire) != epoch {
+                // Invalidated while loading: answer this request, but keep nothing.
+                return Ok(Slot {
+                    generation,
+                    deadline: now,
+                    auth,
+                });
+            }
+            let slot = Slot {
+                generation,
+                deadline: now + ttl,
+                auth,
+            };
+            inner.front.insert(*hash, slot.clone());
+            Ok::<_, ResolveError>(slot)
+        };
+        inner
+            .moka
+            .try_get_with_by_ref(hash, load)
+            .await
+            .map_err(|e| (*e).clone())
+    }
+
+    /// Forgets `hash`, so that the next request asks the resolver. Call it after revoking
+    /// or changing a key; a load already under way for any key is then not kept.
+    pub async fn invalidate(&self, hash: &KeyHash) {
+        self.inner.epoch.fetch_add(1, Ordering::AcqRel);
+        self.inner.front.remove(hash);
+        self.inner.moka.invalidate(hash).await;
+    }
+
+    /// Forgets everything.
+    pub fn invalidate_all(&self) {
+        self.inner.epoch.fetch_add(1, Ordering::AcqRel);
+        self.inner.front.clear();
+        self.inner.moka.invalidate_all();
+    }
+
+    /// How many entries the cache holds (after pending maintenance).
+    pub fn entry_count(&self) -> u64 {
+        self.inner.moka.entry_count()
+    }
+
+    /// Runs moka's pending maintenance (evictions, expirations) now.
+    pub async fn run_pending_tasks(&self) {
+        self.inner.moka.run_pending_tasks().await;
+    }
+
+    #[cfg(test)]
+    fn front_len(&self) -> usize {
+        self.inner.front.len()
+    }
+}
+
+#[async_trait::async_trait]
+impl<R: KeyResolver> KeyResolver for CachedResolver<R> {
+    async fn resolve(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, ResolveError> {
+        Ok(self.lookup(hash).await?.map(|a| a.record().clone()))
+    }
+}
+
+thread_local! {
+    static HITS: Cell<u32> = const { Cell::new(0) };
+}
+
+fn touch_due() -> bool {
+    HITS.with(|hits| {
+        let n = hits.get().wrapping_add(1);
+        hits.set(n);
+        n % TOUCH_EVERY == 0
+    })
+}
+
+/// One cache entry, held by moka and (while moka holds it) by the front table.
+#[derive(Clone)]
+struct Slot {
+    /// Unique per load, so that evicting an old entry never removes its replacement.
+    generation: u64,
+    deadline: Instant,
+    auth: Option<Authenticated>,
+}
+
+struct SlotExpiry;
+
+impl Expiry<KeyHash, Slot> for SlotExpiry {
+    fn expire_after_create(&self, _: &KeyHash, slot: &Slot, created: Instant) -> Option<Duration> {
+        Some(slot.deadline.saturating_duration_since(created))
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &KeyHash,
+        slot: &Slot,
+        updated: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(slot.deadline.saturating_duration_since(updated))
+    }
+}
+
+/// The front table: shards of `RwLock<HashMap>`, each on its own cache lines.
+struct Front {
+    shards: Box<[Shard]>,
+    mask: usize,
+    hasher: SeededHasher,
+}
+
+#[repr(align(128))]
+struct Shard(RwLock<HashMap<KeyHash, Slot, SeededHasher>>);
+
+type ShardReadGuard<'a> = std::sync::RwLockReadGuard<'a, HashMap<KeyHash, Slot, SeededHasher>>;
+type ShardWriteGuard<'a> = std::sync::RwLockWriteGuard<'a, HashMap<KeyHash, Slot, SeededHasher>>;
+
+impl Front {
+    fn new(capacity: u64) -> Self {
+        let shards = std::thread::available_parallelism()
+            .map_or(8, |n| n.get() * 8)
+            .next_power_of_two()
+            .clamp(8, 256);
+        let hasher = SeededHasher::random();
+        let per_shard = usize::try_from(capacity / shards as u64)
+            .unwrap_or(0)
+            .min(1 << 16);
+        Self {
+            shards: (0..shards)
+                .map(|_| {
+                    Shard(RwLock::new(HashMap::with_capacity_and_hasher(
+                        per_shard / 4,
+                        hasher,
+                    )))
+                })
+                .collect(),
+            mask: shards - 1,
+            hasher,
+        }
+    }
+
+    fn shard(&self, hash: &KeyHash) -> &Shard {
+        let (_, b) = hash.words();
+        let i = (fold(b, self.hasher.1) as usize) & self.mask;
+        &self.shards[i]
+    }
+
+    fn get_fresh(&self, hash: &KeyHash, now: Instant) -> Option<Option<Authenticated>> {
+        let shard = read(self.shard(hash));
+        let slot = shard.get(hash)?;
+        (slot.deadline > now).then(|| slot.auth.clone())
+    }
+
+    fn insert(&self, hash: KeyHash, slot: Slot) {
+        let mut shard = write(self.shard(&hash));
+        match shard.get(&hash) {
+            Some(old) if old.generation > slot.generation => {}
+            _ => {
+                shard.insert(hash, slot);
+            }
+        }
+    }
+
+    fn remove(&self, hash: &KeyHash) {
+        write(self.shard(hash)).remove(hash);
+    }
+
+    fn remove_generation(&self, hash: &KeyHash, generation: u64) {
+        let mut shard = write(self.shard(hash));
+        if shard.get(hash).is_some_and(|s| s.generation == generation) {
+            shard.remove(hash);
+        }
+    }
+
+    fn clear(&self) {
+        for shard in &self.shards {
+            write(shard).clear();
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.shards.iter().map(|s| read(s).len()).sum()
+    }
+}
+
+// The maps hold plain data; a panic elsewhere while a lock was held leaves them valid.
+fn read(shard: &Shard) -> ShardReadGuard<'_> {
+    shard.0.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write(shard: &Shard) -> ShardWriteGuard<'_> {
+    shard.0.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Hashes a [`KeyHash`] (already uniform, but chosen by whoever sends keys) with a
+/// per-process random seed and a folded multiply, so that bucket positions cannot be
+/// predicted or collided on purpose.
+#[derive(Clone, Copy)]
+struct SeededHasher(u64, u64);
+
+impl SeededHasher {
+    fn random() -> Self {
+        let mut seed = [0u8; 16];
+        // Without OS randomness the table still works; it only loses its flood guard.
+        let _ = getrandom::fill(&mut seed);
+        let a = u64::from_le_bytes(seed[..8].try_into().expect("8 bytes"));
+        let b = u64::from_le_bytes(seed[8..].try_into().expect("8 bytes"));
+        Self(a | 1, b | 1)
+    }
+}
+
+fn fold(x: u64, seed: u64) -> u64 {
+    let p = u128::from(x ^ seed) * u128::from(0x9E37_79B9_7F4A_7C15_u64 ^ seed.rotate_left(29));
+    (p as u64) ^ ((p >> 64) as u64)
+}
+
+impl BuildHasher for SeededHasher {
+    type Hasher = WordHasher;
+    fn build_hasher(&self) -> WordHasher {
+        WordHasher {
+            seed: self.0,
+            state: 0,
+        }
+    }
+}
+
+struct WordHasher {
+    seed: u64,
+    state: u64,
+}
+
+impl Hasher for WordHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        // `KeyHash` writes its 32 bytes once; any other input is folded 8 bytes at a time.
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.state = fold(self.state ^ u64::from_le_bytes(word), self.seed);
+            if bytes.len() == 32 {
+                // The first word of a SHA-256 output is as good as all four.
+                break;
+            }
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.state
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{KeyFormat, MemoryStore};
+    use std::sync::atomic::AtomicUsize;
+
+    /// Counts calls and can be switched to failing; optionally waits on a gate so that
+    /// concurrent lookups pile up behind one load.
+    #[derive(Clone, Default)]
+    struct Counting {
+        store: MemoryStore,
+        calls: Arc<AtomicUsize>,
+        failing: Arc<std::sync::atomic::AtomicBool>,
+        gate: Option<Arc<tokio::sync::Notify>>,
+    }
+
+    #[async_trait::async_trait]
+    impl KeyResolver for Counting {
+        async fn resolve(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, ResolveError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            if let Some(gate) = &self.gate {
+                gate.notified().await;
+            }
+            if self.failing.load(Ordering::SeqCst) {
+                return Err(ResolveError::new("database is down"));
+            }
+            self.store.resolve(hash).await
+        }
+    }
+
+    fn key_in(store: &MemoryStore) -> crate::ApiKey {
+        let key = KeyFormat::default().generate();
+        store.insert(KeyRecord::new(&key, "acme"));
+        key
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn hundred_concurrent_lookups_of_one_uncached_key_make_one_resolver_call() {
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let resolver = Counting {
+            gate: Some(gate.clone()),
+            ..Default::default()
+        };
+        let key = key_in(&resolver.store);
+        let cache = CachedResolver::new(resolver.clone());
+        let hash = key.hash();
+        let tasks: Vec<_> = (0..100)
+            .map(|_| {
+                let cache = cache.clone();
+                tokio::spawn(async move { cache.lookup(&hash).await })
+            })
+            .collect();
+        // Wait (with a deadline) until the one load has started, then let it finish.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while resolver.calls.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "no load started");
+            tokio::task::yield_now().await;
+        }
+        gate.notify_one();
+        for t in tasks {
+            let found = t.await.unwrap().unwrap().unwrap();
+            assert_eq!(found.consumer(), "acme");
+        }
+        assert_eq!(resolver.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn hits_do_not_call_the_resolver_and_unknown_keys_are_cached_negatively() {
+        let resolver = Counting::default();
+        let key = key_in(&resolver.store);
+        let cache = CachedResolver::new(resolver.clone());
+        for _ in 0..1000 {
+            assert!(cache.lookup(&key.hash()).await.unwrap().is_some());
+        }
+        assert_eq!(resolver.calls.load(Ordering::SeqCst), 1);
+        let unknown = KeyFormat::default().generate().hash();
+        for _ in 0..10 {
+            assert!(cache.lookup(&unknown).await.unwrap().is_none());
+        }
+        assert_eq!(resolver.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn errors_are_not_cached() {
+        let resolver = Counting::default();
+        let key = key_in(&resolver.store);
+        let cache = CachedResolver::new(resolver.clone());
+        resolver.failing.store(true, Ordering::SeqCst);
+        let err = cache.lookup(&key.hash()).await.unwrap_err();
+        assert_eq!(err.to_string(), "key store unavailable: database is down");
+        assert!(cache.lookup(&key.hash()).await.is_err());
+        assert_eq!(resolver.calls.load(Ordering::SeqCst), 2);
+        resolver.failing.store(false, Ordering::SeqCst);
+        assert!(cache.lookup(&key.hash()).await.unwrap().is_some());
+        assert_eq!(resolver.calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn ttls_expire_positive_and_negative_entries() {
+        let resolver = Counting::default();
+        let key = key_in(&resolver.store);
+        let cache = CachedResolver::builder(resolver.clone())
+            .ttl(Duration::ZERO)
+            .negative_ttl(Duration::ZERO)
+            .build();
+        cache.lookup(&key.hash()).await.unwrap();
+        cache.lookup(&key.hash()).await.unwrap();
+        let unknown = KeyHash::of("nope");
+        cache.lookup(&unknown).await.unwrap();
+        cache.lookup(&unknown).await.unwrap();
+        // Zero TTLs: every lookup loads (the stale-retry may add one more per lookup).
+        assert!(resolver.calls.load(Ordering::SeqCst) >= 4);
+    }
+
+    #[tokio::test]
+    async fn invalidate_makes_the_next_lookup_see_a_revocation() {
+        let resolver = Counting::default();
+        let key = key_in(&resolver.store);
+        let cache = CachedResolver::new(resolver.clone());
+        let before = cache.lookup(&key.hash()).await.unwrap().unwrap();
+        assert!(before.record().revoked_at.is_none());
+        let id = before.key_id().to_owned();
+        resolver.store.revoke(&id, std::time::SystemTime::now());
+        // Still cached until invalidated.
+        let cached = cache.lookup(&key.hash()).await.unwrap().unwrap();
+        assert!(cached.record().revoked_at.is_none());
+        cache.invalidate(&key.hash()).await;
+        let after = cache.lookup(&key.hash()).await.unwrap().unwrap();
+        assert!(after.record().revoked_at.is_some());
+    }
+
+    #[tokio::test]
+    async fn capacity_bounds_moka_and_the_front_table() {
+        let store = MemoryStore::new();
+        let keys: Vec<_> = (0..5_000).map(|_| key_in(&store)).collect();
+        let cache = CachedResolver::builder(store).max_capacity(200).build();
+        for key in &keys {
+            cache.lookup(&key.hash()).await.unwrap();
+        }
+        cache.run_pending_tasks().await;
+        assert!(
+            cache.entry_count() <= 200,
+            "moka holds {}",
+            cache.entry_count()
+        );
+        assert!(
+            cache.front_len() <= 200,
+            "front holds {}",
+            cache.front_len()
+        );
+        // Whatever is left in front is what moka holds.
+        assert!(cache.front_len() as u64 <= cache.entry_count());
+    }
+
+    #[test]
+    fn seeded_hasher_spreads_and_depends_on_the_seed() {
+        let a = SeededHasher(1, 3);
+        let b = SeededHasher(5, 7);
+        let h = KeyHash::of("x");
+        assert_ne!(a.hash_one(h), b.hash_one(h));
+        assert_ne!(a.hash_one(h), a.hash_one(KeyHash::of("y")));
+    }
+}
