@@ -1,0 +1,169 @@
+//! The example server: `cargo run --features full --example server`.
+//!
+//! - `BIND` (default `127.0.0.1:3000`) is where it listens.
+//! - On start it issues an admin key (scope `admin`) and prints `admin key: <key>`.
+//! - Keys are read from `Authorization: Bearer …` and from `X-API-Key`.
+//! - `GET /healthz` needs no key; `GET /v1/whoami` needs any valid key;
+//!   `GET /v1/orders` needs `orders:read`, `POST /v1/orders` needs `orders:write`.
+//!
+//! It stops cleanly on Ctrl-C or SIGTERM.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{HeaderName, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tower_api_key::{
+    ApiKeyLayer, Authenticated, KeyFormat, KeyRecord, KeySource, MemoryStore, RequireScope, Scopes,
+    scope,
+};
+
+scope!(OrdersRead = "orders:read");
+scope!(OrdersWrite = "orders:write");
+
+#[derive(Clone, Default)]
+struct AppState {
+    orders: Arc<Mutex<Vec<Order>>>,
+}
+
+#[derive(Clone, Serialize)]
+struct Order {
+    id: u64,
+    consumer: String,
+    item: String,
+    quantity: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewOrder {
+    item: String,
+    quantity: u32,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let bind: SocketAddr = std::env::var("BIND")
+        .unwrap_or_else(|_| "127.0.0.1:3000".to_owned())
+        .parse()
+        .map_err(|e| format!("BIND must be an address such as 127.0.0.1:3000: {e}"))?;
+
+    let store = MemoryStore::new();
+    let admin_key = KeyFormat::default().generate();
+    store.insert(
+        KeyRecord::new(&admin_key, "admin")
+            .with_name("admin")
+            .with_scopes(Scopes::parse(["admin"])?),
+    );
+    // The one place the secret is shown: once, to the operator.
+    println!("admin key: {}", admin_key.expose_secret());
+
+    let auth = ApiKeyLayer::new(store)
+        .source(KeySource::bearer().or(KeySource::header(HeaderName::from_static("x-api-key"))));
+
+    let v1 = Router::new()
+        .route("/v1/whoami", get(whoami))
+        .route("/v1/orders", get(list_orders).post(create_order))
+        .layer(auth);
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .merge(v1)
+        .with_state(AppState::default());
+
+    let listener = tokio::net::TcpListener::bind(bind).await?;
+    eprintln!("listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    eprintln!("shut down");
+    Ok(())
+}
+
+async fn whoami(auth: Authenticated) -> Json<serde_json::Value> {
+    Json(json!({
+        "key_id": auth.key_id(),
+        "consumer": auth.consumer(),
+        "scopes": auth.scopes().iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+    }))
+}
+
+async fn list_orders(
+    State(state): State<AppState>,
+    RequireScope(auth, ..): RequireScope<OrdersRead>,
+) -> Json<Vec<Order>> {
+    let orders = state.orders.lock().unwrap_or_else(|e| e.into_inner());
+    Json(
+        orders
+            .iter()
+            .filter(|o| o.consumer == auth.consumer())
+            .cloned()
+            .collect(),
+    )
+}
+
+async fn create_order(
+    State(state): State<AppState>,
+    RequireScope(auth, ..): RequireScope<OrdersWrite>,
+    request: Request,
+) -> Response {
+    let new = match Json::<NewOrder>::from_request(request, &()).await {
+        Ok(Json(new)) => new,
+        Err(rejection) => return problem(rejection.status(), &rejection.body_text()),
+    };
+    if new.item.trim().is_empty() || new.quantity == 0 {
+        return problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "item must not be empty and quantity must be at least 1",
+        );
+    }
+    let mut orders = state.orders.lock().unwrap_or_else(|e| e.into_inner());
+    let order = Order {
+        id: orders.len() as u64 + 1,
+        consumer: auth.consumer().to_owned(),
+        item: new.item,
+        quantity: new.quantity,
+    };
+    orders.push(order.clone());
+    (StatusCode::CREATED, Json(order)).into_response()
+}
+
+fn problem(status: StatusCode, detail: &str) -> Response {
+    let body = json!({
+        "type": "about:blank",
+        "title": status.canonical_reason().unwrap_or("Error"),
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    (
+        status,
+        [(axum::http::header::CONTENT_TYPE, "application/problem+json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

@@ -1,0 +1,191 @@
+//! Black-box test of `examples/server.rs`: the built binary, over real TCP.
+#![cfg(all(unix, feature = "axum"))]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn example_binary() -> PathBuf {
+    // target/<profile>/deps/<this test> → target/<profile>/examples/server
+    let mut path = std::env::current_exe().unwrap();
+    path.pop();
+    path.pop();
+    path.push("examples");
+    path.push("server");
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test` so that examples are built",
+        path.display()
+    );
+    path
+}
+
+struct Server {
+    child: Child,
+    addr: String,
+    admin_key: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start() -> Server {
+    let mut child = Command::new(example_binary())
+        .env("BIND", "127.0.0.1:0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    let err = child.stderr.take().unwrap();
+    let tx2 = tx.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx2.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut addr, mut admin_key) = (None, None);
+    while addr.is_none() || admin_key.is_none() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx.recv_timeout(left).expect("server did not start");
+        if let Some(k) = line.strip_prefix("admin key: ") {
+            admin_key = Some(k.to_owned());
+        }
+        if let Some(a) = line.strip_prefix("listening on http://") {
+            addr = Some(a.to_owned());
+        }
+    }
+    Server {
+        child,
+        addr: addr.unwrap(),
+        admin_key: admin_key.unwrap(),
+    }
+}
+
+/// One HTTP/1.1 request; returns the status and the body.
+async fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("content-length: {}\r\n\r\n{body}", body.len()));
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    let status = raw[9..12].parse().unwrap();
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test]
+async fn contract_of_the_example_server() {
+    let server = start();
+    let addr = server.addr.as_str();
+    let bearer = format!("Bearer {}", server.admin_key);
+    assert!(server.admin_key.starts_with("sk_live_"));
+
+    assert_eq!(http(addr, "GET", "/healthz", &[], "").await.0, 200);
+
+    let (status, body) = http(addr, "GET", "/v1/whoami", &[("authorization", &bearer)], "").await;
+    assert_eq!(status, 200, "{body}");
+    let who: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(who["consumer"], "admin");
+    assert_eq!(who["scopes"], serde_json::json!(["admin"]));
+    assert!(who["key_id"].as_str().unwrap().starts_with("key_"));
+
+    let lower = format!("bearer {}", server.admin_key);
+    assert_eq!(
+        http(addr, "GET", "/v1/whoami", &[("authorization", &lower)], "")
+            .await
+            .0,
+        200
+    );
+    let (status, _) = http(
+        addr,
+        "GET",
+        "/v1/whoami",
+        &[("x-api-key", &server.admin_key)],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    assert_eq!(http(addr, "GET", "/v1/whoami", &[], "").await.0, 401);
+    let (status, body) = http(
+        addr,
+        "GET",
+        "/v1/whoami",
+        &[("authorization", "Bearer sk_live_nope")],
+        "",
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert!(!body.contains(&server.admin_key));
+
+    // The admin key lacks the order scopes.
+    let (status, body) = http(addr, "GET", "/v1/orders", &[("authorization", &bearer)], "").await;
+    assert_eq!(status, 403);
+    assert!(body.contains("orders:read"));
+    let (status, _) = http(
+        addr,
+        "POST",
+        "/v1/orders",
+        &[
+            ("authorization", &bearer),
+            ("content-type", "application/json"),
+        ],
+        r#"{"item":"book","quantity":1}"#,
+    )
+    .await;
+    assert_eq!(status, 403);
+}
+
+#[test]
+fn sigterm_shuts_down_cleanly() {
+    let mut server = start();
+    let pid = server.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "server ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+}
