@@ -1,1 +1,221 @@
-fn main() {}
+//! Per-request cost of authentication through an axum `Router` with `oneshot`.
+//!
+//! One run compares: bare; tower-http's `ValidateRequestHeaderLayer::bearer` (the
+//! simplest possible check); `ApiKeyLayer` with one hot cached key; the same with
+//! 100 000 cached keys visited in scattered order; and a malformed key. Beside them,
+//! the building blocks: SHA-256 of a key, moka `get` (hot and scattered) and the
+//! `CachedResolver` hit path (hot and scattered).
+//!
+//! `cargo bench --bench auth`
+
+#![allow(missing_docs)] // criterion_group! generates an undocumented fn.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use axum::Router;
+use axum::body::Body;
+use axum::routing::get;
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use http::{HeaderValue, Request, header::AUTHORIZATION};
+use tower::ServiceExt;
+use tower_api_key::{
+    ApiKeyLayer, CachedResolver, KeyFormat, KeyHash, KeyRecord, KeyResolver, MemoryStore,
+    ResolveError,
+};
+
+const KEYS: usize = 100_000;
+
+/// Counts resolver calls, to prove that the malformed path reaches no cache or store.
+#[derive(Clone)]
+struct Counting {
+    store: MemoryStore,
+    calls: Arc<AtomicUsize>,
+}
+
+#[async_trait::async_trait]
+impl KeyResolver for Counting {
+    async fn resolve(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, ResolveError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.store.resolve(hash).await
+    }
+}
+
+fn handler_router() -> Router {
+    Router::new().route("/", get(|| async { "ok" }))
+}
+
+/// `with_state` turns the routes into services once, as `axum::serve` does; without it
+/// `oneshot` on a `Router<()>` would apply every layer again on every request.
+fn ready(router: Router) -> Router {
+    router.with_state(())
+}
+
+/// A request as a server would hand it over: its header freshly copied out of the
+/// connection's buffer (not a clone of a long-lived value that would be cold in memory).
+fn request(auth: &str) -> Request<Body> {
+    let mut req = Request::get("/").body(Body::empty()).unwrap();
+    req.headers_mut()
+        .insert(AUTHORIZATION, HeaderValue::from_str(auth).unwrap());
+    req
+}
+
+fn bearer(key: &str) -> String {
+    format!("Bearer {key}")
+}
+
+/// A fixed pseudo-random permutation of 0..n (xorshift, Fisher-Yates).
+fn scattered(n: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for i in (1..n).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        order.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    order
+}
+
+fn benches(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let format = KeyFormat::default();
+    let store = MemoryStore::new();
+    let keys: Vec<_> = (0..KEYS).map(|_| format.generate()).collect();
+    for key in &keys {
+        store.insert(KeyRecord::new(key, "bench"));
+    }
+    let headers: Vec<String> = keys.iter().map(|k| bearer(k.expose_secret())).collect();
+    let hashes: Vec<KeyHash> = keys.iter().map(|k| k.hash()).collect();
+    let order = scattered(KEYS);
+    let resolver = Counting {
+        store: store.clone(),
+        calls: Arc::new(AtomicUsize::new(0)),
+    };
+    // A TTL longer than the run: this measures the steady-state hit path.
+    let cache = CachedResolver::builder(resolver.clone())
+        .max_capacity(2 * KEYS as u64)
+        .ttl(std::time::Duration::from_secs(3600))
+        .build();
+    // Warm the cache with every key.
+    rt.block_on(async {
+        for h in &hashes {
+            cache.lookup(h).await.unwrap().unwrap();
+        }
+        cache.run_pending_tasks().await;
+    });
+    assert_eq!(cache.entry_count(), KEYS as u64);
+    let loads_after_warmup = resolver.calls.load(Ordering::Relaxed);
+
+    let bare = ready(handler_router());
+    let tower_http = ready(handler_router().layer(
+        #[allow(deprecated)]
+        tower_http::validate_request::ValidateRequestHeaderLayer::bearer(keys[0].expose_secret()),
+    ));
+    let api_key = ready(handler_router().layer(ApiKeyLayer::from_cache(cache.clone())));
+
+    let hot = headers[0].clone();
+    let mut malformed = keys[0].expose_secret().to_owned();
+    let last = malformed.pop().unwrap();
+    malformed.push(if last == 'a' { 'b' } else { 'a' });
+    let malformed = bearer(&malformed);
+
+    let mut g = c.benchmark_group("auth");
+    let mut run = |name: &str, router: &Router, next: &mut dyn FnMut() -> String| {
+        g.bench_function(name, |b| {
+            b.to_async(&rt).iter_batched(
+                || request(&next()),
+                |req| {
+                    let router = router.clone();
+                    async move {
+                        let res = router.oneshot(req).await.unwrap();
+                        black_box(res.status())
+                    }
+                },
+                // Small batches: the prepared requests are still in cache when used.
+                BatchSize::NumIterations(64),
+            )
+        });
+    };
+    run("bare", &bare, &mut || hot.clone());
+    run("tower_http_bearer", &tower_http, &mut || hot.clone());
+    run("api_key_hot", &api_key, &mut || hot.clone());
+    let mut i = 0;
+    run("api_key_100k_scattered", &api_key, &mut || {
+        i = (i + 1) % KEYS;
+        headers[order[i]].clone()
+    });
+    let calls_before_malformed = resolver.calls.load(Ordering::Relaxed);
+    rt.block_on(cache.run_pending_tasks());
+    let entries_before = cache.entry_count();
+    run("malformed_key", &api_key, &mut || malformed.clone());
+    drop(g);
+
+    rt.block_on(cache.run_pending_tasks());
+    assert_eq!(
+        resolver.calls.load(Ordering::Relaxed),
+        calls_before_malformed,
+        "a malformed key reached the resolver"
+    );
+    assert_eq!(
+        cache.entry_count(),
+        entries_before,
+        "a malformed key reached the cache"
+    );
+    assert_eq!(
+        resolver.calls.load(Ordering::Relaxed),
+        loads_after_warmup,
+        "cached keys were loaded again"
+    );
+
+    // The building blocks.
+    let mut g = c.benchmark_group("parts");
+    let secret = keys[0].expose_secret();
+    g.bench_function("sha256_key", |b| b.iter(|| KeyHash::of(black_box(secret))));
+    g.bench_function("validate_key", |b| {
+        b.iter(|| format.validate(black_box(secret)))
+    });
+    let moka: moka::future::Cache<KeyHash, Arc<KeyRecord>> = moka::future::Cache::builder()
+        .max_capacity(2 * KEYS as u64)
+        .build();
+    rt.block_on(async {
+        for (h, k) in hashes.iter().zip(&keys) {
+            moka.insert(*h, Arc::new(KeyRecord::new(k, "bench"))).await;
+        }
+        moka.run_pending_tasks().await;
+    });
+    g.bench_function("moka_get_hot", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(moka.get(&hashes[0]).await) })
+    });
+    let mut i = 0;
+    g.bench_function("moka_get_100k_scattered", |b| {
+        b.to_async(&rt).iter(|| {
+            i = (i + 1) % KEYS;
+            let h = hashes[order[i]];
+            let moka = &moka;
+            async move { black_box(moka.get(&h).await) }
+        })
+    });
+    g.bench_function("cached_resolver_hot", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(cache.lookup(&hashes[0]).await.unwrap()) })
+    });
+    let mut i = 0;
+    g.bench_function("cached_resolver_100k_scattered", |b| {
+        b.to_async(&rt).iter(|| {
+            i = (i + 1) % KEYS;
+            let h = hashes[order[i]];
+            let cache = &cache;
+            async move { black_box(cache.lookup(&h).await.unwrap()) }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(auth, benches);
+criterion_main!(auth);

@@ -66,8 +66,8 @@ pub mod record;
 pub mod resolve;
 
 pub use auth::{
-    ApiKeyLayer, ApiKeyService, AuthError, DefaultResponder, KeySource, Rejection,
-    RequireScopeLayer, RequireScopeService, Responder,
+    ApiKeyLayer, ApiKeyService, AuthError, DefaultResponder, KeySource, Rejection, RejectionBody,
+    RequireScopeLayer, RequireScopeService, Responder, ResponseBody,
 };
 #[cfg(feature = "axum")]
 pub use extract::RequireScope;

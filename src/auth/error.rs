@@ -1,6 +1,6 @@
 use std::borrow::Cow;
 use std::fmt;
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -110,11 +110,9 @@ impl AuthError {
 }
 
 /// The realm named in `WWW-Authenticate` challenges, with the challenges prebuilt so
-/// that rejecting allocates nothing.
+/// that rejecting formats nothing. The default realm's are static.
 #[derive(Clone)]
-pub(crate) struct Realm(Arc<Challenges>);
-
-struct Challenges {
+pub(crate) struct Realm {
     name: Box<str>,
     missing: HeaderValue,
     invalid: HeaderValue,
@@ -122,42 +120,58 @@ struct Challenges {
     bad_request: HeaderValue,
 }
 
-static DEFAULT_REALM: LazyLock<Realm> = LazyLock::new(|| Realm::new("api").expect("valid"));
+const EXPIRED_SUFFIX: &str =
+    r#", error="invalid_token", error_description="The API key has expired""#;
 
 impl Default for Realm {
     fn default() -> Self {
-        DEFAULT_REALM.clone()
+        Self {
+            name: "api".into(),
+            missing: HeaderValue::from_static(r#"Bearer realm="api""#),
+            invalid: HeaderValue::from_static(r#"Bearer realm="api", error="invalid_token""#),
+            expired: HeaderValue::from_static(concat!(
+                r#"Bearer realm="api""#,
+                r#", error="invalid_token", error_description="The API key has expired""#
+            )),
+            bad_request: HeaderValue::from_static(r#"Bearer realm="api", error="invalid_request""#),
+        }
     }
 }
 
 impl fmt::Debug for Realm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&self.0.name, f)
+        fmt::Debug::fmt(&self.name, f)
     }
 }
 
 impl Realm {
     /// `None` if the name has characters that cannot stand in a quoted string.
     pub(crate) fn new(name: &str) -> Option<Self> {
-        if !name
-            .bytes()
-            .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
-        {
+        if !is_quotable(name) {
             return None;
         }
         let value = |rest: &str| {
             HeaderValue::from_maybe_shared(Bytes::from(format!("Bearer realm=\"{name}\"{rest}")))
                 .ok()
         };
-        Some(Self(Arc::new(Challenges {
+        Some(Self {
             name: name.into(),
             missing: value("")?,
             invalid: value(", error=\"invalid_token\"")?,
-            expired: value(
-                ", error=\"invalid_token\", error_description=\"The API key has expired\"",
-            )?,
+            expired: value(EXPIRED_SUFFIX)?,
             bad_request: value(", error=\"invalid_request\"")?,
-        })))
+        })
+    }
+
+    /// The challenge that goes with `error`, if it has one of the realm's.
+    fn challenge(&self, error: &AuthError) -> Option<HeaderValue> {
+        match error {
+            AuthError::MissingKey => Some(self.missing.clone()),
+            AuthError::InvalidKey => Some(self.invalid.clone()),
+            AuthError::ExpiredKey => Some(self.expired.clone()),
+            AuthError::ConflictingKeys => Some(self.bad_request.clone()),
+            AuthError::InsufficientScope { .. } | AuthError::Unavailable(_) => None,
+        }
     }
 }
 
@@ -172,7 +186,8 @@ impl Realm {
 pub struct Rejection {
     error: AuthError,
     grpc: bool,
-    realm: Realm,
+    /// The realm's `WWW-Authenticate` challenge for this error, if it has one.
+    challenge: Option<HeaderValue>,
     retry_after: Duration,
 }
 
@@ -182,7 +197,8 @@ impl Rejection {
     /// A rejection with the default realm (`api`) and `Retry-After`, for code outside the
     /// layer that wants the same answers (extractors, handlers).
     pub fn new(error: AuthError, grpc: bool) -> Self {
-        Self::with_settings(error, grpc, Realm::default(), DEFAULT_RETRY_AFTER)
+        static DEFAULT_REALM: LazyLock<Realm> = LazyLock::new(Realm::default);
+        Self::with_settings(error, grpc, &DEFAULT_REALM, DEFAULT_RETRY_AFTER)
     }
 
     /// A rejection for a request with these headers: gRPC if its `content-type` says so.
@@ -193,13 +209,13 @@ impl Rejection {
     pub(crate) fn with_settings(
         error: AuthError,
         grpc: bool,
-        realm: Realm,
+        realm: &Realm,
         retry_after: Duration,
     ) -> Self {
         Self {
+            challenge: realm.challenge(&error),
             error,
             grpc,
-            realm,
             retry_after,
         }
     }
@@ -233,20 +249,10 @@ impl Rejection {
             CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        let challenges = &self.realm.0;
+        if let Some(challenge) = &self.challenge {
+            headers.insert(WWW_AUTHENTICATE, challenge.clone());
+        }
         match &self.error {
-            AuthError::MissingKey => {
-                headers.insert(WWW_AUTHENTICATE, challenges.missing.clone());
-            }
-            AuthError::InvalidKey => {
-                headers.insert(WWW_AUTHENTICATE, challenges.invalid.clone());
-            }
-            AuthError::ExpiredKey => {
-                headers.insert(WWW_AUTHENTICATE, challenges.expired.clone());
-            }
-            AuthError::ConflictingKeys => {
-                headers.insert(WWW_AUTHENTICATE, challenges.bad_request.clone());
-            }
             AuthError::InsufficientScope { scope } => {
                 let value = if is_quotable(scope) {
                     format!("Bearer error=\"insufficient_scope\", scope=\"{scope}\"")
@@ -260,6 +266,7 @@ impl Rejection {
             AuthError::Unavailable(_) => {
                 headers.insert(RETRY_AFTER, retry_after_value(self.retry_after));
             }
+            _ => {}
         }
         response
     }
@@ -440,9 +447,8 @@ mod tests {
     #[test]
     fn challenges_follow_rfc_6750() {
         let realm = Realm::new("orders api").unwrap();
-        let render = |e| {
-            Rejection::with_settings(e, false, realm.clone(), Duration::from_millis(1500)).render()
-        };
+        let render =
+            |e| Rejection::with_settings(e, false, &realm, Duration::from_millis(1500)).render();
         let www = |r: &Response<Bytes>| r.headers()[WWW_AUTHENTICATE].to_str().unwrap().to_owned();
         assert_eq!(
             www(&render(AuthError::MissingKey)),
@@ -471,6 +477,20 @@ mod tests {
         let unavailable = render(AuthError::Unavailable(ResolveError::new("x")));
         assert!(unavailable.headers().get(WWW_AUTHENTICATE).is_none());
         assert_eq!(unavailable.headers()[RETRY_AFTER], "2");
+    }
+
+    #[test]
+    fn default_realm_equals_a_built_one() {
+        let built = Realm::new("api").unwrap();
+        let default = Realm::default();
+        for e in [
+            AuthError::MissingKey,
+            AuthError::InvalidKey,
+            AuthError::ExpiredKey,
+            AuthError::ConflictingKeys,
+        ] {
+            assert_eq!(built.challenge(&e), default.challenge(&e));
+        }
     }
 
     #[test]

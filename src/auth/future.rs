@@ -1,14 +1,11 @@
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use http::Response;
 use pin_project_lite::pin_project;
 
-use super::ResponseBody;
-
-pub(crate) type BoxFuture<B, E> =
-    Pin<Box<dyn Future<Output = Result<Response<ResponseBody<B>>, E>> + Send>>;
+pub(crate) type BoxFuture<B, E> = Pin<Box<dyn Future<Output = Result<Response<B>, E>> + Send>>;
 
 pin_project! {
     /// Response future of [`ApiKeyService`](crate::ApiKeyService) and
@@ -29,7 +26,7 @@ pin_project! {
         // A cache miss: resolving the key, then calling the inner service.
         Resolving { future: BoxFuture<B, E> },
         // Refused before reaching the inner service.
-        Rejected { response: Option<Response<ResponseBody<B>>> },
+        Rejected { response: Option<Response<B>> },
     }
 }
 
@@ -46,7 +43,7 @@ impl<F, B, E> ResponseFuture<F, B, E> {
         }
     }
 
-    pub(crate) fn rejected(response: Response<ResponseBody<B>>) -> Self {
+    pub(crate) fn rejected(response: Response<B>) -> Self {
         Self {
             kind: Kind::Rejected {
                 response: Some(response),
@@ -59,14 +56,11 @@ impl<F, B, E> Future for ResponseFuture<F, B, E>
 where
     F: Future<Output = Result<Response<B>, E>>,
 {
-    type Output = Result<Response<ResponseBody<B>>, E>;
+    type Output = Result<Response<B>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            KindProj::Inner { future } => {
-                let response = ready!(future.poll(cx))?;
-                Poll::Ready(Ok(response.map(ResponseBody::inner)))
-            }
+            KindProj::Inner { future } => future.poll(cx),
             KindProj::Resolving { future } => future.as_mut().poll(cx),
             KindProj::Rejected { response } => Poll::Ready(Ok(response
                 .take()

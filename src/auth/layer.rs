@@ -11,11 +11,36 @@ use crate::resolve::{CachedResolver, KeyResolver};
 /// Authenticates every request by its API key; see the [module docs](crate::auth).
 ///
 /// Cheap to clone. The cache it holds is shared by every service it builds.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct ApiKeyLayer<R, P = DefaultResponder> {
+    shared: Arc<Shared<R, P>>,
+}
+
+impl<R, P> Clone for ApiKeyLayer<R, P> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+/// Everything the services share, behind one `Arc`: cloning a service (axum does it for
+/// every request) costs one reference count.
+#[derive(Debug)]
+pub(crate) struct Shared<R, P> {
     pub(crate) cache: CachedResolver<R>,
-    pub(crate) config: Arc<Config>,
+    pub(crate) config: Config,
     pub(crate) responder: P,
+}
+
+impl<R, P: Clone> Clone for Shared<R, P> {
+    fn clone(&self) -> Self {
+        Self {
+            cache: self.cache.clone(),
+            config: self.config.clone(),
+            responder: self.responder.clone(),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -44,16 +69,18 @@ impl<R: KeyResolver> ApiKeyLayer<R> {
     /// handle for [`CachedResolver::invalidate`].
     pub fn from_cache(cache: CachedResolver<R>) -> Self {
         Self {
-            cache,
-            config: Arc::new(Config {
-                format: KeyFormat::default(),
-                source: KeySource::default(),
-                realm: Realm::default(),
-                allow_anonymous: false,
-                hide_credentials: false,
-                retry_after: DEFAULT_RETRY_AFTER,
+            shared: Arc::new(Shared {
+                cache,
+                config: Config {
+                    format: KeyFormat::default(),
+                    source: KeySource::default(),
+                    realm: Realm::default(),
+                    allow_anonymous: false,
+                    hide_credentials: false,
+                    retry_after: DEFAULT_RETRY_AFTER,
+                },
+                responder: DefaultResponder,
             }),
-            responder: DefaultResponder,
         }
     }
 }
@@ -61,55 +88,61 @@ impl<R: KeyResolver> ApiKeyLayer<R> {
 impl<R: KeyResolver, P: Responder> ApiKeyLayer<R, P> {
     /// The key format; keys that do not fit it are refused before any lookup.
     pub fn format(mut self, format: KeyFormat) -> Self {
-        Arc::make_mut(&mut self.config).format = format;
+        self.config_mut().format = format;
         self
     }
 
     /// Where keys are read (default: `Authorization: Bearer`).
     pub fn source(mut self, source: KeySource) -> Self {
-        Arc::make_mut(&mut self.config).source = source;
+        self.config_mut().source = source;
         self
     }
 
     /// The realm in `WWW-Authenticate` challenges (default `api`).
     pub fn realm(mut self, realm: &str) -> Result<Self, InvalidRealm> {
-        Arc::make_mut(&mut self.config).realm = Realm::new(realm).ok_or(InvalidRealm(()))?;
+        self.config_mut().realm = Realm::new(realm).ok_or(InvalidRealm(()))?;
         Ok(self)
     }
 
     /// Lets requests that carry no key through, without [`Authenticated`](crate::Authenticated)
     /// in their extensions (off by default). A request with a bad key is still refused.
     pub fn allow_anonymous(mut self, allow: bool) -> Self {
-        Arc::make_mut(&mut self.config).allow_anonymous = allow;
+        self.config_mut().allow_anonymous = allow;
         self
     }
 
     /// Removes the key (its header or query parameter) before the inner service sees
     /// the request (off by default).
     pub fn hide_credentials(mut self, hide: bool) -> Self {
-        Arc::make_mut(&mut self.config).hide_credentials = hide;
+        self.config_mut().hide_credentials = hide;
         self
     }
 
     /// The `Retry-After` sent with 503 when the key store is unreachable (default 5 s;
     /// rounded up to whole seconds, at least 1).
     pub fn retry_after(mut self, after: Duration) -> Self {
-        Arc::make_mut(&mut self.config).retry_after = after;
+        self.config_mut().retry_after = after;
         self
     }
 
     /// Answers rejections with `responder` instead of [`DefaultResponder`].
     pub fn responder<P2: Responder>(self, responder: P2) -> ApiKeyLayer<R, P2> {
         ApiKeyLayer {
-            cache: self.cache,
-            config: self.config,
-            responder,
+            shared: Arc::new(Shared {
+                cache: self.shared.cache.clone(),
+                config: self.shared.config.clone(),
+                responder,
+            }),
         }
     }
 
     /// The cache, for [`CachedResolver::invalidate`].
     pub fn cache(&self) -> &CachedResolver<R> {
-        &self.cache
+        &self.shared.cache
+    }
+
+    fn config_mut(&mut self) -> &mut Config {
+        &mut Arc::make_mut(&mut self.shared).config
     }
 }
 
@@ -119,9 +152,7 @@ impl<S, R: KeyResolver, P: Responder> Layer<S> for ApiKeyLayer<R, P> {
     fn layer(&self, inner: S) -> Self::Service {
         ApiKeyService {
             inner,
-            cache: self.cache.clone(),
-            config: Arc::clone(&self.config),
-            responder: self.responder.clone(),
+            shared: Arc::clone(&self.shared),
         }
     }
 }

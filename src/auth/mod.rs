@@ -64,7 +64,7 @@ mod responder;
 mod service;
 mod source;
 
-pub use body::ResponseBody;
+pub use body::{RejectionBody, ResponseBody};
 pub use error::{AuthError, Rejection};
 pub use future::ResponseFuture;
 pub use layer::{ApiKeyLayer, InvalidRealm};

@@ -8,8 +8,8 @@ use http::{Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::error::{DEFAULT_RETRY_AFTER, Realm, is_grpc};
-use super::{AuthError, DefaultResponder, Rejection, Responder, ResponseBody, ResponseFuture};
+use super::error::is_grpc;
+use super::{AuthError, DefaultResponder, Rejection, RejectionBody, Responder, ResponseFuture};
 use crate::record::{Authenticated, Scope};
 
 /// Refuses requests whose [`Authenticated`] caller lacks any of the given scopes:
@@ -94,8 +94,9 @@ impl<S, P, ReqBody, ResBody> Service<Request<ReqBody>> for RequireScopeService<S
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     P: Responder,
+    ResBody: RejectionBody,
 {
-    type Response = Response<ResponseBody<ResBody>>;
+    type Response = Response<ResBody>;
     type Error = S::Error;
     type Future = ResponseFuture<S::Future, ResBody, S::Error>;
 
@@ -109,9 +110,12 @@ where
             Ok(()) => ResponseFuture::inner(self.inner.call(req)),
             Err(error) => {
                 let grpc = is_grpc(req.headers());
-                let rejection =
-                    Rejection::with_settings(error, grpc, Realm::default(), DEFAULT_RETRY_AFTER);
-                ResponseFuture::rejected(self.responder.respond(rejection).map(ResponseBody::full))
+                let rejection = Rejection::new(error, grpc);
+                ResponseFuture::rejected(
+                    self.responder
+                        .respond(rejection)
+                        .map(ResBody::from_rejection),
+                )
             }
         }
     }

@@ -1,37 +1,33 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use http::{Request, Response};
 use tower_service::Service;
 
 use super::error::is_grpc;
-use super::layer::Config;
-use super::source::SourceError;
-use super::{AuthError, DefaultResponder, Rejection, Responder, ResponseBody, ResponseFuture};
+use super::layer::Shared;
+use super::source::Conflicting;
+use super::{AuthError, DefaultResponder, Rejection, RejectionBody, Responder, ResponseFuture};
 use crate::key::KeyHash;
-use crate::record::{Authenticated, KeyStatus};
-use crate::resolve::{CachedResolver, KeyResolver};
+use crate::resolve::KeyResolver;
 
 /// The service built by [`ApiKeyLayer`](crate::ApiKeyLayer).
 ///
-/// On success the request reaches the inner service with [`Authenticated`] in its
+/// On success the request reaches the inner service with
+/// [`Authenticated`](crate::Authenticated) in its
 /// extensions; otherwise the responder answers and the inner service is not called.
 #[derive(Debug)]
 pub struct ApiKeyService<S, R, P = DefaultResponder> {
     pub(crate) inner: S,
-    pub(crate) cache: CachedResolver<R>,
-    pub(crate) config: Arc<Config>,
-    pub(crate) responder: P,
+    pub(crate) shared: Arc<Shared<R, P>>,
 }
 
-impl<S: Clone, R, P: Clone> Clone for ApiKeyService<S, R, P> {
+impl<S: Clone, R, P> Clone for ApiKeyService<S, R, P> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            cache: self.cache.clone(),
-            config: Arc::clone(&self.config),
-            responder: self.responder.clone(),
+            shared: Arc::clone(&self.shared),
         }
     }
 }
@@ -60,9 +56,9 @@ where
     R: KeyResolver,
     P: Responder,
     ReqBody: Send + 'static,
-    ResBody: Send + 'static,
+    ResBody: RejectionBody + Send + 'static,
 {
-    type Response = Response<ResponseBody<ResBody>>;
+    type Response = Response<ResBody>;
     type Error = S::Error;
     type Future = ResponseFuture<S::Future, ResBody, S::Error>;
 
@@ -71,19 +67,17 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let config = &*self.config;
-        let grpc = is_grpc(req.headers());
+        let config = &self.shared.config;
         let hash = match config.source.extract(req.headers(), req.uri()) {
-            Ok(Some(key)) => match config.format.validate(key) {
-                Ok(()) => KeyHash::of(key),
-                Err(_) => return self.reject(AuthError::InvalidKey, grpc),
+            Ok(Some(key)) => match config.format.validate_bytes(key) {
+                Ok(()) => KeyHash::of_bytes(key),
+                Err(_) => return self.reject(AuthError::InvalidKey, &req),
             },
             Ok(None) if config.allow_anonymous => {
                 return ResponseFuture::inner(self.inner.call(req));
             }
-            Ok(None) => return self.reject(AuthError::MissingKey, grpc),
-            Err(SourceError::Conflicting) => return self.reject(AuthError::ConflictingKeys, grpc),
-            Err(SourceError::Unreadable) => return self.reject(AuthError::InvalidKey, grpc),
+            Ok(None) => return self.reject(AuthError::MissingKey, &req),
+            Err(Conflicting) => return self.reject(AuthError::ConflictingKeys, &req),
         };
         if config.hide_credentials {
             let (mut parts, body) = req.into_parts();
@@ -92,13 +86,13 @@ where
         }
 
         // Hit path: no await, no boxing.
-        if let Some(found) = self.cache.lookup_cached(&hash, Instant::now()) {
-            return match admit(found) {
+        if let Some(found) = self.shared.cache.lookup_cached(&hash, Instant::now()) {
+            return match found {
                 Ok(auth) => {
                     req.extensions_mut().insert(auth);
                     ResponseFuture::inner(self.inner.call(req))
                 }
-                Err(error) => self.reject(error, grpc),
+                Err(error) => self.reject(error, &req),
             };
         }
 
@@ -106,14 +100,15 @@ where
         let clone = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, clone);
         let this = self.with_inner(ready);
+        let grpc = is_grpc(req.headers());
         ResponseFuture::resolving(Box::pin(async move {
             let mut this = this;
-            let error = match this.cache.lookup_slow(&hash).await {
-                Ok(found) => match admit(found) {
+            let error = match this.shared.cache.lookup_slow(&hash).await {
+                Ok(slot) => match slot.admit() {
                     Ok(auth) => {
                         req.extensions_mut().insert(auth);
                         let response = this.inner.call(req).await?;
-                        return Ok(response.map(ResponseBody::inner));
+                        return Ok(response);
                     }
                     Err(error) => error,
                 },
@@ -131,38 +126,24 @@ impl<S, R, P: Responder> ApiKeyService<S, R, P> {
     fn with_inner(&self, inner: S) -> Self {
         Self {
             inner,
-            cache: self.cache.clone(),
-            config: Arc::clone(&self.config),
-            responder: self.responder.clone(),
+            shared: Arc::clone(&self.shared),
         }
     }
 
-    fn rejection<B>(&self, error: AuthError, grpc: bool) -> Response<ResponseBody<B>> {
-        let rejection = Rejection::with_settings(
-            error,
-            grpc,
-            self.config.realm.clone(),
-            self.config.retry_after,
-        );
-        self.responder.respond(rejection).map(ResponseBody::full)
+    fn rejection<B: RejectionBody>(&self, error: AuthError, grpc: bool) -> Response<B> {
+        let config = &self.shared.config;
+        let rejection = Rejection::with_settings(error, grpc, &config.realm, config.retry_after);
+        self.shared
+            .responder
+            .respond(rejection)
+            .map(B::from_rejection)
     }
 
-    fn reject<F, B, E>(&self, error: AuthError, grpc: bool) -> ResponseFuture<F, B, E> {
-        ResponseFuture::rejected(self.rejection(error, grpc))
+    fn reject<F, B: RejectionBody, E, T>(
+        &self,
+        error: AuthError,
+        req: &Request<T>,
+    ) -> ResponseFuture<F, B, E> {
+        ResponseFuture::rejected(self.rejection(error, is_grpc(req.headers())))
     }
-}
-
-/// The checks made on every request against the record itself, whatever the cache holds.
-fn admit(found: Option<Authenticated>) -> Result<Authenticated, AuthError> {
-    let auth = found.ok_or(AuthError::InvalidKey)?;
-    let record = auth.record();
-    // Read the clock only for records that can stop working.
-    if record.revoked_at.is_some() || record.expires_at.is_some() {
-        match record.status(SystemTime::now()) {
-            KeyStatus::Active => {}
-            KeyStatus::Expired => return Err(AuthError::ExpiredKey),
-            KeyStatus::Revoked => return Err(AuthError::InvalidKey),
-        }
-    }
-    Ok(auth)
 }

@@ -34,14 +34,9 @@ enum Source {
     Query(Box<str>),
 }
 
-/// Why the key could not be read from a request.
+/// The request carries two different keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum SourceError {
-    /// Two different keys.
-    Conflicting,
-    /// A key header whose bytes are not visible ASCII.
-    Unreadable,
-}
+pub(crate) struct Conflicting;
 
 impl Default for KeySource {
     fn default() -> Self {
@@ -84,32 +79,32 @@ impl KeySource {
         }
     }
 
-    /// The key the request carries, if any.
+    /// The key the request carries, if any, as raw bytes: a key that is not ASCII fails
+    /// [`KeyFormat::validate_bytes`](crate::KeyFormat::validate_bytes) like any other
+    /// malformed key.
     pub(crate) fn extract<'a>(
         &self,
         headers: &'a HeaderMap,
         uri: &'a Uri,
-    ) -> Result<Option<&'a str>, SourceError> {
-        let mut found: Option<&'a str> = None;
+    ) -> Result<Option<&'a [u8]>, Conflicting> {
+        let mut found: Option<&'a [u8]> = None;
         for source in self.sources.iter() {
             match source {
                 Source::Bearer => {
                     for value in headers.get_all(AUTHORIZATION) {
-                        let value = value.to_str().map_err(|_| SourceError::Unreadable)?;
-                        if let Some(token) = bearer_token(value) {
+                        if let Some(token) = bearer_token(value.as_bytes()) {
                             take(&mut found, token)?;
                         }
                     }
                 }
                 Source::Header(name) => {
                     for value in headers.get_all(name) {
-                        let value = value.to_str().map_err(|_| SourceError::Unreadable)?;
-                        take(&mut found, value.trim())?;
+                        take(&mut found, value.as_bytes().trim_ascii())?;
                     }
                 }
                 Source::Query(name) => {
                     for value in query_values(uri, name) {
-                        take(&mut found, value)?;
+                        take(&mut found, value.as_bytes())?;
                     }
                 }
             }
@@ -125,7 +120,7 @@ impl KeySource {
                     let bearer = headers
                         .get_all(AUTHORIZATION)
                         .iter()
-                        .any(|v| v.to_str().ok().and_then(bearer_token).is_some());
+                        .any(|v| bearer_token(v.as_bytes()).is_some());
                     if bearer {
                         headers.remove(AUTHORIZATION);
                     }
@@ -140,9 +135,9 @@ impl KeySource {
 }
 
 /// Keeps the first key seen; a different second key is a conflict.
-fn take<'a>(found: &mut Option<&'a str>, key: &'a str) -> Result<(), SourceError> {
+fn take<'a>(found: &mut Option<&'a [u8]>, key: &'a [u8]) -> Result<(), Conflicting> {
     match *found {
-        Some(seen) if seen != key => Err(SourceError::Conflicting),
+        Some(seen) if seen != key => Err(Conflicting),
         _ => {
             *found = Some(key);
             Ok(())
@@ -151,13 +146,13 @@ fn take<'a>(found: &mut Option<&'a str>, key: &'a str) -> Result<(), SourceError
 }
 
 /// The token of a `Bearer` credential; the scheme is case-insensitive (RFC 9110 §11.1).
-fn bearer_token(value: &str) -> Option<&str> {
-    let value = value.trim_start();
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let value = value.trim_ascii_start();
     let (scheme, rest) = value.split_at_checked(6)?;
-    if !scheme.eq_ignore_ascii_case("bearer") || !rest.starts_with(' ') {
+    if !scheme.eq_ignore_ascii_case(b"bearer") || rest.first() != Some(&b' ') {
         return None;
     }
-    Some(rest.trim())
+    Some(rest.trim_ascii())
 }
 
 fn query_values<'u, 'n>(
@@ -215,48 +210,40 @@ mod tests {
             .or(KeySource::query("api_key"))
     }
 
+    const K1: Result<Option<&[u8]>, Conflicting> = Ok(Some(b"k1"));
+
     #[test]
     fn bearer_scheme_is_case_insensitive_and_other_schemes_are_ignored() {
         let uri = Uri::from_static("/");
         for v in ["Bearer k1", "bearer k1", "BEARER   k1 ", "  bEaReR k1"] {
             let h = headers(&[("authorization", v)]);
-            assert_eq!(KeySource::bearer().extract(&h, &uri), Ok(Some("k1")), "{v}");
+            assert_eq!(KeySource::bearer().extract(&h, &uri), K1, "{v}");
         }
         for v in ["Basic a2V5", "Bearerk1", "Token k1", "Bear"] {
             let h = headers(&[("authorization", v)]);
             assert_eq!(KeySource::bearer().extract(&h, &uri), Ok(None), "{v}");
         }
         let h = headers(&[("authorization", "Bearer ")]);
-        assert_eq!(KeySource::bearer().extract(&h, &uri), Ok(Some("")));
+        assert_eq!(KeySource::bearer().extract(&h, &uri), Ok(Some(&b""[..])));
     }
 
     #[test]
     fn sources_in_combination() {
         let src = all();
         let uri = Uri::from_static("/x?a=1&api_key=k1&b=2");
-        assert_eq!(src.extract(&HeaderMap::new(), &uri), Ok(Some("k1")));
+        assert_eq!(src.extract(&HeaderMap::new(), &uri), K1);
         let h = headers(&[("x-api-key", "k1"), ("authorization", "Bearer k1")]);
-        assert_eq!(
-            src.extract(&h, &uri),
-            Ok(Some("k1")),
-            "the same key twice is fine"
-        );
+        assert_eq!(src.extract(&h, &uri), K1, "the same key twice is fine");
         let h = headers(&[("x-api-key", "k2"), ("authorization", "Bearer k1")]);
-        assert_eq!(
-            src.extract(&h, &Uri::from_static("/")),
-            Err(SourceError::Conflicting)
-        );
+        assert_eq!(src.extract(&h, &Uri::from_static("/")), Err(Conflicting));
         let h = headers(&[("x-api-key", "k1"), ("x-api-key", "k2")]);
-        assert_eq!(
-            src.extract(&h, &Uri::from_static("/")),
-            Err(SourceError::Conflicting)
-        );
+        assert_eq!(src.extract(&h, &Uri::from_static("/")), Err(Conflicting));
         assert_eq!(
             src.extract(
                 &HeaderMap::new(),
                 &Uri::from_static("/x?api_key=k1&api_key=k3")
             ),
-            Err(SourceError::Conflicting)
+            Err(Conflicting)
         );
         // Query parameters are read only when asked for.
         assert_eq!(
@@ -266,17 +253,17 @@ mod tests {
     }
 
     #[test]
-    fn non_ascii_header_is_unreadable() {
+    fn non_ascii_header_is_passed_on_as_bytes_for_validation_to_refuse() {
         let mut h = HeaderMap::new();
         h.insert(
             "x-api-key",
             http::HeaderValue::from_bytes(b"k\xff").unwrap(),
         );
         let src = KeySource::header(HeaderName::from_static("x-api-key"));
-        assert_eq!(
-            src.extract(&h, &Uri::from_static("/")),
-            Err(SourceError::Unreadable)
-        );
+        let uri = Uri::from_static("/");
+        let got = src.extract(&h, &uri).unwrap().unwrap();
+        assert_eq!(got, b"k\xff");
+        assert!(crate::KeyFormat::default().validate_bytes(got).is_err());
     }
 
     #[test]

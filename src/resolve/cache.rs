@@ -3,14 +3,15 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use moka::Expiry;
 use moka::future::Cache;
 
 use super::{KeyResolver, ResolveError};
+use crate::auth::AuthError;
 use crate::key::KeyHash;
-use crate::record::{Authenticated, KeyRecord};
+use crate::record::{Authenticated, KeyRecord, KeyStatus};
 
 const DEFAULT_CAPACITY: u64 = 100_000;
 const DEFAULT_TTL: Duration = Duration::from_secs(30);
@@ -169,13 +170,18 @@ impl<R: KeyResolver> CachedResolver<R> {
     /// `Ok(None)` means no key has this hash. The record's expiry and revocation times
     /// are not checked here; [`KeyRecord::status`] does that.
     pub async fn lookup(&self, hash: &KeyHash) -> Result<Option<Authenticated>, ResolveError> {
-        match self.lookup_cached(hash, Instant::now()) {
-            Some(found) => Ok(found),
-            None => self.lookup_slow(hash).await,
-        }
+        Ok(self.lookup_slot(hash).await?.auth)
     }
 
-    /// The hit path: a fresh entry from the front table, without awaiting.
+    async fn lookup_slot(&self, hash: &KeyHash) -> Result<Slot, ResolveError> {
+        if let Some(slot) = self.inner.front.get_fresh(hash, Instant::now()) {
+            return Ok(slot);
+        }
+        self.lookup_slow(hash).await
+    }
+
+    /// The hit path for the layer: the caller for a fresh cached entry, with the
+    /// record's revocation and expiry checked, without awaiting.
     ///
     /// `None` means "take the slow path": not in the table, stale, or this hit's turn to
     /// be reported to moka.
@@ -183,8 +189,8 @@ impl<R: KeyResolver> CachedResolver<R> {
         &self,
         hash: &KeyHash,
         now: Instant,
-    ) -> Option<Option<Authenticated>> {
-        let found = self.inner.front.get_fresh(hash, now)?;
+    ) -> Option<Result<Authenticated, AuthError>> {
+        let found = self.inner.front.admit_fresh(hash, now)?;
         if touch_due() {
             return None;
         }
@@ -192,17 +198,14 @@ impl<R: KeyResolver> CachedResolver<R> {
     }
 
     /// The slow path: through moka, loading from the resolver on a miss.
-    pub(crate) async fn lookup_slow(
-        &self,
-        hash: &KeyHash,
-    ) -> Result<Option<Authenticated>, ResolveError> {
+    pub(crate) async fn lookup_slow(&self, hash: &KeyHash) -> Result<Slot, ResolveError> {
         let slot = self.load_through_moka(hash).await?;
         if slot.deadline > Instant::now() {
-            return Ok(slot.auth);
+            return Ok(slot);
         }
         // Moka's clock may run a hair behind ours: drop the stale entry and load again.
         self.inner.moka.invalidate(hash).await;
-        Ok(self.load_through_moka(hash).await?.auth)
+        self.load_through_moka(hash).await
     }
 
     async fn load_through_moka(&self, hash: &KeyHash) -> Result<Slot, ResolveError> {
@@ -215,18 +218,27 @@ impl<R: KeyResolver> CachedResolver<R> {
                 Some(record) => (Some(Authenticated::new(record)), inner.ttl),
                 None => (None, inner.negative_ttl),
             };
+            let stops_at = auth.as_ref().and_then(|a| {
+                let r = a.record();
+                match (r.revoked_at, r.expires_at) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            });
             let generation = inner.generation.fetch_add(1, Ordering::Relaxed);
             if inner.epoch.load(Ordering::Acquire) != epoch {
                 // Invalidated while loading: answer this request, but keep nothing.
                 return Ok(Slot {
                     generation,
                     deadline: now,
+                    stops_at,
                     auth,
                 });
             }
             let slot = Slot {
                 generation,
                 deadline: now + ttl,
+                stops_at,
                 auth,
             };
             inner.front.insert(*hash, slot.clone());
@@ -291,11 +303,34 @@ fn touch_due() -> bool {
 
 /// One cache entry, held by moka and (while moka holds it) by the front table.
 #[derive(Clone)]
-struct Slot {
+pub(crate) struct Slot {
     /// Unique per load, so that evicting an old entry never removes its replacement.
     generation: u64,
+    /// When the entry stops being fresh.
     deadline: Instant,
+    /// The earlier of the record's revocation and expiry times: kept beside the entry so
+    /// that a hit checks them without reading the record.
+    stops_at: Option<SystemTime>,
     auth: Option<Authenticated>,
+}
+
+impl Slot {
+    /// The caller, if the record exists and may be used now. Revoked and unknown keys
+    /// get the same error.
+    pub(crate) fn admit(&self) -> Result<Authenticated, AuthError> {
+        let auth = self.auth.as_ref().ok_or(AuthError::InvalidKey)?;
+        // Read the clock only for records that can stop working.
+        if let Some(stops_at) = self.stops_at {
+            let now = SystemTime::now();
+            if stops_at <= now {
+                return Err(match auth.record().status(now) {
+                    KeyStatus::Expired => AuthError::ExpiredKey,
+                    KeyStatus::Revoked | KeyStatus::Active => AuthError::InvalidKey,
+                });
+            }
+        }
+        Ok(auth.clone())
+    }
 }
 
 struct SlotExpiry;
@@ -359,10 +394,20 @@ impl Front {
         &self.shards[i]
     }
 
-    fn get_fresh(&self, hash: &KeyHash, now: Instant) -> Option<Option<Authenticated>> {
+    fn get_fresh(&self, hash: &KeyHash, now: Instant) -> Option<Slot> {
         let shard = read(self.shard(hash));
         let slot = shard.get(hash)?;
-        (slot.deadline > now).then(|| slot.auth.clone())
+        (slot.deadline > now).then(|| slot.clone())
+    }
+
+    fn admit_fresh(
+        &self,
+        hash: &KeyHash,
+        now: Instant,
+    ) -> Option<Result<Authenticated, AuthError>> {
+        let shard = read(self.shard(hash));
+        let slot = shard.get(hash)?;
+        (slot.deadline > now).then(|| slot.admit())
     }
 
     fn insert(&self, hash: KeyHash, slot: Slot) {
