@@ -77,3 +77,8 @@ pub use resolve::{CachedResolver, KeyResolver, MemoryStore, ResolveError};
 
 #[doc(hidden)]
 pub use record::is_valid_scope as __is_valid_scope;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
