@@ -22,14 +22,9 @@ use crate::auth::{AuthError, Rejection, check_scopes};
 use crate::record::{Authenticated, RequiredScope};
 
 impl From<AuthError> for Status {
+    /// The caller-facing message: for `Unavailable`, without the store's own error.
     fn from(error: AuthError) -> Self {
-        let message = match &error {
-            AuthError::Unavailable(_) => {
-                "The API key could not be checked right now; try again shortly.".to_owned()
-            }
-            other => other.to_string(),
-        };
-        Status::new(Code::from(error.grpc_code()), message)
+        Status::new(Code::from(error.grpc_code()), error.detail())
     }
 }
 

@@ -93,7 +93,7 @@ impl AuthError {
 
     /// The message shown to callers. It never includes the resolver's error, which is
     /// for the service's logs.
-    fn detail(&self) -> Cow<'static, str> {
+    pub(crate) fn detail(&self) -> Cow<'static, str> {
         match self {
             Self::MissingKey => "The request carries no API key.".into(),
             Self::InvalidKey => "The API key is malformed, unknown or revoked.".into(),
