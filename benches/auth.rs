@@ -2,7 +2,10 @@
 //!
 //! One run compares: bare; tower-http's `ValidateRequestHeaderLayer::bearer` (the
 //! simplest possible check); `ApiKeyLayer` with one hot cached key; the same with
-//! 100 000 cached keys visited in scattered order; and a malformed key. Beside them,
+//! 100 000 cached keys visited in scattered order; and a malformed key. Each layer is
+//! measured twice: added with `Router::layer` (runs after routing, boxed and cloned by
+//! axum for every request) and wrapped around the whole router (`*_outer`: runs before
+//! routing). Beside them,
 //! the building blocks: SHA-256 of a key, moka `get` (hot and scattered) and the
 //! `CachedResolver` hit path (hot and scattered).
 //!
@@ -19,9 +22,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use axum::Router;
 use axum::body::Body;
 use axum::routing::get;
-use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use http::{HeaderValue, Request, header::AUTHORIZATION};
-use tower::ServiceExt;
+use std::convert::Infallible;
+
+use criterion::measurement::WallTime;
+use criterion::{BatchSize, BenchmarkGroup, Criterion, criterion_group, criterion_main};
+use http::{HeaderValue, Request, Response, header::AUTHORIZATION};
+use tower::{Layer, Service, ServiceExt};
 use tower_api_key::{
     ApiKeyLayer, CachedResolver, KeyFormat, KeyHash, KeyRecord, KeyResolver, MemoryStore,
     ResolveError,
@@ -65,6 +71,32 @@ fn request(auth: &str) -> Request<Body> {
 
 fn bearer(key: &str) -> String {
     format!("Bearer {key}")
+}
+
+/// Times `oneshot` of a fresh request through a clone of `service`.
+fn run<S>(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    service: &S,
+    next: &mut dyn FnMut() -> String,
+) where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone,
+{
+    g.bench_function(name, |b| {
+        b.to_async(rt).iter_batched(
+            || request(&next()),
+            |req| {
+                let service = service.clone();
+                async move {
+                    let res = service.oneshot(req).await.unwrap();
+                    black_box(res.status())
+                }
+            },
+            // Small batches: the prepared requests are still in cache when used.
+            BatchSize::NumIterations(64),
+        )
+    });
 }
 
 /// A fixed pseudo-random permutation of 0..n (xorshift, Fisher-Yates).
@@ -130,35 +162,67 @@ fn benches(c: &mut Criterion) {
     malformed.push(if last == 'a' { 'b' } else { 'a' });
     let malformed = bearer(&malformed);
 
-    let mut g = c.benchmark_group("auth");
-    let mut run = |name: &str, router: &Router, next: &mut dyn FnMut() -> String| {
-        g.bench_function(name, |b| {
-            b.to_async(&rt).iter_batched(
-                || request(&next()),
-                |req| {
-                    let router = router.clone();
-                    async move {
-                        let res = router.oneshot(req).await.unwrap();
-                        black_box(res.status())
-                    }
-                },
-                // Small batches: the prepared requests are still in cache when used.
-                BatchSize::NumIterations(64),
-            )
-        });
+    // The same layers wrapped around the whole router: they run before routing, and
+    // axum does not box and clone them per request.
+    let tower_http_outer = {
+        #[allow(deprecated)]
+        let layer = tower_http::validate_request::ValidateRequestHeaderLayer::bearer(
+            keys[0].expose_secret(),
+        );
+        layer.layer(bare.clone())
     };
-    run("bare", &bare, &mut || hot.clone());
-    run("tower_http_bearer", &tower_http, &mut || hot.clone());
-    run("api_key_hot", &api_key, &mut || hot.clone());
+    let api_key_outer = ApiKeyLayer::from_cache(cache.clone())
+        .format(format.clone())
+        .layer(bare.clone());
+
+    let mut g = c.benchmark_group("auth");
+    run(&mut g, &rt, "bare", &bare, &mut || hot.clone());
+    run(&mut g, &rt, "tower_http_bearer", &tower_http, &mut || {
+        hot.clone()
+    });
+    run(&mut g, &rt, "api_key_hot", &api_key, &mut || hot.clone());
     let mut i = 0;
-    run("api_key_100k_scattered", &api_key, &mut || {
+    run(&mut g, &rt, "api_key_100k_scattered", &api_key, &mut || {
         i = (i + 1) % KEYS;
         headers[order[i]].clone()
     });
+    run(
+        &mut g,
+        &rt,
+        "tower_http_bearer_outer",
+        &tower_http_outer,
+        &mut || hot.clone(),
+    );
+    run(
+        &mut g,
+        &rt,
+        "api_key_hot_outer",
+        &api_key_outer,
+        &mut || hot.clone(),
+    );
+    run(
+        &mut g,
+        &rt,
+        "api_key_100k_scattered_outer",
+        &api_key_outer,
+        &mut || {
+            i = (i + 1) % KEYS;
+            headers[order[i]].clone()
+        },
+    );
     let calls_before_malformed = resolver.calls.load(Ordering::Relaxed);
     rt.block_on(cache.run_pending_tasks());
     let entries_before = cache.entry_count();
-    run("malformed_key", &api_key, &mut || malformed.clone());
+    run(&mut g, &rt, "malformed_key", &api_key, &mut || {
+        malformed.clone()
+    });
+    run(
+        &mut g,
+        &rt,
+        "malformed_key_outer",
+        &api_key_outer,
+        &mut || malformed.clone(),
+    );
     drop(g);
 
     rt.block_on(cache.run_pending_tasks());
