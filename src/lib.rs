@@ -62,6 +62,7 @@ pub mod extract;
 #[cfg(feature = "tonic")]
 pub mod grpc;
 pub mod key;
+pub mod ratelimit;
 pub mod record;
 pub mod resolve;
 

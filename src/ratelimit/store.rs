@@ -1,0 +1,93 @@
+use std::time::Duration;
+
+use super::policy::{RateLimitPolicy, RateLimits};
+
+/// Where one policy stands after a request: the numbers behind the `RateLimit` header.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PolicyStatus {
+    /// Did this policy allow the request?
+    pub allowed: bool,
+    /// Requests of cost 1 still allowed now.
+    pub remaining: u64,
+    /// Until the policy's allowance is whole again (rate) or its window ends (quota).
+    pub reset: Duration,
+    /// When this policy denied: how long until it would allow the request.
+    pub retry_after: Duration,
+}
+
+/// The answer for one request: allowed only if every policy allowed it, in which case
+/// every policy was charged; otherwise none was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    len: usize,
+    statuses: [PolicyStatus; RateLimits::MAX],
+}
+
+impl Decision {
+    /// A decision from one status per policy, in the order of the policies.
+    pub fn new(statuses: impl IntoIterator<Item = PolicyStatus>) -> Self {
+        let mut d = Self {
+            len: 0,
+            statuses: [PolicyStatus::default(); RateLimits::MAX],
+        };
+        for s in statuses.into_iter().take(RateLimits::MAX) {
+            d.statuses[d.len] = s;
+            d.len += 1;
+        }
+        d
+    }
+
+    /// Allowed by every policy?
+    pub fn allowed(&self) -> bool {
+        self.statuses().iter().all(|s| s.allowed)
+    }
+
+    /// One status per policy, in the order of the policies.
+    pub fn statuses(&self) -> &[PolicyStatus] {
+        &self.statuses[..self.len]
+    }
+
+    /// How long until the request would be allowed by every policy that denied it.
+    pub fn retry_after(&self) -> Duration {
+        self.statuses()
+            .iter()
+            .map(|s| s.retry_after)
+            .max()
+            .unwrap_or_default()
+    }
+}
+
+/// A rate-limit store could not answer (for example, Redis is unreachable).
+#[derive(Debug, thiserror::Error)]
+#[error("rate-limit store unavailable: {0}")]
+pub struct RateLimitStoreError(#[source] pub Box<dyn std::error::Error + Send + Sync>);
+
+/// Where limiter state lives: in this process ([`MemoryRateLimitStore`](super::MemoryRateLimitStore))
+/// or shared by many instances.
+///
+/// `check` charges `cost` against every one of `policies` for `subject` at `now` (Unix
+/// nanoseconds), all or nothing: when one policy denies, no policy's budget is spent.
+#[async_trait::async_trait]
+pub trait RateLimitStore: Send + Sync + 'static {
+    /// Charges one request.
+    async fn check(
+        &self,
+        subject: &str,
+        policies: &[RateLimitPolicy],
+        cost: u32,
+        now: u64,
+    ) -> Result<Decision, RateLimitStoreError>;
+}
+
+#[async_trait::async_trait]
+impl<T: RateLimitStore + ?Sized> RateLimitStore for std::sync::Arc<T> {
+    async fn check(
+        &self,
+        subject: &str,
+        policies: &[RateLimitPolicy],
+        cost: u32,
+        now: u64,
+    ) -> Result<Decision, RateLimitStoreError> {
+        (**self).check(subject, policies, cost, now).await
+    }
+}
