@@ -1,6 +1,8 @@
 //! The example server: `cargo run --features full --example server`.
 //!
 //! - `BIND` (default `127.0.0.1:3000`) is where it listens.
+//! - `RATE_LIMIT` (default `1000/60s`) limits `/v1/*` per key, for keys whose record
+//!   carries no policy of its own.
 //! - On start it issues an admin key (scope `admin`) and prints `admin key: <key>`.
 //! - Keys are read from `Authorization: Bearer …` and from `X-API-Key`.
 //! - `GET /healthz` needs no key; `GET /v1/whoami` needs any valid key;
@@ -19,8 +21,8 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tower_api_key::{
-    ApiKeyLayer, Authenticated, KeyFormat, KeyRecord, KeySource, MemoryStore, RequireScope, Scopes,
-    scope,
+    ApiKeyLayer, Authenticated, KeyFormat, KeyRecord, KeySource, MemoryRateLimitStore, MemoryStore,
+    RateLimitLayer, RateLimitPolicy, RequireScope, Scopes, scope,
 };
 
 scope!(OrdersRead = "orders:read");
@@ -52,6 +54,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|_| "127.0.0.1:3000".to_owned())
         .parse()
         .map_err(|e| format!("BIND must be an address such as 127.0.0.1:3000: {e}"))?;
+    let rate_limit: RateLimitPolicy = std::env::var("RATE_LIMIT")
+        .unwrap_or_else(|_| "1000/60s".to_owned())
+        .parse()
+        .map_err(|e| format!("RATE_LIMIT: {e}"))?;
 
     let store = MemoryStore::new();
     let admin_key = KeyFormat::default().generate();
@@ -66,9 +72,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let auth = ApiKeyLayer::new(store)
         .source(KeySource::bearer().or(KeySource::header(HeaderName::from_static("x-api-key"))));
 
+    let limits = RateLimitLayer::new(MemoryRateLimitStore::new(), rate_limit);
+
     let v1 = Router::new()
         .route("/v1/whoami", get(whoami))
         .route("/v1/orders", get(list_orders).post(create_order))
+        .layer(limits)
         .layer(auth);
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))

@@ -73,6 +73,9 @@ pub use auth::{
 #[cfg(feature = "axum")]
 pub use extract::RequireScope;
 pub use key::{ApiKey, KeyFormat, KeyHash};
+pub use ratelimit::{
+    MemoryRateLimitStore, RateLimitLayer, RateLimitPolicy, RateLimitService, RateLimits,
+};
 pub use record::{Authenticated, KeyRecord, KeyStatus, RequiredScope, Scope, Scopes};
 pub use resolve::{CachedResolver, KeyResolver, MemoryStore, ResolveError};
 

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::key::{ApiKey, KeyHash};
+use crate::ratelimit::RateLimits;
 
 /// Longest scope accepted, in bytes.
 const MAX_SCOPE_LEN: usize = 128;
@@ -265,6 +266,9 @@ pub struct KeyRecord {
     pub revoked_at: Option<SystemTime>,
     /// Free-form string metadata, copied into [`Authenticated`].
     pub metadata: BTreeMap<String, String>,
+    /// The rate-limit policies of this key; empty means the
+    /// [`RateLimitLayer`](crate::RateLimitLayer)'s default.
+    pub rate_limits: RateLimits,
 }
 
 impl KeyRecord {
@@ -281,7 +285,14 @@ impl KeyRecord {
             expires_at: None,
             revoked_at: None,
             metadata: BTreeMap::new(),
+            rate_limits: RateLimits::default(),
         }
+    }
+
+    /// Sets the rate-limit policies.
+    pub fn with_rate_limits(mut self, limits: impl Into<RateLimits>) -> Self {
+        self.rate_limits = limits.into();
+        self
     }
 
     /// Sets the id.
@@ -381,6 +392,11 @@ impl Authenticated {
     /// The whole record.
     pub fn record(&self) -> &KeyRecord {
         &self.0
+    }
+
+    /// The key's rate-limit policies (empty: the layer's default applies).
+    pub fn rate_limits(&self) -> &RateLimits {
+        &self.0.rate_limits
     }
 
     /// Does the key grant `scope`?

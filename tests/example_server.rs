@@ -39,8 +39,13 @@ impl Drop for Server {
 }
 
 fn start() -> Server {
+    start_with(&[])
+}
+
+fn start_with(env: &[(&str, &str)]) -> Server {
     let mut child = Command::new(example_binary())
         .env("BIND", "127.0.0.1:0")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -168,6 +173,56 @@ async fn contract_of_the_example_server() {
     assert_eq!(status, 403);
 }
 
+#[tokio::test]
+async fn rate_limit_from_the_environment() {
+    let server = start_with(&[("RATE_LIMIT", "5/60s")]);
+    let bearer = format!("Bearer {}", server.admin_key);
+    let auth = [("authorization", bearer.as_str())];
+    for _ in 0..5 {
+        assert_eq!(
+            http(&server.addr, "GET", "/v1/whoami", &auth, "").await.0,
+            200
+        );
+    }
+    let (status, body) = http(&server.addr, "GET", "/v1/whoami", &auth, "").await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("quota-exceeded"), "{body}");
+    // /healthz is not limited.
+    assert_eq!(http(&server.addr, "GET", "/healthz", &[], "").await.0, 200);
+}
+
+#[test]
+fn bad_rate_limit_is_a_clear_error() {
+    let mut child = Command::new(example_binary())
+        .env("BIND", "127.0.0.1:0")
+        .env("RATE_LIMIT", "lots")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_with_deadline(&mut child, Duration::from_secs(20));
+    assert!(!status.success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("RATE_LIMIT"), "{stderr}");
+}
+
+/// Waits for `child` to exit; kills it and fails the test past `limit`.
+fn wait_with_deadline(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("the server did not exit within {limit:?} (stale example binary?)");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn sigterm_shuts_down_cleanly() {
     let mut server = start();
@@ -179,13 +234,6 @@ fn sigterm_shuts_down_cleanly() {
             .unwrap()
             .success()
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "server ignored SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_with_deadline(&mut server.child, Duration::from_secs(20));
     assert!(status.success(), "{status:?}");
 }

@@ -20,7 +20,8 @@ use tonic::transport::{Channel, Server};
 use tonic::{Code, Request, Response, Status};
 use tonic_prost::ProstCodec;
 use tower_api_key::{
-    ApiKey, ApiKeyLayer, KeyFormat, KeyRecord, KeySource, MemoryStore, Scopes, grpc, scope,
+    ApiKey, ApiKeyLayer, KeyFormat, KeyRecord, KeySource, MemoryRateLimitStore, MemoryStore,
+    RateLimitLayer, RateLimitPolicy, Scopes, grpc, scope,
 };
 
 scope!(OrdersRead = "orders:read");
@@ -105,14 +106,22 @@ struct Fixture {
 }
 
 async fn start() -> Fixture {
+    start_with_limit("1000/1s").await
+}
+
+/// A server behind `ApiKeyLayer` and then `RateLimitLayer` with `limit` per key.
+async fn start_with_limit(limit: &str) -> Fixture {
     let store = MemoryStore::new();
     let layer = ApiKeyLayer::new(store.clone())
         .source(KeySource::bearer().or(KeySource::header(HeaderName::from_static("x-api-key"))));
+    let policy: RateLimitPolicy = limit.parse().unwrap();
+    let limiter = RateLimitLayer::new(MemoryRateLimitStore::new(), policy);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(
         Server::builder()
             .layer(layer)
+            .layer(limiter)
             .add_service(AuthService)
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
     );
@@ -193,6 +202,21 @@ async fn missing_scope_is_permission_denied_from_the_handler_helper() {
     let status = f.call(ORDERS, Some(key.expose_secret())).await.unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
     assert!(status.message().contains("orders:read"));
+}
+
+#[tokio::test]
+async fn spent_rate_limit_is_resource_exhausted() {
+    let f = start_with_limit("2/60s").await;
+    let key = f.issue(&[], |r| r);
+    for _ in 0..2 {
+        f.call(WHOAMI, Some(key.expose_secret())).await.unwrap();
+    }
+    let status = f.call(WHOAMI, Some(key.expose_secret())).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(status.message().contains("default"), "{}", status.message());
+    // Another key is not affected.
+    let other = f.issue(&[], |r| r);
+    assert!(f.call(WHOAMI, Some(other.expose_secret())).await.is_ok());
 }
 
 #[tokio::test]

@@ -43,6 +43,16 @@ pub enum AuthError {
         /// The scope that was required.
         scope: Cow<'static, str>,
     },
+    /// A rate limit or quota is spent. HTTP 429 with `Retry-After` and an RFC 9457 body
+    /// of type `https://iana.org/assignments/http-problem-types#quota-exceeded` naming the
+    /// `violated-policies`; gRPC `RESOURCE_EXHAUSTED`.
+    #[error("rate limit exceeded ({}); retry in {}", violated.join(", "), retry_after_secs(*retry_after))]
+    RateLimited {
+        /// How long until the request would be allowed.
+        retry_after: Duration,
+        /// The names of the policies that refused it.
+        violated: Vec<String>,
+    },
     /// The key store could not be reached and the key was not cached. HTTP 503 with
     /// `Retry-After`; gRPC `UNAVAILABLE`. Never a 401, never let through.
     #[error("{0}")]
@@ -56,6 +66,7 @@ impl AuthError {
             Self::MissingKey | Self::InvalidKey | Self::ExpiredKey => StatusCode::UNAUTHORIZED,
             Self::ConflictingKeys => StatusCode::BAD_REQUEST,
             Self::InsufficientScope { .. } => StatusCode::FORBIDDEN,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -65,6 +76,7 @@ impl AuthError {
         match self {
             Self::MissingKey | Self::InvalidKey | Self::ExpiredKey | Self::ConflictingKeys => 16,
             Self::InsufficientScope { .. } => 7,
+            Self::RateLimited { .. } => 8,
             Self::Unavailable(_) => 14,
         }
     }
@@ -76,6 +88,7 @@ impl AuthError {
             Self::ExpiredKey => "variant.ExpiredKey",
             Self::ConflictingKeys => "variant.ConflictingKeys",
             Self::InsufficientScope { .. } => "variant.InsufficientScope",
+            Self::RateLimited { .. } => "variant.RateLimited",
             Self::Unavailable(_) => "variant.Unavailable",
         }
     }
@@ -87,6 +100,9 @@ impl AuthError {
             Self::ExpiredKey => "Expired API key",
             Self::ConflictingKeys => "Conflicting API keys",
             Self::InsufficientScope { .. } => "Insufficient scope",
+            Self::RateLimited { .. } => {
+                "Request cannot be satisfied as assigned quota has been exceeded"
+            }
             Self::Unavailable(_) => "Key store unavailable",
         }
     }
@@ -102,9 +118,28 @@ impl AuthError {
             Self::InsufficientScope { scope } => {
                 format!("The API key lacks the scope {scope}.").into()
             }
+            Self::RateLimited {
+                retry_after,
+                violated,
+            } => format!(
+                "Rate limit exceeded ({}); retry in {} s.",
+                violated.join(", "),
+                retry_after_secs(*retry_after)
+            )
+            .into(),
             Self::Unavailable(_) => {
                 "The API key could not be checked right now; try again shortly.".into()
             }
+        }
+    }
+
+    /// The problem type URI of the RFC 9457 body.
+    fn problem_type(&self) -> Cow<'static, str> {
+        match self {
+            Self::RateLimited { .. } => {
+                "https://iana.org/assignments/http-problem-types#quota-exceeded".into()
+            }
+            other => format!("{DOCS}#{}", other.slug()).into(),
         }
     }
 }
@@ -170,7 +205,9 @@ impl Realm {
             AuthError::InvalidKey => Some(self.invalid.clone()),
             AuthError::ExpiredKey => Some(self.expired.clone()),
             AuthError::ConflictingKeys => Some(self.bad_request.clone()),
-            AuthError::InsufficientScope { .. } | AuthError::Unavailable(_) => None,
+            AuthError::InsufficientScope { .. }
+            | AuthError::RateLimited { .. }
+            | AuthError::Unavailable(_) => None,
         }
     }
 }
@@ -266,6 +303,9 @@ impl Rejection {
             AuthError::Unavailable(_) => {
                 headers.insert(RETRY_AFTER, retry_after_value(self.retry_after));
             }
+            AuthError::RateLimited { retry_after, .. } => {
+                headers.insert(RETRY_AFTER, retry_after_value(*retry_after));
+            }
             _ => {}
         }
         response
@@ -309,7 +349,7 @@ impl Rejection {
             _ => {
                 let mut body = String::with_capacity(256);
                 body.push_str("{\"type\":");
-                push_json_string(&mut body, &format!("{DOCS}#{}", error.slug()));
+                push_json_string(&mut body, &error.problem_type());
                 body.push_str(",\"title\":");
                 push_json_string(&mut body, error.title());
                 body.push_str(",\"status\":");
@@ -319,6 +359,16 @@ impl Rejection {
                 if let AuthError::InsufficientScope { scope } = error {
                     body.push_str(",\"scope\":");
                     push_json_string(&mut body, scope);
+                }
+                if let AuthError::RateLimited { violated, .. } = error {
+                    body.push_str(",\"violated-policies\":[");
+                    for (i, name) in violated.iter().enumerate() {
+                        if i > 0 {
+                            body.push(',');
+                        }
+                        push_json_string(&mut body, name);
+                    }
+                    body.push(']');
                 }
                 body.push('}');
                 Bytes::from(body)
@@ -364,10 +414,14 @@ pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
+/// Whole seconds, rounded up and never 0: what `Retry-After` says.
+pub(crate) fn retry_after_secs(after: Duration) -> u64 {
+    (after.as_secs() + u64::from(after.subsec_nanos() > 0)).max(1)
+}
+
 /// `Retry-After` in whole seconds, rounded up and never 0.
 pub(crate) fn retry_after_value(after: Duration) -> HeaderValue {
-    let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
-    HeaderValue::from(secs.max(1))
+    HeaderValue::from(retry_after_secs(after))
 }
 
 fn is_quotable(s: &str) -> bool {
@@ -425,6 +479,10 @@ mod tests {
             AuthError::InsufficientScope {
                 scope: "orders:read".into(),
             },
+            AuthError::RateLimited {
+                retry_after: Duration::from_millis(1500),
+                violated: vec!["burst".into()],
+            },
             AuthError::Unavailable(ResolveError::new("db down")),
         ];
         for error in errors {
@@ -435,10 +493,7 @@ mod tests {
             assert_eq!(body["status"], error.status().as_u16());
             assert_eq!(body["title"], error.title());
             assert_eq!(body["detail"], &*error.detail());
-            assert_eq!(
-                body["type"].as_str().unwrap(),
-                format!("{DOCS}#{}", error.slug())
-            );
+            assert_eq!(body["type"].as_str().unwrap(), error.problem_type());
             // The resolver's own error stays out of the answer.
             assert!(!String::from_utf8_lossy(r.body()).contains("db down"));
         }
@@ -491,6 +546,28 @@ mod tests {
         ] {
             assert_eq!(built.challenge(&e), default.challenge(&e));
         }
+    }
+
+    #[test]
+    fn rate_limited_is_429_quota_exceeded_with_violated_policies() {
+        let error = AuthError::RateLimited {
+            retry_after: Duration::from_millis(11_001),
+            violated: vec!["burst".into(), "daily".into()],
+        };
+        let r = Rejection::new(error.clone(), false).render();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[RETRY_AFTER], "12");
+        let body = body_json(&r);
+        assert_eq!(
+            body["type"],
+            "https://iana.org/assignments/http-problem-types#quota-exceeded"
+        );
+        assert_eq!(
+            body["violated-policies"],
+            serde_json::json!(["burst", "daily"])
+        );
+        let g = Rejection::new(error, true).render();
+        assert_eq!(g.headers()["grpc-status"], "8");
     }
 
     #[test]

@@ -66,6 +66,7 @@ mod source;
 
 pub use body::{RejectionBody, ResponseBody};
 pub use error::{AuthError, Rejection};
+pub(crate) use error::{is_grpc, retry_after_secs};
 pub use future::ResponseFuture;
 pub use layer::{ApiKeyLayer, InvalidRealm};
 pub(crate) use require_scope::check_scopes;

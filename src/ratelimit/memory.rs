@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 
 use super::gcra;
 use super::policy::{RateLimitPolicy, RateLimits};
-use super::store::{Decision, PolicyStatus, RateLimitStore, RateLimitStoreError};
+use super::store::{Decision, PolicyStatus, RateLimitStore, RateLimitStoreError, Subject};
 
 const DEFAULT_CAPACITY: usize = 1_000_000;
 /// A shard is swept for idle entries when it has grown to twice its size after the last
@@ -127,13 +127,15 @@ impl MemoryRateLimitStore {
     /// all or nothing. The same as [`RateLimitStore::check`], without awaiting.
     pub fn check_now(
         &self,
-        subject: &str,
+        subject: Subject<'_>,
         policies: &[RateLimitPolicy],
         cost: u32,
         now: u64,
     ) -> Decision {
         let inner = &*self.inner;
-        let subject_hash = inner.subject_hasher.hash_one(subject);
+        let subject_hash = inner
+            .subject_hasher
+            .hash_one((subject.kind(), subject.id()));
         let shard = &inner.shards[(subject_hash as usize) & inner.mask];
         let policies = &policies[..policies.len().min(RateLimits::MAX)];
         let mut keys = [0u64; RateLimits::MAX];
@@ -232,12 +234,22 @@ fn lock(shard: &Shard) -> std::sync::MutexGuard<'_, ShardState> {
 impl RateLimitStore for MemoryRateLimitStore {
     async fn check(
         &self,
-        subject: &str,
+        subject: Subject<'_>,
         policies: &[RateLimitPolicy],
         cost: u32,
         now: u64,
     ) -> Result<Decision, RateLimitStoreError> {
         Ok(self.check_now(subject, policies, cost, now))
+    }
+
+    fn check_sync(
+        &self,
+        subject: Subject<'_>,
+        policies: &[RateLimitPolicy],
+        cost: u32,
+        now: u64,
+    ) -> Option<Result<Decision, RateLimitStoreError>> {
+        Some(Ok(self.check_now(subject, policies, cost, now)))
     }
 }
 
@@ -255,13 +267,27 @@ mod tests {
     }
 
     #[test]
+    fn kinds_never_share_a_budget() {
+        let store = MemoryRateLimitStore::new();
+        let p = [rate("burst", 1, 60)];
+        assert!(store.check_now(Subject::key("x"), &p, 1, T0).allowed());
+        assert!(store.check_now(Subject::consumer("x"), &p, 1, T0).allowed());
+        assert!(
+            store
+                .check_now(Subject::custom("peer", "x"), &p, 1, T0)
+                .allowed()
+        );
+        assert!(!store.check_now(Subject::key("x"), &p, 1, T0).allowed());
+    }
+
+    #[test]
     fn subjects_are_independent() {
         let store = MemoryRateLimitStore::new();
         let p = [rate("burst", 2, 60)];
-        assert!(store.check_now("a", &p, 1, T0).allowed());
-        assert!(store.check_now("a", &p, 1, T0).allowed());
-        assert!(!store.check_now("a", &p, 1, T0).allowed());
-        assert!(store.check_now("b", &p, 1, T0).allowed());
+        assert!(store.check_now(Subject::key("a"), &p, 1, T0).allowed());
+        assert!(store.check_now(Subject::key("a"), &p, 1, T0).allowed());
+        assert!(!store.check_now(Subject::key("a"), &p, 1, T0).allowed());
+        assert!(store.check_now(Subject::key("b"), &p, 1, T0).allowed());
     }
 
     #[test]
@@ -269,10 +295,10 @@ mod tests {
         let store = MemoryRateLimitStore::new();
         let daily = RateLimitPolicy::quota("daily", 3, QuotaWindow::Day).unwrap();
         let p = [rate("burst", 2, 60), daily];
-        assert!(store.check_now("k", &p, 2, T0).allowed());
+        assert!(store.check_now(Subject::key("k"), &p, 2, T0).allowed());
         // burst is spent; the denial must not spend the daily quota.
         for _ in 0..5 {
-            let d = store.check_now("k", &p, 1, T0);
+            let d = store.check_now(Subject::key("k"), &p, 1, T0);
             assert!(!d.allowed());
             assert!(!d.statuses()[0].allowed);
             assert!(d.statuses()[1].allowed);
@@ -284,8 +310,8 @@ mod tests {
         }
         // After the burst refills the daily quota still has exactly one left.
         let later = T0 + 60 * S;
-        assert!(store.check_now("k", &p, 1, later).allowed());
-        let d = store.check_now("k", &p, 1, later);
+        assert!(store.check_now(Subject::key("k"), &p, 1, later).allowed());
+        let d = store.check_now(Subject::key("k"), &p, 1, later);
         assert!(!d.allowed());
         assert!(d.statuses()[0].allowed);
         assert!(!d.statuses()[1].allowed);
@@ -296,13 +322,13 @@ mod tests {
         let store = MemoryRateLimitStore::with_capacity(1_000_000);
         let p = [rate("burst", 10, 1)];
         for i in 0..100_000 {
-            store.check_now(&format!("s{i}"), &p, 1, T0);
+            store.check_now(Subject::key(&format!("s{i}")), &p, 1, T0);
         }
         assert_eq!(store.len(), 100_000);
         // A second later every one of them is idle; new traffic sweeps them out.
         let later = T0 + 2 * S;
         for i in 0..100_000 {
-            store.check_now(&format!("t{i}"), &p, 1, later);
+            store.check_now(Subject::key(&format!("t{i}")), &p, 1, later);
         }
         assert!(store.len() < 150_000, "{} entries", store.len());
     }
@@ -312,7 +338,7 @@ mod tests {
         let store = MemoryRateLimitStore::with_capacity(10_000);
         let p = [rate("slow", 1, 3600)];
         for i in 0..100_000 {
-            store.check_now(&format!("s{i}"), &p, 1, T0 + i);
+            store.check_now(Subject::key(&format!("s{i}")), &p, 1, T0 + i);
         }
         let shards = store.inner.shards.len();
         assert!(store.len() <= 10_000 + shards, "{} entries", store.len());
@@ -327,7 +353,7 @@ mod tests {
             for _ in 0..8 {
                 scope.spawn(|| {
                     for _ in 0..1000 {
-                        if store.check_now("hot", &p, 1, T0).allowed() {
+                        if store.check_now(Subject::key("hot"), &p, 1, T0).allowed() {
                             allowed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         }
                     }
@@ -342,7 +368,7 @@ mod tests {
         let store = MemoryRateLimitStore::with_capacity(2_000_000);
         let p = [rate("burst", 10, 60)];
         for i in 0..1_000_000u32 {
-            store.check_now(&i.to_string(), &p, 1, T0);
+            store.check_now(Subject::key(&i.to_string()), &p, 1, T0);
         }
         assert_eq!(store.len(), 1_000_000);
         let per_key = store.table_bytes() as f64 / 1e6;

@@ -57,6 +57,44 @@ impl Decision {
     }
 }
 
+/// Whose budget a request is charged to: a kind (`key`, `consumer`, or a custom
+/// extractor's name) and an id, so that ids of different kinds never share a budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Subject<'a> {
+    kind: &'static str,
+    id: &'a str,
+}
+
+impl<'a> Subject<'a> {
+    /// A budget per API key.
+    pub fn key(id: &'a str) -> Self {
+        Self { kind: "key", id }
+    }
+
+    /// A budget shared by all keys of a consumer.
+    pub fn consumer(id: &'a str) -> Self {
+        Self {
+            kind: "consumer",
+            id,
+        }
+    }
+
+    /// A budget of another kind, such as `peer` for a client address.
+    pub fn custom(kind: &'static str, id: &'a str) -> Self {
+        Self { kind, id }
+    }
+
+    /// The kind.
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    /// The id.
+    pub fn id(&self) -> &'a str {
+        self.id
+    }
+}
+
 /// A rate-limit store could not answer (for example, Redis is unreachable).
 #[derive(Debug, thiserror::Error)]
 #[error("rate-limit store unavailable: {0}")]
@@ -72,22 +110,46 @@ pub trait RateLimitStore: Send + Sync + 'static {
     /// Charges one request.
     async fn check(
         &self,
-        subject: &str,
+        subject: Subject<'_>,
         policies: &[RateLimitPolicy],
         cost: u32,
         now: u64,
     ) -> Result<Decision, RateLimitStoreError>;
+
+    /// The same as [`check`](Self::check) for a store that can answer without waiting
+    /// (an in-process store): the layer then calls no async code and boxes nothing.
+    /// `None`, the default, means "call `check`".
+    fn check_sync(
+        &self,
+        subject: Subject<'_>,
+        policies: &[RateLimitPolicy],
+        cost: u32,
+        now: u64,
+    ) -> Option<Result<Decision, RateLimitStoreError>> {
+        let _ = (subject, policies, cost, now);
+        None
+    }
 }
 
 #[async_trait::async_trait]
 impl<T: RateLimitStore + ?Sized> RateLimitStore for std::sync::Arc<T> {
     async fn check(
         &self,
-        subject: &str,
+        subject: Subject<'_>,
         policies: &[RateLimitPolicy],
         cost: u32,
         now: u64,
     ) -> Result<Decision, RateLimitStoreError> {
         (**self).check(subject, policies, cost, now).await
+    }
+
+    fn check_sync(
+        &self,
+        subject: Subject<'_>,
+        policies: &[RateLimitPolicy],
+        cost: u32,
+        now: u64,
+    ) -> Option<Result<Decision, RateLimitStoreError>> {
+        (**self).check_sync(subject, policies, cost, now)
     }
 }
