@@ -54,33 +54,31 @@ fn emission_interval(requests: u32, per: Duration) -> u64 {
 }
 
 fn rate(requests: u32, per: Duration, burst: u32, state: u64, now: u64, cost: u32) -> Outcome {
-    let t = u128::from(emission_interval(requests, per));
-    let now128 = u128::from(now);
+    // u64 nanoseconds, saturating: a sum past year 2554 means "no limit in sight".
+    let t = emission_interval(requests, per);
     // A quota state where a rate is expected (the policy changed kind): start afresh.
     let tat = if state & QUOTA_BIT != 0 {
-        now128
+        now
     } else {
-        u128::from(state).max(now128)
+        state.max(now)
     };
-    let new_tat = tat + u128::from(cost) * t;
-    let limit_at = now128 + u128::from(burst) * t;
-    let to_u64 = |x: u128| u64::try_from(x).unwrap_or(u64::MAX);
-    let dur = |x: u128| Duration::from_nanos(to_u64(x));
+    let new_tat = tat.saturating_add(u64::from(cost).saturating_mul(t));
+    let limit_at = now.saturating_add(u64::from(burst).saturating_mul(t));
     if new_tat <= limit_at {
         Outcome {
             allowed: true,
-            state: to_u64(new_tat).min(QUOTA_BIT - 1),
-            remaining: to_u64((limit_at - new_tat) / t),
-            reset: dur(new_tat - now128),
+            state: new_tat.min(QUOTA_BIT - 1),
+            remaining: (limit_at - new_tat) / t,
+            reset: Duration::from_nanos(new_tat - now),
             retry_after: Duration::ZERO,
         }
     } else {
         Outcome {
             allowed: false,
             state,
-            remaining: to_u64(limit_at.saturating_sub(tat) / t),
-            reset: dur(tat - now128),
-            retry_after: dur(new_tat - limit_at),
+            remaining: limit_at.saturating_sub(tat) / t,
+            reset: Duration::from_nanos(tat - now),
+            retry_after: Duration::from_nanos(new_tat - limit_at),
         }
     }
 }

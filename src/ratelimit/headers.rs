@@ -1,8 +1,6 @@
 //! The IETF `RateLimit-Policy` and `RateLimit` fields (draft-ietf-httpapi-ratelimit-headers,
 //! draft 11 syntax), and the optional `X-RateLimit-*` trio.
 
-use std::fmt::Write;
-
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::policy::RateLimits;
@@ -24,23 +22,17 @@ pub(crate) struct Headers {
 
 impl Headers {
     pub(crate) fn new(limits: &RateLimits, decision: &Decision, x_headers: bool) -> Self {
-        let mut value = String::with_capacity(48 * limits.as_slice().len());
+        let mut value = Vec::with_capacity(48 * limits.as_slice().len());
         for (policy, status) in limits.iter().zip(decision.statuses()) {
             if !value.is_empty() {
-                value.push_str(", ");
+                value.extend_from_slice(b", ");
             }
-            let reset = if status.reset.is_zero() {
-                0
-            } else {
-                retry_after_secs(status.reset)
-            };
-            let _ = write!(
-                value,
-                "\"{}\";r={};t={}",
-                policy.name(),
-                status.remaining,
-                reset
-            );
+            value.push(b'"');
+            value.extend_from_slice(policy.name().as_bytes());
+            value.extend_from_slice(b"\";r=");
+            push_decimal(&mut value, status.remaining);
+            value.extend_from_slice(b";t=");
+            push_decimal(&mut value, reset_secs(status.reset));
         }
         let x = x_headers
             .then(|| {
@@ -50,26 +42,22 @@ impl Headers {
                     .zip(decision.statuses())
                     .min_by_key(|(_, s)| s.remaining)?;
                 let (q, _) = policy.quota_and_window();
-                let reset = if status.reset.is_zero() {
-                    0
-                } else {
-                    retry_after_secs(status.reset)
-                };
                 Some([
                     HeaderValue::from(q),
                     HeaderValue::from(status.remaining),
-                    HeaderValue::from(reset),
+                    HeaderValue::from(reset_secs(status.reset)),
                 ])
             })
             .flatten();
         Self {
             policy: limits.policy_header().cloned(),
-            ratelimit: HeaderValue::try_from(value).ok(),
+            ratelimit: HeaderValue::from_maybe_shared(bytes::Bytes::from(value)).ok(),
             x,
         }
     }
 
     pub(crate) fn apply(self, headers: &mut HeaderMap) {
+        headers.reserve(2);
         if let Some(v) = self.policy {
             headers.insert(RATELIMIT_POLICY.clone(), v);
         }
@@ -80,6 +68,44 @@ impl Headers {
             headers.insert(X_LIMIT.clone(), limit);
             headers.insert(X_REMAINING.clone(), remaining);
             headers.insert(X_RESET.clone(), reset);
+        }
+    }
+}
+
+/// `t`: whole seconds until reset, rounded up (0 only when already whole).
+fn reset_secs(reset: std::time::Duration) -> u64 {
+    if reset.is_zero() {
+        0
+    } else {
+        retry_after_secs(reset)
+    }
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals() {
+        for n in [0, 7, 10, 99, 12345, u64::MAX] {
+            let mut v = Vec::new();
+            push_decimal(&mut v, n);
+            assert_eq!(String::from_utf8(v).unwrap(), n.to_string());
         }
     }
 }

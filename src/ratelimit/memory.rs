@@ -1,5 +1,5 @@
 use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex};
 
 use super::gcra;
@@ -31,7 +31,7 @@ struct Inner {
     shards: Box<[Shard]>,
     mask: usize,
     per_shard: usize,
-    subject_hasher: RandomState,
+    seed: (u64, u64),
 }
 
 #[repr(align(128))]
@@ -98,7 +98,7 @@ impl MemoryRateLimitStore {
                     .collect(),
                 mask: shards - 1,
                 per_shard: capacity.div_ceil(shards).max(1),
-                subject_hasher: RandomState::new(),
+                seed: random_seed(),
             }),
         }
     }
@@ -133,11 +133,12 @@ impl MemoryRateLimitStore {
         now: u64,
     ) -> Decision {
         let inner = &*self.inner;
-        let subject_hash = inner
-            .subject_hasher
-            .hash_one((subject.kind(), subject.id()));
-        let shard = &inner.shards[(subject_hash as usize) & inner.mask];
+        let subject_hash = hash_subject(inner.seed, subject);
+        let shard = &inner.shards[(subject_hash >> 48) as usize & inner.mask];
         let policies = &policies[..policies.len().min(RateLimits::MAX)];
+        if let [policy] = policies {
+            return self.check_one(shard, subject_hash, policy, cost, now);
+        }
         let mut keys = [0u64; RateLimits::MAX];
         let mut states = [0u64; RateLimits::MAX];
         let mut statuses = [PolicyStatus::default(); RateLimits::MAX];
@@ -176,6 +177,72 @@ impl MemoryRateLimitStore {
         drop(state);
         Decision::new(statuses.into_iter().take(policies.len()))
     }
+}
+
+impl MemoryRateLimitStore {
+    /// One policy, the common case: one map lookup.
+    fn check_one(
+        &self,
+        shard: &Shard,
+        subject_hash: u64,
+        policy: &RateLimitPolicy,
+        cost: u32,
+        now: u64,
+    ) -> Decision {
+        let key = entry_key(subject_hash, policy.name_hash());
+        let mut state = lock(shard);
+        let slot = state.map.entry(key).or_insert(0);
+        let outcome = gcra::check(&policy.limit(), *slot, now, cost);
+        *slot = outcome.state;
+        if outcome.allowed {
+            state.maintain(now, self.inner.per_shard);
+        }
+        drop(state);
+        Decision::new([PolicyStatus {
+            allowed: outcome.allowed,
+            remaining: outcome.remaining,
+            reset: outcome.reset,
+            retry_after: outcome.retry_after,
+        }])
+    }
+}
+
+/// A random seed for the subject hash, so that subjects (chosen by clients) cannot be
+/// picked to collide or to crowd one shard.
+fn random_seed() -> (u64, u64) {
+    let mut seed = [0u8; 16];
+    // Without OS randomness the store still works; it only loses its flood guard.
+    let _ = getrandom::fill(&mut seed);
+    (
+        u64::from_le_bytes(seed[..8].try_into().expect("8 bytes")) | 1,
+        u64::from_le_bytes(seed[8..].try_into().expect("8 bytes")) | 1,
+    )
+}
+
+/// A seeded folded-multiply hash of the subject's kind and id, 8 bytes a step.
+fn hash_subject(seed: (u64, u64), subject: Subject<'_>) -> u64 {
+    let mut h = seed.0 ^ (subject.id().len() as u64);
+    for part in [subject.kind().as_bytes(), &[0xff], subject.id().as_bytes()] {
+        let mut chunks = part.chunks_exact(8);
+        for c in &mut chunks {
+            h = fold(
+                h ^ u64::from_le_bytes(c.try_into().expect("8 bytes")),
+                seed.1,
+            );
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut last = [0u8; 8];
+            last[..rest.len()].copy_from_slice(rest);
+            h = fold(h ^ u64::from_le_bytes(last), seed.1);
+        }
+    }
+    h
+}
+
+fn fold(x: u64, seed: u64) -> u64 {
+    let p = u128::from(x ^ seed) * u128::from(0x9E37_79B9_7F4A_7C15_u64 ^ seed.rotate_left(29));
+    (p as u64) ^ ((p >> 64) as u64)
 }
 
 impl ShardState {
@@ -264,6 +331,19 @@ mod tests {
 
     fn rate(name: &str, requests: u32, secs: u64) -> RateLimitPolicy {
         RateLimitPolicy::rate(name, requests, Duration::from_secs(secs)).unwrap()
+    }
+
+    #[test]
+    fn subject_hash_depends_on_kind_id_and_seed() {
+        let s = (3, 5);
+        let h = |k: Subject<'_>| hash_subject(s, k);
+        assert_ne!(h(Subject::key("a")), h(Subject::consumer("a")));
+        assert_ne!(h(Subject::key("a")), h(Subject::key("b")));
+        assert_ne!(h(Subject::key("abcdefgh1")), h(Subject::key("abcdefgh2")));
+        assert_ne!(
+            hash_subject((7, 9), Subject::key("a")),
+            h(Subject::key("a"))
+        );
     }
 
     #[test]

@@ -1,0 +1,253 @@
+//! Rate limiting, in one run:
+//!
+//! - `store/*`: governor's keyed limiter (`check_key`) against `MemoryRateLimitStore`,
+//!   on one hot key and on 100 000 keys;
+//! - `layer/*`: per request through an axum `Router` with `oneshot`, over bare:
+//!   `RateLimitLayer` against tower_governor's `GovernorLayer`, both keyed by a header
+//!   and with a burst too large to ever refuse; each added with `Router::layer` and
+//!   wrapped around the router (`*_outer`);
+//! - `auth_and_limit/*`: `ApiKeyLayer` + `RateLimitLayer` together, hot key and 100 000
+//!   keys in scattered order.
+//!
+//! `cargo bench --bench ratelimit`
+#![allow(missing_docs)] // criterion_group! generates an undocumented fn.
+
+use std::convert::Infallible;
+use std::hint::black_box;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::routing::get;
+use criterion::measurement::WallTime;
+use criterion::{BatchSize, BenchmarkGroup, Criterion, criterion_group, criterion_main};
+use http::{HeaderValue, Request, Response};
+use tower::{Layer, Service, ServiceExt};
+use tower_api_key::ratelimit::Clock as _;
+use tower_api_key::ratelimit::{Subject, SystemClock};
+use tower_api_key::{
+    ApiKeyLayer, CachedResolver, KeyFormat, KeyRecord, MemoryRateLimitStore, MemoryStore,
+    RateLimitLayer, RateLimitPolicy,
+};
+use tower_governor::GovernorError;
+use tower_governor::governor::GovernorConfigBuilder;
+use tower_governor::key_extractor::KeyExtractor;
+
+const KEYS: usize = 100_000;
+
+/// Keys tower_governor by the `x-key` header, as `RateLimitLayer` is keyed below.
+#[derive(Clone)]
+struct HeaderKey;
+
+impl KeyExtractor for HeaderKey {
+    type Key = String;
+
+    fn extract<T>(&self, req: &Request<T>) -> Result<String, GovernorError> {
+        req.headers()
+            .get("x-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .ok_or(GovernorError::UnableToExtractKey)
+    }
+}
+
+fn handler_router() -> Router {
+    Router::new().route("/", get(|| async { "ok" }))
+}
+
+fn ready(router: Router) -> Router {
+    router.with_state(())
+}
+
+/// A burst no bench run can spend.
+fn generous() -> RateLimitPolicy {
+    RateLimitPolicy::rate("bench", 1_000_000_000, Duration::from_secs(1)).unwrap()
+}
+
+fn scattered(n: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for i in (1..n).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        order.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    order
+}
+
+fn run<S>(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    service: &S,
+    next: &mut dyn FnMut() -> (&'static str, String),
+) where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone,
+{
+    g.bench_function(name, |b| {
+        b.to_async(rt).iter_batched(
+            || {
+                let (header, value) = next();
+                let mut req = Request::get("/").body(Body::empty()).unwrap();
+                req.headers_mut()
+                    .insert(header, HeaderValue::from_str(&value).unwrap());
+                req
+            },
+            |req| {
+                let service = service.clone();
+                async move {
+                    let res = service.oneshot(req).await.unwrap();
+                    assert!(res.status().is_success());
+                    black_box(res.status())
+                }
+            },
+            BatchSize::NumIterations(64),
+        )
+    });
+}
+
+fn benches(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let order = scattered(KEYS);
+    let ids: Vec<String> = (0..KEYS).map(|i| format!("key_{i:022}")).collect();
+
+    // Stores, head to head.
+    let mut g = c.benchmark_group("store");
+    let quota = governor::Quota::per_second(NonZeroU32::new(1_000_000_000).unwrap())
+        .allow_burst(NonZeroU32::new(1_000_000_000).unwrap());
+    let keyed = governor::RateLimiter::keyed(quota);
+    let ours = MemoryRateLimitStore::new();
+    let policy = [generous()];
+    let clock = SystemClock;
+    g.bench_function("governor_check_key_hot", |b| {
+        b.iter(|| black_box(keyed.check_key(&ids[0]).is_ok()))
+    });
+    g.bench_function("memory_store_hot", |b| {
+        b.iter(|| {
+            black_box(
+                ours.check_now(Subject::key(&ids[0]), &policy, 1, clock.now())
+                    .allowed(),
+            )
+        })
+    });
+    for id in &ids {
+        let _ = keyed.check_key(id);
+        ours.check_now(Subject::key(id), &policy, 1, clock.now());
+    }
+    let mut i = 0;
+    g.bench_function("governor_check_key_100k", |b| {
+        b.iter(|| {
+            i = (i + 1) % KEYS;
+            black_box(keyed.check_key(&ids[order[i]]).is_ok())
+        })
+    });
+    g.bench_function("memory_store_100k", |b| {
+        b.iter(|| {
+            i = (i + 1) % KEYS;
+            let s = Subject::key(&ids[order[i]]);
+            black_box(ours.check_now(s, &policy, 1, clock.now()).allowed())
+        })
+    });
+    g.finish();
+
+    // Layers over a bare router, keyed by a header.
+    let governor_config = GovernorConfigBuilder::default()
+        .per_nanosecond(1)
+        .burst_size(1_000_000_000)
+        .key_extractor(HeaderKey)
+        .finish()
+        .unwrap();
+    let governor_layer = tower_governor::GovernorLayer::new(governor_config);
+    let by_header = || {
+        RateLimitLayer::new(MemoryRateLimitStore::new(), generous()).anonymous(
+            "header",
+            |info| {
+                info.headers
+                    .get("x-key")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            },
+            generous(),
+        )
+    };
+    let bare = ready(handler_router());
+    let governed = ready(handler_router().layer(governor_layer.clone()));
+    let limited = ready(handler_router().layer(by_header()));
+    let governed_outer = governor_layer.layer(bare.clone());
+    let limited_outer = by_header().layer(bare.clone());
+    let hot = || ("x-key", "client-1".to_owned());
+    let mut g = c.benchmark_group("layer");
+    run(&mut g, &rt, "bare", &bare, &mut hot.clone());
+    run(&mut g, &rt, "tower_governor", &governed, &mut hot.clone());
+    run(&mut g, &rt, "rate_limit_layer", &limited, &mut hot.clone());
+    run(
+        &mut g,
+        &rt,
+        "tower_governor_outer",
+        &governed_outer,
+        &mut hot.clone(),
+    );
+    run(
+        &mut g,
+        &rt,
+        "rate_limit_layer_outer",
+        &limited_outer,
+        &mut hot.clone(),
+    );
+    g.finish();
+
+    // Authentication and rate limiting together.
+    let format = KeyFormat::default();
+    let keys = MemoryStore::new();
+    let secrets: Vec<String> = (0..KEYS)
+        .map(|_| {
+            let key = format.generate();
+            keys.insert(KeyRecord::new(&key, "bench"));
+            format!("Bearer {}", key.expose_secret())
+        })
+        .collect();
+    let cache = CachedResolver::builder(keys)
+        .max_capacity(2 * KEYS as u64)
+        .ttl(Duration::from_secs(3600))
+        .build();
+    rt.block_on(async {
+        for s in &secrets {
+            let hash = tower_api_key::KeyHash::of(&s["Bearer ".len()..]);
+            cache.lookup(&hash).await.unwrap().unwrap();
+        }
+        cache.run_pending_tasks().await;
+    });
+    let auth = ApiKeyLayer::from_cache(cache.clone());
+    let limits = RateLimitLayer::new(MemoryRateLimitStore::new(), generous());
+    let both = ready(handler_router().layer(limits.clone()).layer(auth.clone()));
+    let both_outer = auth.layer(limits.layer(bare.clone()));
+    let mut g = c.benchmark_group("auth_and_limit");
+    let hot = || ("authorization", secrets[0].clone());
+    run(&mut g, &rt, "bare", &bare, &mut hot.clone());
+    run(&mut g, &rt, "hot", &both, &mut hot.clone());
+    let mut i = 0;
+    run(&mut g, &rt, "100k_scattered", &both, &mut || {
+        i = (i + 1) % KEYS;
+        ("authorization", secrets[order[i]].clone())
+    });
+    run(&mut g, &rt, "hot_outer", &both_outer, &mut hot.clone());
+    run(
+        &mut g,
+        &rt,
+        "100k_scattered_outer",
+        &both_outer,
+        &mut || {
+            i = (i + 1) % KEYS;
+            ("authorization", secrets[order[i]].clone())
+        },
+    );
+    g.finish();
+}
+
+criterion_group!(ratelimit, benches);
+criterion_main!(ratelimit);
