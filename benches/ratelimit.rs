@@ -12,18 +12,15 @@
 //! `cargo bench --bench ratelimit`
 #![allow(missing_docs)] // criterion_group! generates an undocumented fn.
 
-use std::convert::Infallible;
 use std::hint::black_box;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
 use axum::routing::get;
-use criterion::measurement::WallTime;
-use criterion::{BatchSize, BenchmarkGroup, Criterion, criterion_group, criterion_main};
-use http::{HeaderValue, Request, Response};
-use tower::{Layer, Service, ServiceExt};
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::Request;
+use tower::Layer;
 use tower_api_key::ratelimit::Clock as _;
 use tower_api_key::ratelimit::{Subject, SystemClock};
 use tower_api_key::{
@@ -33,6 +30,9 @@ use tower_api_key::{
 use tower_governor::GovernorError;
 use tower_governor::governor::GovernorConfigBuilder;
 use tower_governor::key_extractor::KeyExtractor;
+
+mod common;
+use common::{Expect, run, scattered};
 
 const KEYS: usize = 100_000;
 
@@ -63,49 +63,6 @@ fn ready(router: Router) -> Router {
 /// A burst no bench run can spend.
 fn generous() -> RateLimitPolicy {
     RateLimitPolicy::rate("bench", 1_000_000_000, Duration::from_secs(1)).unwrap()
-}
-
-fn scattered(n: usize) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..n).collect();
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    for i in (1..n).rev() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        order.swap(i, (x % (i as u64 + 1)) as usize);
-    }
-    order
-}
-
-fn run<S>(
-    g: &mut BenchmarkGroup<'_, WallTime>,
-    rt: &tokio::runtime::Runtime,
-    name: &str,
-    service: &S,
-    next: &mut dyn FnMut() -> (&'static str, String),
-) where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone,
-{
-    g.bench_function(name, |b| {
-        b.to_async(rt).iter_batched(
-            || {
-                let (header, value) = next();
-                let mut req = Request::get("/").body(Body::empty()).unwrap();
-                req.headers_mut()
-                    .insert(header, HeaderValue::from_str(&value).unwrap());
-                req
-            },
-            |req| {
-                let service = service.clone();
-                async move {
-                    let res = service.oneshot(req).await.unwrap();
-                    assert!(res.status().is_success());
-                    black_box(res.status())
-                }
-            },
-            BatchSize::NumIterations(64),
-        )
-    });
 }
 
 fn benches(c: &mut Criterion) {
@@ -182,14 +139,36 @@ fn benches(c: &mut Criterion) {
     let limited_outer = by_header().layer(bare.clone());
     let hot = || ("x-key", "client-1".to_owned());
     let mut g = c.benchmark_group("layer");
-    run(&mut g, &rt, "bare", &bare, &mut hot.clone());
-    run(&mut g, &rt, "tower_governor", &governed, &mut hot.clone());
-    run(&mut g, &rt, "rate_limit_layer", &limited, &mut hot.clone());
+    run(
+        &mut g,
+        &rt,
+        "bare",
+        &bare,
+        Expect::Success,
+        &mut hot.clone(),
+    );
+    run(
+        &mut g,
+        &rt,
+        "tower_governor",
+        &governed,
+        Expect::Success,
+        &mut hot.clone(),
+    );
+    run(
+        &mut g,
+        &rt,
+        "rate_limit_layer",
+        &limited,
+        Expect::Success,
+        &mut hot.clone(),
+    );
     run(
         &mut g,
         &rt,
         "tower_governor_outer",
         &governed_outer,
+        Expect::Success,
         &mut hot.clone(),
     );
     run(
@@ -197,6 +176,7 @@ fn benches(c: &mut Criterion) {
         &rt,
         "rate_limit_layer_outer",
         &limited_outer,
+        Expect::Success,
         &mut hot.clone(),
     );
     g.finish();
@@ -228,19 +208,41 @@ fn benches(c: &mut Criterion) {
     let both_outer = auth.layer(limits.layer(bare.clone()));
     let mut g = c.benchmark_group("auth_and_limit");
     let hot = || ("authorization", secrets[0].clone());
-    run(&mut g, &rt, "bare", &bare, &mut hot.clone());
-    run(&mut g, &rt, "hot", &both, &mut hot.clone());
+    run(
+        &mut g,
+        &rt,
+        "bare",
+        &bare,
+        Expect::Success,
+        &mut hot.clone(),
+    );
+    run(&mut g, &rt, "hot", &both, Expect::Success, &mut hot.clone());
     let mut i = 0;
-    run(&mut g, &rt, "100k_scattered", &both, &mut || {
-        i = (i + 1) % KEYS;
-        ("authorization", secrets[order[i]].clone())
-    });
-    run(&mut g, &rt, "hot_outer", &both_outer, &mut hot.clone());
+    run(
+        &mut g,
+        &rt,
+        "100k_scattered",
+        &both,
+        Expect::Success,
+        &mut || {
+            i = (i + 1) % KEYS;
+            ("authorization", secrets[order[i]].clone())
+        },
+    );
+    run(
+        &mut g,
+        &rt,
+        "hot_outer",
+        &both_outer,
+        Expect::Success,
+        &mut hot.clone(),
+    );
     run(
         &mut g,
         &rt,
         "100k_scattered_outer",
         &both_outer,
+        Expect::Success,
         &mut || {
             i = (i + 1) % KEYS;
             ("authorization", secrets[order[i]].clone())

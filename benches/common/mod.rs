@@ -1,0 +1,71 @@
+//! Helpers shared by the benchmarks.
+#![allow(dead_code)] // each benchmark uses part of it
+
+use std::convert::Infallible;
+use std::hint::black_box;
+
+use axum::body::Body;
+use criterion::BatchSize;
+use criterion::BenchmarkGroup;
+use criterion::measurement::WallTime;
+use http::{HeaderValue, Request, Response};
+use tower::{Service, ServiceExt};
+
+/// A fixed pseudo-random permutation of 0..n (xorshift, Fisher-Yates).
+pub(crate) fn scattered(n: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for i in (1..n).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        order.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    order
+}
+
+/// What a benchmarked response must be.
+#[derive(Clone, Copy)]
+pub(crate) enum Expect {
+    /// 2xx: the request got through.
+    Success,
+    /// Anything (a refusal is what is measured).
+    Any,
+}
+
+/// Times `oneshot` through a clone of `service` of a request carrying the header that
+/// `next` names. The request is built in setup, its header freshly copied as a server
+/// would hand it over, in small batches so that prepared requests are still in cache.
+pub(crate) fn run<S>(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    service: &S,
+    expect: Expect,
+    next: &mut dyn FnMut() -> (&'static str, String),
+) where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone,
+{
+    g.bench_function(name, |b| {
+        b.to_async(rt).iter_batched(
+            || {
+                let (header, value) = next();
+                let mut req = Request::get("/").body(Body::empty()).unwrap();
+                req.headers_mut()
+                    .insert(header, HeaderValue::from_str(&value).unwrap());
+                req
+            },
+            |req| {
+                let service = service.clone();
+                async move {
+                    let res = service.oneshot(req).await.unwrap();
+                    if let Expect::Success = expect {
+                        assert!(res.status().is_success(), "{name}: {}", res.status());
+                    }
+                    black_box(res.status())
+                }
+            },
+            BatchSize::NumIterations(64),
+        )
+    });
+}
