@@ -12,7 +12,10 @@ use http::header::{AUTHORIZATION, CONTENT_TYPE};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
-use tower_api_key::ratelimit::{Cost, ManualClock, QuotaWindow};
+use tower_api_key::ratelimit::{
+    Cost, Decision, ManualClock, OnStoreError, QuotaWindow, RateLimitStore, RateLimitStoreError,
+    Subject,
+};
 use tower_api_key::{
     ApiKey, ApiKeyLayer, KeyFormat, KeyRecord, MemoryRateLimitStore, MemoryStore, RateLimitLayer,
     RateLimitPolicy, RateLimits,
@@ -388,4 +391,94 @@ async fn grpc_requests_get_resource_exhausted() {
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(header(&r, "grpc-status"), "8");
     assert!(header(&r, "ratelimit").starts_with(r#""default";r=0"#));
+}
+
+/// A store that answers only asynchronously (as a networked store would), or fails.
+#[derive(Clone)]
+struct AsyncStore {
+    inner: MemoryRateLimitStore,
+    down: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[async_trait::async_trait]
+impl RateLimitStore for AsyncStore {
+    async fn check(
+        &self,
+        subject: Subject<'_>,
+        policies: &[RateLimitPolicy],
+        cost: u32,
+        now: u64,
+    ) -> Result<Decision, RateLimitStoreError> {
+        tokio::task::yield_now().await;
+        if self.down.load(Ordering::SeqCst) {
+            return Err(RateLimitStoreError("connection refused".into()));
+        }
+        Ok(self.inner.check_now(subject, policies, cost, now))
+    }
+}
+
+fn async_app(on_error: OnStoreError) -> (Router, MemoryStore, Arc<std::sync::atomic::AtomicBool>) {
+    let keys = MemoryStore::new();
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let store = AsyncStore {
+        inner: MemoryRateLimitStore::new(),
+        down: down.clone(),
+    };
+    let policy: RateLimitPolicy = "2/60s".parse().unwrap();
+    let router = Router::new()
+        .route("/v1/x", get(|| async { "ok" }))
+        .layer(RateLimitLayer::new(store, policy).on_store_error(on_error))
+        .layer(ApiKeyLayer::new(keys.clone()));
+    (router, keys, down)
+}
+
+async fn status_of(router: &Router, key: &ApiKey) -> (StatusCode, Option<String>) {
+    let req = Request::get("/v1/x")
+        .header(AUTHORIZATION, format!("Bearer {}", key.expose_secret()))
+        .body(Body::empty())
+        .unwrap();
+    let r = router.clone().oneshot(req).await.unwrap();
+    let limit = r
+        .headers()
+        .get("ratelimit")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (r.status(), limit)
+}
+
+#[tokio::test]
+async fn an_asynchronous_store_limits_the_same_way() {
+    let (router, keys, _) = async_app(OnStoreError::Allow);
+    let key = KeyFormat::default().generate();
+    keys.insert(KeyRecord::new(&key, "acme"));
+    let (status, limit) = status_of(&router, &key).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(limit.as_deref(), Some(r#""default";r=1;t=30"#));
+    assert_eq!(status_of(&router, &key).await.0, StatusCode::OK);
+    assert_eq!(
+        status_of(&router, &key).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+#[tokio::test]
+async fn a_failing_store_lets_requests_through_or_refuses_them_as_configured() {
+    let key = KeyFormat::default().generate();
+    let (open, keys, down) = async_app(OnStoreError::Allow);
+    keys.insert(KeyRecord::new(&key, "acme"));
+    down.store(true, Ordering::SeqCst);
+    for _ in 0..5 {
+        let (status, limit) = status_of(&open, &key).await;
+        assert_eq!(status, StatusCode::OK, "fail open");
+        assert!(limit.is_none(), "no numbers to report");
+    }
+    let (closed, keys, down) = async_app(OnStoreError::Deny);
+    keys.insert(KeyRecord::new(&key, "acme"));
+    down.store(true, Ordering::SeqCst);
+    assert_eq!(
+        status_of(&closed, &key).await.0,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "fail closed"
+    );
+    down.store(false, Ordering::SeqCst);
+    assert_eq!(status_of(&closed, &key).await.0, StatusCode::OK);
 }
