@@ -1,12 +1,14 @@
 //! The server `scripts/loadtest.sh` drives with wrk: one route, either bare
-//! (`MODE=bare`) or behind `ApiKeyLayer` + `RateLimitLayer` (`MODE=auth`, with a budget
-//! no load run can spend). It prints `key: <key>` and `listening on http://<addr>`, and
+//! (`MODE=bare`) or behind `ApiKeyLayer` + `RateLimitLayer` with a budget no load run can
+//! spend, added with `Router::layer` (`MODE=auth`) or wrapped around the router
+//! (`MODE=auth-outer`). It prints `key: <key>` and `listening on http://<addr>`, and
 //! runs on one thread so that it can be pinned to one core.
 
 use std::time::Duration;
 
-use axum::Router;
 use axum::routing::get;
+use axum::{Router, ServiceExt};
+use tower::Layer;
 use tower_api_key::{
     ApiKeyLayer, KeyFormat, KeyRecord, MemoryRateLimitStore, MemoryStore, RateLimitLayer,
     RateLimitPolicy,
@@ -22,17 +24,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("key: {}", key.expose_secret());
 
     let app = Router::new().route("/", get(|| async { "ok" }));
-    let app = match mode.as_str() {
-        "bare" => app,
-        "auth" => {
-            let generous = RateLimitPolicy::rate("load", 1_000_000_000, Duration::from_secs(1))?;
-            app.layer(RateLimitLayer::new(MemoryRateLimitStore::new(), generous))
-                .layer(ApiKeyLayer::new(keys))
-        }
-        other => return Err(format!("MODE must be bare or auth, not {other:?}").into()),
-    };
+    let generous = RateLimitPolicy::rate("load", 1_000_000_000, Duration::from_secs(1))?;
+    let limits = RateLimitLayer::new(MemoryRateLimitStore::new(), generous);
+    let auth = ApiKeyLayer::new(keys);
     let listener = tokio::net::TcpListener::bind(&bind).await?;
     println!("listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, app).await?;
+    match mode.as_str() {
+        "bare" => axum::serve(listener, app).await?,
+        "auth" => axum::serve(listener, app.layer(limits).layer(auth)).await?,
+        "auth-outer" => {
+            let service = auth.layer(limits.layer(app));
+            let make = ServiceExt::<axum::extract::Request>::into_make_service(service);
+            axum::serve(listener, make).await?
+        }
+        other => {
+            return Err(format!("MODE must be bare, auth or auth-outer, not {other:?}").into());
+        }
+    }
     Ok(())
 }
