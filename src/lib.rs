@@ -65,6 +65,7 @@ pub mod key;
 pub mod ratelimit;
 pub mod record;
 pub mod resolve;
+pub mod store;
 
 pub use auth::{
     ApiKeyLayer, ApiKeyService, AuthError, DefaultResponder, KeySource, Rejection, RejectionBody,
@@ -78,6 +79,7 @@ pub use ratelimit::{
 };
 pub use record::{Authenticated, KeyRecord, KeyStatus, RequiredScope, Scope, Scopes};
 pub use resolve::{CachedResolver, KeyResolver, MemoryStore, ResolveError};
+pub use store::{KeyStore, StoreError};
 
 #[doc(hidden)]
 pub use record::is_valid_scope as __is_valid_scope;

@@ -11,6 +11,7 @@ use http::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderName, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
+use tower_api_key::KeyStore as _;
 use tower_api_key::{
     ApiKey, ApiKeyLayer, Authenticated, CachedResolver, KeyFormat, KeyHash, KeyRecord, KeyResolver,
     KeySource, MemoryStore, Rejection, RequireScope, RequireScopeLayer, ResolveError, Scope,
@@ -267,7 +268,7 @@ async fn revocation_takes_effect_on_invalidate() {
         StatusCode::OK
     );
     let id = app.store.records.records()[0].id.clone();
-    app.store.records.revoke(&id, SystemTime::now());
+    app.store.records.revoke(&id, "test").await.unwrap();
     app.cache.invalidate(&key.hash()).await;
     let (r, _) = send(&app, bearer("/whoami", key.expose_secret())).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);

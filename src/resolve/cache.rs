@@ -630,7 +630,9 @@ mod tests {
         let before = cache.lookup(&key.hash()).await.unwrap().unwrap();
         assert!(before.record().revoked_at.is_none());
         let id = before.key_id().to_owned();
-        resolver.store.revoke(&id, std::time::SystemTime::now());
+        crate::KeyStore::revoke(&resolver.store, &id, "test")
+            .await
+            .unwrap();
         // Still cached until invalidated.
         let cached = cache.lookup(&key.hash()).await.unwrap().unwrap();
         assert!(cached.record().revoked_at.is_none());

@@ -1,12 +1,17 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use super::{KeyResolver, ResolveError};
-use crate::key::KeyHash;
-use crate::record::KeyRecord;
+use crate::key::{KeyFormat, KeyHash};
+use crate::record::{KeyRecord, Scopes, generate_key_id};
+use crate::store::{
+    AuditEntry, AuditEvent, CreatedKey, KeyStore, ListQuery, NewKey, Page, StoreError, Usage,
+    UsageDelta, cursor_of, parse_cursor,
+};
 
-/// Key records in memory: for tests, examples and small services.
+/// Key records, usage and the audit log in memory: for tests, examples and small
+/// services. A full [`KeyStore`].
 ///
 /// Clones share the same records.
 ///
@@ -21,49 +26,75 @@ use crate::record::KeyRecord;
 #[derive(Clone, Default, Debug)]
 pub struct MemoryStore {
     records: Arc<RwLock<Records>>,
+    format: KeyFormat,
 }
 
 #[derive(Default, Debug)]
 struct Records {
     by_hash: HashMap<KeyHash, KeyRecord>,
     hash_by_id: HashMap<String, KeyHash>,
+    usage: HashMap<String, Usage>,
+    audit: Vec<AuditEntry>,
+}
+
+impl Records {
+    fn record_mut(&mut self, id: &str) -> Result<&mut KeyRecord, StoreError> {
+        let hash = self
+            .hash_by_id
+            .get(id)
+            .ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
+        self.by_hash
+            .get_mut(hash)
+            .ok_or_else(|| StoreError::NotFound(id.to_owned()))
+    }
+
+    fn log(&mut self, at: SystemTime, event: AuditEvent, key_id: &str, actor: &str) {
+        self.audit.push(AuditEntry {
+            at,
+            event,
+            key_id: key_id.to_owned(),
+            actor: actor.to_owned(),
+        });
+    }
+
+    /// Stores a new record under a fresh, unused id.
+    fn add(&mut self, mut record: KeyRecord) -> KeyRecord {
+        while self.hash_by_id.contains_key(&record.id) {
+            record.id = generate_key_id();
+        }
+        self.hash_by_id.insert(record.id.clone(), record.hash);
+        self.by_hash.insert(record.hash, record.clone());
+        record
+    }
 }
 
 impl MemoryStore {
-    /// An empty store.
+    /// An empty store issuing keys of the default [`KeyFormat`].
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Adds a record, replacing any with the same id or hash.
+    /// An empty store issuing keys of `format`.
+    pub fn with_format(format: KeyFormat) -> Self {
+        Self {
+            format,
+            ..Self::default()
+        }
+    }
+
+    /// Adds a record as it is, replacing any with the same id or hash (for tests and
+    /// seeding; [`KeyStore::create`] is the way to issue keys).
     pub fn insert(&self, record: KeyRecord) {
         let mut records = self.write();
-        if let Some(old) = records.hash_by_id.insert(record.id.clone(), record.hash) {
-            records.by_hash.remove(&old);
+        // Drop whatever holds this id or this hash.
+        if let Some(old_hash) = records.hash_by_id.remove(&record.id) {
+            records.by_hash.remove(&old_hash);
         }
-        if let Some(old) = records.by_hash.insert(record.hash, record) {
+        if let Some(old) = records.by_hash.remove(&record.hash) {
             records.hash_by_id.remove(&old.id);
         }
-    }
-
-    /// The record with this id.
-    pub fn get(&self, id: &str) -> Option<KeyRecord> {
-        let records = self.read();
-        let hash = records.hash_by_id.get(id)?;
-        records.by_hash.get(hash).cloned()
-    }
-
-    /// Marks the record with this id revoked at `at`; returns the updated record.
-    ///
-    /// A [`CachedResolver`](crate::CachedResolver) in front of this store keeps serving
-    /// its cached copy until its TTL ends unless it is told with
-    /// [`invalidate`](crate::CachedResolver::invalidate).
-    pub fn revoke(&self, id: &str, at: SystemTime) -> Option<KeyRecord> {
-        let mut records = self.write();
-        let hash = *records.hash_by_id.get(id)?;
-        let record = records.by_hash.get_mut(&hash)?;
-        record.revoked_at.get_or_insert(at);
-        Some(record.clone())
+        records.hash_by_id.insert(record.id.clone(), record.hash);
+        records.by_hash.insert(record.hash, record);
     }
 
     /// Every record.
@@ -82,8 +113,8 @@ impl MemoryStore {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Records> {
-        // A panic while holding the lock cannot leave the maps inconsistent with each
-        // other in a way that matters more than refusing all later requests would.
+        // Every change below is made in one step under the lock, so a panic elsewhere
+        // cannot leave the maps half-updated.
         self.records.read().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -99,6 +130,160 @@ impl KeyResolver for MemoryStore {
     }
 }
 
+#[async_trait::async_trait]
+impl KeyStore for MemoryStore {
+    async fn create(&self, new: NewKey, actor: &str) -> Result<CreatedKey, StoreError> {
+        let key = self.format.generate();
+        let mut records = self.write();
+        let record = records.add(new.into_record(&key));
+        records.log(record.created_at, AuditEvent::Created, &record.id, actor);
+        Ok(CreatedKey { key, record })
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        let records = self.read();
+        Ok(records
+            .hash_by_id
+            .get(id)
+            .and_then(|h| records.by_hash.get(h))
+            .cloned())
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
+        let after = query.after.as_deref().map(parse_cursor).transpose()?;
+        let records = self.read();
+        let mut matching: Vec<&KeyRecord> = records
+            .by_hash
+            .values()
+            .filter(|r| query.consumer.as_ref().is_none_or(|c| &r.consumer == c))
+            .filter(|r| {
+                after
+                    .as_ref()
+                    .is_none_or(|(at, id)| (r.created_at, &r.id) > (*at, id))
+            })
+            .collect();
+        matching.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        let limit = query.limit.clamp(1, ListQuery::MAX_LIMIT);
+        let more = matching.len() > limit;
+        let page: Vec<KeyRecord> = matching.into_iter().take(limit).cloned().collect();
+        let next = if more {
+            page.last().map(cursor_of)
+        } else {
+            None
+        };
+        Ok(Page {
+            records: page,
+            next,
+        })
+    }
+
+    async fn revoke(&self, id: &str, actor: &str) -> Result<KeyRecord, StoreError> {
+        let now = SystemTime::now();
+        let mut records = self.write();
+        let record = records.record_mut(id)?;
+        if record.revoked_at.is_some() {
+            return Ok(record.clone());
+        }
+        record.revoked_at = Some(now);
+        let record = record.clone();
+        records.log(now, AuditEvent::Revoked, id, actor);
+        Ok(record)
+    }
+
+    async fn rotate(
+        &self,
+        id: &str,
+        grace: Duration,
+        actor: &str,
+    ) -> Result<CreatedKey, StoreError> {
+        let now = SystemTime::now();
+        let ends = now + grace;
+        let key = self.format.generate();
+        let mut records = self.write();
+        let old = records.record_mut(id)?;
+        let new = NewKey {
+            consumer: old.consumer.clone(),
+            name: old.name.clone(),
+            scopes: old.scopes.clone(),
+            expires_at: old.expires_at,
+            rate_limits: old.rate_limits.clone(),
+            metadata: old.metadata.clone(),
+        };
+        let stops = old.expires_at.map_or(ends, |at| at.min(ends));
+        old.expires_at = Some(stops);
+        let record = records.add(new.into_record(&key));
+        let new_key_id = record.id.clone();
+        records.log(now, AuditEvent::Rotated { new_key_id }, id, actor);
+        records.log(now, AuditEvent::Created, &record.id, actor);
+        records.log(stops, AuditEvent::ExpiredByRotation, id, actor);
+        Ok(CreatedKey { key, record })
+    }
+
+    async fn set_expiry(
+        &self,
+        id: &str,
+        at: Option<SystemTime>,
+        actor: &str,
+    ) -> Result<KeyRecord, StoreError> {
+        let now = SystemTime::now();
+        let mut records = self.write();
+        let record = records.record_mut(id)?;
+        record.expires_at = at;
+        let record = record.clone();
+        records.log(now, AuditEvent::ExpiryChanged, id, actor);
+        Ok(record)
+    }
+
+    async fn set_scopes(
+        &self,
+        id: &str,
+        scopes: Scopes,
+        actor: &str,
+    ) -> Result<KeyRecord, StoreError> {
+        let now = SystemTime::now();
+        let mut records = self.write();
+        let record = records.record_mut(id)?;
+        record.scopes = scopes;
+        let record = record.clone();
+        records.log(now, AuditEvent::ScopesChanged, id, actor);
+        Ok(record)
+    }
+
+    async fn record_usage(&self, deltas: &[UsageDelta]) -> Result<(), StoreError> {
+        let mut records = self.write();
+        for d in deltas {
+            if !records.hash_by_id.contains_key(&d.key_id) {
+                continue;
+            }
+            let usage = records.usage.entry(d.key_id.clone()).or_default();
+            usage.requests += d.requests;
+            usage.rejected += d.rejected;
+            usage.last_used_at = usage.last_used_at.max(Some(d.last_used_at));
+        }
+        Ok(())
+    }
+
+    async fn usage(&self, id: &str) -> Result<Option<Usage>, StoreError> {
+        let records = self.read();
+        if !records.hash_by_id.contains_key(id) {
+            return Ok(None);
+        }
+        Ok(Some(records.usage.get(id).copied().unwrap_or_default()))
+    }
+
+    async fn audit(&self, key_id: Option<&str>) -> Result<Vec<AuditEntry>, StoreError> {
+        let records = self.read();
+        let mut entries: Vec<AuditEntry> = records
+            .audit
+            .iter()
+            .filter(|e| key_id.is_none_or(|id| e.key_id == id))
+            .cloned()
+            .collect();
+        entries.sort_by_key(|e| e.at);
+        Ok(entries)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,10 +296,13 @@ mod tests {
         let rec = KeyRecord::new(&key, "acme").with_id("k1");
         store.insert(rec.clone());
         assert_eq!(store.resolve(&key.hash()).await.unwrap(), Some(rec));
-        let now = SystemTime::now();
-        assert_eq!(store.revoke("k1", now).unwrap().revoked_at, Some(now));
-        assert_eq!(store.get("k1").unwrap().revoked_at, Some(now));
-        assert!(store.revoke("nope", now).is_none());
+        let revoked = store.revoke("k1", "test").await.unwrap();
+        assert!(revoked.revoked_at.is_some());
+        assert_eq!(KeyStore::get(&store, "k1").await.unwrap(), Some(revoked));
+        assert!(matches!(
+            store.revoke("nope", "test").await,
+            Err(StoreError::NotFound(_))
+        ));
 
         // Re-inserting the same id with a new key drops the old hash.
         let key2 = KeyFormat::default().generate();

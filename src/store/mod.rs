@@ -1,0 +1,422 @@
+//! Key management: [`KeyStore`] creates, lists, revokes and rotates keys, records usage
+//! and keeps an audit log. Stores keep only a key's hash and public start, never the key.
+//!
+//! [`MemoryStore`](crate::MemoryStore) implements it in memory. A [`CachedResolver`]
+//! over a store is a store too: its changes invalidate the cache entry of the key they
+//! change, so that a revocation takes effect at once on this instance. Other instances
+//! see it when their cache entry expires (its TTL, 30 s by default, is the bound).
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_api_key::{KeyStore, MemoryStore, Scopes, store::NewKey};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let store = MemoryStore::new();
+//! let created = store
+//!     .create(NewKey::new("acme").with_name("ci").with_scopes(Scopes::parse(["orders:read"]).unwrap()), "admin")
+//!     .await
+//!     .unwrap();
+//! // Show `created.key` to its owner once; the store has only its hash.
+//! let rotated = store.rotate(&created.record.id, Duration::from_secs(3600), "admin").await.unwrap();
+//! assert_ne!(rotated.record.id, created.record.id);
+//! store.revoke(&rotated.record.id, "admin").await.unwrap();
+//! # }
+//! ```
+
+use std::collections::BTreeMap;
+use std::error::Error as StdError;
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use crate::key::ApiKey;
+use crate::ratelimit::RateLimits;
+use crate::record::{KeyRecord, Scopes};
+use crate::resolve::{CachedResolver, KeyResolver, ResolveError};
+
+/// What a new key is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NewKey {
+    /// Who the key belongs to.
+    pub consumer: String,
+    /// A human-readable name.
+    pub name: String,
+    /// What it may do.
+    pub scopes: Scopes,
+    /// When it stops working, if ever.
+    pub expires_at: Option<SystemTime>,
+    /// Its rate-limit policies (empty: the layer's default).
+    pub rate_limits: RateLimits,
+    /// Free-form metadata.
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl NewKey {
+    /// A key for `consumer`, with no name, scopes, expiry, policies or metadata.
+    pub fn new(consumer: impl Into<String>) -> Self {
+        Self {
+            consumer: consumer.into(),
+            name: String::new(),
+            scopes: Scopes::empty(),
+            expires_at: None,
+            rate_limits: RateLimits::default(),
+            metadata: BTreeMap::new(),
+        }
+    }
+
+    /// Sets the name.
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Sets the scopes.
+    pub fn with_scopes(mut self, scopes: Scopes) -> Self {
+        self.scopes = scopes;
+        self
+    }
+
+    /// Sets the expiry time.
+    pub fn with_expires_at(mut self, at: SystemTime) -> Self {
+        self.expires_at = Some(at);
+        self
+    }
+
+    /// Sets the rate-limit policies.
+    pub fn with_rate_limits(mut self, limits: impl Into<RateLimits>) -> Self {
+        self.rate_limits = limits.into();
+        self
+    }
+
+    /// Adds a metadata entry.
+    pub fn with_metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// The record for `key`, created now.
+    pub(crate) fn into_record(self, key: &ApiKey) -> KeyRecord {
+        let mut record = KeyRecord::new(key, self.consumer)
+            .with_name(self.name)
+            .with_scopes(self.scopes)
+            .with_rate_limits(self.rate_limits);
+        record.expires_at = self.expires_at;
+        record.metadata = self.metadata;
+        record
+    }
+}
+
+/// A key just created: the secret, shown this once, and its record.
+#[derive(Debug, Clone)]
+pub struct CreatedKey {
+    /// The secret key. Its `Debug` shows only its start.
+    pub key: ApiKey,
+    /// What the store keeps.
+    pub record: KeyRecord,
+}
+
+/// Which records [`KeyStore::list`] returns: oldest first, `limit` at a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ListQuery {
+    /// Only this consumer's keys.
+    pub consumer: Option<String>,
+    /// The `next` cursor of the previous page.
+    pub after: Option<String>,
+    /// At most this many (1 to 1000; default 100).
+    pub limit: usize,
+}
+
+impl Default for ListQuery {
+    fn default() -> Self {
+        Self {
+            consumer: None,
+            after: None,
+            limit: 100,
+        }
+    }
+}
+
+impl ListQuery {
+    /// The largest page.
+    pub const MAX_LIMIT: usize = 1000;
+
+    /// Only `consumer`'s keys.
+    pub fn consumer(mut self, consumer: impl Into<String>) -> Self {
+        self.consumer = Some(consumer.into());
+        self
+    }
+
+    /// The page after the one that returned `cursor` as `next`.
+    pub fn after(mut self, cursor: impl Into<String>) -> Self {
+        self.after = Some(cursor.into());
+        self
+    }
+
+    /// At most `limit` records (clamped to 1..=1000).
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.limit = limit.clamp(1, Self::MAX_LIMIT);
+        self
+    }
+}
+
+/// One page of records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// The records, oldest first.
+    pub records: Vec<KeyRecord>,
+    /// The cursor of the next page, if there is one.
+    pub next: Option<String>,
+}
+
+/// How much a key has been used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Requests let through.
+    pub requests: u64,
+    /// Requests refused (rate limited, or a scope missing).
+    pub rejected: u64,
+    /// When the key was last presented.
+    pub last_used_at: Option<SystemTime>,
+}
+
+/// Usage of one key to add to the store's counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageDelta {
+    /// The key.
+    pub key_id: String,
+    /// Requests let through.
+    pub requests: u64,
+    /// Requests refused.
+    pub rejected: u64,
+    /// When it was last presented.
+    pub last_used_at: SystemTime,
+}
+
+/// What happened to a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AuditEvent {
+    /// The key was created.
+    Created,
+    /// The key was rotated; `new_key_id` replaces it.
+    Rotated {
+        /// The replacement.
+        new_key_id: String,
+    },
+    /// The key stops working (at the entry's time) because it was rotated.
+    ExpiredByRotation,
+    /// The key was revoked.
+    Revoked,
+    /// The key's expiry time was changed.
+    ExpiryChanged,
+    /// The key's scopes were changed.
+    ScopesChanged,
+}
+
+impl AuditEvent {
+    /// A stable snake_case name: `created`, `rotated`, `expired_by_rotation`, `revoked`,
+    /// `expiry_changed`, `scopes_changed`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Rotated { .. } => "rotated",
+            Self::ExpiredByRotation => "expired_by_rotation",
+            Self::Revoked => "revoked",
+            Self::ExpiryChanged => "expiry_changed",
+            Self::ScopesChanged => "scopes_changed",
+        }
+    }
+}
+
+/// One entry of the audit log. It holds ids, never a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// When.
+    pub at: SystemTime,
+    /// What.
+    pub event: AuditEvent,
+    /// Which key.
+    pub key_id: String,
+    /// Who: an admin key's id, `cli`, or what the caller passed.
+    pub actor: String,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// No key has this id.
+    #[error("no key with id {0:?}")]
+    NotFound(String),
+    /// The request is not valid (for example a malformed cursor).
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The backend failed.
+    #[error("key store error: {0}")]
+    Backend(#[source] Box<dyn StdError + Send + Sync>),
+}
+
+impl From<StoreError> for ResolveError {
+    fn from(error: StoreError) -> Self {
+        ResolveError::new(error)
+    }
+}
+
+/// A store that manages keys: everything [`KeyResolver`] does, plus creating, listing,
+/// revoking and rotating keys, usage counters and the audit log.
+///
+/// Every change takes an `actor` (an admin key's id, `cli`, …) for the audit log.
+#[async_trait::async_trait]
+pub trait KeyStore: KeyResolver {
+    /// Generates a key, stores its hash and start, and returns it: the only time the
+    /// secret is available.
+    async fn create(&self, new: NewKey, actor: &str) -> Result<CreatedKey, StoreError>;
+
+    /// The record with this id.
+    async fn get(&self, id: &str) -> Result<Option<KeyRecord>, StoreError>;
+
+    /// Records, oldest first, a page at a time.
+    async fn list(&self, query: &ListQuery) -> Result<Page, StoreError>;
+
+    /// Revokes the key now. Revoking a revoked key changes nothing.
+    async fn revoke(&self, id: &str, actor: &str) -> Result<KeyRecord, StoreError>;
+
+    /// A new key with the same consumer, name, scopes, policies, metadata and expiry;
+    /// the old one keeps working for `grace`, then fails as expired.
+    async fn rotate(
+        &self,
+        id: &str,
+        grace: Duration,
+        actor: &str,
+    ) -> Result<CreatedKey, StoreError>;
+
+    /// Sets (or clears) the expiry time.
+    async fn set_expiry(
+        &self,
+        id: &str,
+        at: Option<SystemTime>,
+        actor: &str,
+    ) -> Result<KeyRecord, StoreError>;
+
+    /// Replaces the scopes.
+    async fn set_scopes(
+        &self,
+        id: &str,
+        scopes: Scopes,
+        actor: &str,
+    ) -> Result<KeyRecord, StoreError>;
+
+    /// Adds usage counts (unknown ids are ignored).
+    async fn record_usage(&self, deltas: &[UsageDelta]) -> Result<(), StoreError>;
+
+    /// The usage of a key, `None` if no key has this id.
+    async fn usage(&self, id: &str) -> Result<Option<Usage>, StoreError>;
+
+    /// The audit log, oldest first, of one key or of all.
+    async fn audit(&self, key_id: Option<&str>) -> Result<Vec<AuditEntry>, StoreError>;
+}
+
+/// A cached store is a store whose changes invalidate the cache entry of the key they
+/// change, so that revocation, rotation and expiry changes take effect at once here.
+#[async_trait::async_trait]
+impl<S: KeyStore> KeyStore for CachedResolver<S> {
+    async fn create(&self, new: NewKey, actor: &str) -> Result<CreatedKey, StoreError> {
+        let created = self.resolver().create(new, actor).await?;
+        // A request may have cached "unknown" for this hash a moment ago.
+        self.invalidate(&created.record.hash).await;
+        Ok(created)
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        self.resolver().get(id).await
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
+        self.resolver().list(query).await
+    }
+
+    async fn revoke(&self, id: &str, actor: &str) -> Result<KeyRecord, StoreError> {
+        let record = self.resolver().revoke(id, actor).await?;
+        self.invalidate(&record.hash).await;
+        Ok(record)
+    }
+
+    async fn rotate(
+        &self,
+        id: &str,
+        grace: Duration,
+        actor: &str,
+    ) -> Result<CreatedKey, StoreError> {
+        let old = self.resolver().get(id).await?;
+        let created = self.resolver().rotate(id, grace, actor).await?;
+        if let Some(old) = old {
+            self.invalidate(&old.hash).await;
+        }
+        self.invalidate(&created.record.hash).await;
+        Ok(created)
+    }
+
+    async fn set_expiry(
+        &self,
+        id: &str,
+        at: Option<SystemTime>,
+        actor: &str,
+    ) -> Result<KeyRecord, StoreError> {
+        let record = self.resolver().set_expiry(id, at, actor).await?;
+        self.invalidate(&record.hash).await;
+        Ok(record)
+    }
+
+    async fn set_scopes(
+        &self,
+        id: &str,
+        scopes: Scopes,
+        actor: &str,
+    ) -> Result<KeyRecord, StoreError> {
+        let record = self.resolver().set_scopes(id, scopes, actor).await?;
+        self.invalidate(&record.hash).await;
+        Ok(record)
+    }
+
+    async fn record_usage(&self, deltas: &[UsageDelta]) -> Result<(), StoreError> {
+        self.resolver().record_usage(deltas).await
+    }
+
+    async fn usage(&self, id: &str) -> Result<Option<Usage>, StoreError> {
+        self.resolver().usage(id).await
+    }
+
+    async fn audit(&self, key_id: Option<&str>) -> Result<Vec<AuditEntry>, StoreError> {
+        self.resolver().audit(key_id).await
+    }
+}
+
+/// The opaque cursor of a listing: the creation time and id of the last record.
+pub(crate) fn cursor_of(record: &KeyRecord) -> String {
+    let nanos = record
+        .created_at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{nanos}.{}", record.id)
+}
+
+/// Parses a cursor from [`cursor_of`].
+pub(crate) fn parse_cursor(cursor: &str) -> Result<(SystemTime, String), StoreError> {
+    let invalid = || StoreError::Invalid("malformed list cursor".to_owned());
+    let (nanos, id) = cursor.split_once('.').ok_or_else(invalid)?;
+    let nanos: u64 = nanos.parse().map_err(|_| invalid())?;
+    if id.is_empty() {
+        return Err(invalid());
+    }
+    Ok((
+        SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos),
+        id.to_owned(),
+    ))
+}
+
+impl fmt::Display for AuditEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}

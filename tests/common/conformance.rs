@@ -1,0 +1,283 @@
+//! The behaviour every `KeyStore` must have: one test body, run against each store.
+
+use std::time::{Duration, SystemTime};
+
+use tower_api_key::ratelimit::QuotaWindow;
+use tower_api_key::store::{AuditEvent, ListQuery, NewKey, UsageDelta};
+use tower_api_key::{
+    KeyHash, KeyStatus, KeyStore, RateLimitPolicy, RateLimits, Scopes, StoreError,
+};
+
+/// Runs every check against `store`. `dump` returns everything the store holds as text
+/// (a Debug print, a database file, a table dump), to prove no key text is stored.
+pub(crate) async fn run<S, D, F>(store: S, dump: D)
+where
+    S: KeyStore + Clone,
+    D: Fn() -> F,
+    F: std::future::Future<Output = String>,
+{
+    let mut secrets = Vec::new();
+    create_get_resolve_round_trip(&store, &mut secrets).await;
+    list_pages_by_consumer(&store).await;
+    revoke_is_final(&store, &mut secrets).await;
+    rotate_with_grace(&store, &mut secrets).await;
+    expiry_scopes_usage_and_audit(&store, &mut secrets).await;
+    concurrent_creates_get_unique_ids(&store, &mut secrets).await;
+    let everything = dump().await;
+    for secret in &secrets {
+        let body = &secret[secret.len() - 40..];
+        assert!(!everything.contains(body), "the store holds a key's text");
+    }
+}
+
+fn limits() -> RateLimits {
+    RateLimits::new([
+        RateLimitPolicy::rate("burst", 10, Duration::from_secs(1))
+            .unwrap()
+            .with_burst(20)
+            .unwrap(),
+        RateLimitPolicy::quota("daily", 1000, QuotaWindow::Day).unwrap(),
+    ])
+    .unwrap()
+}
+
+async fn create_get_resolve_round_trip<S: KeyStore>(store: &S, secrets: &mut Vec<String>) {
+    let expires = SystemTime::UNIX_EPOCH + Duration::from_secs(4_000_000_000);
+    let new = NewKey::new("acme")
+        .with_name("ci deploy")
+        .with_scopes(Scopes::parse(["orders:read", "orders:*"]).unwrap())
+        .with_expires_at(expires)
+        .with_rate_limits(limits())
+        .with_metadata("team", "payments")
+        .with_metadata("ticket", "OPS-1\u{e9}");
+    let created = store.create(new, "admin-key").await.unwrap();
+    let secret = created.key.expose_secret().to_owned();
+    secrets.push(secret.clone());
+    let record = &created.record;
+    assert!(secret.starts_with(&record.start));
+    assert_eq!(record.hash, KeyHash::of(&secret));
+    assert_eq!(record.consumer, "acme");
+    assert_eq!(record.name, "ci deploy");
+    assert_eq!(record.expires_at, Some(expires));
+    assert_eq!(record.rate_limits, limits());
+    assert_eq!(record.metadata["ticket"], "OPS-1\u{e9}");
+    assert!(record.revoked_at.is_none());
+    // What comes back is exactly what went in.
+    assert_eq!(store.get(&record.id).await.unwrap().as_ref(), Some(record));
+    assert_eq!(
+        store.resolve(&record.hash).await.unwrap().as_ref(),
+        Some(record)
+    );
+    assert_eq!(
+        store
+            .resolve(&KeyHash::of("sk_live_nothing"))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(store.get("key_missing").await.unwrap(), None);
+    assert!(
+        !format!("{created:?}").contains(&secret[12..]),
+        "Debug shows the secret"
+    );
+}
+
+async fn list_pages_by_consumer<S: KeyStore>(store: &S) {
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let c = store
+            .create(NewKey::new("pager").with_name(format!("k{i}")), "cli")
+            .await
+            .unwrap();
+        ids.push(c.record.id);
+    }
+    store.create(NewKey::new("other"), "cli").await.unwrap();
+    let mut seen = Vec::new();
+    let mut query = ListQuery::default().consumer("pager").limit(2);
+    let mut pages = 0;
+    loop {
+        let page = store.list(&query).await.unwrap();
+        pages += 1;
+        assert!(page.records.len() <= 2);
+        assert!(page.records.iter().all(|r| r.consumer == "pager"));
+        seen.extend(page.records.iter().map(|r| r.id.clone()));
+        match page.next {
+            Some(next) => query = query.after(next),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen, ids, "every key once, oldest first");
+    let bad = ListQuery::default().after("not a cursor");
+    assert!(matches!(
+        store.list(&bad).await,
+        Err(StoreError::Invalid(_))
+    ));
+}
+
+async fn revoke_is_final<S: KeyStore>(store: &S, secrets: &mut Vec<String>) {
+    let created = store
+        .create(NewKey::new("acme"), "admin-key")
+        .await
+        .unwrap();
+    secrets.push(created.key.expose_secret().to_owned());
+    let id = created.record.id.clone();
+    let revoked = store.revoke(&id, "admin-key").await.unwrap();
+    let at = revoked.revoked_at.expect("revoked");
+    // Revoking again changes nothing.
+    assert_eq!(
+        store.revoke(&id, "admin-key").await.unwrap().revoked_at,
+        Some(at)
+    );
+    // Clearing the expiry does not bring it back.
+    store.set_expiry(&id, None, "admin-key").await.unwrap();
+    let resolved = store.resolve(&created.record.hash).await.unwrap().unwrap();
+    assert_eq!(resolved.status(SystemTime::now()), KeyStatus::Revoked);
+    assert!(matches!(
+        store.revoke("key_missing", "x").await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+async fn rotate_with_grace<S: KeyStore>(store: &S, secrets: &mut Vec<String>) {
+    let old = store
+        .create(
+            NewKey::new("acme")
+                .with_scopes(Scopes::parse(["a"]).unwrap())
+                .with_rate_limits(limits()),
+            "admin-key",
+        )
+        .await
+        .unwrap();
+    secrets.push(old.key.expose_secret().to_owned());
+    let grace = Duration::from_secs(3600);
+    let before = SystemTime::now();
+    let new = store
+        .rotate(&old.record.id, grace, "admin-key")
+        .await
+        .unwrap();
+    secrets.push(new.key.expose_secret().to_owned());
+    assert_ne!(new.record.id, old.record.id);
+    assert_ne!(new.key.expose_secret(), old.key.expose_secret());
+    assert_eq!(new.record.consumer, "acme");
+    assert_eq!(new.record.scopes, old.record.scopes);
+    assert_eq!(new.record.rate_limits, limits());
+    let now = SystemTime::now();
+    let new_resolved = store.resolve(&new.record.hash).await.unwrap().unwrap();
+    assert_eq!(new_resolved.status(now), KeyStatus::Active);
+    let old_resolved = store.resolve(&old.record.hash).await.unwrap().unwrap();
+    assert_eq!(
+        old_resolved.status(now),
+        KeyStatus::Active,
+        "works during the grace"
+    );
+    let ends = old_resolved.expires_at.unwrap();
+    assert!(ends >= before + grace && ends <= SystemTime::now() + grace);
+    assert_eq!(
+        old_resolved.status(ends),
+        KeyStatus::Expired,
+        "fails after it"
+    );
+    assert!(matches!(
+        store.rotate("key_missing", grace, "x").await,
+        Err(StoreError::NotFound(_))
+    ));
+    let log = store.audit(Some(&old.record.id)).await.unwrap();
+    let events: Vec<&str> = log.iter().map(|e| e.event.name()).collect();
+    assert_eq!(events, ["created", "rotated", "expired_by_rotation"]);
+    assert_eq!(
+        log[1].event,
+        AuditEvent::Rotated {
+            new_key_id: new.record.id.clone()
+        }
+    );
+    assert_eq!(log[2].at, ends);
+}
+
+async fn expiry_scopes_usage_and_audit<S: KeyStore>(store: &S, secrets: &mut Vec<String>) {
+    let created = store.create(NewKey::new("acme"), "cli").await.unwrap();
+    secrets.push(created.key.expose_secret().to_owned());
+    let id = created.record.id.clone();
+    let past = SystemTime::now() - Duration::from_secs(1);
+    let r = store
+        .set_expiry(&id, Some(past), "admin-key")
+        .await
+        .unwrap();
+    assert_eq!(r.status(SystemTime::now()), KeyStatus::Expired);
+    let scopes = Scopes::parse(["users:read"]).unwrap();
+    let r = store
+        .set_scopes(&id, scopes.clone(), "admin-key")
+        .await
+        .unwrap();
+    assert_eq!(r.scopes, scopes);
+    assert_eq!(store.get(&id).await.unwrap().unwrap().scopes, scopes);
+
+    assert_eq!(store.usage(&id).await.unwrap().unwrap().requests, 0);
+    let t1 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let t2 = t1 + Duration::from_secs(5);
+    let delta = |requests, rejected, at| UsageDelta {
+        key_id: id.clone(),
+        requests,
+        rejected,
+        last_used_at: at,
+    };
+    let unknown = UsageDelta {
+        key_id: "key_missing".into(),
+        requests: 9,
+        rejected: 9,
+        last_used_at: t2,
+    };
+    store
+        .record_usage(&[delta(3, 1, t2), unknown])
+        .await
+        .unwrap();
+    store.record_usage(&[delta(4, 0, t1)]).await.unwrap();
+    let usage = store.usage(&id).await.unwrap().unwrap();
+    assert_eq!(
+        (usage.requests, usage.rejected, usage.last_used_at),
+        (7, 1, Some(t2))
+    );
+    assert_eq!(store.usage("key_missing").await.unwrap(), None);
+
+    let log = store.audit(Some(&id)).await.unwrap();
+    let events: Vec<&str> = log.iter().map(|e| e.event.name()).collect();
+    assert_eq!(events, ["created", "expiry_changed", "scopes_changed"]);
+    assert_eq!(log[0].actor, "cli");
+    assert!(
+        log[1..]
+            .iter()
+            .all(|e| e.actor == "admin-key" && e.key_id == id)
+    );
+    let all = store.audit(None).await.unwrap();
+    assert!(all.len() > log.len());
+    assert!(all.windows(2).all(|w| w[0].at <= w[1].at), "oldest first");
+}
+
+async fn concurrent_creates_get_unique_ids<S: KeyStore + Clone>(
+    store: &S,
+    secrets: &mut Vec<String>,
+) {
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .create(NewKey::new("burst").with_name(format!("n{i}")), "cli")
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut ids = std::collections::HashSet::new();
+    for t in tasks {
+        let created = t.await.unwrap();
+        secrets.push(created.key.expose_secret().to_owned());
+        assert!(ids.insert(created.record.id));
+    }
+    assert_eq!(ids.len(), 50);
+    let listed = store
+        .list(&ListQuery::default().consumer("burst").limit(1000))
+        .await
+        .unwrap();
+    assert_eq!(listed.records.len(), 50);
+}

@@ -1,0 +1,43 @@
+//! The KeyStore conformance suite on MemoryStore, and on a CachedResolver over it.
+
+use std::time::SystemTime;
+
+use tower_api_key::store::NewKey;
+use tower_api_key::{CachedResolver, KeyStatus, KeyStore, MemoryStore};
+
+#[path = "common/conformance.rs"]
+mod conformance;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_store() {
+    let store = MemoryStore::new();
+    let dump = store.clone();
+    conformance::run(store, || {
+        let dump = dump.clone();
+        async move { format!("{dump:?}") }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_memory_store() {
+    let inner = MemoryStore::new();
+    let dump = inner.clone();
+    conformance::run(CachedResolver::new(inner), || {
+        let dump = dump.clone();
+        async move { format!("{dump:?}") }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_cached_store_sees_its_own_revocation_at_once() {
+    let cache = CachedResolver::new(MemoryStore::new());
+    let created = cache.create(NewKey::new("acme"), "admin").await.unwrap();
+    let hash = created.record.hash;
+    let before = cache.lookup(&hash).await.unwrap().unwrap();
+    assert_eq!(before.record().status(SystemTime::now()), KeyStatus::Active);
+    cache.revoke(&created.record.id, "admin").await.unwrap();
+    let after = cache.lookup(&hash).await.unwrap().unwrap();
+    assert_eq!(after.record().status(SystemTime::now()), KeyStatus::Revoked);
+}
