@@ -69,6 +69,7 @@ pub use error::{AuthError, Rejection};
 pub(crate) use error::{is_grpc, retry_after_secs};
 pub use future::ResponseFuture;
 pub use layer::{ApiKeyLayer, InvalidRealm};
+#[cfg(any(feature = "axum", feature = "tonic"))]
 pub(crate) use require_scope::check_scopes;
 pub use require_scope::{RequireScopeLayer, RequireScopeService};
 pub use responder::{DefaultResponder, Responder};

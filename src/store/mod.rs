@@ -23,6 +23,14 @@
 //! # }
 //! ```
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod codec;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+#[cfg(feature = "sqlite")]
+pub use sqlite::{SqliteStore, SqliteStoreBuilder};
+
 use std::collections::BTreeMap;
 use std::error::Error as StdError;
 use std::fmt;
