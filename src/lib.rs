@@ -66,6 +66,7 @@ pub mod ratelimit;
 pub mod record;
 pub mod resolve;
 pub mod store;
+pub mod usage;
 
 pub use auth::{
     ApiKeyLayer, ApiKeyService, AuthError, DefaultResponder, KeySource, Rejection, RejectionBody,
