@@ -1,0 +1,331 @@
+//! `apikey`: manage API keys in the database at `DATABASE_URL` (`sqlite://keys.db`).
+//!
+//! ```text
+//! apikey create --consumer acme --name ci --scope orders:read --expires-in 86400 --rate-limit 100/60s
+//! apikey list [--consumer acme]
+//! apikey show <id>
+//! apikey revoke <id>
+//! apikey rotate <id> [--grace 3600]
+//! apikey verify <key>
+//! ```
+//!
+//! Add `--json` for output that scripts read. Errors are one line on stderr and a
+//! non-zero exit code.
+
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+use tower_api_key::ratelimit::{Limit, QuotaWindow};
+use tower_api_key::store::{ListQuery, NewKey, SqliteStore};
+use tower_api_key::{
+    KeyFormat, KeyRecord, KeyResolver, KeyStatus, KeyStore, RateLimitPolicy, RateLimits, Scopes,
+};
+
+#[derive(Parser)]
+#[command(name = "apikey", version, about = "Manage API keys (tower-api-key)")]
+struct Cli {
+    /// The key database (sqlite://…); also read from DATABASE_URL.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://keys.db",
+        global = true
+    )]
+    database_url: String,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a key and print it (the only time it is shown).
+    Create {
+        /// Who the key belongs to.
+        #[arg(long)]
+        consumer: String,
+        /// A name for the key.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// A scope the key grants (repeatable).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Seconds until the key expires.
+        #[arg(long)]
+        expires_in: Option<u64>,
+        /// A rate limit such as 100/60s or a quota such as 10000/1d (repeatable).
+        #[arg(long = "rate-limit")]
+        rate_limits: Vec<String>,
+    },
+    /// List keys, oldest first.
+    List {
+        /// Only this consumer's keys.
+        #[arg(long)]
+        consumer: Option<String>,
+        /// At most this many (1 to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Show one key's record and usage.
+    Show {
+        /// The key's id.
+        id: String,
+    },
+    /// Revoke a key now.
+    Revoke {
+        /// The key's id.
+        id: String,
+    },
+    /// Replace a key; the old one keeps working for the grace period.
+    Rotate {
+        /// The key's id.
+        id: String,
+        /// Seconds the old key keeps working.
+        #[arg(long, default_value_t = 0)]
+        grace: u64,
+    },
+    /// Check a key: its format, and whether it exists and may be used. Exits 1 if not.
+    Verify {
+        /// The key.
+        key: String,
+    },
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("apikey: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn open(url: &str) -> Result<SqliteStore, String> {
+    if url.starts_with("sqlite:") {
+        SqliteStore::connect(url).await.map_err(|e| e.to_string())
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        Err("PostgreSQL is not supported by this build yet; use a sqlite:// URL".to_owned())
+    } else {
+        Err(format!(
+            "DATABASE_URL must start with sqlite:// (got {:?})",
+            scheme_of(url)
+        ))
+    }
+}
+
+/// The part of a URL before `://`, so that a password in it is never printed.
+fn scheme_of(url: &str) -> &str {
+    url.split_once("://")
+        .map_or("no scheme", |(scheme, _)| scheme)
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, String> {
+    let store = open(&cli.database_url).await?;
+    let json_out = cli.json;
+    match cli.command {
+        Command::Create {
+            consumer,
+            name,
+            scopes,
+            expires_in,
+            rate_limits,
+        } => {
+            if consumer.trim().is_empty() {
+                return Err("--consumer must not be empty".to_owned());
+            }
+            let scopes = Scopes::parse(&scopes).map_err(|e| format!("--scope: {e}"))?;
+            let policies = rate_limits
+                .iter()
+                .map(|s| {
+                    s.parse::<RateLimitPolicy>()
+                        .map_err(|e| format!("--rate-limit {s:?}: {e}"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let limits = RateLimits::new(policies).map_err(|e| format!("--rate-limit: {e}"))?;
+            let mut new = NewKey::new(consumer)
+                .with_name(name)
+                .with_scopes(scopes)
+                .with_rate_limits(limits);
+            if let Some(secs) = expires_in {
+                new = new.with_expires_at(SystemTime::now() + Duration::from_secs(secs));
+            }
+            let created = store.create(new, "cli").await.map_err(|e| e.to_string())?;
+            if json_out {
+                let mut v = record_json(&created.record);
+                v["key"] = json!(created.key.expose_secret());
+                println!("{v}");
+            } else {
+                println!("{}", created.key.expose_secret());
+                eprintln!(
+                    "created {} for {}: store the key now, it is not shown again",
+                    created.record.id, created.record.consumer
+                );
+            }
+        }
+        Command::List { consumer, limit } => {
+            let mut query = ListQuery::default().limit(limit);
+            if let Some(c) = consumer {
+                query = query.consumer(c);
+            }
+            let page = store.list(&query).await.map_err(|e| e.to_string())?;
+            if json_out {
+                println!(
+                    "{}",
+                    Value::from(page.records.iter().map(record_json).collect::<Vec<_>>())
+                );
+            } else {
+                for r in &page.records {
+                    println!(
+                        "{}  {}…  {}  {}  {}  {}",
+                        r.id,
+                        r.start,
+                        r.consumer,
+                        status_name(r.status(SystemTime::now())),
+                        r.scopes
+                            .iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        r.name
+                    );
+                }
+            }
+        }
+        Command::Show { id } => {
+            let record = store
+                .get(&id)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("no key with id {id:?}"))?;
+            let usage = store
+                .usage(&id)
+                .await
+                .map_err(|e| e.to_string())?
+                .unwrap_or_default();
+            let mut v = record_json(&record);
+            v["requests"] = json!(usage.requests);
+            v["rejected"] = json!(usage.rejected);
+            v["last_used_at"] = json!(usage.last_used_at.map(secs));
+            if json_out {
+                println!("{v}");
+            } else {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            }
+        }
+        Command::Revoke { id } => {
+            let record = store.revoke(&id, "cli").await.map_err(|e| e.to_string())?;
+            if json_out {
+                println!("{}", record_json(&record));
+            } else {
+                println!("revoked {}", record.id);
+            }
+        }
+        Command::Rotate { id, grace } => {
+            let created = store
+                .rotate(&id, Duration::from_secs(grace), "cli")
+                .await
+                .map_err(|e| e.to_string())?;
+            if json_out {
+                let mut v = record_json(&created.record);
+                v["key"] = json!(created.key.expose_secret());
+                v["replaces"] = json!(id);
+                println!("{v}");
+            } else {
+                println!("{}", created.key.expose_secret());
+                eprintln!(
+                    "{} replaces {id}, which works for {grace} s more",
+                    created.record.id
+                );
+            }
+        }
+        Command::Verify { key } => {
+            let (valid, reason, record) = verify(&store, &key).await?;
+            if json_out {
+                println!(
+                    "{}",
+                    json!({ "valid": valid, "reason": reason, "key_id": record.as_ref().map(|r| r.id.clone()) })
+                );
+            } else if valid {
+                println!("valid: {}", record.map(|r| r.id).unwrap_or_default());
+            } else {
+                println!("invalid: {reason}");
+            }
+            if !valid {
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Whether `key` works, and if not, why.
+async fn verify(
+    store: &SqliteStore,
+    key: &str,
+) -> Result<(bool, String, Option<KeyRecord>), String> {
+    let format = KeyFormat::default();
+    let parsed = match format.parse(key.trim()) {
+        Ok(parsed) => parsed,
+        Err(e) => return Ok((false, format!("malformed: {e}"), None)),
+    };
+    let record = store
+        .resolve(&parsed.hash())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(match record {
+        None => (false, "unknown: no key with this hash".to_owned(), None),
+        Some(r) => match r.status(SystemTime::now()) {
+            KeyStatus::Active => (true, "active".to_owned(), Some(r)),
+            KeyStatus::Expired => (false, "expired".to_owned(), Some(r)),
+            KeyStatus::Revoked => (false, "revoked".to_owned(), Some(r)),
+        },
+    })
+}
+
+fn secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn status_name(s: KeyStatus) -> &'static str {
+    match s {
+        KeyStatus::Active => "active",
+        KeyStatus::Expired => "expired",
+        KeyStatus::Revoked => "revoked",
+    }
+}
+
+fn record_json(r: &KeyRecord) -> Value {
+    let limits: Vec<Value> = r
+        .rate_limits
+        .iter()
+        .map(|p| match p.limit() {
+            Limit::Rate { requests, per, burst } => json!({
+                "name": p.name(), "requests": requests, "per_seconds": per.as_secs_f64(), "burst": burst,
+            }),
+            Limit::Quota { requests, window } => json!({
+                "name": p.name(), "requests": requests,
+                "window": match window { QuotaWindow::Day => "day", QuotaWindow::Month => "month" },
+            }),
+        })
+        .collect();
+    json!({
+        "id": r.id,
+        "start": r.start,
+        "consumer": r.consumer,
+        "name": r.name,
+        "scopes": r.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+        "created_at": secs(r.created_at),
+        "expires_at": r.expires_at.map(secs),
+        "revoked_at": r.revoked_at.map(secs),
+        "status": status_name(r.status(SystemTime::now())),
+        "rate_limits": limits,
+        "metadata": r.metadata,
+    })
+}

@@ -1,0 +1,174 @@
+//! The `apikey` binary, run as a user would, against a SQLite file.
+#![cfg(feature = "cli")]
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+struct Db(std::path::PathBuf);
+
+impl Db {
+    fn new(name: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        Self(std::env::temp_dir().join(format!(
+            "apikey-cli-{name}-{}-{nanos}.db",
+            std::process::id()
+        )))
+    }
+
+    fn url(&self) -> String {
+        format!("sqlite://{}", self.0.display())
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_apikey"))
+            .env("DATABASE_URL", self.url())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = self.0.as_os_str().to_owned();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn create_verify_list_show_rotate_revoke() {
+    let db = Db::new("lifecycle");
+    let created = db.json(&[
+        "create",
+        "--consumer",
+        "acme",
+        "--name",
+        "ci",
+        "--scope",
+        "orders:read",
+        "--rate-limit",
+        "100/60s",
+        "--expires-in",
+        "3600",
+        "--json",
+    ]);
+    let key = created["key"].as_str().unwrap().to_owned();
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("sk_live_"));
+    assert_eq!(created["scopes"], serde_json::json!(["orders:read"]));
+    assert_eq!(created["rate_limits"][0]["requests"], 100);
+
+    let ok = db.run(&["verify", &key]);
+    assert!(ok.status.success());
+    assert_eq!(stdout(&ok).trim(), format!("valid: {id}"));
+
+    let list = db.json(&["list", "--consumer", "acme", "--json"]);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["id"], id.as_str());
+    assert!(list[0].get("key").is_none(), "list never shows a key");
+
+    let shown = db.json(&["show", &id, "--json"]);
+    assert_eq!(shown["status"], "active");
+    assert_eq!(shown["requests"], 0);
+    assert!(!stdout(&db.run(&["show", &id])).contains(&key[12..]));
+
+    let rotated = db.json(&["rotate", &id, "--grace", "3600", "--json"]);
+    let new_key = rotated["key"].as_str().unwrap().to_owned();
+    let new_id = rotated["id"].as_str().unwrap().to_owned();
+    assert_ne!(new_key, key);
+    assert!(
+        db.run(&["verify", &key]).status.success(),
+        "the old key works during the grace"
+    );
+    assert!(db.run(&["verify", &new_key]).status.success());
+
+    let revoked = db.json(&["revoke", &new_id, "--json"]);
+    assert_eq!(revoked["status"], "revoked");
+    let bad = db.run(&["verify", "--json", &new_key]);
+    assert_eq!(bad.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&bad.stdout).unwrap();
+    assert_eq!(
+        (v["valid"].as_bool(), v["reason"].as_str()),
+        (Some(false), Some("revoked"))
+    );
+}
+
+#[test]
+fn verify_says_why_a_key_fails() {
+    let db = Db::new("verify");
+    let garbage = db.run(&["verify", "sk_live_nope"]);
+    assert_eq!(garbage.status.code(), Some(1));
+    assert!(
+        stdout(&garbage).starts_with("invalid: malformed"),
+        "{}",
+        stdout(&garbage)
+    );
+    // Well-formed but never issued.
+    let unknown = tower_api_key::KeyFormat::default().generate();
+    let out = db.run(&["verify", unknown.expose_secret()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("unknown"), "{}", stdout(&out));
+}
+
+#[test]
+fn errors_are_one_clear_line_and_a_non_zero_exit() {
+    let db = Db::new("errors");
+    let cases: [(&[&str], &str); 4] = [
+        (&["show", "key_missing"], "no key with id"),
+        (&["revoke", "key_missing"], "no key with id"),
+        (
+            &["create", "--consumer", "acme", "--rate-limit", "lots"],
+            "--rate-limit",
+        ),
+        (
+            &["create", "--consumer", "acme", "--scope", "bad scope"],
+            "--scope",
+        ),
+    ];
+    for (args, says) in cases {
+        let out = db.run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = stderr(&out);
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.starts_with("apikey: ") && err.contains(says),
+            "{args:?}: {err}"
+        );
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_apikey"))
+        .env("DATABASE_URL", "mysql://user:hunter2@db/keys")
+        .args(["list"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("sqlite://"));
+    assert!(
+        !stderr(&out).contains("hunter2"),
+        "a password in the URL is never printed"
+    );
+}
