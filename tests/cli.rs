@@ -5,7 +5,7 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-struct Db(std::path::PathBuf);
+struct Db(std::path::PathBuf, Option<String>);
 
 impl Db {
     fn new(name: &str) -> Self {
@@ -13,14 +13,46 @@ impl Db {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_nanos();
-        Self(std::env::temp_dir().join(format!(
-            "apikey-cli-{name}-{}-{nanos}.db",
-            std::process::id()
-        )))
+        let file = format!("apikey-cli-{name}-{}-{nanos}.db", std::process::id());
+        Self(std::env::temp_dir().join(file), None)
+    }
+
+    /// A fresh PostgreSQL database on the server at TEST_POSTGRES_URL, if there is one.
+    async fn postgres(name: &str) -> Option<Self> {
+        use sqlx::{ConnectOptions, Connection};
+        let url = match std::env::var("TEST_POSTGRES_URL") {
+            Ok(url) if !url.is_empty() => url,
+            _ => {
+                assert!(
+                    std::env::var("TOWER_API_KEY_REQUIRE_SERVICES").as_deref() != Ok("1"),
+                    "TEST_POSTGRES_URL is not set and TOWER_API_KEY_REQUIRE_SERVICES=1 requires PostgreSQL"
+                );
+                eprintln!("skipped: TEST_POSTGRES_URL is not set");
+                return None;
+            }
+        };
+        let server: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
+        let db = format!("apikey_cli_{name}_{}", std::process::id());
+        let mut admin = server.connect().await.unwrap();
+        let drop = format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)");
+        sqlx::query(&drop).execute(&mut admin).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE \"{db}\""))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        admin.close().await.unwrap();
+        let (base, _) = url.rsplit_once('/').unwrap();
+        Some(Self(
+            std::path::PathBuf::new(),
+            Some(format!("{base}/{db}")),
+        ))
     }
 
     fn url(&self) -> String {
-        format!("sqlite://{}", self.0.display())
+        match &self.1 {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}", self.0.display()),
+        }
     }
 
     fn run(&self, args: &[&str]) -> Output {
@@ -44,6 +76,9 @@ impl Db {
 
 impl Drop for Db {
     fn drop(&mut self) {
+        if self.1.is_some() {
+            return;
+        }
         for suffix in ["", "-wal", "-shm"] {
             let mut p = self.0.as_os_str().to_owned();
             p.push(suffix);
@@ -62,7 +97,20 @@ fn stderr(o: &Output) -> String {
 
 #[test]
 fn create_verify_list_show_rotate_revoke() {
-    let db = Db::new("lifecycle");
+    lifecycle(&Db::new("lifecycle"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn the_same_against_postgres() {
+    let Some(db) = Db::postgres("lifecycle").await else {
+        return;
+    };
+    tokio::task::spawn_blocking(move || lifecycle(&db))
+        .await
+        .unwrap();
+}
+
+fn lifecycle(db: &Db) {
     let created = db.json(&[
         "create",
         "--consumer",
@@ -166,7 +214,7 @@ fn errors_are_one_clear_line_and_a_non_zero_exit() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("sqlite://"));
+    assert!(stderr(&out).contains("sqlite://") && stderr(&out).contains("postgres://"));
     assert!(
         !stderr(&out).contains("hunter2"),
         "a password in the URL is never printed"

@@ -1,4 +1,5 @@
-//! `apikey`: manage API keys in the database at `DATABASE_URL` (`sqlite://keys.db`).
+//! `apikey`: manage API keys in the database at `DATABASE_URL` (`sqlite://keys.db` or
+//! `postgres://user@host/db`).
 //!
 //! ```text
 //! apikey create --consumer acme --name ci --scope orders:read --expires-in 86400 --rate-limit 100/60s
@@ -17,8 +18,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
+use std::sync::Arc;
 use tower_api_key::ratelimit::{Limit, QuotaWindow};
-use tower_api_key::store::{ListQuery, NewKey, SqliteStore};
+
+use tower_api_key::store::{ListQuery, NewKey, PostgresStore, SqliteStore};
 use tower_api_key::{
     KeyFormat, KeyRecord, KeyResolver, KeyStatus, KeyStore, RateLimitPolicy, RateLimits, Scopes,
 };
@@ -26,7 +29,7 @@ use tower_api_key::{
 #[derive(Parser)]
 #[command(name = "apikey", version, about = "Manage API keys (tower-api-key)")]
 struct Cli {
-    /// The key database (sqlite://…); also read from DATABASE_URL.
+    /// The key database (sqlite://… or postgres://…); also read from DATABASE_URL.
     #[arg(
         long,
         env = "DATABASE_URL",
@@ -107,14 +110,20 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn open(url: &str) -> Result<SqliteStore, String> {
+type Store = Arc<dyn KeyStore>;
+
+async fn open(url: &str) -> Result<Store, String> {
     if url.starts_with("sqlite:") {
-        SqliteStore::connect(url).await.map_err(|e| e.to_string())
+        let store = SqliteStore::connect(url).await.map_err(|e| e.to_string())?;
+        Ok(Arc::new(store))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        Err("PostgreSQL is not supported by this build yet; use a sqlite:// URL".to_owned())
+        let store = PostgresStore::connect(url)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Arc::new(store))
     } else {
         Err(format!(
-            "DATABASE_URL must start with sqlite:// (got {:?})",
+            "DATABASE_URL must start with sqlite:// or postgres:// (got {:?})",
             scheme_of(url)
         ))
     }
@@ -266,10 +275,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
 }
 
 /// Whether `key` works, and if not, why.
-async fn verify(
-    store: &SqliteStore,
-    key: &str,
-) -> Result<(bool, String, Option<KeyRecord>), String> {
+async fn verify(store: &Store, key: &str) -> Result<(bool, String, Option<KeyRecord>), String> {
     let format = KeyFormat::default();
     let parsed = match format.parse(key.trim()) {
         Ok(parsed) => parsed,
