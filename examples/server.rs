@@ -1,17 +1,22 @@
 //! The example server: `cargo run --features full --example server`.
 //!
 //! - `BIND` (default `127.0.0.1:3000`) is where it listens.
+//! - `DATABASE_URL` (default `sqlite://keys.db`, created if missing; `postgres://…` for
+//!   PostgreSQL) is where keys, usage and the audit log live.
 //! - `RATE_LIMIT` (default `1000/60s`) limits `/v1/*` per key, for keys whose record
 //!   carries no policy of its own.
-//! - On start it issues an admin key (scope `admin`) and prints `admin key: <key>`.
+//! - On a start that finds no active admin key it issues one (scope `admin`) and prints
+//!   `admin key: <key>`.
 //! - Keys are read from `Authorization: Bearer …` and from `X-API-Key`.
 //! - `GET /healthz` needs no key; `GET /v1/whoami` needs any valid key;
 //!   `GET /v1/orders` needs `orders:read`, `POST /v1/orders` needs `orders:write`.
 //!
-//! It stops cleanly on Ctrl-C or SIGTERM.
+//! Usage is counted off the request path and written every 5 s. It stops cleanly on
+//! Ctrl-C or SIGTERM, writing the last usage counts first.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderName, StatusCode};
@@ -20,9 +25,11 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tower_api_key::store::{ListQuery, NewKey, PostgresStore, SqliteStore};
+use tower_api_key::usage::{UsageLayer, UsageRecorder};
 use tower_api_key::{
-    ApiKeyLayer, Authenticated, KeyFormat, KeyRecord, KeySource, MemoryRateLimitStore, MemoryStore,
-    RateLimitLayer, RateLimitPolicy, RequireScope, Scopes, scope,
+    ApiKeyLayer, Authenticated, CachedResolver, KeySource, KeyStatus, KeyStore,
+    MemoryRateLimitStore, RateLimitLayer, RateLimitPolicy, RequireScope, Scopes, scope,
 };
 
 scope!(OrdersRead = "orders:read");
@@ -59,17 +66,31 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .parse()
         .map_err(|e| format!("RATE_LIMIT: {e}"))?;
 
-    let store = MemoryStore::new();
-    let admin_key = KeyFormat::default().generate();
-    store.insert(
-        KeyRecord::new(&admin_key, "admin")
-            .with_name("admin")
-            .with_scopes(Scopes::parse(["admin"])?),
-    );
-    // The one place the secret is shown: once, to the operator.
-    println!("admin key: {}", admin_key.expose_secret());
+    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "sqlite://keys.db".to_owned());
+    let store: Arc<dyn KeyStore> = if url.starts_with("postgres:") || url.starts_with("postgresql:")
+    {
+        Arc::new(PostgresStore::connect(&url).await?)
+    } else if url.starts_with("sqlite:") {
+        Arc::new(SqliteStore::connect(&url).await?)
+    } else {
+        return Err("DATABASE_URL must start with sqlite:// or postgres://".into());
+    };
+    if !has_active_admin_key(&store).await? {
+        let created = store
+            .create(
+                NewKey::new("admin")
+                    .with_name("admin")
+                    .with_scopes(Scopes::parse(["admin"])?),
+                "server",
+            )
+            .await?;
+        // The one place the secret is shown: once, to the operator.
+        println!("admin key: {}", created.key.expose_secret());
+    }
+    let cache = CachedResolver::new(store.clone());
+    let usage = UsageRecorder::spawn(store.clone(), Duration::from_secs(5));
 
-    let auth = ApiKeyLayer::new(store)
+    let auth = ApiKeyLayer::from_cache(cache)
         .source(KeySource::bearer().or(KeySource::header(HeaderName::from_static("x-api-key"))));
 
     let limits = RateLimitLayer::new(MemoryRateLimitStore::new(), rate_limit);
@@ -78,6 +99,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/v1/whoami", get(whoami))
         .route("/v1/orders", get(list_orders).post(create_order))
         .layer(limits)
+        .layer(UsageLayer::new(usage.clone()))
         .layer(auth);
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -89,8 +111,31 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
+    usage.shutdown().await;
     eprintln!("shut down");
     Ok(())
+}
+
+/// Is there a key with the `admin` scope that may be used now?
+async fn has_active_admin_key(
+    store: &Arc<dyn KeyStore>,
+) -> Result<bool, Box<dyn std::error::Error>> {
+    let mut query = ListQuery::default().limit(ListQuery::MAX_LIMIT);
+    loop {
+        let page = store.list(&query).await?;
+        let now = SystemTime::now();
+        if page
+            .records
+            .iter()
+            .any(|r| r.scopes.grants("admin") && r.status(now) == KeyStatus::Active)
+        {
+            return Ok(true);
+        }
+        match page.next {
+            Some(next) => query = query.after(next),
+            None => return Ok(false),
+        }
+    }
 }
 
 async fn whoami(auth: Authenticated) -> Json<serde_json::Value> {

@@ -1,5 +1,5 @@
 //! Black-box test of `examples/server.rs`: the built binary, over real TCP.
-#![cfg(all(unix, feature = "axum"))]
+#![cfg(all(unix, feature = "axum", feature = "sqlite", feature = "postgres"))]
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -28,7 +28,35 @@ fn example_binary() -> PathBuf {
 struct Server {
     child: Child,
     addr: String,
-    admin_key: String,
+    /// Printed only by a start that found no active admin key.
+    admin_key: Option<String>,
+    /// The database, when this server owns it.
+    _db: Option<TempDb>,
+}
+
+/// A database file (and its WAL) removed when dropped.
+struct TempDb(PathBuf);
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = self.0.as_os_str().to_owned();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// A database path of its own for one server.
+fn fresh_db(name: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    std::env::temp_dir().join(format!(
+        "example-server-{name}-{}-{nanos}.db",
+        std::process::id()
+    ))
 }
 
 impl Drop for Server {
@@ -43,8 +71,16 @@ fn start() -> Server {
 }
 
 fn start_with(env: &[(&str, &str)]) -> Server {
+    let db = TempDb(fresh_db("server"));
+    let mut server = start_on(&db.0, env);
+    server._db = Some(db);
+    server
+}
+
+fn start_on(db: &std::path::Path, env: &[(&str, &str)]) -> Server {
     let mut child = Command::new(example_binary())
         .env("BIND", "127.0.0.1:0")
+        .env("DATABASE_URL", format!("sqlite://{}", db.display()))
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -67,7 +103,8 @@ fn start_with(env: &[(&str, &str)]) -> Server {
     });
     let deadline = Instant::now() + Duration::from_secs(30);
     let (mut addr, mut admin_key) = (None, None);
-    while addr.is_none() || admin_key.is_none() {
+    // The admin key, if any, is printed before the server listens.
+    while addr.is_none() {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = rx.recv_timeout(left).expect("server did not start");
         if let Some(k) = line.strip_prefix("admin key: ") {
@@ -80,7 +117,8 @@ fn start_with(env: &[(&str, &str)]) -> Server {
     Server {
         child,
         addr: addr.unwrap(),
-        admin_key: admin_key.unwrap(),
+        admin_key,
+        _db: None,
     }
 }
 
@@ -114,8 +152,12 @@ async fn http(
 async fn contract_of_the_example_server() {
     let server = start();
     let addr = server.addr.as_str();
-    let bearer = format!("Bearer {}", server.admin_key);
-    assert!(server.admin_key.starts_with("sk_live_"));
+    let admin_key = server
+        .admin_key
+        .clone()
+        .expect("a fresh database gets an admin key");
+    let bearer = format!("Bearer {admin_key}");
+    assert!(admin_key.starts_with("sk_live_"));
 
     assert_eq!(http(addr, "GET", "/healthz", &[], "").await.0, 200);
 
@@ -126,21 +168,14 @@ async fn contract_of_the_example_server() {
     assert_eq!(who["scopes"], serde_json::json!(["admin"]));
     assert!(who["key_id"].as_str().unwrap().starts_with("key_"));
 
-    let lower = format!("bearer {}", server.admin_key);
+    let lower = format!("bearer {admin_key}");
     assert_eq!(
         http(addr, "GET", "/v1/whoami", &[("authorization", &lower)], "")
             .await
             .0,
         200
     );
-    let (status, _) = http(
-        addr,
-        "GET",
-        "/v1/whoami",
-        &[("x-api-key", &server.admin_key)],
-        "",
-    )
-    .await;
+    let (status, _) = http(addr, "GET", "/v1/whoami", &[("x-api-key", &admin_key)], "").await;
     assert_eq!(status, 200);
 
     assert_eq!(http(addr, "GET", "/v1/whoami", &[], "").await.0, 401);
@@ -153,7 +188,7 @@ async fn contract_of_the_example_server() {
     )
     .await;
     assert_eq!(status, 401);
-    assert!(!body.contains(&server.admin_key));
+    assert!(!body.contains(&admin_key));
 
     // The admin key lacks the order scopes.
     let (status, body) = http(addr, "GET", "/v1/orders", &[("authorization", &bearer)], "").await;
@@ -176,7 +211,7 @@ async fn contract_of_the_example_server() {
 #[tokio::test]
 async fn rate_limit_from_the_environment() {
     let server = start_with(&[("RATE_LIMIT", "5/60s")]);
-    let bearer = format!("Bearer {}", server.admin_key);
+    let bearer = format!("Bearer {}", server.admin_key.clone().unwrap());
     let auth = [("authorization", bearer.as_str())];
     for _ in 0..5 {
         assert_eq!(
@@ -191,10 +226,71 @@ async fn rate_limit_from_the_environment() {
     assert_eq!(http(&server.addr, "GET", "/healthz", &[], "").await.0, 200);
 }
 
+#[tokio::test]
+async fn keys_and_usage_survive_a_restart() {
+    use tower_api_key::KeyStore;
+    let db = TempDb(fresh_db("restart"));
+    let first = start_on(&db.0, &[]);
+    let admin_key = first
+        .admin_key
+        .clone()
+        .expect("first start prints the admin key");
+    let bearer = format!("Bearer {admin_key}");
+    let auth = [("authorization", bearer.as_str())];
+    for _ in 0..3 {
+        assert_eq!(
+            http(&first.addr, "GET", "/v1/whoami", &auth, "").await.0,
+            200
+        );
+    }
+    let (_, body) = http(&first.addr, "GET", "/v1/whoami", &auth, "").await;
+    let key_id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["key_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    stop(first);
+
+    let second = start_on(&db.0, &[]);
+    assert_eq!(
+        second.admin_key, None,
+        "an active admin key exists: no new one"
+    );
+    assert_eq!(
+        http(&second.addr, "GET", "/v1/whoami", &auth, "").await.0,
+        200
+    );
+    stop(second);
+
+    // The usage of the first run was written on shutdown.
+    let store = tower_api_key::store::SqliteStore::connect(&format!("sqlite://{}", db.0.display()))
+        .await
+        .unwrap();
+    let usage = store.usage(&key_id).await.unwrap().unwrap();
+    assert!(usage.requests >= 4, "{usage:?}");
+}
+
+/// Sends SIGTERM and waits for a clean exit.
+fn stop(mut server: Server) {
+    let pid = server.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = wait_with_deadline(&mut server.child, Duration::from_secs(20));
+    assert!(status.success(), "{status:?}");
+}
+
 #[test]
 fn bad_rate_limit_is_a_clear_error() {
     let mut child = Command::new(example_binary())
         .env("BIND", "127.0.0.1:0")
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}", fresh_db("bad").display()),
+        )
         .env("RATE_LIMIT", "lots")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

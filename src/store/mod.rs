@@ -329,6 +329,55 @@ pub trait KeyStore: KeyResolver {
     async fn audit(&self, key_id: Option<&str>) -> Result<Vec<AuditEntry>, StoreError>;
 }
 
+#[async_trait::async_trait]
+impl<T: KeyStore + ?Sized> KeyStore for std::sync::Arc<T> {
+    async fn create(&self, new: NewKey, actor: &str) -> Result<CreatedKey, StoreError> {
+        (**self).create(new, actor).await
+    }
+    async fn get(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        (**self).get(id).await
+    }
+    async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
+        (**self).list(query).await
+    }
+    async fn revoke(&self, id: &str, actor: &str) -> Result<KeyRecord, StoreError> {
+        (**self).revoke(id, actor).await
+    }
+    async fn rotate(
+        &self,
+        id: &str,
+        grace: Duration,
+        actor: &str,
+    ) -> Result<CreatedKey, StoreError> {
+        (**self).rotate(id, grace, actor).await
+    }
+    async fn set_expiry(
+        &self,
+        id: &str,
+        at: Option<SystemTime>,
+        actor: &str,
+    ) -> Result<KeyRecord, StoreError> {
+        (**self).set_expiry(id, at, actor).await
+    }
+    async fn set_scopes(
+        &self,
+        id: &str,
+        scopes: Scopes,
+        actor: &str,
+    ) -> Result<KeyRecord, StoreError> {
+        (**self).set_scopes(id, scopes, actor).await
+    }
+    async fn record_usage(&self, deltas: &[UsageDelta]) -> Result<(), StoreError> {
+        (**self).record_usage(deltas).await
+    }
+    async fn usage(&self, id: &str) -> Result<Option<Usage>, StoreError> {
+        (**self).usage(id).await
+    }
+    async fn audit(&self, key_id: Option<&str>) -> Result<Vec<AuditEntry>, StoreError> {
+        (**self).audit(key_id).await
+    }
+}
+
 /// A cached store is a store whose changes invalidate the cache entry of the key they
 /// change, so that revocation, rotation and expiry changes take effect at once here.
 #[async_trait::async_trait]
