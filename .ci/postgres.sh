@@ -9,7 +9,13 @@ set -euo pipefail
 PORT=${TEST_POSTGRES_PORT:-54329}
 STATE=/tmp/tower-api-key-postgres
 
-bin_dir() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
+# The newest installed server (a client-only install has no initdb).
+bin_dir() {
+    local initdb
+    initdb=$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -n 1)
+    [ -n "$initdb" ] && dirname "$initdb"
+    return 0
+}
 
 as_postgres() {
     if [ "$(id -u)" = 0 ]; then su postgres -s /bin/sh -c "$*"; else sh -c "$*"; fi
