@@ -186,7 +186,14 @@ impl<S, St> RateLimitService<S, St> {
         let decision = match result {
             Ok(decision) => decision,
             Err(error) => {
-                tracing::warn!(%error, subject_kind = charge.kind, "rate-limit store failed");
+                if let Some(failures) = self.shared.failures.record(config.clock.now()) {
+                    tracing::warn!(
+                        %error,
+                        failures,
+                        subject_kind = charge.kind,
+                        "rate-limit store failed (failures since the last such line)"
+                    );
+                }
                 return match config.on_store_error {
                     OnStoreError::Allow => ResponseFuture::inner(self.inner.call(req), None),
                     OnStoreError::Deny => ResponseFuture::ready(
