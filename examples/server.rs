@@ -106,10 +106,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .merge(v1)
         .with_state(AppState::default());
 
+    let shutdown = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(bind).await?;
-    eprintln!("listening on http://{}", listener.local_addr()?);
+    // On stdout after the admin key line, so that readers see the two in order.
+    println!("listening on http://{}", listener.local_addr()?);
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(shutdown)
         .await?;
     usage.shutdown().await;
     eprintln!("shut down");
@@ -201,23 +203,26 @@ fn problem(status: StatusCode, detail: &str) -> Response {
         .into_response()
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on Ctrl-C or SIGTERM. The handlers are installed when this is called, not
+/// when the future is first polled: a signal that arrives between the server announcing
+/// itself and its first poll must still shut it down gracefully.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {},
+                _ = terminate.recv() => {},
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
+        })
+    }
     #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }

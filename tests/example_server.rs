@@ -47,16 +47,21 @@ impl Drop for TempDb {
     }
 }
 
-/// A database path of its own for one server.
+/// A database path of its own for one server: unique within this process by a counter
+/// (tests run in parallel and may read the same clock value), and across processes by
+/// the pid and the time.
 fn fresh_db(name: &str) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos();
-    std::env::temp_dir().join(format!(
-        "example-server-{name}-{}-{nanos}.db",
+    let file = format!(
+        "example-server-{name}-{}-{n}-{nanos}.db",
         std::process::id()
-    ))
+    );
+    std::env::temp_dir().join(file)
 }
 
 impl Drop for Server {
@@ -103,7 +108,8 @@ fn start_on(db: &std::path::Path, env: &[(&str, &str)]) -> Server {
     });
     let deadline = Instant::now() + Duration::from_secs(30);
     let (mut addr, mut admin_key) = (None, None);
-    // The admin key, if any, is printed before the server listens.
+    // The admin key, if any, is printed on stdout before the "listening on" line, and
+    // one thread reads stdout, so it has arrived by the time that line has.
     while addr.is_none() {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = rx.recv_timeout(left).expect("server did not start");
