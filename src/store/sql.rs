@@ -1,0 +1,376 @@
+//! The `KeyStore` implementation shared by the SQL stores: one body of portable SQL
+//! (numbered `$N` parameters, `CAST`, `CASE`), instantiated for each sqlx driver.
+
+/// Implements `KeyResolver` and `KeyStore` for `$store` (which has `pool` and `format`
+/// fields) on the sqlx database `$db` with row type `$row`.
+macro_rules! sql_key_store {
+    ($store:ident, $db:ty, $row:ty) => {
+        const COLUMNS: &str = "id, hash, start, consumer, name, scopes, created_at, expires_at, \
+                               revoked_at, rate_limits, metadata";
+
+        fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+            StoreError::Backend(Box::new(e))
+        }
+
+        impl $store {
+    async fn fetch(&self, id: &str) -> Result<KeyRecord, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE id = $1");
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?
+            .ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
+        record_from_row(&row)
+    }
+
+    async fn fetch_in(tx: &mut Transaction<'_, $db>, id: &str) -> Result<KeyRecord, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE id = $1");
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(backend)?
+            .ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
+        record_from_row(&row)
+    }
+
+    async fn insert_in(
+        tx: &mut Transaction<'_, $db>,
+        record: &mut KeyRecord,
+    ) -> Result<(), StoreError> {
+        loop {
+            let result = sqlx::query(
+                "INSERT INTO api_keys (id, hash, start, consumer, name, scopes, created_at, \
+                 expires_at, revoked_at, rate_limits, metadata) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(&record.id)
+            .bind(&record.hash.as_bytes()[..])
+            .bind(&record.start)
+            .bind(&record.consumer)
+            .bind(&record.name)
+            .bind(scopes_to_sql(&record.scopes))
+            .bind(time_to_sql(record.created_at))
+            .bind(record.expires_at.map(time_to_sql))
+            .bind(record.revoked_at.map(time_to_sql))
+            .bind(limits_to_sql(&record.rate_limits))
+            .bind(metadata_to_sql(&record.metadata))
+            .execute(&mut **tx)
+            .await
+            .map_err(backend)?;
+            if result.rows_affected() == 1 {
+                return Ok(());
+            }
+            // An id collision (128 random bits: in theory only): draw another.
+            record.id = generate_key_id();
+        }
+    }
+
+    async fn log_in(
+        tx: &mut Transaction<'_, $db>,
+        at: SystemTime,
+        event: &AuditEvent,
+        key_id: &str,
+        actor: &str,
+    ) -> Result<(), StoreError> {
+        let detail = match event {
+            AuditEvent::Rotated { new_key_id } => Some(new_key_id.as_str()),
+            _ => None,
+        };
+        sqlx::query(
+            "INSERT INTO api_key_audit (at, event, key_id, actor, detail) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(time_to_sql(at))
+        .bind(event.name())
+        .bind(key_id)
+        .bind(actor)
+        .bind(detail)
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+        }
+
+fn record_from_row(row: &$row) -> Result<KeyRecord, StoreError> {
+    let get_str = |c: &str| row.try_get::<String, _>(c).map_err(backend);
+    let get_time = |c: &str| {
+        row.try_get::<Option<i64>, _>(c)
+            .map(|t| t.map(time_from_sql))
+            .map_err(backend)
+    };
+    let hash: Vec<u8> = row.try_get("hash").map_err(backend)?;
+    let hash: [u8; 32] = hash
+        .try_into()
+        .map_err(|_| StoreError::Backend("a stored key hash is not 32 bytes".into()))?;
+    Ok(KeyRecord {
+        id: get_str("id")?,
+        hash: KeyHash::from_bytes(hash),
+        start: get_str("start")?,
+        consumer: get_str("consumer")?,
+        name: get_str("name")?,
+        scopes: scopes_from_sql(&get_str("scopes")?)?,
+        created_at: time_from_sql(row.try_get("created_at").map_err(backend)?),
+        expires_at: get_time("expires_at")?,
+        revoked_at: get_time("revoked_at")?,
+        rate_limits: limits_from_sql(&get_str("rate_limits")?)?,
+        metadata: metadata_from_sql(&get_str("metadata")?)?,
+    })
+}
+
+#[async_trait::async_trait]
+impl KeyResolver for $store {
+    async fn resolve(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, ResolveError> {
+        let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE hash = $1");
+        let row = sqlx::query(&sql)
+            .bind(&hash.as_bytes()[..])
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| ResolveError::new(backend(e)))?;
+        Ok(row.as_ref().map(record_from_row).transpose()?)
+    }
+}
+
+#[async_trait::async_trait]
+impl KeyStore for $store {
+    async fn create(&self, new: NewKey, actor: &str) -> Result<CreatedKey, StoreError> {
+        let key = self.format.generate();
+        let mut record = new.into_record(&key);
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        Self::insert_in(&mut tx, &mut record).await?;
+        Self::log_in(
+            &mut tx,
+            record.created_at,
+            &AuditEvent::Created,
+            &record.id,
+            actor,
+        )
+        .await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(CreatedKey { key, record })
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        match self.fetch(id).await {
+            Ok(record) => Ok(Some(record)),
+            Err(StoreError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
+        let after = query.after.as_deref().map(parse_cursor).transpose()?;
+        let limit = query.limit.clamp(1, ListQuery::MAX_LIMIT);
+        let (after_at, after_id) = match &after {
+            Some((at, id)) => (Some(time_to_sql(*at)), Some(id.as_str())),
+            None => (None, None),
+        };
+        let sql = format!(
+            "SELECT {COLUMNS} FROM api_keys \
+             WHERE (CAST($1 AS TEXT) IS NULL OR consumer = $1) \
+               AND (CAST($2 AS BIGINT) IS NULL OR (created_at, id) > ($2, CAST($3 AS TEXT))) \
+             ORDER BY created_at, id LIMIT $4"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(query.consumer.as_deref())
+            .bind(after_at)
+            .bind(after_id)
+            .bind(i64::try_from(limit + 1).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        let mut records = rows
+            .iter()
+            .map(record_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let more = records.len() > limit;
+        records.truncate(limit);
+        let next = if more {
+            records.last().map(cursor_of)
+        } else {
+            None
+        };
+        Ok(Page { records, next })
+    }
+
+    async fn revoke(&self, id: &str, actor: &str) -> Result<KeyRecord, StoreError> {
+        let now = SystemTime::now();
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let changed =
+            sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+                .bind(time_to_sql(now))
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?
+                .rows_affected();
+        let record = Self::fetch_in(&mut tx, id).await?;
+        if changed == 1 {
+            Self::log_in(&mut tx, now, &AuditEvent::Revoked, id, actor).await?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(record)
+    }
+
+    async fn rotate(
+        &self,
+        id: &str,
+        grace: Duration,
+        actor: &str,
+    ) -> Result<CreatedKey, StoreError> {
+        let now = SystemTime::now();
+        let key = self.format.generate();
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let old = Self::fetch_in(&mut tx, id).await?;
+        let new = NewKey {
+            consumer: old.consumer.clone(),
+            name: old.name.clone(),
+            scopes: old.scopes.clone(),
+            expires_at: old.expires_at,
+            rate_limits: old.rate_limits.clone(),
+            metadata: old.metadata.clone(),
+        };
+        let ends = now + grace;
+        let stops = old.expires_at.map_or(ends, |at| at.min(ends));
+        sqlx::query("UPDATE api_keys SET expires_at = $1 WHERE id = $2")
+            .bind(time_to_sql(stops))
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let mut record = new.into_record(&key);
+        Self::insert_in(&mut tx, &mut record).await?;
+        let rotated = AuditEvent::Rotated {
+            new_key_id: record.id.clone(),
+        };
+        Self::log_in(&mut tx, now, &rotated, id, actor).await?;
+        Self::log_in(&mut tx, now, &AuditEvent::Created, &record.id, actor).await?;
+        Self::log_in(&mut tx, stops, &AuditEvent::ExpiredByRotation, id, actor).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(CreatedKey { key, record })
+    }
+
+    async fn set_expiry(
+        &self,
+        id: &str,
+        at: Option<SystemTime>,
+        actor: &str,
+    ) -> Result<KeyRecord, StoreError> {
+        let now = SystemTime::now();
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        sqlx::query("UPDATE api_keys SET expires_at = $1 WHERE id = $2")
+            .bind(at.map(time_to_sql))
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let record = Self::fetch_in(&mut tx, id).await?;
+        Self::log_in(&mut tx, now, &AuditEvent::ExpiryChanged, id, actor).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(record)
+    }
+
+    async fn set_scopes(
+        &self,
+        id: &str,
+        scopes: Scopes,
+        actor: &str,
+    ) -> Result<KeyRecord, StoreError> {
+        let now = SystemTime::now();
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        sqlx::query("UPDATE api_keys SET scopes = $1 WHERE id = $2")
+            .bind(scopes_to_sql(&scopes))
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let record = Self::fetch_in(&mut tx, id).await?;
+        Self::log_in(&mut tx, now, &AuditEvent::ScopesChanged, id, actor).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(record)
+    }
+
+    async fn record_usage(&self, deltas: &[UsageDelta]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        for d in deltas {
+            sqlx::query(
+                "UPDATE api_keys SET requests = requests + $1, rejected = rejected + $2, \
+                 last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < $3 \
+                 THEN $3 ELSE last_used_at END WHERE id = $4",
+            )
+            .bind(i64::try_from(d.requests).unwrap_or(i64::MAX))
+            .bind(i64::try_from(d.rejected).unwrap_or(i64::MAX))
+            .bind(time_to_sql(d.last_used_at))
+            .bind(&d.key_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn usage(&self, id: &str) -> Result<Option<Usage>, StoreError> {
+        let row = sqlx::query("SELECT requests, rejected, last_used_at FROM api_keys WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.map(|row| {
+            let count = |c: &str| {
+                row.try_get::<i64, _>(c)
+                    .map(|n| n.max(0).unsigned_abs())
+                    .map_err(backend)
+            };
+            Ok(Usage {
+                requests: count("requests")?,
+                rejected: count("rejected")?,
+                last_used_at: row
+                    .try_get::<Option<i64>, _>("last_used_at")
+                    .map_err(backend)?
+                    .map(time_from_sql),
+            })
+        })
+        .transpose()
+    }
+
+    async fn audit(&self, key_id: Option<&str>) -> Result<Vec<AuditEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT at, event, key_id, actor, detail FROM api_key_audit \
+             WHERE (CAST($1 AS TEXT) IS NULL OR key_id = $1) ORDER BY at, seq",
+        )
+        .bind(key_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|row| {
+                let name: String = row.try_get("event").map_err(backend)?;
+                let detail: Option<String> = row.try_get("detail").map_err(backend)?;
+                let event = match (name.as_str(), detail) {
+                    ("created", _) => AuditEvent::Created,
+                    ("rotated", Some(new_key_id)) => AuditEvent::Rotated { new_key_id },
+                    ("expired_by_rotation", _) => AuditEvent::ExpiredByRotation,
+                    ("revoked", _) => AuditEvent::Revoked,
+                    ("expiry_changed", _) => AuditEvent::ExpiryChanged,
+                    ("scopes_changed", _) => AuditEvent::ScopesChanged,
+                    _ => {
+                        return Err(StoreError::Backend(
+                            "an audit entry has an unknown event".into(),
+                        ));
+                    }
+                };
+                Ok(AuditEntry {
+                    at: time_from_sql(row.try_get("at").map_err(backend)?),
+                    event,
+                    key_id: row.try_get("key_id").map_err(backend)?,
+                    actor: row.try_get("actor").map_err(backend)?,
+                })
+            })
+            .collect()
+    }
+}
+    };
+}
+
+pub(crate) use sql_key_store;
