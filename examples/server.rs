@@ -8,6 +8,8 @@
 //! - On a start that finds no active admin key it issues one (scope `admin`) and prints
 //!   `admin key: <key>`.
 //! - Keys are read from `Authorization: Bearer …` and from `X-API-Key`.
+//! - `/admin/*` is the admin API (scope `admin`): create, list, show, revoke, rotate,
+//!   usage and audit.
 //! - `GET /healthz` needs no key; `GET /v1/whoami` needs any valid key;
 //!   `GET /v1/orders` needs `orders:read`, `POST /v1/orders` needs `orders:write`.
 //!
@@ -88,6 +90,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("admin key: {}", created.key.expose_secret());
     }
     let cache = CachedResolver::new(store.clone());
+    let admin = tower_api_key::admin::router(cache.clone());
     let usage = UsageRecorder::spawn(store.clone(), Duration::from_secs(5));
 
     let auth = ApiKeyLayer::from_cache(cache)
@@ -104,7 +107,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .merge(v1)
-        .with_state(AppState::default());
+        .with_state(AppState::default())
+        .merge(admin);
 
     let shutdown = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(bind).await?;

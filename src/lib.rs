@@ -56,6 +56,8 @@
 #![warn(missing_docs)]
 #![deny(unreachable_pub)]
 
+#[cfg(feature = "admin")]
+pub mod admin;
 pub mod auth;
 #[cfg(feature = "axum")]
 pub mod extract;

@@ -1,5 +1,11 @@
 //! Black-box test of `examples/server.rs`: the built binary, over real TCP.
-#![cfg(all(unix, feature = "axum", feature = "sqlite", feature = "postgres"))]
+#![cfg(all(
+    unix,
+    feature = "axum",
+    feature = "sqlite",
+    feature = "postgres",
+    feature = "admin"
+))]
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -212,6 +218,49 @@ async fn contract_of_the_example_server() {
     )
     .await;
     assert_eq!(status, 403);
+}
+
+#[tokio::test]
+async fn a_key_made_through_the_admin_api_reaches_the_orders() {
+    let server = start();
+    let admin = format!("Bearer {}", server.admin_key.clone().unwrap());
+    let json_admin = [
+        ("authorization", admin.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let body = r#"{"consumer":"acme","name":"shop","scopes":["orders:read","orders:write"]}"#;
+    let (status, created) = http(&server.addr, "POST", "/admin/keys", &json_admin, body).await;
+    assert_eq!(status, 201, "{created}");
+    let created: serde_json::Value = serde_json::from_str(&created).unwrap();
+    let bearer = format!("Bearer {}", created["key"].as_str().unwrap());
+    let auth = [
+        ("authorization", bearer.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let order = r#"{"item":"book","quantity":2}"#;
+    let (status, made) = http(&server.addr, "POST", "/v1/orders", &auth, order).await;
+    assert_eq!(status, 201, "{made}");
+    let (status, list) = http(&server.addr, "GET", "/v1/orders", &auth, "").await;
+    assert_eq!(status, 200);
+    assert!(list.contains("\"item\":\"book\""), "{list}");
+    let (status, bad) = http(&server.addr, "POST", "/v1/orders", &auth, "{nope").await;
+    assert!(status == 400 || status == 422, "{status}: {bad}");
+    assert!(bad.contains("\"status\""), "problem+json: {bad}");
+    // Revoked through the admin API: refused on the next request.
+    let id = created["id"].as_str().unwrap();
+    let (status, _) = http(
+        &server.addr,
+        "DELETE",
+        &format!("/admin/keys/{id}"),
+        &json_admin,
+        "",
+    )
+    .await;
+    assert_eq!(status, 204);
+    assert_eq!(
+        http(&server.addr, "GET", "/v1/orders", &auth, "").await.0,
+        401
+    );
 }
 
 #[tokio::test]

@@ -1,0 +1,466 @@
+//! The admin HTTP API (feature `admin`): an axum [`Router`] that manages keys in any
+//! [`KeyStore`], protected by [`ApiKeyLayer`] with the scope `admin`.
+//!
+//! | method and path | does | answers |
+//! | --- | --- | --- |
+//! | `POST /admin/keys` | create a key | 201 with `key`, shown only here |
+//! | `GET /admin/keys[?consumer=…]` | list keys | 200, never a key |
+//! | `GET /admin/keys/{id}` | one record, with `last_used_at` and `revoked_at` | 200 or 404 |
+//! | `DELETE /admin/keys/{id}` | revoke | 204; the key fails from the next request on |
+//! | `POST /admin/keys/{id}/rotate` `{"grace_seconds"}` | rotate | 201 with the new key |
+//! | `GET /admin/keys/{id}/usage` | usage | 200 `{"requests","rejected","last_used_at"}` |
+//! | `GET /admin/audit[?key_id=…]` | audit log | 200 `[{"at","event","key_id","actor"}]` |
+//!
+//! Input is strict: bad JSON is 400; unknown fields, empty strings, negative or absurd
+//! numbers and too many scopes are 422. Both are RFC 9457 problem+json naming the field.
+//! Every change is audited with the admin key's id as the actor. Times are RFC 3339 UTC.
+//!
+//! ```
+//! use axum::Router;
+//! use tower_api_key::{CachedResolver, MemoryStore};
+//!
+//! let cache = CachedResolver::new(MemoryStore::new());
+//! // Share the cache with the ApiKeyLayer of the API, so that a revocation made here
+//! // takes effect there at once.
+//! let app: Router = Router::new().merge(tower_api_key::admin::router(cache.clone()));
+//! # let _ = app;
+//! ```
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderName, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::auth::{ApiKeyLayer, KeySource, RequireScopeLayer};
+use crate::ratelimit::{RateLimitPolicy, RateLimits};
+use crate::record::{Authenticated, KeyRecord, Scope, Scopes};
+use crate::resolve::CachedResolver;
+use crate::store::{AuditEntry, KeyStore, ListQuery, NewKey, StoreError};
+
+/// The most scopes one key may carry through the admin API.
+const MAX_SCOPES: usize = 64;
+/// The longest consumer or name.
+const MAX_TEXT: usize = 200;
+/// The longest expiry: ten years.
+const MAX_EXPIRES_IN: u64 = 10 * 365 * 86_400;
+/// The longest rotation grace period: thirty days.
+const MAX_GRACE: u64 = 30 * 86_400;
+
+/// The admin API over `cache`'s store, for keys with the scope `admin` (read from
+/// `Authorization: Bearer` or `X-API-Key`).
+pub fn router<S: KeyStore>(cache: CachedResolver<S>) -> Router {
+    let auth = ApiKeyLayer::from_cache(cache.clone())
+        .source(KeySource::bearer().or(KeySource::header(HeaderName::from_static("x-api-key"))));
+    Router::new()
+        .route("/admin/keys", post(create::<S>).get(list::<S>))
+        .route("/admin/keys/{id}", get(show::<S>).delete(revoke::<S>))
+        .route("/admin/keys/{id}/rotate", post(rotate::<S>))
+        .route("/admin/keys/{id}/usage", get(usage::<S>))
+        .route("/admin/audit", get(audit::<S>))
+        .layer(RequireScopeLayer::new([Scope::from_static("admin")]))
+        .layer(auth)
+        .with_state(cache)
+}
+
+/// An RFC 9457 problem, naming the offending field when there is one.
+struct Problem {
+    status: StatusCode,
+    detail: String,
+    field: Option<String>,
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let mut body = json!({
+            "type": "about:blank",
+            "title": self.status.canonical_reason().unwrap_or("Error"),
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+        });
+        if let Some(field) = self.field {
+            body["field"] = json!(field);
+        }
+        (
+            self.status,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            body.to_string(),
+        )
+            .into_response()
+    }
+}
+
+fn problem(status: StatusCode, detail: impl Into<String>, field: Option<&str>) -> Problem {
+    Problem {
+        status,
+        detail: detail.into(),
+        field: field.map(str::to_owned),
+    }
+}
+
+fn invalid(field: &str, detail: impl Into<String>) -> Problem {
+    problem(StatusCode::UNPROCESSABLE_ENTITY, detail, Some(field))
+}
+
+fn store_error(e: StoreError) -> Problem {
+    match e {
+        StoreError::NotFound(_) => problem(StatusCode::NOT_FOUND, "no key with this id", None),
+        StoreError::Invalid(detail) => problem(StatusCode::BAD_REQUEST, detail, None),
+        other => {
+            tracing::warn!(error = %other, "admin API: key store failed");
+            problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the key store is unavailable; try again shortly",
+                None,
+            )
+        }
+    }
+}
+
+/// Parses a JSON object, allowing only `allowed` members.
+fn object(body: &Bytes, allowed: &[&str]) -> Result<Map<String, Value>, Problem> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        problem(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not valid JSON: {e}"),
+            None,
+        )
+    })?;
+    let Value::Object(map) = value else {
+        return Err(problem(
+            StatusCode::BAD_REQUEST,
+            "the body must be a JSON object",
+            None,
+        ));
+    };
+    if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(invalid(
+            unknown,
+            format!("unknown field {unknown:?}; allowed: {}", allowed.join(", ")),
+        ));
+    }
+    Ok(map)
+}
+
+fn text(map: &Map<String, Value>, field: &str, required: bool) -> Result<Option<String>, Problem> {
+    match map.get(field) {
+        None | Some(Value::Null) if !required => Ok(None),
+        None | Some(Value::Null) => Err(invalid(field, format!("{field} is required"))),
+        Some(Value::String(s)) if s.trim().is_empty() => {
+            Err(invalid(field, format!("{field} must not be empty")))
+        }
+        Some(Value::String(s)) if s.chars().count() > MAX_TEXT => Err(invalid(
+            field,
+            format!("{field} is longer than {MAX_TEXT} characters"),
+        )),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(invalid(field, format!("{field} must be a string"))),
+    }
+}
+
+/// A whole number in `1..=max` (or `0..=max` when `zero` is allowed).
+fn number(
+    map: &Map<String, Value>,
+    field: &str,
+    max: u64,
+    zero: bool,
+) -> Result<Option<u64>, Problem> {
+    match map.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(v) if v > max => Err(invalid(field, format!("{field} must be at most {max}"))),
+            Some(0) if !zero => Err(invalid(field, format!("{field} must be at least 1"))),
+            Some(v) => Ok(Some(v)),
+            None => Err(invalid(
+                field,
+                format!("{field} must be a whole number, not negative"),
+            )),
+        },
+        Some(_) => Err(invalid(field, format!("{field} must be a number"))),
+    }
+}
+
+fn scopes(map: &Map<String, Value>) -> Result<Scopes, Problem> {
+    let field = "scopes";
+    let list = match map.get(field) {
+        None | Some(Value::Null) => return Ok(Scopes::empty()),
+        Some(Value::Array(list)) => list,
+        Some(_) => return Err(invalid(field, "scopes must be an array of strings")),
+    };
+    if list.len() > MAX_SCOPES {
+        return Err(invalid(field, format!("at most {MAX_SCOPES} scopes")));
+    }
+    list.iter()
+        .map(|v| match v.as_str() {
+            Some(s) => Scope::new(s).map_err(|e| invalid(field, format!("{s:?}: {e}"))),
+            None => Err(invalid(field, "scopes must be an array of strings")),
+        })
+        .collect()
+}
+
+fn rate_limit(map: &Map<String, Value>) -> Result<RateLimits, Problem> {
+    let field = "rate_limit";
+    let limit = match map.get(field) {
+        None | Some(Value::Null) => return Ok(RateLimits::default()),
+        Some(Value::Object(limit)) => limit,
+        Some(_) => return Err(invalid(field, "rate_limit must be an object")),
+    };
+    let allowed = ["requests", "per_seconds", "burst"];
+    if let Some(unknown) = limit.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(invalid(
+            &format!("rate_limit.{unknown}"),
+            format!("unknown field {unknown:?}"),
+        ));
+    }
+    let requests = number(limit, "requests", 1_000_000_000, false)
+        .map_err(|_| {
+            invalid(
+                "rate_limit.requests",
+                "requests must be a whole number from 1 to 1000000000",
+            )
+        })?
+        .ok_or_else(|| invalid("rate_limit.requests", "requests is required"))?;
+    let per = number(limit, "per_seconds", 365 * 86_400, false)
+        .map_err(|_| {
+            invalid(
+                "rate_limit.per_seconds",
+                "per_seconds must be a whole number from 1 to 31536000",
+            )
+        })?
+        .ok_or_else(|| invalid("rate_limit.per_seconds", "per_seconds is required"))?;
+    let burst = number(limit, "burst", 1_000_000_000, false).map_err(|_| {
+        invalid(
+            "rate_limit.burst",
+            "burst must be a whole number from 1 to 1000000000",
+        )
+    })?;
+    let policy = RateLimitPolicy::rate("default", requests as u32, Duration::from_secs(per))
+        .and_then(|p| match burst {
+            Some(b) => p.with_burst(b as u32),
+            None => Ok(p),
+        })
+        .map_err(|e| invalid(field, e.to_string()))?;
+    Ok(policy.into())
+}
+
+/// RFC 3339 in UTC, to the second.
+pub(crate) fn rfc3339(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (y, m, d) = crate::ratelimit::gcra::civil_from_days((secs / 86_400) as i64);
+    let s = secs % 86_400;
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
+}
+
+fn record_json(r: &KeyRecord) -> Value {
+    let now = SystemTime::now();
+    json!({
+        "id": r.id,
+        "start": r.start,
+        "consumer": r.consumer,
+        "name": r.name,
+        "scopes": r.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+        "created_at": rfc3339(r.created_at),
+        "expires_at": r.expires_at.map(rfc3339),
+        "revoked_at": r.revoked_at.map(rfc3339),
+        "status": match r.status(now) {
+            crate::KeyStatus::Active => "active",
+            crate::KeyStatus::Expired => "expired",
+            crate::KeyStatus::Revoked => "revoked",
+        },
+    })
+}
+
+fn created_json(created: &crate::store::CreatedKey) -> Value {
+    let mut v = record_json(&created.record);
+    v["key"] = json!(created.key.expose_secret());
+    v
+}
+
+async fn create<S: KeyStore>(
+    State(store): State<CachedResolver<S>>,
+    Extension(admin): Extension<Authenticated>,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        let map = object(
+            &body,
+            &[
+                "consumer",
+                "name",
+                "scopes",
+                "expires_in_seconds",
+                "rate_limit",
+            ],
+        )?;
+        let consumer = text(&map, "consumer", true)?.unwrap_or_default();
+        let name = text(&map, "name", false)?.unwrap_or_default();
+        let scopes = scopes(&map)?;
+        let expires = number(&map, "expires_in_seconds", MAX_EXPIRES_IN, false)?;
+        let limits = rate_limit(&map)?;
+        let mut new = NewKey::new(consumer)
+            .with_name(name)
+            .with_scopes(scopes)
+            .with_rate_limits(limits);
+        if let Some(secs) = expires {
+            new = new.with_expires_at(SystemTime::now() + Duration::from_secs(secs));
+        }
+        let created = store
+            .create(new, admin.key_id())
+            .await
+            .map_err(store_error)?;
+        Ok::<_, Problem>((StatusCode::CREATED, Json(created_json(&created))).into_response())
+    };
+    result.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    consumer: Option<String>,
+}
+
+async fn list<S: KeyStore>(
+    State(store): State<CachedResolver<S>>,
+    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(params)) = params else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "the only query parameter is consumer",
+            None,
+        )
+        .into_response();
+    };
+    let mut query = ListQuery::default().limit(ListQuery::MAX_LIMIT);
+    if let Some(c) = params.consumer {
+        query = query.consumer(c);
+    }
+    match store.list(&query).await {
+        Ok(page) => Json(Value::from(
+            page.records.iter().map(record_json).collect::<Vec<_>>(),
+        ))
+        .into_response(),
+        Err(e) => store_error(e).into_response(),
+    }
+}
+
+async fn show<S: KeyStore>(
+    State(store): State<CachedResolver<S>>,
+    Path(id): Path<String>,
+) -> Response {
+    let record = match store.get(&id).await {
+        Ok(Some(record)) => record,
+        Ok(None) => {
+            return problem(StatusCode::NOT_FOUND, "no key with this id", None).into_response();
+        }
+        Err(e) => return store_error(e).into_response(),
+    };
+    let usage = store.usage(&id).await.ok().flatten().unwrap_or_default();
+    let mut v = record_json(&record);
+    v["last_used_at"] = json!(usage.last_used_at.map(rfc3339));
+    Json(v).into_response()
+}
+
+async fn revoke<S: KeyStore>(
+    State(store): State<CachedResolver<S>>,
+    Extension(admin): Extension<Authenticated>,
+    Path(id): Path<String>,
+) -> Response {
+    match store.revoke(&id, admin.key_id()).await {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => store_error(e).into_response(),
+    }
+}
+
+async fn rotate<S: KeyStore>(
+    State(store): State<CachedResolver<S>>,
+    Extension(admin): Extension<Authenticated>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        let map = object(&body, &["grace_seconds"])?;
+        let grace = number(&map, "grace_seconds", MAX_GRACE, true)?
+            .ok_or_else(|| invalid("grace_seconds", "grace_seconds is required"))?;
+        let created = store
+            .rotate(&id, Duration::from_secs(grace), admin.key_id())
+            .await
+            .map_err(store_error)?;
+        Ok::<_, Problem>((StatusCode::CREATED, Json(created_json(&created))).into_response())
+    };
+    result.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn usage<S: KeyStore>(
+    State(store): State<CachedResolver<S>>,
+    Path(id): Path<String>,
+) -> Response {
+    match store.usage(&id).await {
+        Ok(Some(u)) => Json(json!({
+            "requests": u.requests,
+            "rejected": u.rejected,
+            "last_used_at": u.last_used_at.map(rfc3339),
+        }))
+        .into_response(),
+        Ok(None) => problem(StatusCode::NOT_FOUND, "no key with this id", None).into_response(),
+        Err(e) => store_error(e).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditParams {
+    key_id: Option<String>,
+}
+
+async fn audit<S: KeyStore>(
+    State(store): State<CachedResolver<S>>,
+    params: Result<Query<AuditParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(params)) = params else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "the only query parameter is key_id",
+            None,
+        )
+        .into_response();
+    };
+    match store.audit(params.key_id.as_deref()).await {
+        Ok(entries) => Json(Value::from(
+            entries.iter().map(audit_json).collect::<Vec<_>>(),
+        ))
+        .into_response(),
+        Err(e) => store_error(e).into_response(),
+    }
+}
+
+fn audit_json(e: &AuditEntry) -> Value {
+    json!({
+        "at": rfc3339(e.at),
+        "event": e.event.name(),
+        "key_id": e.key_id,
+        "actor": e.actor,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_in_utc() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_392_000 + 10 * 3600 + 61);
+        assert_eq!(rfc3339(t), "2026-11-23T10:01:01Z");
+    }
+}

@@ -1,0 +1,323 @@
+//! The admin API through an axum Router: the DESIGN.md contract, strict input, audit.
+#![cfg(feature = "admin")]
+
+use axum::Router;
+use axum::body::Body;
+use axum::routing::get;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+use tower_api_key::store::NewKey;
+use tower_api_key::{ApiKeyLayer, CachedResolver, KeyStore, MemoryStore, Scopes};
+
+struct Admin {
+    app: Router,
+    admin_key: String,
+    admin_id: String,
+    cache: CachedResolver<MemoryStore>,
+}
+
+async fn setup() -> Admin {
+    let cache = CachedResolver::new(MemoryStore::new());
+    let admin = cache
+        .create(
+            NewKey::new("ops").with_scopes(Scopes::parse(["admin"]).unwrap()),
+            "test",
+        )
+        .await
+        .unwrap();
+    // The API the keys are for, sharing the cache with the admin router.
+    let api = Router::new()
+        .route("/v1/ping", get(|| async { "pong" }))
+        .layer(ApiKeyLayer::from_cache(cache.clone()));
+    let app = Router::new()
+        .merge(api)
+        .merge(tower_api_key::admin::router(cache.clone()));
+    Admin {
+        app,
+        admin_key: admin.key.expose_secret().to_owned(),
+        admin_id: admin.record.id,
+        cache,
+    }
+}
+
+impl Admin {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<&str>,
+    ) -> (StatusCode, Value, String) {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(key) = key {
+            req = req.header("authorization", format!("Bearer {key}"));
+        }
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let req = req
+            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_owned())))
+            .unwrap();
+        let res = self.app.clone().oneshot(req).await.unwrap();
+        let status = res.status();
+        let ctype = res
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (status, value, ctype)
+    }
+
+    async fn admin(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (StatusCode, Value, String) {
+        self.call(method, path, Some(&self.admin_key.clone()), body)
+            .await
+    }
+}
+
+#[tokio::test]
+async fn the_whole_contract() {
+    let a = setup().await;
+    let body = json!({
+        "consumer": "acme", "name": "ci", "scopes": ["orders:read"],
+        "expires_in_seconds": 3600, "rate_limit": {"requests": 100, "per_seconds": 60, "burst": 10},
+    });
+    let (status, created, _) = a
+        .admin("POST", "/admin/keys", Some(&body.to_string()))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let key = created["key"].as_str().unwrap().to_owned();
+    let id = created["id"].as_str().unwrap().to_owned();
+    for field in [
+        "id",
+        "key",
+        "start",
+        "consumer",
+        "name",
+        "scopes",
+        "expires_at",
+    ] {
+        assert!(created.get(field).is_some(), "{field}");
+    }
+    assert!(key.starts_with(created["start"].as_str().unwrap()));
+    let record = a.cache.get(&id).await.unwrap().unwrap();
+    assert_eq!(
+        record.rate_limits.iter().next().unwrap().to_string(),
+        "100/60000ms burst 10"
+    );
+
+    // The key works on the API.
+    assert_eq!(
+        a.call("GET", "/v1/ping", Some(&key), None).await.0,
+        StatusCode::OK
+    );
+
+    let (status, list, _) = a.admin("GET", "/admin/keys?consumer=acme", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert!(list[0].get("key").is_none(), "a listing never shows a key");
+
+    let (status, one, _) = a.admin("GET", &format!("/admin/keys/{id}"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(one.get("last_used_at").is_some() && one.get("revoked_at").is_some());
+    assert_eq!(
+        a.admin("GET", "/admin/keys/key_missing", None).await.0,
+        StatusCode::NOT_FOUND
+    );
+
+    let (status, usage, _) = a
+        .admin("GET", &format!("/admin/keys/{id}/usage"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        usage,
+        json!({"requests": 0, "rejected": 0, "last_used_at": null})
+    );
+
+    let (status, rotated, _) = a
+        .admin(
+            "POST",
+            &format!("/admin/keys/{id}/rotate"),
+            Some(r#"{"grace_seconds": 600}"#),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let new_key = rotated["key"].as_str().unwrap().to_owned();
+    let new_id = rotated["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        a.call("GET", "/v1/ping", Some(&key), None).await.0,
+        StatusCode::OK,
+        "grace"
+    );
+    assert_eq!(
+        a.call("GET", "/v1/ping", Some(&new_key), None).await.0,
+        StatusCode::OK
+    );
+
+    // Revocation takes effect on the very next request.
+    let (status, _, _) = a
+        .admin("DELETE", &format!("/admin/keys/{new_id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        a.call("GET", "/v1/ping", Some(&new_key), None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        a.admin("DELETE", "/admin/keys/key_missing", None).await.0,
+        StatusCode::NOT_FOUND
+    );
+
+    let (status, log, _) = a
+        .admin("GET", &format!("/admin/audit?key_id={id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let events: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["created", "rotated", "expired_by_rotation"]);
+    assert!(
+        log.as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["actor"] == a.admin_id.as_str())
+    );
+    let (_, all, _) = a.admin("GET", "/admin/audit", None).await;
+    assert!(
+        all.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["event"] == "revoked" && e["key_id"] == new_id.as_str())
+    );
+    assert!(
+        !all.to_string().contains(&key[12..]),
+        "no secret in the audit log"
+    );
+}
+
+#[tokio::test]
+async fn only_admin_keys_get_in() {
+    let a = setup().await;
+    let (status, _, ctype) = a.call("GET", "/admin/keys", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(ctype, "application/problem+json");
+    let user = a.cache.create(NewKey::new("acme"), "test").await.unwrap();
+    let (status, body, _) = a
+        .call("GET", "/admin/keys", Some(user.key.expose_secret()), None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body["scope"], "admin");
+}
+
+#[tokio::test]
+async fn bad_input_is_a_problem_naming_the_field() {
+    let a = setup().await;
+    let too_many: Vec<String> = (0..65).map(|i| format!("s{i}")).collect();
+    let cases: Vec<(String, StatusCode, Option<&str>)> = vec![
+        ("{not json".into(), StatusCode::BAD_REQUEST, None),
+        ("[1]".into(), StatusCode::BAD_REQUEST, None),
+        (
+            json!({"consumer": "a", "colour": "red"}).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("colour"),
+        ),
+        (
+            json!({"name": "x"}).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("consumer"),
+        ),
+        (
+            json!({"consumer": "  "}).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("consumer"),
+        ),
+        (
+            json!({"consumer": 7}).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("consumer"),
+        ),
+        (
+            json!({"consumer": "a", "name": ""}).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("name"),
+        ),
+        (
+            json!({"consumer": "a", "scopes": [""]}).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("scopes"),
+        ),
+        (
+            json!({"consumer": "a", "scopes": ["bad scope"]}).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("scopes"),
+        ),
+        (
+            json!({"consumer": "a", "scopes": too_many}).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("scopes"),
+        ),
+        (
+            json!({"consumer": "a", "expires_in_seconds": -5}).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("expires_in_seconds"),
+        ),
+        (
+            json!({"consumer": "a", "expires_in_seconds": 1e12}).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("expires_in_seconds"),
+        ),
+        (
+            json!({"consumer": "a", "rate_limit": {"requests": -1, "per_seconds": 60}}).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("rate_limit.requests"),
+        ),
+        (
+            json!({"consumer": "a", "rate_limit": {"requests": 5}}).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("rate_limit.per_seconds"),
+        ),
+        (
+            json!({"consumer": "a", "rate_limit": {"requests": 5, "per_seconds": 1, "x": 1}})
+                .to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("rate_limit.x"),
+        ),
+    ];
+    for (body, want, field) in cases {
+        let (status, problem, ctype) = a.admin("POST", "/admin/keys", Some(&body)).await;
+        assert_eq!(status, want, "{body}: {problem}");
+        assert_eq!(ctype, "application/problem+json", "{body}");
+        assert_eq!(problem["status"], want.as_u16());
+        if let Some(field) = field {
+            assert_eq!(problem["field"], field, "{body}: {problem}");
+        }
+    }
+    let (status, problem, _) = a
+        .admin(
+            "POST",
+            &format!("/admin/keys/{}/rotate", a.admin_id),
+            Some(r#"{"grace_seconds": -1}"#),
+        )
+        .await;
+    assert_eq!(
+        (status, problem["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("grace_seconds"))
+    );
+    assert_eq!(
+        a.admin("GET", "/admin/keys?colour=red", None).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    // Nothing was created by any of it.
+    assert_eq!(a.cache.resolver().len(), 1);
+}
