@@ -34,8 +34,9 @@ use axum::http::{HeaderName, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
+use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::auth::{ApiKeyLayer, KeySource, RequireScopeLayer};
 use crate::ratelimit::{RateLimitPolicy, RateLimits};
@@ -57,7 +58,7 @@ const MAX_GRACE: u64 = 30 * 86_400;
 pub fn router<S: KeyStore>(cache: CachedResolver<S>) -> Router {
     let auth = ApiKeyLayer::from_cache(cache.clone())
         .source(KeySource::bearer().or(KeySource::header(HeaderName::from_static("x-api-key"))));
-    Router::new()
+    let protected = Router::new()
         .route("/admin/keys", post(create::<S>).get(list::<S>))
         .route("/admin/keys/{id}", get(show::<S>).delete(revoke::<S>))
         .route("/admin/keys/{id}/rotate", post(rotate::<S>))
@@ -65,7 +66,170 @@ pub fn router<S: KeyStore>(cache: CachedResolver<S>) -> Router {
         .route("/admin/audit", get(audit::<S>))
         .layer(RequireScopeLayer::new([Scope::from_static("admin")]))
         .layer(auth)
-        .with_state(cache)
+        .with_state(cache);
+    // The description of the API holds no data: tools may read it without a key.
+    Router::new()
+        .route("/admin/openapi.json", get(openapi_json))
+        .merge(protected)
+}
+
+/// The admin API's OpenAPI 3.1 document, generated from the handlers and body types.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+async fn openapi_json() -> Response {
+    match openapi().to_json() {
+        Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None).into_response(),
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "tower-api-key admin API", description = "Manage API keys: create, list, revoke, rotate, usage, audit."),
+    paths(create, list, show, revoke, rotate, usage, audit),
+    components(schemas(
+        CreateKeyRequest, RateLimitRequest, RotateRequest, KeyBody, KeyDetail, CreatedKeyBody,
+        UsageBody, AuditEntryBody, ProblemBody
+    )),
+    modifiers(&KeySchemes),
+    security(("bearer" = []), ("api_key" = []))
+)]
+struct ApiDoc;
+
+/// Declares the two ways to present an admin key: `Authorization: Bearer` (RFC 6750)
+/// and the `X-API-Key` header.
+struct KeySchemes;
+
+impl Modify for KeySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme,
+        };
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("API key")
+                    .description(Some("An admin key: `Authorization: Bearer sk_live_…`"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-API-Key",
+                "An admin key in the X-API-Key header",
+            ))),
+        );
+    }
+}
+
+/// `POST /admin/keys`.
+#[allow(dead_code)] // Documents the body; the handler checks it field by field.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CreateKeyRequest {
+    /// Who the key belongs to (1 to 200 characters).
+    consumer: String,
+    /// A name (1 to 200 characters).
+    name: Option<String>,
+    /// Scopes such as `orders:read` (at most 64).
+    scopes: Option<Vec<String>>,
+    /// Seconds until the key expires (1 to 315360000).
+    #[schema(minimum = 1, maximum = 315_360_000)]
+    expires_in_seconds: Option<u64>,
+    /// The key's rate limit; without one, the service's default applies.
+    rate_limit: Option<RateLimitRequest>,
+}
+
+/// A rate limit: `requests` per `per_seconds`, up to `burst` at once.
+#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct RateLimitRequest {
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
+    requests: u64,
+    #[schema(minimum = 1, maximum = 31_536_000)]
+    per_seconds: u64,
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
+    burst: Option<u64>,
+}
+
+/// `POST /admin/keys/{id}/rotate`.
+#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct RotateRequest {
+    /// Seconds the old key keeps working (0 to 2592000).
+    #[schema(minimum = 0, maximum = 2_592_000)]
+    grace_seconds: u64,
+}
+
+/// A key's record. Never the key.
+#[derive(Serialize, ToSchema)]
+struct KeyBody {
+    id: String,
+    start: String,
+    consumer: String,
+    name: String,
+    scopes: Vec<String>,
+    /// RFC 3339, UTC.
+    created_at: String,
+    expires_at: Option<String>,
+    revoked_at: Option<String>,
+    /// `active`, `expired` or `revoked`.
+    status: String,
+}
+
+/// A key's record with its last use.
+#[derive(Serialize, ToSchema)]
+struct KeyDetail {
+    #[serde(flatten)]
+    record: KeyBody,
+    last_used_at: Option<String>,
+}
+
+/// A key just created or rotated: the only answer that carries the secret.
+#[derive(Serialize, ToSchema)]
+struct CreatedKeyBody {
+    #[serde(flatten)]
+    record: KeyBody,
+    /// The secret key. Store it now: it is not shown again.
+    key: String,
+}
+
+/// `GET /admin/keys/{id}/usage`.
+#[derive(Serialize, ToSchema)]
+struct UsageBody {
+    requests: u64,
+    rejected: u64,
+    last_used_at: Option<String>,
+}
+
+/// One audit entry.
+#[derive(Serialize, ToSchema)]
+struct AuditEntryBody {
+    at: String,
+    /// `created`, `rotated`, `expired_by_rotation`, `revoked`, `expiry_changed`, `scopes_changed`.
+    event: String,
+    key_id: String,
+    actor: String,
+}
+
+/// RFC 9457 problem details.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+struct ProblemBody {
+    r#type: String,
+    title: String,
+    status: u16,
+    detail: String,
+    /// The request field at fault, for 422.
+    field: Option<String>,
 }
 
 /// An RFC 9457 problem, naming the offending field when there is one.
@@ -261,31 +425,34 @@ pub(crate) fn rfc3339(t: SystemTime) -> String {
     )
 }
 
-fn record_json(r: &KeyRecord) -> Value {
-    let now = SystemTime::now();
-    json!({
-        "id": r.id,
-        "start": r.start,
-        "consumer": r.consumer,
-        "name": r.name,
-        "scopes": r.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
-        "created_at": rfc3339(r.created_at),
-        "expires_at": r.expires_at.map(rfc3339),
-        "revoked_at": r.revoked_at.map(rfc3339),
-        "status": match r.status(now) {
+fn key_body(r: &KeyRecord) -> KeyBody {
+    KeyBody {
+        id: r.id.clone(),
+        start: r.start.clone(),
+        consumer: r.consumer.clone(),
+        name: r.name.clone(),
+        scopes: r.scopes.iter().map(|s| s.as_str().to_owned()).collect(),
+        created_at: rfc3339(r.created_at),
+        expires_at: r.expires_at.map(rfc3339),
+        revoked_at: r.revoked_at.map(rfc3339),
+        status: match r.status(SystemTime::now()) {
             crate::KeyStatus::Active => "active",
             crate::KeyStatus::Expired => "expired",
             crate::KeyStatus::Revoked => "revoked",
-        },
-    })
+        }
+        .to_owned(),
+    }
 }
 
-fn created_json(created: &crate::store::CreatedKey) -> Value {
-    let mut v = record_json(&created.record);
-    v["key"] = json!(created.key.expose_secret());
-    v
+fn created_body(created: &crate::store::CreatedKey) -> CreatedKeyBody {
+    CreatedKeyBody {
+        record: key_body(&created.record),
+        key: created.key.expose_secret().to_owned(),
+    }
 }
 
+#[utoipa::path(post, path = "/admin/keys", request_body = CreateKeyRequest,
+    responses((status = 201, body = CreatedKeyBody), (status = 400, body = ProblemBody), (status = 422, body = ProblemBody)))]
 async fn create<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
     Extension(admin): Extension<Authenticated>,
@@ -318,7 +485,7 @@ async fn create<S: KeyStore>(
             .create(new, admin.key_id())
             .await
             .map_err(store_error)?;
-        Ok::<_, Problem>((StatusCode::CREATED, Json(created_json(&created))).into_response())
+        Ok::<_, Problem>((StatusCode::CREATED, Json(created_body(&created))).into_response())
     };
     result.await.unwrap_or_else(IntoResponse::into_response)
 }
@@ -329,6 +496,8 @@ struct ListParams {
     consumer: Option<String>,
 }
 
+#[utoipa::path(get, path = "/admin/keys", params(("consumer" = Option<String>, Query, description = "Only this consumer's keys")),
+    responses((status = 200, body = Vec<KeyBody>)))]
 async fn list<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
     params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
@@ -346,14 +515,13 @@ async fn list<S: KeyStore>(
         query = query.consumer(c);
     }
     match store.list(&query).await {
-        Ok(page) => Json(Value::from(
-            page.records.iter().map(record_json).collect::<Vec<_>>(),
-        ))
-        .into_response(),
+        Ok(page) => Json(page.records.iter().map(key_body).collect::<Vec<_>>()).into_response(),
         Err(e) => store_error(e).into_response(),
     }
 }
 
+#[utoipa::path(get, path = "/admin/keys/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = KeyDetail), (status = 404, body = ProblemBody)))]
 async fn show<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
     Path(id): Path<String>,
@@ -366,11 +534,15 @@ async fn show<S: KeyStore>(
         Err(e) => return store_error(e).into_response(),
     };
     let usage = store.usage(&id).await.ok().flatten().unwrap_or_default();
-    let mut v = record_json(&record);
-    v["last_used_at"] = json!(usage.last_used_at.map(rfc3339));
-    Json(v).into_response()
+    Json(KeyDetail {
+        record: key_body(&record),
+        last_used_at: usage.last_used_at.map(rfc3339),
+    })
+    .into_response()
 }
 
+#[utoipa::path(delete, path = "/admin/keys/{id}", params(("id" = String, Path)),
+    responses((status = 204, description = "Revoked; the key fails from the next request on"), (status = 404, body = ProblemBody)))]
 async fn revoke<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
     Extension(admin): Extension<Authenticated>,
@@ -382,6 +554,8 @@ async fn revoke<S: KeyStore>(
     }
 }
 
+#[utoipa::path(post, path = "/admin/keys/{id}/rotate", params(("id" = String, Path)), request_body = RotateRequest,
+    responses((status = 201, body = CreatedKeyBody), (status = 404, body = ProblemBody), (status = 422, body = ProblemBody)))]
 async fn rotate<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
     Extension(admin): Extension<Authenticated>,
@@ -396,21 +570,23 @@ async fn rotate<S: KeyStore>(
             .rotate(&id, Duration::from_secs(grace), admin.key_id())
             .await
             .map_err(store_error)?;
-        Ok::<_, Problem>((StatusCode::CREATED, Json(created_json(&created))).into_response())
+        Ok::<_, Problem>((StatusCode::CREATED, Json(created_body(&created))).into_response())
     };
     result.await.unwrap_or_else(IntoResponse::into_response)
 }
 
+#[utoipa::path(get, path = "/admin/keys/{id}/usage", params(("id" = String, Path)),
+    responses((status = 200, body = UsageBody), (status = 404, body = ProblemBody)))]
 async fn usage<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
     Path(id): Path<String>,
 ) -> Response {
     match store.usage(&id).await {
-        Ok(Some(u)) => Json(json!({
-            "requests": u.requests,
-            "rejected": u.rejected,
-            "last_used_at": u.last_used_at.map(rfc3339),
-        }))
+        Ok(Some(u)) => Json(UsageBody {
+            requests: u.requests,
+            rejected: u.rejected,
+            last_used_at: u.last_used_at.map(rfc3339),
+        })
         .into_response(),
         Ok(None) => problem(StatusCode::NOT_FOUND, "no key with this id", None).into_response(),
         Err(e) => store_error(e).into_response(),
@@ -423,6 +599,8 @@ struct AuditParams {
     key_id: Option<String>,
 }
 
+#[utoipa::path(get, path = "/admin/audit", params(("key_id" = Option<String>, Query, description = "Only this key's entries")),
+    responses((status = 200, body = Vec<AuditEntryBody>)))]
 async fn audit<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
     params: Result<Query<AuditParams>, axum::extract::rejection::QueryRejection>,
@@ -436,21 +614,18 @@ async fn audit<S: KeyStore>(
         .into_response();
     };
     match store.audit(params.key_id.as_deref()).await {
-        Ok(entries) => Json(Value::from(
-            entries.iter().map(audit_json).collect::<Vec<_>>(),
-        ))
-        .into_response(),
+        Ok(entries) => Json(entries.iter().map(audit_body).collect::<Vec<_>>()).into_response(),
         Err(e) => store_error(e).into_response(),
     }
 }
 
-fn audit_json(e: &AuditEntry) -> Value {
-    json!({
-        "at": rfc3339(e.at),
-        "event": e.event.name(),
-        "key_id": e.key_id,
-        "actor": e.actor,
-    })
+fn audit_body(e: &AuditEntry) -> AuditEntryBody {
+    AuditEntryBody {
+        at: rfc3339(e.at),
+        event: e.event.name().to_owned(),
+        key_id: e.key_id.clone(),
+        actor: e.actor.clone(),
+    }
 }
 
 #[cfg(test)]

@@ -321,3 +321,50 @@ async fn bad_input_is_a_problem_naming_the_field() {
     // Nothing was created by any of it.
     assert_eq!(a.cache.resolver().len(), 1);
 }
+
+#[tokio::test]
+async fn openapi_document_describes_the_api_and_its_key_schemes() {
+    let a = setup().await;
+    let (status, doc, ctype) = a.call("GET", "/admin/openapi.json", None, None).await;
+    assert_eq!(status, StatusCode::OK, "served without a key");
+    assert_eq!(ctype, "application/json");
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        doc["openapi"]
+    );
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, method) in [
+        ("/admin/keys", "post"),
+        ("/admin/keys", "get"),
+        ("/admin/keys/{id}", "get"),
+        ("/admin/keys/{id}", "delete"),
+        ("/admin/keys/{id}/rotate", "post"),
+        ("/admin/keys/{id}/usage", "get"),
+        ("/admin/audit", "get"),
+    ] {
+        assert!(paths[path].get(method).is_some(), "{method} {path} missing");
+    }
+    let schemes = &doc["components"]["securitySchemes"];
+    assert_eq!(schemes["bearer"]["type"], "http");
+    assert_eq!(schemes["bearer"]["scheme"], "bearer");
+    assert_eq!(schemes["api_key"]["type"], "apiKey");
+    assert_eq!(schemes["api_key"]["in"], "header");
+    assert_eq!(schemes["api_key"]["name"], "X-API-Key");
+    assert_eq!(doc["security"], json!([{"bearer": []}, {"api_key": []}]));
+    let create = &doc["components"]["schemas"]["CreateKeyRequest"];
+    assert_eq!(create["additionalProperties"], false);
+    assert_eq!(create["required"], json!(["consumer"]));
+    // The 201 body documents the secret field, and the listing's does not.
+    assert!(
+        doc["components"]["schemas"]["CreatedKeyBody"]
+            .to_string()
+            .contains("\"key\"")
+    );
+    assert!(
+        !doc["components"]["schemas"]["KeyBody"]["properties"]
+            .as_object()
+            .unwrap()
+            .contains_key("key")
+    );
+}
