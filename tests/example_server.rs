@@ -388,3 +388,150 @@ fn sigterm_shuts_down_cleanly() {
     let status = wait_with_deadline(&mut server.child, Duration::from_secs(20));
     assert!(status.success(), "{status:?}");
 }
+
+/// Polls `check` until it returns true, failing after `limit`.
+async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn admin_contract_over_real_http() {
+    let server = start();
+    let addr = server.addr.clone();
+    let admin = format!("Bearer {}", server.admin_key.clone().unwrap());
+    let json = [
+        ("authorization", admin.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let (_, me) = http(&addr, "GET", "/v1/whoami", &json, "").await;
+    let admin_id = serde_json::from_str::<serde_json::Value>(&me).unwrap()["key_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let create = |body: &'static str| {
+        let addr = addr.clone();
+        let admin = admin.clone();
+        async move {
+            let json = [
+                ("authorization", admin.as_str()),
+                ("content-type", "application/json"),
+            ];
+            let (status, body) = http(&addr, "POST", "/admin/keys", &json, body).await;
+            assert_eq!(status, 201, "{body}");
+            serde_json::from_str::<serde_json::Value>(&body).unwrap()
+        }
+    };
+    let whoami = |key: String| {
+        let addr = addr.clone();
+        async move {
+            let bearer = format!("Bearer {key}");
+            http(
+                &addr,
+                "GET",
+                "/v1/whoami",
+                &[("authorization", bearer.as_str())],
+                "",
+            )
+            .await
+            .0
+        }
+    };
+
+    // Usage counts reach the admin API (the server writes them every 5 s).
+    let k = create(r#"{"consumer":"acme","name":"usage"}"#).await;
+    let (key, id) = (
+        k["key"].as_str().unwrap().to_owned(),
+        k["id"].as_str().unwrap().to_owned(),
+    );
+    for _ in 0..3 {
+        assert_eq!(whoami(key.clone()).await, 200);
+    }
+    let usage_path = format!("/admin/keys/{id}/usage");
+    eventually(Duration::from_secs(20), "usage to be written", || async {
+        let (_, body) = http(&addr, "GET", &usage_path, &json, "").await;
+        let u: serde_json::Value = serde_json::from_str(&body).unwrap();
+        u["requests"] == 3 && u["last_used_at"].is_string()
+    })
+    .await;
+
+    // Expiry: a key for one second works, then fails as expired.
+    let short = create(r#"{"consumer":"acme","expires_in_seconds":1}"#).await;
+    let short_key = short["key"].as_str().unwrap().to_owned();
+    assert_eq!(whoami(short_key.clone()).await, 200);
+    eventually(Duration::from_secs(10), "the key to expire", || {
+        let f = whoami(short_key.clone());
+        async move { f.await == 401 }
+    })
+    .await;
+
+    // Rotation with grace: both work, then only the new one.
+    let (status, body) = http(
+        &addr,
+        "POST",
+        &format!("/admin/keys/{id}/rotate"),
+        &json,
+        r#"{"grace_seconds":1}"#,
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let rotated: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let new_key = rotated["key"].as_str().unwrap().to_owned();
+    assert_eq!(whoami(new_key.clone()).await, 200);
+    assert_eq!(
+        whoami(key.clone()).await,
+        200,
+        "the old key works during the grace"
+    );
+    eventually(Duration::from_secs(10), "the grace to end", || {
+        let f = whoami(key.clone());
+        async move { f.await == 401 }
+    })
+    .await;
+    assert_eq!(whoami(new_key.clone()).await, 200);
+
+    // The audit log names the admin key as the actor of every change.
+    let (_, log) = http(
+        &addr,
+        "GET",
+        &format!("/admin/audit?key_id={id}"),
+        &json,
+        "",
+    )
+    .await;
+    let log: serde_json::Value = serde_json::from_str(&log).unwrap();
+    let events: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["created", "rotated", "expired_by_rotation"]);
+    assert!(
+        log.as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["actor"] == admin_id.as_str())
+    );
+
+    // Bad input over the wire: problem+json naming the field.
+    let (status, body) = http(
+        &addr,
+        "POST",
+        "/admin/keys",
+        &json,
+        r#"{"consumer":"a","expires_in_seconds":-1}"#,
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains(r#""field":"expires_in_seconds""#), "{body}");
+    let (status, _) = http(&addr, "POST", "/admin/keys", &json, "{oops").await;
+    assert_eq!(status, 400);
+}
