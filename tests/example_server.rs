@@ -535,3 +535,338 @@ async fn admin_contract_over_real_http() {
     let (status, _) = http(&addr, "POST", "/admin/keys", &json, "{oops").await;
     assert_eq!(status, 400);
 }
+
+/// A WebDriver session on chromedriver, driven over plain HTTP.
+struct Browser {
+    driver: Child,
+    addr: String,
+    session: String,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+impl Browser {
+    /// Starts chromedriver and a headless Chromium, or `None` (skipped) where they are
+    /// not installed and services are not required.
+    async fn start() -> Option<Self> {
+        let driver_bin = std::path::Path::new("/usr/bin/chromedriver");
+        if !driver_bin.exists() {
+            assert!(
+                std::env::var("TOWER_API_KEY_REQUIRE_SERVICES").as_deref() != Ok("1"),
+                "chromedriver is missing and TOWER_API_KEY_REQUIRE_SERVICES=1 requires it"
+            );
+            eprintln!("skipped: /usr/bin/chromedriver is not installed");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = Command::new(driver_bin)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr = format!("127.0.0.1:{port}");
+        let mut browser = Self {
+            driver,
+            addr,
+            session: String::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(&browser.addr).await.is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let profile =
+            std::env::temp_dir().join(format!("chromium-profile-{}-{port}", std::process::id()));
+        let caps = serde_json::json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                format!("--user-data-dir={}", profile.display()), "--window-size=1280,800",
+            ]}
+        }}});
+        let created = browser.call("POST", "/session", Some(caps)).await;
+        browser.session = created["sessionId"].as_str().expect("a session").to_owned();
+        Some(browser)
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> serde_json::Value {
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let (status, text) = http_sized(&self.addr, method, path, &body).await;
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+        assert!(status < 300, "{method} {path}: {status} {text}");
+        v["value"].clone()
+    }
+
+    async fn session(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> serde_json::Value {
+        self.call(method, &format!("/session/{}{path}", self.session), body)
+            .await
+    }
+
+    /// The elements matching `css` now.
+    async fn find_all(&self, css: &str) -> Vec<String> {
+        let v = self
+            .session(
+                "POST",
+                "/elements",
+                Some(serde_json::json!({"using": "css selector", "value": css})),
+            )
+            .await;
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e[ELEMENT].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// The first element matching `css`, waiting for it.
+    async fn find(&self, css: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(e) = self.find_all(css).await.into_iter().next() {
+                return e;
+            }
+            assert!(Instant::now() < deadline, "no element {css}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the text of the first element matching `css` satisfies `want`. The page
+    /// re-renders as it loads, so a vanished (stale) element just means "not yet".
+    async fn wait_text(&self, css: &str, want: impl Fn(&str) -> bool, what: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut last = String::new();
+        loop {
+            if let Some(e) = self.find_all(css).await.into_iter().next() {
+                let path = format!("/session/{}/element/{e}/text", self.session);
+                let (status, body) = http_sized(&self.addr, "GET", &path, "").await;
+                if status == 200 {
+                    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                    last = v["value"].as_str().unwrap_or_default().to_owned();
+                    if want(&last) {
+                        return last;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waited for {what}; {css} says {last:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let e = self.find(css).await;
+        self.session(
+            "POST",
+            &format!("/element/{e}/value"),
+            Some(serde_json::json!({"text": text})),
+        )
+        .await;
+    }
+
+    async fn click(&self, css: &str) {
+        let e = self.find(css).await;
+        self.session(
+            "POST",
+            &format!("/element/{e}/click"),
+            Some(serde_json::json!({})),
+        )
+        .await;
+    }
+
+    async fn screenshot(&self, name: &str) -> std::path::PathBuf {
+        let b64 = self.session("GET", "/screenshot", None).await;
+        let png = base64_decode(b64.as_str().unwrap());
+        assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target")
+            .join("screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, png).unwrap();
+        path
+    }
+}
+
+/// One HTTP/1.1 JSON request that reads exactly `Content-Length` bytes of answer
+/// (chromedriver keeps connections open).
+async fn http_sized(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "connection closed before the answer was complete");
+        raw.extend_from_slice(&buf[..n]);
+        let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&raw[..end]).to_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        if raw.len() >= end + 4 + len {
+            let status = head[9..12].parse().unwrap();
+            return (
+                status,
+                String::from_utf8_lossy(&raw[end + 4..end + 4 + len]).into_owned(),
+            );
+        }
+    }
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("not base64"),
+    };
+    let bytes: Vec<u8> = s
+        .bytes()
+        .filter(|c| *c != b'=' && !c.is_ascii_whitespace())
+        .collect();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        let mut n = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            n |= u32::from(value(c)) << (18 - 6 * i);
+        }
+        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_dashboard_in_a_real_browser() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let server = start();
+    let admin_key = server.admin_key.clone().unwrap();
+    browser
+        .session(
+            "POST",
+            "/url",
+            Some(serde_json::json!({"url": format!("http://{}/admin/", server.addr)})),
+        )
+        .await;
+    browser.type_into("#admin-key", &admin_key).await;
+    browser.click("#sign-in").await;
+    browser.find("#keys tr[data-id]").await; // the admin key itself is listed
+
+    browser.type_into("#new-consumer", "acme").await;
+    browser.type_into("#new-name", "from the browser").await;
+    browser.type_into("#new-scopes", "orders:read").await;
+    browser.click("#create").await;
+    let secret = browser
+        .wait_text(
+            "#secret-value",
+            |t| t.starts_with("sk_live_"),
+            "the new key",
+        )
+        .await;
+
+    // The key works, and the table lists it as active.
+    let bearer = format!("Bearer {secret}");
+    assert_eq!(
+        http(
+            &server.addr,
+            "GET",
+            "/v1/whoami",
+            &[("authorization", bearer.as_str())],
+            ""
+        )
+        .await
+        .0,
+        200
+    );
+    let admin = format!("Bearer {admin_key}");
+    let (_, listed) = http(
+        &server.addr,
+        "GET",
+        "/admin/keys?consumer=acme",
+        &[("authorization", admin.as_str())],
+        "",
+    )
+    .await;
+    let id = serde_json::from_str::<serde_json::Value>(&listed).unwrap()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let row = format!("#keys tr[data-id=\"{id}\"]");
+    browser
+        .wait_text(&format!("{row} .status"), |t| t == "active", "the new row")
+        .await;
+    browser.screenshot("dashboard-1280x800.png").await;
+
+    // Revoke it through the page (confirming the dialog): its status changes, and the
+    // key is refused.
+    browser.click(&format!("{row} .revoke")).await;
+    browser
+        .session("POST", "/alert/accept", Some(serde_json::json!({})))
+        .await;
+    browser
+        .wait_text(
+            &format!("{row} .status"),
+            |t| t == "revoked",
+            "the revoked status",
+        )
+        .await;
+    assert_eq!(
+        http(
+            &server.addr,
+            "GET",
+            "/v1/whoami",
+            &[("authorization", bearer.as_str())],
+            ""
+        )
+        .await
+        .0,
+        401
+    );
+
+    browser
+        .session(
+            "POST",
+            "/window/rect",
+            Some(serde_json::json!({"width": 390, "height": 844})),
+        )
+        .await;
+    let phone = browser.screenshot("dashboard-phone.png").await;
+    assert!(std::fs::metadata(phone).unwrap().len() > 1000);
+    browser.session("DELETE", "", None).await;
+}

@@ -10,6 +10,8 @@
 //! | `POST /admin/keys/{id}/rotate` `{"grace_seconds"}` | rotate | 201 with the new key |
 //! | `GET /admin/keys/{id}/usage` | usage | 200 `{"requests","rejected","last_used_at"}` |
 //! | `GET /admin/audit[?key_id=…]` | audit log | 200 `[{"at","event","key_id","actor"}]` |
+//! | `GET /admin/` | the web dashboard (asks for an admin key) | 200 HTML |
+//! | `GET /admin/openapi.json` | this API's OpenAPI 3.1 document | 200 JSON |
 //!
 //! Input is strict: bad JSON is 400; unknown fields, empty strings, negative or absurd
 //! numbers and too many scopes are 422. Both are RFC 9457 problem+json naming the field.
@@ -67,10 +69,32 @@ pub fn router<S: KeyStore>(cache: CachedResolver<S>) -> Router {
         .layer(RequireScopeLayer::new([Scope::from_static("admin")]))
         .layer(auth)
         .with_state(cache);
-    // The description of the API holds no data: tools may read it without a key.
+    // The page and the description of the API hold no data: they load without a key
+    // (the page asks for one).
     Router::new()
+        .route("/admin/", get(dashboard))
         .route("/admin/openapi.json", get(openapi_json))
         .merge(protected)
+}
+
+/// The dashboard: one page, HTML, CSS and JavaScript, embedded in the crate.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+async fn dashboard() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            // Everything the page needs is in the page; it talks only to this origin.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                 connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            ),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        DASHBOARD,
+    )
+        .into_response()
 }
 
 /// The admin API's OpenAPI 3.1 document, generated from the handlers and body types.
