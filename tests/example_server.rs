@@ -521,6 +521,18 @@ async fn admin_contract_over_real_http() {
             .all(|e| e["actor"] == admin_id.as_str())
     );
 
+    // A rate limit given at creation applies to the key.
+    let limited =
+        create(r#"{"consumer":"acme","rate_limit":{"requests":2,"per_seconds":60}}"#).await;
+    let limited_key = limited["key"].as_str().unwrap().to_owned();
+    assert_eq!(whoami(limited_key.clone()).await, 200);
+    assert_eq!(whoami(limited_key.clone()).await, 200);
+    assert_eq!(
+        whoami(limited_key.clone()).await,
+        429,
+        "the third request in a minute"
+    );
+
     // Bad input over the wire: problem+json naming the field.
     let (status, body) = http(
         &addr,
@@ -784,6 +796,16 @@ async fn the_dashboard_in_a_real_browser() {
             Some(serde_json::json!({"url": format!("http://{}/admin/", server.addr)})),
         )
         .await;
+    // Before signing in, only the sign-in form shows.
+    let app = browser.find("#app").await;
+    let shown = browser
+        .session("GET", &format!("/element/{app}/displayed"), None)
+        .await;
+    assert_eq!(
+        shown,
+        serde_json::json!(false),
+        "the app is hidden until sign-in"
+    );
     browser.type_into("#admin-key", &admin_key).await;
     browser.click("#sign-in").await;
     browser.find("#keys tr[data-id]").await; // the admin key itself is listed
@@ -859,6 +881,21 @@ async fn the_dashboard_in_a_real_browser() {
         401
     );
 
+    // With the one-time secret dismissed: the picture for the README.
+    browser.click("#dismiss").await;
+    let shown = browser
+        .session(
+            "GET",
+            &format!("/element/{}/displayed", browser.find("#secret").await),
+            None,
+        )
+        .await;
+    assert_eq!(
+        shown,
+        serde_json::json!(false),
+        "the secret panel hides when dismissed"
+    );
+    browser.screenshot("dashboard-keys-1280x800.png").await;
     browser
         .session(
             "POST",
