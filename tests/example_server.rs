@@ -881,6 +881,46 @@ async fn the_dashboard_in_a_real_browser() {
         401
     );
 
+    // Rotate another key through the page: a new secret shows, and the details of the
+    // old key show its usage and a "rotated" audit entry.
+    browser.click("#dismiss").await;
+    let (_, listed) = http(
+        &server.addr,
+        "GET",
+        "/admin/keys?consumer=admin",
+        &[("authorization", admin.as_str())],
+        "",
+    )
+    .await;
+    let admin_id = serde_json::from_str::<serde_json::Value>(&listed).unwrap()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let admin_row = format!("#keys tr[data-id=\"{admin_id}\"]");
+    browser.click(&format!("{admin_row} .rotate")).await;
+    browser
+        .wait_text(
+            "#secret-value",
+            |t| t.starts_with("sk_live_") && t != secret,
+            "the rotated key",
+        )
+        .await;
+    browser.click(&format!("{admin_row} button")).await; // "Details"
+    browser
+        .wait_text(
+            "#details-usage",
+            |t| t.contains("requests"),
+            "the usage line",
+        )
+        .await;
+    browser
+        .wait_text(
+            "#details-audit",
+            |t| t.contains("rotated"),
+            "the rotated entry",
+        )
+        .await;
+
     // With the one-time secret dismissed: the picture for the README.
     browser.click("#dismiss").await;
     let shown = browser
