@@ -1,3 +1,4 @@
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -36,30 +37,37 @@ impl<S: std::fmt::Debug, St> std::fmt::Debug for RateLimitService<S, St> {
     }
 }
 
-/// Whose budget, by which policies: what one request is charged against.
-struct Charge {
+/// Whose budget, by which policies: what one request is charged against. It borrows
+/// from the request and the layer; only a store that answers asynchronously gets an
+/// owned copy.
+struct Charge<'a> {
     kind: &'static str,
-    /// The caller (kept alive so that its ids can be borrowed) or a computed id.
-    id: Id,
-    limits: RateLimits,
+    id: Cow<'a, str>,
+    limits: Cow<'a, RateLimits>,
     cost: u32,
 }
 
-enum Id {
-    Key(Authenticated),
-    Consumer(Authenticated),
-    Owned(String),
+impl Charge<'_> {
+    fn subject(&self) -> Subject<'_> {
+        Subject::custom(self.kind, &self.id)
+    }
+
+    fn into_owned(self) -> Charge<'static> {
+        Charge {
+            kind: self.kind,
+            id: Cow::Owned(self.id.into_owned()),
+            limits: Cow::Owned(self.limits.into_owned()),
+            cost: self.cost,
+        }
+    }
 }
 
-impl Charge {
-    fn subject(&self) -> Subject<'_> {
-        let id = match &self.id {
-            Id::Key(a) => a.key_id(),
-            Id::Consumer(a) => a.consumer(),
-            Id::Owned(s) => s,
-        };
-        Subject::custom(self.kind, id)
-    }
+/// What to do with a request once the store has answered.
+enum Verdict<B> {
+    /// Call the inner service, adding these headers to its response.
+    Pass(Option<Headers>),
+    /// Answer with this.
+    Reject(Response<B>),
 }
 
 impl<S, St, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimitService<S, St>
@@ -79,18 +87,27 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let Some(charge) = self.charge(&req) else {
-            return ResponseFuture::inner(self.inner.call(req), None);
+        let grpc = is_grpc(req.headers());
+        let now = self.shared.config.clock.now();
+        // Decide while borrowing from the request: no clone on the synchronous path.
+        let decided = {
+            let Some(charge) = self.charge(&req) else {
+                return ResponseFuture::inner(self.inner.call(req), None);
+            };
+            let policies = charge.limits.as_slice();
+            match self
+                .shared
+                .store
+                .check_sync(charge.subject(), policies, charge.cost, now)
+            {
+                Some(result) => Ok(self.verdict(result, &charge, grpc)),
+                None => Err(charge.into_owned()),
+            }
         };
-        let shared = &*self.shared;
-        let now = shared.config.clock.now();
-        let policies = charge.limits.as_slice();
-        if let Some(result) = shared
-            .store
-            .check_sync(charge.subject(), policies, charge.cost, now)
-        {
-            return self.decide(result, &charge, req);
-        }
+        let charge = match decided {
+            Ok(verdict) => return self.act(verdict, req),
+            Err(charge) => charge,
+        };
         // An asynchronous store: wait for it, then call the inner service made ready.
         let clone = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, clone);
@@ -105,14 +122,15 @@ where
                 .store
                 .check(charge.subject(), policies, charge.cost, now)
                 .await;
-            this.decide(result, &charge, req).await
+            let verdict = this.verdict(result, &charge, grpc);
+            this.act(verdict, req).await
         }))
     }
 }
 
 impl<S, St> RateLimitService<S, St> {
     /// What this request is charged against, or `None` to let it pass unlimited.
-    fn charge<B>(&self, req: &Request<B>) -> Option<Charge> {
+    fn charge<'a, B>(&'a self, req: &'a Request<B>) -> Option<Charge<'a>> {
         let config = &self.shared.config;
         let info = || RequestInfo {
             method: req.method(),
@@ -124,47 +142,43 @@ impl<S, St> RateLimitService<S, St> {
             Some(Cost(n)) => *n,
             None => config.cost.as_ref().map_or(1, |f| f(&info())),
         };
-        let limits_of = |auth: &Authenticated| {
+        let limits_of = |auth: &'a Authenticated| -> Cow<'a, RateLimits> {
             let own = auth.rate_limits();
-            if own.is_empty() {
-                config.default.clone()
-            } else {
-                own.clone()
-            }
+            Cow::Borrowed(if own.is_empty() { &config.default } else { own })
         };
         let charge = match (req.extensions().get::<Authenticated>(), &config.by) {
             (None, _) => match &config.anonymous {
                 Anonymous::Pass => return None,
                 Anonymous::Limit(kind, f, limits) => Charge {
                     kind,
-                    id: Id::Owned(f(&info())?),
-                    limits: limits.clone(),
+                    id: Cow::Owned(f(&info())?),
+                    limits: Cow::Borrowed(limits),
                     cost,
                 },
             },
             (Some(auth), By::Key) => Charge {
                 kind: "key",
                 limits: limits_of(auth),
-                id: Id::Key(auth.clone()),
+                id: Cow::Borrowed(auth.key_id()),
                 cost,
             },
             (Some(auth), By::Consumer) => Charge {
                 kind: "consumer",
                 limits: limits_of(auth),
-                id: Id::Consumer(auth.clone()),
+                id: Cow::Borrowed(auth.consumer()),
                 cost,
             },
             (Some(auth), By::Custom(kind, f)) => match f(&info()) {
                 Some(id) => Charge {
                     kind,
                     limits: limits_of(auth),
-                    id: Id::Owned(id),
+                    id: Cow::Owned(id),
                     cost,
                 },
                 None => Charge {
                     kind: "key",
                     limits: limits_of(auth),
-                    id: Id::Key(auth.clone()),
+                    id: Cow::Borrowed(auth.key_id()),
                     cost,
                 },
             },
@@ -172,16 +186,13 @@ impl<S, St> RateLimitService<S, St> {
         (!charge.limits.is_empty()).then_some(charge)
     }
 
-    fn decide<ReqBody, ResBody>(
-        &mut self,
+    /// What to do, given the store's answer.
+    fn verdict<B: RejectionBody>(
+        &self,
         result: Result<Decision, RateLimitStoreError>,
-        charge: &Charge,
-        req: Request<ReqBody>,
-    ) -> ResponseFuture<S::Future, ResBody, S::Error>
-    where
-        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-        ResBody: RejectionBody,
-    {
+        charge: &Charge<'_>,
+        grpc: bool,
+    ) -> Verdict<B> {
         let config = &self.shared.config;
         let decision = match result {
             Ok(decision) => decision,
@@ -195,21 +206,18 @@ impl<S, St> RateLimitService<S, St> {
                     );
                 }
                 return match config.on_store_error {
-                    OnStoreError::Allow => ResponseFuture::inner(self.inner.call(req), None),
-                    OnStoreError::Deny => ResponseFuture::ready(
-                        Rejection::new(
-                            AuthError::Unavailable(ResolveError::new(error)),
-                            is_grpc(req.headers()),
-                        )
-                        .render()
-                        .map(ResBody::from_rejection),
+                    OnStoreError::Allow => Verdict::Pass(None),
+                    OnStoreError::Deny => Verdict::Reject(
+                        Rejection::new(AuthError::Unavailable(ResolveError::new(error)), grpc)
+                            .render()
+                            .map(B::from_rejection),
                     ),
                 };
             }
         };
         let headers = Headers::new(&charge.limits, &decision, config.x_headers);
         if decision.allowed() {
-            return ResponseFuture::inner(self.inner.call(req), Some(headers));
+            return Verdict::Pass(Some(headers));
         }
         let violated = charge
             .limits
@@ -222,10 +230,23 @@ impl<S, St> RateLimitService<S, St> {
             retry_after: decision.retry_after(),
             violated,
         };
-        let mut response = Rejection::new(error, is_grpc(req.headers()))
-            .render()
-            .map(ResBody::from_rejection);
+        let mut response = Rejection::new(error, grpc).render().map(B::from_rejection);
         headers.apply(response.headers_mut());
-        ResponseFuture::ready(response)
+        Verdict::Reject(response)
+    }
+
+    /// Carries out a verdict.
+    fn act<ReqBody, ResBody>(
+        &mut self,
+        verdict: Verdict<ResBody>,
+        req: Request<ReqBody>,
+    ) -> ResponseFuture<S::Future, ResBody, S::Error>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    {
+        match verdict {
+            Verdict::Pass(headers) => ResponseFuture::inner(self.inner.call(req), headers),
+            Verdict::Reject(response) => ResponseFuture::ready(response),
+        }
     }
 }
