@@ -87,20 +87,21 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let grpc = is_grpc(req.headers());
-        let now = self.shared.config.clock.now();
-        // Decide while borrowing from the request: no clone on the synchronous path.
+        // Decide while borrowing from the request: no clone on the synchronous path, and
+        // no clock read for a request that is not charged.
+        let now;
         let decided = {
             let Some(charge) = self.charge(&req) else {
                 return ResponseFuture::inner(self.inner.call(req), None);
             };
+            now = self.shared.config.clock.now();
             let policies = charge.limits.as_slice();
             match self
                 .shared
                 .store
                 .check_sync(charge.subject(), policies, charge.cost, now)
             {
-                Some(result) => Ok(self.verdict(result, &charge, grpc)),
+                Some(result) => Ok(self.verdict(result, &charge, req.headers())),
                 None => Err(charge.into_owned()),
             }
         };
@@ -122,7 +123,7 @@ where
                 .store
                 .check(charge.subject(), policies, charge.cost, now)
                 .await;
-            let verdict = this.verdict(result, &charge, grpc);
+            let verdict = this.verdict(result, &charge, req.headers());
             this.act(verdict, req).await
         }))
     }
@@ -191,8 +192,10 @@ impl<S, St> RateLimitService<S, St> {
         &self,
         result: Result<Decision, RateLimitStoreError>,
         charge: &Charge<'_>,
-        grpc: bool,
+        request_headers: &http::HeaderMap,
     ) -> Verdict<B> {
+        // Only a rejection needs to know whether the caller speaks gRPC.
+        let grpc = || is_grpc(request_headers);
         let config = &self.shared.config;
         let decision = match result {
             Ok(decision) => decision,
@@ -208,7 +211,7 @@ impl<S, St> RateLimitService<S, St> {
                 return match config.on_store_error {
                     OnStoreError::Allow => Verdict::Pass(None),
                     OnStoreError::Deny => Verdict::Reject(
-                        Rejection::new(AuthError::Unavailable(ResolveError::new(error)), grpc)
+                        Rejection::new(AuthError::Unavailable(ResolveError::new(error)), grpc())
                             .render()
                             .map(B::from_rejection),
                     ),
@@ -230,7 +233,9 @@ impl<S, St> RateLimitService<S, St> {
             retry_after: decision.retry_after(),
             violated,
         };
-        let mut response = Rejection::new(error, grpc).render().map(B::from_rejection);
+        let mut response = Rejection::new(error, grpc())
+            .render()
+            .map(B::from_rejection);
         headers.apply(response.headers_mut());
         Verdict::Reject(response)
     }
