@@ -5,6 +5,9 @@
 //!   PostgreSQL) is where keys, usage and the audit log live.
 //! - `RATE_LIMIT` (default `1000/60s`) limits `/v1/*` per key, for keys whose record
 //!   carries no policy of its own.
+//! - `REDIS_URL` (unset by default) keeps rate-limit state in Redis, so that several
+//!   instances enforce one limit. While Redis does not answer, each instance limits on
+//!   its own and logs that it does.
 //! - On a start that finds no active admin key it issues one (scope `admin`) and prints
 //!   `admin key: <key>`.
 //! - Keys are read from `Authorization: Bearer …` and from `X-API-Key`.
@@ -27,6 +30,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tower_api_key::ratelimit::{RateLimitStore, RedisRateLimitStore};
 use tower_api_key::store::{ListQuery, NewKey, PostgresStore, SqliteStore};
 use tower_api_key::usage::{UsageLayer, UsageRecorder};
 use tower_api_key::{
@@ -59,6 +63,11 @@ struct NewOrder {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // The library's own log lines (a Redis outage, a failing store) on stderr.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::INFO)
+        .init();
     let bind: SocketAddr = std::env::var("BIND")
         .unwrap_or_else(|_| "127.0.0.1:3000".to_owned())
         .parse()
@@ -96,7 +105,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let auth = ApiKeyLayer::from_cache(cache)
         .source(KeySource::bearer().or(KeySource::header(HeaderName::from_static("x-api-key"))));
 
-    let limits = RateLimitLayer::new(MemoryRateLimitStore::new(), rate_limit);
+    let limits = RateLimitLayer::new(rate_limit_store().await?, rate_limit);
 
     let v1 = Router::new()
         .route("/v1/whoami", get(whoami))
@@ -120,6 +129,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     usage.shutdown().await;
     eprintln!("shut down");
     Ok(())
+}
+
+/// Redis when `REDIS_URL` is set, this process's memory otherwise.
+async fn rate_limit_store() -> Result<Arc<dyn RateLimitStore>, Box<dyn std::error::Error>> {
+    let url = match std::env::var("REDIS_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ => return Ok(Arc::new(MemoryRateLimitStore::new())),
+    };
+    let redis = RedisRateLimitStore::open(&url).map_err(|e| format!("REDIS_URL: {e}"))?;
+    match redis.ping().await {
+        Ok(()) => eprintln!("rate limits: shared through Redis"),
+        Err(e) => eprintln!(
+            "rate limits: Redis does not answer ({e}); limiting per instance until it does"
+        ),
+    }
+    Ok(Arc::new(redis))
 }
 
 /// Is there a key with the `admin` scope that may be used now?

@@ -4,6 +4,7 @@
     feature = "axum",
     feature = "sqlite",
     feature = "postgres",
+    feature = "redis",
     feature = "admin"
 ))]
 
@@ -92,6 +93,8 @@ fn start_on(db: &std::path::Path, env: &[(&str, &str)]) -> Server {
     let mut child = Command::new(example_binary())
         .env("BIND", "127.0.0.1:0")
         .env("DATABASE_URL", format!("sqlite://{}", db.display()))
+        // Only what a test gives: not the developer's own Redis.
+        .env_remove("REDIS_URL")
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -281,6 +284,52 @@ async fn rate_limit_from_the_environment() {
     assert_eq!(http(&server.addr, "GET", "/healthz", &[], "").await.0, 200);
 }
 
+/// DESIGN.md: `REDIS_URL` set → rate limits through Redis, so that two instances on one
+/// database enforce one limit.
+#[tokio::test]
+async fn two_servers_on_one_redis_share_a_rate_limit() {
+    let redis = match std::env::var("TEST_REDIS_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ => {
+            assert!(
+                std::env::var("TOWER_API_KEY_REQUIRE_SERVICES").as_deref() != Ok("1"),
+                "TEST_REDIS_URL is not set and TOWER_API_KEY_REQUIRE_SERVICES=1 requires Redis"
+            );
+            eprintln!("skipped: TEST_REDIS_URL is not set");
+            return;
+        }
+    };
+    let env = [("RATE_LIMIT", "5/60s"), ("REDIS_URL", redis.as_str())];
+    let db = TempDb(fresh_db("redis"));
+    let a = start_on(&db.0, &env);
+    let b = start_on(&db.0, &env);
+    let bearer = format!("Bearer {}", a.admin_key.clone().unwrap());
+    let auth = [("authorization", bearer.as_str())];
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        let server = if i % 2 == 0 { &a } else { &b };
+        statuses.push(http(&server.addr, "GET", "/v1/whoami", &auth, "").await.0);
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429]);
+    assert_eq!(http(&a.addr, "GET", "/v1/whoami", &auth, "").await.0, 429);
+}
+
+#[tokio::test]
+async fn without_redis_each_server_limits_on_its_own() {
+    // Nothing listens on port 1: the server starts anyway, and limits per instance.
+    let server = start_with(&[
+        ("RATE_LIMIT", "2/60s"),
+        ("REDIS_URL", "redis://127.0.0.1:1/"),
+    ]);
+    let bearer = format!("Bearer {}", server.admin_key.clone().unwrap());
+    let auth = [("authorization", bearer.as_str())];
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(http(&server.addr, "GET", "/v1/whoami", &auth, "").await.0);
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+}
+
 #[tokio::test]
 async fn keys_and_usage_survive_a_restart() {
     use tower_api_key::KeyStore;
@@ -357,6 +406,26 @@ fn bad_rate_limit_is_a_clear_error() {
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(stderr.contains("RATE_LIMIT"), "{stderr}");
+}
+
+#[test]
+fn bad_redis_url_is_a_clear_error_that_hides_the_password() {
+    let db = TempDb(fresh_db("bad-redis"));
+    let mut child = Command::new(example_binary())
+        .env("BIND", "127.0.0.1:0")
+        .env("DATABASE_URL", format!("sqlite://{}", db.0.display()))
+        .env("REDIS_URL", "http://user:hunter2pw@example.com/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_with_deadline(&mut child, Duration::from_secs(20));
+    assert!(!status.success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("REDIS_URL: invalid Redis URL"), "{stderr}");
+    assert!(!stderr.contains("hunter2pw"), "{stderr}");
 }
 
 /// Waits for `child` to exit; kills it and fails the test past `limit`.

@@ -48,7 +48,7 @@ pub fn check(limit: &Limit, state: u64, now: u64, cost: u32) -> Outcome {
 
 /// The emission interval: `per / requests`, rounded up to a whole nanosecond so that
 /// the allowed rate is never above the policy's.
-fn emission_interval(requests: u32, per: Duration) -> u64 {
+pub(crate) fn emission_interval(requests: u32, per: Duration) -> u64 {
     let per = u64::try_from(per.as_nanos()).unwrap_or(u64::MAX);
     per.div_ceil(u64::from(requests)).max(1)
 }
@@ -135,7 +135,7 @@ pub fn is_idle(state: u64, now: u64) -> bool {
 }
 
 /// The number and end (Unix nanoseconds) of the UTC window containing `now`.
-fn calendar_window(window: QuotaWindow, now: u64) -> (u64, u64) {
+pub(crate) fn calendar_window(window: QuotaWindow, now: u64) -> (u64, u64) {
     let day = now / NANOS_PER_DAY;
     match window {
         QuotaWindow::Day => (day, (day + 1) * NANOS_PER_DAY),

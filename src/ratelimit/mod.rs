@@ -58,9 +58,13 @@ mod headers;
 mod layer;
 mod memory;
 mod policy;
+#[cfg(feature = "redis")]
+mod redis;
 mod service;
 mod store;
 
+#[cfg(feature = "redis")]
+pub use self::redis::{InvalidRedisUrl, RedisRateLimitStore};
 pub use future::ResponseFuture;
 pub use layer::{Clock, Cost, ManualClock, OnStoreError, RateLimitLayer, RequestInfo, SystemClock};
 pub use memory::MemoryRateLimitStore;

@@ -1,0 +1,397 @@
+//! [`RedisRateLimitStore`]: limiter state in Redis, so that many instances enforce one
+//! limit.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use super::gcra;
+use super::memory::MemoryRateLimitStore;
+use super::policy::{Limit, QuotaWindow, RateLimitPolicy, RateLimits};
+use super::store::{Decision, PolicyStatus, RateLimitStore, RateLimitStoreError, Subject};
+
+/// The GCRA and quota check as one Lua script, run atomically by the server.
+const SCRIPT: &str = include_str!("redis.lua");
+
+/// Keeps rate-limit state in Redis: one atomic script call per request (GCRA and
+/// calendar quotas, all policies of the request charged all or nothing), so that every
+/// instance sharing the Redis server enforces one limit.
+///
+/// Each policy of each subject is one Redis key, `{prefix}{kind:id}:{policy}` (for
+/// example `tak:{key:key_01HV…}:burst`), holding a number and expiring as soon as
+/// forgetting it changes nothing. The keys of one subject share a hash tag, so the
+/// script also runs on Redis Cluster.
+///
+/// Times come from the layer's [`Clock`](super::Clock), as with the memory store, and
+/// are kept in microseconds on the server; keep the instances' clocks in sync (NTP).
+///
+/// **When Redis cannot answer** (down, unreachable, or slower than the
+/// [timeout](Self::with_timeout)), the store by default limits each instance on its own,
+/// with a [`MemoryRateLimitStore`], and logs a warning once per outage (and a line when
+/// Redis is back). It then leaves Redis alone for the [retry
+/// interval](Self::with_retry_interval), so an outage costs requests no waiting. With
+/// [`with_local_fallback(false)`](Self::with_local_fallback) it returns the error
+/// instead, and the layer's [`OnStoreError`](super::OnStoreError) decides: `Allow`
+/// fails open, `Deny` fails closed. So the three choices are:
+///
+/// | on a Redis failure | configuration |
+/// |---|---|
+/// | limit per instance (default) | `with_local_fallback(true)` |
+/// | let the request through | `with_local_fallback(false)` + `OnStoreError::Allow` |
+/// | refuse it with 503 | `with_local_fallback(false)` + `OnStoreError::Deny` |
+///
+/// ```no_run
+/// use tower_api_key::{RateLimitLayer, RateLimitPolicy};
+/// use tower_api_key::ratelimit::RedisRateLimitStore;
+///
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = RedisRateLimitStore::open("redis://127.0.0.1:6379/")?;
+/// if let Err(e) = store.ping().await {
+///     eprintln!("Redis is not there yet ({e}); limiting per instance until it is");
+/// }
+/// let layer = RateLimitLayer::new(store, "100/60s".parse::<RateLimitPolicy>()?);
+/// # let _ = layer; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisRateLimitStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: ConnectionManager,
+    script: redis::Script,
+    prefix: String,
+    timeout: Duration,
+    retry_interval: Duration,
+    fallback: Option<MemoryRateLimitStore>,
+    /// The zero of `down_until`.
+    started: Instant,
+    /// Until when (nanoseconds after `started`) Redis is not asked; 0: ask.
+    down_until: AtomicU64,
+    /// In an outage (logged once when it starts, once when it ends)?
+    degraded: AtomicBool,
+    /// Requests answered without Redis in the current outage.
+    missed: AtomicU64,
+}
+
+impl fmt::Debug for RedisRateLimitStore {
+    // The URL may hold a password: it is never shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisRateLimitStore")
+            .field("prefix", &self.inner.prefix)
+            .field("timeout", &self.inner.timeout)
+            .field("retry_interval", &self.inner.retry_interval)
+            .field("local_fallback", &self.inner.fallback.is_some())
+            .field("degraded", &self.is_degraded())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A Redis URL that could not be used. It does not repeat the URL, which may hold a
+/// password.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid Redis URL (expected redis://[user:password@]host[:port][/db] or rediss://…)")]
+pub struct InvalidRedisUrl(());
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_millis(250);
+const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
+impl RedisRateLimitStore {
+    /// A store on the server at `url` (`redis://host:port/db`, `rediss://` for TLS if
+    /// the `redis` crate was built with it). It connects on first use and reconnects by
+    /// itself, so it can be made while Redis is down; [`ping`](Self::ping) checks it.
+    /// Must be called within a Tokio runtime.
+    pub fn open(url: &str) -> Result<Self, InvalidRedisUrl> {
+        let client = redis::Client::open(url).map_err(|_| InvalidRedisUrl(()))?;
+        Self::build(client, DEFAULT_TIMEOUT)
+    }
+
+    fn build(client: redis::Client, timeout: Duration) -> Result<Self, InvalidRedisUrl> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|_| InvalidRedisUrl(()))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                conn,
+                script: redis::Script::new(SCRIPT),
+                prefix: "tak:".to_owned(),
+                timeout,
+                retry_interval: DEFAULT_RETRY_INTERVAL,
+                fallback: Some(MemoryRateLimitStore::new()),
+                started: Instant::now(),
+                down_until: AtomicU64::new(0),
+                degraded: AtomicBool::new(false),
+                missed: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    fn inner_mut(&mut self) -> &mut Inner {
+        Arc::get_mut(&mut self.inner)
+            .expect("configure a RedisRateLimitStore before cloning or using it")
+    }
+
+    /// Prefixes every Redis key (default `tak:`), so that several services or
+    /// environments can share one Redis.
+    ///
+    /// # Panics
+    ///
+    /// If the store was already cloned: configure it first.
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.inner_mut().prefix = prefix.into();
+        self
+    }
+
+    /// How long one check may wait for Redis before the store treats Redis as down
+    /// (default 250 ms).
+    ///
+    /// # Panics
+    ///
+    /// If the store was already cloned: configure it first.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.inner_mut().timeout = timeout;
+        self
+    }
+
+    /// After a failure, how long Redis is left alone before it is tried again
+    /// (default 1 s).
+    ///
+    /// # Panics
+    ///
+    /// If the store was already cloned: configure it first.
+    pub fn with_retry_interval(mut self, interval: Duration) -> Self {
+        self.inner_mut().retry_interval = interval;
+        self
+    }
+
+    /// Whether to limit each instance on its own while Redis is down (default `true`);
+    /// with `false` the error goes to the layer's [`OnStoreError`](super::OnStoreError).
+    ///
+    /// # Panics
+    ///
+    /// If the store was already cloned: configure it first.
+    pub fn with_local_fallback(mut self, enabled: bool) -> Self {
+        self.inner_mut().fallback = enabled.then(MemoryRateLimitStore::new);
+        self
+    }
+
+    /// Asks Redis for `PONG`, within the timeout.
+    pub async fn ping(&self) -> Result<(), RateLimitStoreError> {
+        let mut conn = self.inner.conn.clone();
+        let reply: String = self
+            .within_timeout(redis::cmd("PING").query_async(&mut conn))
+            .await?;
+        if reply == "PONG" {
+            Ok(())
+        } else {
+            Err(store_error(format!("unexpected reply to PING: {reply:?}")))
+        }
+    }
+
+    /// Is the store limiting per instance right now, because Redis failed?
+    pub fn is_degraded(&self) -> bool {
+        self.inner.degraded.load(Ordering::Relaxed)
+    }
+
+    /// The Redis key of `policy` for `subject`.
+    pub fn redis_key(&self, subject: Subject<'_>, policy: &RateLimitPolicy) -> String {
+        format!(
+            "{}{{{}:{}}}:{}",
+            self.inner.prefix,
+            subject.kind(),
+            subject.id(),
+            policy.name()
+        )
+    }
+
+    async fn within_timeout<T>(
+        &self,
+        fut: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, RateLimitStoreError> {
+        match tokio::time::timeout(self.inner.timeout, fut).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(RateLimitStoreError(Box::new(e))),
+            Err(_) => Err(store_error(format!(
+                "no answer from Redis within {:?}",
+                self.inner.timeout
+            ))),
+        }
+    }
+
+    fn elapsed(&self) -> u64 {
+        u64::try_from(self.inner.started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    async fn check_redis(
+        &self,
+        subject: Subject<'_>,
+        policies: &[RateLimitPolicy],
+        cost: u32,
+        now: u64,
+    ) -> Result<Decision, RateLimitStoreError> {
+        let now_us = now / 1_000;
+        let mut call = self.inner.script.prepare_invoke();
+        call.arg(now_us);
+        for policy in policies {
+            call.key(self.redis_key(subject, policy));
+            match policy.limit() {
+                Limit::Rate {
+                    requests,
+                    per,
+                    burst,
+                } => {
+                    // The emission interval in whole microseconds, rounded up so that
+                    // the allowed rate is never above the policy's.
+                    let t = gcra::emission_interval(requests, per)
+                        .div_ceil(1_000)
+                        .max(1);
+                    call.arg("r")
+                        .arg(clamp_product(u64::from(cost), t))
+                        .arg(clamp_product(u64::from(burst), t))
+                        .arg(t)
+                        .arg(0);
+                }
+                Limit::Quota { requests, window } => {
+                    let (number, end) = gcra::calendar_window(window, now);
+                    let tag = match window {
+                        QuotaWindow::Day => format!("d{number}"),
+                        QuotaWindow::Month => format!("m{number}"),
+                    };
+                    let ttl_ms = (end - now).div_ceil(1_000_000);
+                    call.arg("q").arg(cost).arg(requests).arg(tag).arg(ttl_ms);
+                }
+            }
+        }
+        let mut conn = self.inner.conn.clone();
+        let reply: Vec<i64> = self.within_timeout(call.invoke_async(&mut conn)).await?;
+        if reply.len() != 4 * policies.len() {
+            return Err(store_error(format!(
+                "the rate-limit script returned {} numbers for {} policies",
+                reply.len(),
+                policies.len()
+            )));
+        }
+        let us = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
+        Ok(Decision::new(
+            policies
+                .iter()
+                .zip(reply.chunks_exact(4))
+                .map(|(policy, r)| {
+                    let allowed = r[0] == 1;
+                    let remaining = u64::try_from(r[1]).unwrap_or(0);
+                    match policy.limit() {
+                        Limit::Rate { .. } => PolicyStatus {
+                            allowed,
+                            remaining,
+                            reset: us(r[2]),
+                            retry_after: if allowed {
+                                Duration::ZERO
+                            } else {
+                                us(r[3]).max(Duration::from_micros(1))
+                            },
+                        },
+                        Limit::Quota { window, .. } => {
+                            let (_, end) = gcra::calendar_window(window, now);
+                            let reset = Duration::from_nanos(end - now);
+                            PolicyStatus {
+                                allowed,
+                                remaining,
+                                reset,
+                                retry_after: if allowed {
+                                    Duration::ZERO
+                                } else {
+                                    reset.max(Duration::from_nanos(1))
+                                },
+                            }
+                        }
+                    }
+                }),
+        ))
+    }
+
+    fn on_failure(&self, error: &RateLimitStoreError) {
+        let inner = &*self.inner;
+        let retry = u64::try_from(inner.retry_interval.as_nanos()).unwrap_or(u64::MAX);
+        inner.down_until.store(
+            self.elapsed().saturating_add(retry).max(1),
+            Ordering::Relaxed,
+        );
+        if !inner.degraded.swap(true, Ordering::Relaxed) {
+            if inner.fallback.is_some() {
+                tracing::warn!(
+                    error = %error,
+                    "Redis rate-limit store failed: limiting per instance until Redis answers again"
+                );
+            } else {
+                tracing::warn!(
+                    error = %error,
+                    "Redis rate-limit store failed: the layer's OnStoreError applies until Redis answers again"
+                );
+            }
+        }
+    }
+
+    fn on_success(&self) {
+        let inner = &*self.inner;
+        if inner.degraded.swap(false, Ordering::Relaxed) {
+            let missed = inner.missed.swap(0, Ordering::Relaxed);
+            tracing::info!(
+                missed,
+                "Redis rate-limit store answers again: limits are shared across instances"
+            );
+        }
+    }
+}
+
+/// `a * b`, capped at 2^50 µs (35 years), so that sums with the time stay exact in the
+/// script's doubles.
+fn clamp_product(a: u64, b: u64) -> u64 {
+    a.saturating_mul(b).min(1 << 50)
+}
+
+fn store_error(message: String) -> RateLimitStoreError {
+    RateLimitStoreError(message.into())
+}
+
+#[async_trait::async_trait]
+impl RateLimitStore for RedisRateLimitStore {
+    async fn check(
+        &self,
+        subject: Subject<'_>,
+        policies: &[RateLimitPolicy],
+        cost: u32,
+        now: u64,
+    ) -> Result<Decision, RateLimitStoreError> {
+        let policies = &policies[..policies.len().min(RateLimits::MAX)];
+        let inner = &*self.inner;
+        let down_until = inner.down_until.load(Ordering::Relaxed);
+        let result = if down_until != 0 && self.elapsed() < down_until {
+            Err(store_error("Redis failed recently; not asked".to_owned()))
+        } else {
+            match self.check_redis(subject, policies, cost, now).await {
+                Ok(decision) => {
+                    self.on_success();
+                    return Ok(decision);
+                }
+                Err(e) => {
+                    self.on_failure(&e);
+                    Err(e)
+                }
+            }
+        };
+        match &inner.fallback {
+            Some(local) => {
+                inner.missed.fetch_add(1, Ordering::Relaxed);
+                Ok(local.check_now(subject, policies, cost, now))
+            }
+            None => result,
+        }
+    }
+}

@@ -1,0 +1,593 @@
+//! RedisRateLimitStore against a real Redis: the server at `TEST_REDIS_URL` for shared
+//! limits, and a `redis-server` of the test's own for outages (stopped and started
+//! again mid-test).
+//!
+//! Without `TEST_REDIS_URL` (or without `redis-server` on the PATH, for the outage test)
+//! the tests say they skipped, unless `TOWER_API_KEY_REQUIRE_SERVICES=1`, which makes a
+//! missing service a failure.
+#![cfg(all(feature = "redis", feature = "axum"))]
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Body;
+use axum::routing::get;
+use http::header::AUTHORIZATION;
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+use tower_api_key::ratelimit::{
+    ManualClock, OnStoreError, QuotaWindow, RateLimitStore, RedisRateLimitStore, Subject,
+};
+use tower_api_key::{
+    ApiKey, ApiKeyLayer, KeyFormat, KeyRecord, MemoryRateLimitStore, MemoryStore, RateLimitLayer,
+    RateLimitPolicy, RateLimits,
+};
+
+fn require_services() -> bool {
+    std::env::var("TOWER_API_KEY_REQUIRE_SERVICES").as_deref() == Ok("1")
+}
+
+fn redis_url() -> Option<String> {
+    match std::env::var("TEST_REDIS_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            assert!(
+                !require_services(),
+                "TEST_REDIS_URL is not set and TOWER_API_KEY_REQUIRE_SERVICES=1 requires Redis"
+            );
+            eprintln!("skipped: TEST_REDIS_URL is not set");
+            None
+        }
+    }
+}
+
+/// A key prefix of this test's own, so that tests sharing the server never meet.
+fn unique_prefix(label: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("test:{label}:{}:{nanos}:", std::process::id())
+}
+
+fn store(url: &str, prefix: &str) -> RedisRateLimitStore {
+    RedisRateLimitStore::open(url)
+        .unwrap()
+        .with_prefix(prefix)
+        .with_timeout(Duration::from_secs(2))
+}
+
+/// 2026-11-23T10:00:00Z.
+fn t0() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_795_392_000 + 10 * 3600)
+}
+
+const S: u64 = 1_000_000_000;
+const T0: u64 = (1_795_392_000 + 10 * 3600) * S;
+
+/// One instance of a service: its own limiter (and Redis connection) over the shared
+/// keys and clock.
+fn instance<St: RateLimitStore + Clone>(
+    keys: &MemoryStore,
+    clock: &ManualClock,
+    store: St,
+    default: &str,
+    on_error: OnStoreError,
+) -> Router {
+    let default: RateLimitPolicy = default.parse().unwrap();
+    Router::new()
+        .route("/v1/x", get(|| async { "ok" }))
+        .layer(
+            RateLimitLayer::new(store, default)
+                .clock(clock.clone())
+                .on_store_error(on_error),
+        )
+        .layer(ApiKeyLayer::new(keys.clone()))
+}
+
+fn issue(keys: &MemoryStore, consumer: &str, limits: Option<RateLimits>) -> ApiKey {
+    let key = KeyFormat::default().generate();
+    let mut record = KeyRecord::new(&key, consumer);
+    if let Some(limits) = limits {
+        record = record.with_rate_limits(limits);
+    }
+    keys.insert(record);
+    key
+}
+
+async fn get_x(router: &Router, key: &ApiKey) -> (Response<()>, String) {
+    let req = Request::get("/v1/x")
+        .header(AUTHORIZATION, format!("Bearer {}", key.expose_secret()))
+        .body(Body::empty())
+        .unwrap();
+    let response = router.clone().oneshot(req).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (
+        Response::from_parts(parts, ()),
+        String::from_utf8(body.to_vec()).unwrap(),
+    )
+}
+
+fn header<'a>(r: &'a Response<()>, name: &str) -> &'a str {
+    r.headers()
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} header"))
+        .to_str()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn two_instances_share_one_limit() {
+    let Some(url) = redis_url() else { return };
+    let prefix = unique_prefix("share");
+    let keys = MemoryStore::new();
+    let clock = ManualClock::new(t0());
+    let a = instance(
+        &keys,
+        &clock,
+        store(&url, &prefix),
+        "5/60s",
+        OnStoreError::Deny,
+    );
+    let b = instance(
+        &keys,
+        &clock,
+        store(&url, &prefix),
+        "5/60s",
+        OnStoreError::Deny,
+    );
+    let key = issue(&keys, "acme", None);
+    let other = issue(&keys, "acme", None);
+
+    for (i, remaining) in (0..5).rev().enumerate() {
+        let router = if i % 2 == 0 { &a } else { &b };
+        let (r, body) = get_x(router, &key).await;
+        assert_eq!(
+            (r.status(), body.as_str()),
+            (StatusCode::OK, "ok"),
+            "request {i}"
+        );
+        assert_eq!(header(&r, "ratelimit-policy"), r#""default";q=5;w=60"#);
+        let t = 60 - 12 * remaining;
+        assert_eq!(
+            header(&r, "ratelimit"),
+            format!(r#""default";r={remaining};t={t}"#)
+        );
+    }
+    // The sixth, on either instance, is refused.
+    for router in [&a, &b] {
+        let (r, body) = get_x(router, &key).await;
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(header(&r, "retry-after"), "12");
+        assert_eq!(header(&r, "ratelimit"), r#""default";r=0;t=60"#);
+        assert!(body.contains("quota-exceeded"), "{body}");
+        assert!(
+            body.contains(r#""violated-policies":["default"]"#),
+            "{body}"
+        );
+    }
+    // Another key has its own budget.
+    assert_eq!(get_x(&b, &other).await.0.status(), StatusCode::OK);
+    // Twelve seconds later, exactly one more, wherever it arrives.
+    clock.advance(Duration::from_secs(12));
+    assert_eq!(get_x(&b, &key).await.0.status(), StatusCode::OK);
+    assert_eq!(
+        get_x(&a, &key).await.0.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+#[tokio::test]
+async fn consumers_share_a_budget_across_instances_and_quotas_end_at_midnight() {
+    let Some(url) = redis_url() else { return };
+    let prefix = unique_prefix("consumer");
+    let keys = MemoryStore::new();
+    let clock = ManualClock::new(t0());
+    let limits = RateLimits::new([
+        RateLimitPolicy::rate("burst", 10, Duration::from_secs(1)).unwrap(),
+        RateLimitPolicy::quota("daily", 3, QuotaWindow::Day).unwrap(),
+    ])
+    .unwrap();
+    let layer = |store: RedisRateLimitStore| {
+        Router::new()
+            .route("/v1/x", get(|| async { "ok" }))
+            .layer(
+                RateLimitLayer::new(store, "100/60s".parse::<RateLimitPolicy>().unwrap())
+                    .clock(clock.clone())
+                    .per_consumer()
+                    .on_store_error(OnStoreError::Deny),
+            )
+            .layer(ApiKeyLayer::new(keys.clone()))
+    };
+    let a = layer(store(&url, &prefix));
+    let b = layer(store(&url, &prefix));
+    let k1 = issue(&keys, "acme", Some(limits.clone()));
+    let k2 = issue(&keys, "acme", Some(limits));
+
+    for (router, key, daily_left) in [(&a, &k1, 2), (&b, &k2, 1), (&a, &k2, 0)] {
+        let (r, _) = get_x(router, key).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(
+            header(&r, "ratelimit").ends_with(&format!(r#""daily";r={daily_left};t=50400"#)),
+            "{}",
+            header(&r, "ratelimit")
+        );
+    }
+    let (r, body) = get_x(&b, &k1).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    // Fourteen hours to UTC midnight.
+    assert_eq!(header(&r, "retry-after"), "50400");
+    assert!(body.contains(r#""violated-policies":["daily"]"#), "{body}");
+    // The refused request charged nothing: the burst budget still shows 3 spent at
+    // 10:00:00 (r=7), not 4.
+    assert!(
+        header(&r, "ratelimit").starts_with(r#""burst";r=7;"#),
+        "{}",
+        header(&r, "ratelimit")
+    );
+    clock.advance(Duration::from_secs(14 * 3600));
+    assert_eq!(get_x(&a, &k1).await.0.status(), StatusCode::OK);
+}
+
+/// A small deterministic generator, so that a failure can be replayed.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// The Lua script and the Rust algorithm give the same answers for the same requests
+/// (with whole-microsecond times and intervals, where the two are exactly equal).
+#[tokio::test]
+async fn redis_answers_exactly_as_the_memory_store() {
+    let Some(url) = redis_url() else { return };
+    let redis = store(&url, &unique_prefix("differential"));
+    let memory = MemoryRateLimitStore::new();
+    let sets: Vec<Vec<RateLimitPolicy>> = vec![
+        vec!["5/60s".parse().unwrap()],
+        vec![
+            RateLimitPolicy::rate("burst", 4, Duration::from_secs(2))
+                .unwrap()
+                .with_burst(7)
+                .unwrap(),
+            RateLimitPolicy::quota("daily", 40, QuotaWindow::Day).unwrap(),
+        ],
+        vec![
+            RateLimitPolicy::rate("fast", 1000, Duration::from_secs(1)).unwrap(),
+            RateLimitPolicy::rate("slow", 3, Duration::from_secs(3600)).unwrap(),
+            RateLimitPolicy::quota("monthly", 25, QuotaWindow::Month).unwrap(),
+        ],
+    ];
+    let subjects = ["k1", "k2", "k3"];
+    let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+    // Start an hour before a month ends, so both quota windows roll over.
+    let mut now = (1_795_392_000 + 7 * 86_400 + 23 * 3600) * S;
+    let mut allowed = 0;
+    for step in 0..600 {
+        now += (rng.next() % 3_000_000) * 1_000; // up to 3 s, whole microseconds
+        let set = &sets[(rng.next() % sets.len() as u64) as usize];
+        let subject = Subject::key(subjects[(rng.next() % 3) as usize]);
+        let cost = 1 + (rng.next() % 3) as u32;
+        let want = memory.check(subject, set, cost, now).await.unwrap();
+        let got = redis.check(subject, set, cost, now).await.unwrap();
+        assert_eq!(got, want, "step {step}: {subject:?} {set:?} cost {cost}");
+        allowed += usize::from(want.allowed());
+    }
+    // Both branches were taken.
+    assert!(allowed > 50 && allowed < 550, "{allowed} of 600 allowed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_instances_and_tasks_allow_exactly_the_budget() {
+    let Some(url) = redis_url() else { return };
+    let prefix = unique_prefix("concurrent");
+    let policy = vec![
+        RateLimitPolicy::rate("burst", 100, Duration::from_secs(3600)).unwrap(),
+        RateLimitPolicy::quota("daily", 1000, QuotaWindow::Day).unwrap(),
+    ];
+    let stores: Vec<RedisRateLimitStore> = (0..4).map(|_| store(&url, &prefix)).collect();
+    let allowed = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for t in 0..16 {
+        let store = stores[t % stores.len()].clone();
+        let policy = policy.clone();
+        let allowed = allowed.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..50 {
+                let d = store
+                    .check(Subject::key("hot"), &policy, 1, T0)
+                    .await
+                    .unwrap();
+                if d.allowed() {
+                    allowed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(allowed.load(Ordering::Relaxed), 100);
+    // The quota was charged exactly for the allowed ones.
+    let d = stores[0]
+        .check(Subject::key("hot"), &policy[1..], 1, T0)
+        .await
+        .unwrap();
+    assert_eq!(d.statuses()[0].remaining, 1000 - 101);
+}
+
+#[tokio::test]
+async fn every_state_expires_and_odd_ids_are_kept_apart() {
+    let Some(url) = redis_url() else { return };
+    let prefix = unique_prefix("expiry");
+    let store = store(&url, &prefix);
+    let policies = vec![
+        RateLimitPolicy::rate("burst", 5, Duration::from_secs(60)).unwrap(),
+        RateLimitPolicy::quota("daily", 10, QuotaWindow::Day).unwrap(),
+    ];
+    // Ids with the characters of the key syntax, and not-ASCII ones.
+    let ids = ["a}:b", "a", "{a}", "ключ", "a:b}"];
+    for id in ids {
+        let d = store
+            .check(Subject::key(id), &policies, 2, T0)
+            .await
+            .unwrap();
+        assert!(d.allowed());
+        assert_eq!(d.statuses()[1].remaining, 8, "{id}");
+    }
+    // Kinds are apart too.
+    let d = store
+        .check(Subject::consumer("a"), &policies, 1, T0)
+        .await
+        .unwrap();
+    assert_eq!(d.statuses()[1].remaining, 9);
+
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let found: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 2 * (ids.len() + 1), "{found:?}");
+    for key in &found {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if key.ends_with(":burst") {
+            // 12 s a request (two for each key, one for the consumer): forgotten then.
+            let want = if key.contains("{consumer:") {
+                12_000
+            } else {
+                24_000
+            };
+            assert!(ttl > want - 4_000 && ttl <= want, "{key}: {ttl}");
+        } else {
+            // Fourteen hours to midnight (the clock is the store's, not Redis's).
+            assert!(
+                ttl > 14 * 3_600_000 - 5_000 && ttl <= 14 * 3_600_000,
+                "{key}: {ttl}"
+            );
+        }
+    }
+    assert!(found.contains(&format!("{prefix}{{key:ключ}}:daily")));
+}
+
+#[tokio::test]
+async fn the_password_never_shows() {
+    let store = RedisRateLimitStore::open("redis://user:s3cretpw@127.0.0.1:1/").unwrap();
+    assert!(!format!("{store:?}").contains("s3cretpw"));
+    let err = RedisRateLimitStore::open("redis://user:s3cretpw@[::1/").unwrap_err();
+    assert!(!err.to_string().contains("s3cretpw"), "{err}");
+    assert!(!format!("{err:?}").contains("s3cretpw"));
+    let err = RedisRateLimitStore::open("http://example.com/").unwrap_err();
+    assert!(err.to_string().contains("invalid Redis URL"), "{err}");
+    let store = store.with_local_fallback(false);
+    let policy = ["1/1s".parse::<RateLimitPolicy>().unwrap()];
+    let err = store
+        .check(Subject::key("k"), &policy, 1, T0)
+        .await
+        .unwrap_err();
+    assert!(!format!("{err} {err:?}").contains("s3cretpw"), "{err:?}");
+}
+
+/// A port nothing listens on.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn without_fallback_the_layer_fails_open_or_closed() {
+    let url = format!("redis://127.0.0.1:{}/", free_port());
+    let keys = MemoryStore::new();
+    let clock = ManualClock::new(t0());
+    let key = issue(&keys, "acme", None);
+    let redis = || {
+        RedisRateLimitStore::open(&url)
+            .unwrap()
+            .with_local_fallback(false)
+    };
+    let closed = instance(&keys, &clock, redis(), "1/60s", OnStoreError::Deny);
+    let open = instance(&keys, &clock, redis(), "1/60s", OnStoreError::Allow);
+    for _ in 0..3 {
+        let (r, body) = get_x(&closed, &key).await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        let (r, body) = get_x(&open, &key).await;
+        assert_eq!((r.status(), body.as_str()), (StatusCode::OK, "ok"));
+    }
+}
+
+/// A `redis-server` of this test's own, on a port of its own.
+struct OwnRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    fn start() -> Option<Self> {
+        let found = Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok();
+        if !found {
+            assert!(
+                !require_services(),
+                "redis-server is not on the PATH and TOWER_API_KEY_REQUIRE_SERVICES=1 requires it"
+            );
+            eprintln!("skipped: redis-server is not on the PATH");
+            return None;
+        }
+        let mut redis = Self {
+            port: free_port(),
+            child: None,
+        };
+        redis.restart();
+        Some(redis)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let client = redis::Client::open(self.url()).unwrap();
+        loop {
+            if let Ok(mut c) = client.get_connection()
+                && redis::cmd("PING").query::<String>(&mut c).is_ok()
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `check` until `done` holds, for at most 20 s.
+async fn poll_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_redis_goes_down_each_instance_limits_alone_until_it_is_back() {
+    let Some(mut server) = OwnRedis::start() else {
+        return;
+    };
+    let url = server.url();
+    let keys = MemoryStore::new();
+    let clock = ManualClock::new(t0());
+    let make = || {
+        RedisRateLimitStore::open(&url)
+            .unwrap()
+            .with_timeout(Duration::from_millis(300))
+            .with_retry_interval(Duration::from_millis(50))
+    };
+    let (sa, sb) = (make(), make());
+    let a = instance(&keys, &clock, sa.clone(), "3/60s", OnStoreError::Deny);
+    let b = instance(&keys, &clock, sb.clone(), "3/60s", OnStoreError::Deny);
+
+    // Shared: three in all.
+    let key = issue(&keys, "acme", None);
+    let statuses = [
+        get_x(&a, &key).await.0.status(),
+        get_x(&b, &key).await.0.status(),
+        get_x(&a, &key).await.0.status(),
+        get_x(&b, &key).await.0.status(),
+    ];
+    assert_eq!(
+        statuses.map(|s| s.as_u16()),
+        [200, 200, 200, 429],
+        "while Redis is up"
+    );
+    assert!(!sa.is_degraded() && !sb.is_degraded());
+
+    server.kill();
+    // Down: each instance limits on its own, three each, and never answers 503.
+    let key = issue(&keys, "acme", None);
+    for (router, store) in [(&a, &sa), (&b, &sb)] {
+        for i in 0..3 {
+            let (r, body) = get_x(router, &key).await;
+            assert_eq!(r.status(), StatusCode::OK, "request {i} while down: {body}");
+        }
+        assert_eq!(
+            get_x(router, &key).await.0.status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        assert!(store.is_degraded());
+    }
+    server.restart();
+    // Back: shared again, once each store has tried Redis again.
+    let key = issue(&keys, "acme", None);
+    poll_until("instance a uses Redis again", || async {
+        get_x(&a, &key).await;
+        !sa.is_degraded()
+    })
+    .await;
+    poll_until("instance b uses Redis again", || async {
+        sb.ping().await.is_ok() && {
+            // A refused request still tells the store that Redis answers.
+            get_x(&b, &issue(&keys, "probe", None)).await;
+            !sb.is_degraded()
+        }
+    })
+    .await;
+    let key = issue(&keys, "acme", None);
+    let statuses = [
+        get_x(&a, &key).await.0.status(),
+        get_x(&b, &key).await.0.status(),
+        get_x(&b, &key).await.0.status(),
+        get_x(&a, &key).await.0.status(),
+    ];
+    assert_eq!(
+        statuses.map(|s| s.as_u16()),
+        [200, 200, 200, 429],
+        "after Redis came back"
+    );
+}
