@@ -256,6 +256,18 @@ struct Policies {
     list: Box<[RateLimitPolicy]>,
     /// The `RateLimit-Policy` field for this set, built once.
     header: Option<HeaderValue>,
+    /// For a set of rates only: the `RateLimit` field of a request of cost 1 that
+    /// finds every bucket at rest, the common case of a key well within its limits,
+    /// built once.
+    at_rest: Option<AtRest>,
+}
+
+/// A prebuilt `RateLimit` field and the statuses it stands for.
+#[derive(PartialEq, Eq)]
+pub(crate) struct AtRest {
+    /// `(remaining, reset)` of each policy.
+    pub(crate) statuses: Box<[(u64, Duration)]>,
+    pub(crate) header: HeaderValue,
 }
 
 impl Policies {
@@ -272,8 +284,41 @@ impl Policies {
             header: HeaderValue::try_from(header)
                 .ok()
                 .filter(|_| !list.is_empty()),
+            at_rest: Self::at_rest(&list),
             list: list.into(),
         }
+    }
+
+    fn at_rest(list: &[RateLimitPolicy]) -> Option<AtRest> {
+        let mut statuses = Vec::with_capacity(list.len());
+        let mut header = String::new();
+        for p in list {
+            let Limit::Rate {
+                requests,
+                per,
+                burst,
+            } = p.limit
+            else {
+                return None;
+            };
+            // What `gcra::check` answers for a fresh state and cost 1.
+            let reset = Duration::from_nanos(super::gcra::emission_interval(requests, per));
+            let remaining = u64::from(burst) - 1;
+            if !header.is_empty() {
+                header.push_str(", ");
+            }
+            header.push_str(&format!(
+                "\"{}\";r={remaining};t={}",
+                p.name(),
+                crate::auth::retry_after_secs(reset)
+            ));
+            statuses.push((remaining, reset));
+        }
+        Some(AtRest {
+            statuses: statuses.into(),
+            header: HeaderValue::try_from(header).ok()?,
+        })
+        .filter(|_| !list.is_empty())
     }
 }
 
@@ -322,6 +367,10 @@ impl RateLimits {
     /// The policies, as a slice.
     pub fn as_slice(&self) -> &[RateLimitPolicy] {
         &self.0.list
+    }
+
+    pub(crate) fn at_rest(&self) -> Option<&AtRest> {
+        self.0.at_rest.as_ref()
     }
 
     /// The `RateLimit-Policy` header value, e.g. `"burst";q=100;w=60, "daily";q=1000;w=86400`.

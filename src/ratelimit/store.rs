@@ -19,22 +19,48 @@ pub struct PolicyStatus {
 /// every policy was charged; otherwise none was.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
-    len: usize,
-    statuses: [PolicyStatus; RateLimits::MAX],
+    statuses: Statuses,
+}
+
+/// Up to two statuses (a rate and a quota, the usual set) inline, so that the common
+/// decision is small to move; more on the heap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Statuses {
+    Inline { len: u8, items: [PolicyStatus; 2] },
+    Heap(Box<[PolicyStatus]>),
 }
 
 impl Decision {
-    /// A decision from one status per policy, in the order of the policies.
+    /// A decision from one status per policy, in the order of the policies (at most
+    /// [`RateLimits::MAX`]; any more are ignored).
     pub fn new(statuses: impl IntoIterator<Item = PolicyStatus>) -> Self {
-        let mut d = Self {
-            len: 0,
-            statuses: [PolicyStatus::default(); RateLimits::MAX],
-        };
-        for s in statuses.into_iter().take(RateLimits::MAX) {
-            d.statuses[d.len] = s;
-            d.len += 1;
+        let mut iter = statuses.into_iter().take(RateLimits::MAX);
+        let mut items = [PolicyStatus::default(); 2];
+        let mut len = 0;
+        while len < 2 {
+            match iter.next() {
+                Some(s) => {
+                    items[len] = s;
+                    len += 1;
+                }
+                None => {
+                    return Self {
+                        statuses: Statuses::Inline {
+                            len: len as u8,
+                            items,
+                        },
+                    };
+                }
+            }
         }
-        d
+        match iter.next() {
+            None => Self {
+                statuses: Statuses::Inline { len: 2, items },
+            },
+            Some(third) => Self {
+                statuses: Statuses::Heap(items.into_iter().chain([third]).chain(iter).collect()),
+            },
+        }
     }
 
     /// Allowed by every policy?
@@ -44,7 +70,10 @@ impl Decision {
 
     /// One status per policy, in the order of the policies.
     pub fn statuses(&self) -> &[PolicyStatus] {
-        &self.statuses[..self.len]
+        match &self.statuses {
+            Statuses::Inline { len, items } => &items[..usize::from(*len)],
+            Statuses::Heap(items) => items,
+        }
     }
 
     /// How long until the request would be allowed by every policy that denied it.
@@ -151,5 +180,38 @@ impl<T: RateLimitStore + ?Sized> RateLimitStore for std::sync::Arc<T> {
         now: u64,
     ) -> Option<Result<Decision, RateLimitStoreError>> {
         (**self).check_sync(subject, policies, cost, now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(remaining: u64) -> PolicyStatus {
+        PolicyStatus {
+            allowed: remaining > 0,
+            remaining,
+            reset: Duration::from_secs(remaining),
+            retry_after: Duration::from_secs(10 - remaining.min(10)),
+        }
+    }
+
+    #[test]
+    fn decisions_keep_every_status_in_order() {
+        for n in 0..=RateLimits::MAX + 2 {
+            let want: Vec<PolicyStatus> = (0..n as u64).map(status).collect();
+            let d = Decision::new(want.iter().copied());
+            let kept = n.min(RateLimits::MAX);
+            assert_eq!(d.statuses(), &want[..kept], "{n} statuses");
+            assert_eq!(d.allowed(), want[..kept].iter().all(|s| s.allowed));
+            assert_eq!(
+                d.retry_after(),
+                want[..kept]
+                    .iter()
+                    .map(|s| s.retry_after)
+                    .max()
+                    .unwrap_or_default()
+            );
+        }
     }
 }
