@@ -249,9 +249,9 @@ impl FromStr for RateLimitPolicy {
 /// The policies a key (or consumer) is limited by. Cheap to clone. An empty set means
 /// "use the layer's default".
 #[derive(Clone, Default, PartialEq, Eq)]
-pub struct RateLimits(Arc<Policies>);
+pub struct RateLimits(Option<Arc<Policies>>);
 
-#[derive(Default, PartialEq, Eq)]
+#[derive(PartialEq, Eq)]
 struct Policies {
     list: Box<[RateLimitPolicy]>,
     /// The `RateLimit-Policy` field for this set, built once.
@@ -351,43 +351,45 @@ impl RateLimits {
                 return Err(InvalidRateLimits::DuplicateName(p.name.to_string()));
             }
         }
-        Ok(Self(Arc::new(Policies::new(v))))
+        // No policies: nothing allocated, so that the usual record (which has none)
+        // costs the limiter no pointer to follow.
+        Ok(Self((!v.is_empty()).then(|| Arc::new(Policies::new(v)))))
     }
 
     /// No policies at all?
     pub fn is_empty(&self) -> bool {
-        self.0.list.is_empty()
+        self.0.is_none()
     }
 
     /// The policies.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = &RateLimitPolicy> {
-        self.0.list.iter()
+        self.as_slice().iter()
     }
 
     /// The policies, as a slice.
     pub fn as_slice(&self) -> &[RateLimitPolicy] {
-        &self.0.list
+        self.0.as_ref().map_or(&[], |p| &p.list)
     }
 
     pub(crate) fn at_rest(&self) -> Option<&AtRest> {
-        self.0.at_rest.as_ref()
+        self.0.as_ref()?.at_rest.as_ref()
     }
 
     /// The `RateLimit-Policy` header value, e.g. `"burst";q=100;w=60, "daily";q=1000;w=86400`.
     pub fn policy_header(&self) -> Option<&HeaderValue> {
-        self.0.header.as_ref()
+        self.0.as_ref()?.header.as_ref()
     }
 }
 
 impl From<RateLimitPolicy> for RateLimits {
     fn from(policy: RateLimitPolicy) -> Self {
-        Self(Arc::new(Policies::new(vec![policy])))
+        Self(Some(Arc::new(Policies::new(vec![policy]))))
     }
 }
 
 impl fmt::Debug for RateLimits {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.0.list.iter()).finish()
+        f.debug_list().entries(self.iter()).finish()
     }
 }
 
@@ -468,6 +470,9 @@ mod tests {
             Err(InvalidRateLimits::TooMany)
         );
         assert!(RateLimits::default().is_empty());
+        assert_eq!(RateLimits::new([]).unwrap(), RateLimits::default());
+        assert!(RateLimits::default().policy_header().is_none());
+        assert_eq!(RateLimits::default().as_slice(), &[]);
         let daily = RateLimitPolicy::quota("daily", 1000, QuotaWindow::Day).unwrap();
         let burst = RateLimitPolicy::rate("burst", 100, Duration::from_secs(60)).unwrap();
         let both = RateLimits::new([burst, daily]).unwrap();
