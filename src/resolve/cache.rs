@@ -622,6 +622,60 @@ mod tests {
         assert!(resolver.calls.load(Ordering::SeqCst) >= 4);
     }
 
+    /// Reads the record at once, but holds the first load's answer until the gate opens;
+    /// every later load answers at once.
+    #[derive(Clone, Default)]
+    struct FirstLoadHeld {
+        store: MemoryStore,
+        calls: Arc<AtomicUsize>,
+        gate: Arc<tokio::sync::Notify>,
+    }
+
+    #[async_trait::async_trait]
+    impl KeyResolver for FirstLoadHeld {
+        async fn resolve(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, ResolveError> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            let record = self.store.resolve(hash).await;
+            if n == 0 {
+                self.gate.notified().await;
+            }
+            record
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_load_under_way_during_an_invalidation_is_not_kept() {
+        let resolver = FirstLoadHeld::default();
+        let key = key_in(&resolver.store);
+        let hash = key.hash();
+        let cache = CachedResolver::new(resolver.clone());
+        let first = {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.lookup(&hash).await })
+        };
+        // The first load has read the (still active) record and is held.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while resolver.calls.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "no load started");
+            tokio::task::yield_now().await;
+        }
+        let id = resolver.store.records()[0].id.clone();
+        crate::KeyStore::revoke(&resolver.store, &id, "test")
+            .await
+            .unwrap();
+        cache.invalidate(&hash).await;
+        resolver.gate.notify_one();
+        // The held load answers its own request...
+        assert!(first.await.unwrap().unwrap().is_some());
+        // ...but what it read before the revocation is not what the cache serves now.
+        let now = cache.lookup(&hash).await.unwrap().unwrap();
+        assert!(now.record().revoked_at.is_some(), "the stale load was kept");
+        assert!(
+            !matches!(cache.lookup_cached(&hash, Instant::now()), Some(Ok(_))),
+            "the hit path admits a revoked key"
+        );
+    }
+
     #[tokio::test]
     async fn invalidate_makes_the_next_lookup_see_a_revocation() {
         let resolver = Counting::default();
