@@ -7,9 +7,11 @@
 //!   and with a burst too large to ever refuse; each added with `Router::layer` and
 //!   wrapped around the router (`*_outer`);
 //! - `auth_and_limit/*`: `ApiKeyLayer` + `RateLimitLayer` together, hot key and 100 000
-//!   keys in scattered order.
+//!   keys in scattered order;
+//! - `redis/*`: one check through `RedisRateLimitStore` (feature `redis`, server at
+//!   `TEST_REDIS_URL`).
 //!
-//! `cargo bench --bench ratelimit`
+//! `cargo bench --features full --bench ratelimit`
 #![allow(missing_docs)] // criterion_group! generates an undocumented fn.
 
 use std::hint::black_box;
@@ -251,5 +253,55 @@ fn benches(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(ratelimit, benches);
+/// `RedisRateLimitStore::check` against the server at `TEST_REDIS_URL` (skipped without
+/// it): one script call per check, a loopback round trip.
+#[cfg(feature = "redis")]
+fn redis(c: &mut Criterion) {
+    use tower_api_key::ratelimit::{RateLimitStore, RedisRateLimitStore};
+    let Ok(url) = std::env::var("TEST_REDIS_URL") else {
+        eprintln!("redis/*: skipped, TEST_REDIS_URL is not set");
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let nanos = SystemClock.now();
+    let store = rt.block_on(async {
+        let store = RedisRateLimitStore::open(&url)
+            .unwrap()
+            .with_prefix(format!("bench:{nanos}:"));
+        store.ping().await.expect("Redis answers");
+        store
+    });
+    let one = [generous()];
+    let two = [
+        generous(),
+        RateLimitPolicy::quota(
+            "daily",
+            u32::MAX,
+            tower_api_key::ratelimit::QuotaWindow::Day,
+        )
+        .unwrap(),
+    ];
+    let mut g = c.benchmark_group("redis");
+    for (name, policies) in [("one_policy", &one[..]), ("rate_and_quota", &two[..])] {
+        g.bench_function(name, |b| {
+            b.to_async(&rt).iter(|| async {
+                let d = store
+                    .check(Subject::key("bench"), policies, 1, SystemClock.now())
+                    .await
+                    .unwrap();
+                assert!(!store.is_degraded());
+                black_box(d.allowed())
+            })
+        });
+    }
+    g.finish();
+}
+
+#[cfg(not(feature = "redis"))]
+fn redis(_: &mut Criterion) {}
+
+criterion_group!(ratelimit, benches, redis);
 criterion_main!(ratelimit);
