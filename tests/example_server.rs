@@ -387,43 +387,36 @@ fn stop(mut server: Server) {
     assert!(status.success(), "{status:?}");
 }
 
-#[test]
-fn bad_rate_limit_is_a_clear_error() {
+/// Starts the server with `env` on a database of its own, expects it to refuse to start,
+/// and returns what it wrote on stderr.
+fn refuses_to_start(env: &[(&str, &str)]) -> String {
+    let db = TempDb(fresh_db("refused"));
     let mut child = Command::new(example_binary())
         .env("BIND", "127.0.0.1:0")
-        .env(
-            "DATABASE_URL",
-            format!("sqlite://{}", fresh_db("bad").display()),
-        )
-        .env("RATE_LIMIT", "lots")
+        .env("DATABASE_URL", format!("sqlite://{}", db.0.display()))
+        .env_remove("REDIS_URL")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let status = wait_with_deadline(&mut child, Duration::from_secs(20));
-    assert!(!status.success());
+    assert!(!status.success(), "started with {env:?}");
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    stderr
+}
+
+#[test]
+fn bad_rate_limit_is_a_clear_error() {
+    let stderr = refuses_to_start(&[("RATE_LIMIT", "lots")]);
     assert!(stderr.contains("RATE_LIMIT"), "{stderr}");
 }
 
 #[test]
 fn bad_redis_url_is_a_clear_error_that_hides_the_password() {
-    let db = TempDb(fresh_db("bad-redis"));
-    let mut child = Command::new(example_binary())
-        .env("BIND", "127.0.0.1:0")
-        .env("DATABASE_URL", format!("sqlite://{}", db.0.display()))
-        .env("REDIS_URL", "http://user:hunter2pw@example.com/")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = wait_with_deadline(&mut child, Duration::from_secs(20));
-    assert!(!status.success());
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    let stderr = refuses_to_start(&[("REDIS_URL", "http://user:hunter2pw@example.com/")]);
     assert!(stderr.contains("REDIS_URL: invalid Redis URL"), "{stderr}");
     assert!(!stderr.contains("hunter2pw"), "{stderr}");
 }
