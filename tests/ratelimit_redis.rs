@@ -520,6 +520,14 @@ async fn when_redis_goes_down_each_instance_limits_alone_until_it_is_back() {
     let Some(mut server) = OwnRedis::start() else {
         return;
     };
+    // The stores log from the request path, which runs on this thread.
+    let log = LogCapture::default();
+    let _guard = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_writer(log.clone())
+            .with_max_level(tracing::Level::INFO)
+            .finish(),
+    );
     let url = server.url();
     let keys = MemoryStore::new();
     let clock = ManualClock::new(t0());
@@ -590,4 +598,46 @@ async fn when_redis_goes_down_each_instance_limits_alone_until_it_is_back() {
         [200, 200, 200, 429],
         "after Redis came back"
     );
+    // Said once per store when the outage began, and once when it ended.
+    let text = log.text();
+    assert_eq!(
+        text.matches("limiting per instance until Redis answers again")
+            .count(),
+        2,
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("limits are shared across instances").count(),
+        2,
+        "{text}"
+    );
+}
+
+/// Collects what a `tracing` subscriber writes.
+#[derive(Clone, Default)]
+struct LogCapture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl LogCapture {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogCapture {
+    type Writer = LogCapture;
+
+    fn make_writer(&'a self) -> LogCapture {
+        self.clone()
+    }
 }
