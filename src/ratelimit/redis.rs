@@ -26,7 +26,10 @@ const SCRIPT: &str = include_str!("redis.lua");
 /// script also runs on Redis Cluster.
 ///
 /// Times come from the layer's [`Clock`](super::Clock), as with the memory store, and
-/// are kept in microseconds on the server; keep the instances' clocks in sync (NTP).
+/// are kept in microseconds on the server (where Lua's numbers are exact); keep the
+/// instances' clocks in sync (NTP). A rate's interval is rounded up to a whole
+/// microsecond, so a policy of more than a million requests a second is held to that;
+/// otherwise the answers are the memory store's, which a test checks request by request.
 ///
 /// **When Redis cannot answer** (down, unreachable, or slower than the
 /// [timeout](Self::with_timeout)), the store by default limits each instance on its own,
