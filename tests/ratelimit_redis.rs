@@ -434,6 +434,90 @@ async fn without_fallback_the_layer_fails_open_or_closed() {
     }
 }
 
+/// A server on `port` that completes the client's handshake (`+OK` to each `CLIENT`
+/// command) and then never answers: a Redis that hangs.
+fn hung_redis(port: u16) {
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let (mut seen, mut answered) = (Vec::new(), 0);
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = conn.read(&mut buf) {
+                    seen.extend_from_slice(&buf[..n]);
+                    let handshakes = String::from_utf8_lossy(&seen).matches("CLIENT").count();
+                    for _ in answered..handshakes {
+                        let _ = conn.write_all(b"+OK\r\n");
+                    }
+                    answered = handshakes;
+                }
+            });
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_never_answers_holds_one_request_at_a_time() {
+    let port = free_port();
+    let store = RedisRateLimitStore::open(&format!("redis://127.0.0.1:{port}/"))
+        .unwrap()
+        .with_timeout(Duration::from_secs(60))
+        .with_retry_interval(Duration::ZERO);
+    let policy = ["1000/60s".parse::<RateLimitPolicy>().unwrap()];
+    // Nothing listens yet: the first request is refused at once and limits locally.
+    let d = store
+        .check(Subject::key("k"), &policy, 1, T0)
+        .await
+        .unwrap();
+    assert!(d.allowed() && store.is_degraded());
+    // Now Redis is there but hangs. Fifty requests at once, with the retry interval
+    // over: one of them asks it (and waits), the others are answered locally.
+    hung_redis(port);
+    let done = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let (store, policy, done) = (store.clone(), policy.clone(), done.clone());
+            tokio::spawn(async move {
+                let d = store.check(Subject::key("k"), &policy, 1, T0).await;
+                done.fetch_add(1, Ordering::SeqCst);
+                d
+            })
+        })
+        .collect();
+    poll_until("49 requests answered without Redis", || async {
+        done.load(Ordering::SeqCst) >= 49
+    })
+    .await;
+    let (finished, waiting): (Vec<_>, Vec<_>) = tasks.into_iter().partition(|t| t.is_finished());
+    assert_eq!(
+        (finished.len(), waiting.len()),
+        (49, 1),
+        "one probe at a time"
+    );
+    for t in finished {
+        assert!(t.await.unwrap().unwrap().allowed());
+    }
+    // While that one waits, later requests do not queue up behind it.
+    let later = Arc::new(AtomicUsize::new(0));
+    for _ in 0..20 {
+        let (store, policy, later) = (store.clone(), policy.clone(), later.clone());
+        tokio::spawn(async move {
+            let d = store.check(Subject::key("k"), &policy, 1, T0).await;
+            assert!(d.unwrap().allowed());
+            later.fetch_add(1, Ordering::SeqCst);
+        });
+    }
+    poll_until(
+        "20 later requests answered while the probe waits",
+        || async { later.load(Ordering::SeqCst) == 20 },
+    )
+    .await;
+    assert!(!waiting[0].is_finished());
+    waiting[0].abort();
+}
+
 /// A `redis-server` of this test's own, on a port of its own.
 struct OwnRedis {
     port: u16,

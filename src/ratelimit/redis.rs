@@ -35,7 +35,8 @@ const SCRIPT: &str = include_str!("redis.lua");
 /// [timeout](Self::with_timeout)), the store by default limits each instance on its own,
 /// with a [`MemoryRateLimitStore`], and logs a warning once per outage (and a line when
 /// Redis is back). It then leaves Redis alone for the [retry
-/// interval](Self::with_retry_interval), so an outage costs requests no waiting. With
+/// interval](Self::with_retry_interval), after which one request at a time asks again
+/// while the others are answered at once, so an outage costs requests no waiting. With
 /// [`with_local_fallback(false)`](Self::with_local_fallback) it returns the error
 /// instead, and the layer's [`OnStoreError`](super::OnStoreError) decides: `Allow`
 /// fails open, `Deny` fails closed. So the three choices are:
@@ -78,6 +79,8 @@ struct Inner {
     degraded: AtomicBool,
     /// Requests answered without Redis in the current outage.
     missed: AtomicU64,
+    /// Is a request asking Redis whether it is back?
+    probing: AtomicBool,
 }
 
 impl fmt::Debug for RedisRateLimitStore {
@@ -132,6 +135,7 @@ impl RedisRateLimitStore {
                 down_until: AtomicU64::new(0),
                 degraded: AtomicBool::new(false),
                 missed: AtomicU64::new(0),
+                probing: AtomicBool::new(false),
             }),
         })
     }
@@ -374,27 +378,115 @@ impl RateLimitStore for RedisRateLimitStore {
     ) -> Result<Decision, RateLimitStoreError> {
         let policies = &policies[..policies.len().min(RateLimits::MAX)];
         let inner = &*self.inner;
-        let down_until = inner.down_until.load(Ordering::Relaxed);
-        let result = if down_until != 0 && self.elapsed() < down_until {
-            Err(store_error("Redis failed recently; not asked".to_owned()))
-        } else {
-            match self.check_redis(subject, policies, cost, now).await {
-                Ok(decision) => {
-                    self.on_success();
-                    return Ok(decision);
-                }
-                Err(e) => {
-                    self.on_failure(&e);
-                    Err(e)
+        // In an outage one request at a time asks Redis again, once the retry interval
+        // has passed; the others do not wait for it (a Redis that does not answer at
+        // all would otherwise hold every request for the whole timeout).
+        let probe = if inner.degraded.load(Ordering::Relaxed) {
+            let due = self.elapsed() >= inner.down_until.load(Ordering::Relaxed);
+            match due.then(|| Probe::claim(&inner.probing)).flatten() {
+                Some(probe) => Some(probe),
+                None => {
+                    return self.without_redis(
+                        store_error("Redis is down; not asked".to_owned()),
+                        subject,
+                        policies,
+                        cost,
+                        now,
+                    );
                 }
             }
+        } else {
+            None
         };
+        let result = match self.check_redis(subject, policies, cost, now).await {
+            Ok(decision) => {
+                self.on_success();
+                return Ok(decision);
+            }
+            Err(e) => {
+                self.on_failure(&e);
+                e
+            }
+        };
+        drop(probe);
+        self.without_redis(result, subject, policies, cost, now)
+    }
+}
+
+impl RedisRateLimitStore {
+    /// The answer when Redis did not give one: the local fallback's, or the error.
+    fn without_redis(
+        &self,
+        error: RateLimitStoreError,
+        subject: Subject<'_>,
+        policies: &[RateLimitPolicy],
+        cost: u32,
+        now: u64,
+    ) -> Result<Decision, RateLimitStoreError> {
+        let inner = &*self.inner;
         match &inner.fallback {
             Some(local) => {
                 inner.missed.fetch_add(1, Ordering::Relaxed);
                 Ok(local.check_now(subject, policies, cost, now))
             }
-            None => result,
+            None => Err(error),
         }
+    }
+}
+
+/// The right to ask Redis during an outage, held by one request at a time; given back
+/// when dropped, also when the request is cancelled mid-way.
+struct Probe<'a>(&'a AtomicBool);
+
+impl<'a> Probe<'a> {
+    fn claim(flag: &'a AtomicBool) -> Option<Self> {
+        flag.compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+            .ok()
+            .map(|_| Self(flag))
+    }
+}
+
+impl Drop for Probe<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_probe_at_a_time_and_the_turn_comes_back_when_dropped() {
+        let flag = AtomicBool::new(false);
+        let first = Probe::claim(&flag).expect("free");
+        assert!(Probe::claim(&flag).is_none());
+        drop(first);
+        assert!(Probe::claim(&flag).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_probe_gives_the_turn_back() {
+        let flag = AtomicBool::new(false);
+        let held = async {
+            let _probe = Probe::claim(&flag).expect("free");
+            std::future::pending::<()>().await;
+        };
+        // Polled once (the probe is taken), then dropped: as a cancelled request is.
+        let mut held = Box::pin(held);
+        assert!(futures_poll_once(held.as_mut()).await.is_none());
+        assert!(Probe::claim(&flag).is_none());
+        drop(held);
+        assert!(Probe::claim(&flag).is_some());
+    }
+
+    async fn futures_poll_once<F: Future + Unpin>(mut f: F) -> Option<F::Output> {
+        std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(match std::pin::Pin::new(&mut f).poll(cx) {
+                std::task::Poll::Ready(v) => Some(v),
+                std::task::Poll::Pending => None,
+            })
+        })
+        .await
     }
 }
