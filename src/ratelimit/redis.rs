@@ -65,6 +65,7 @@ pub struct RedisRateLimitStore {
 }
 
 struct Inner {
+    client: redis::Client,
     conn: ConnectionManager,
     script: redis::Script,
     prefix: String,
@@ -116,15 +117,10 @@ impl RedisRateLimitStore {
     }
 
     fn build(client: redis::Client, timeout: Duration) -> Result<Self, InvalidRedisUrl> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|_| InvalidRedisUrl(()))?;
+        let conn = connection(client.clone(), timeout).map_err(|_| InvalidRedisUrl(()))?;
         Ok(Self {
             inner: Arc::new(Inner {
+                client,
                 conn,
                 script: redis::Script::new(SCRIPT),
                 prefix: "tak:".to_owned(),
@@ -156,14 +152,20 @@ impl RedisRateLimitStore {
         self
     }
 
-    /// How long one check may wait for Redis before the store treats Redis as down
-    /// (default 250 ms).
+    /// How long one check may wait for Redis (to connect, and for each answer) before
+    /// the store treats Redis as down (default 250 ms).
     ///
     /// # Panics
     ///
     /// If the store was already cloned: configure it first.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.inner_mut().timeout = timeout;
+        let inner = self.inner_mut();
+        // The connection's own connect and response timeouts follow (it has not
+        // connected yet: it connects on first use).
+        if let Ok(conn) = connection(inner.client.clone(), timeout) {
+            inner.conn = conn;
+            inner.timeout = timeout;
+        }
         self
     }
 
@@ -355,6 +357,17 @@ impl RedisRateLimitStore {
             );
         }
     }
+}
+
+/// A connection that connects on first use and reconnects by itself, with `timeout`
+/// for connecting and for each answer.
+fn connection(client: redis::Client, timeout: Duration) -> redis::RedisResult<ConnectionManager> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(500));
+    ConnectionManager::new_lazy_with_config(client, config)
 }
 
 /// `a * b`, capped at 2^50 µs (35 years), so that sums with the time stay exact in the
