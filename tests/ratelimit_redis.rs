@@ -393,8 +393,18 @@ async fn the_password_never_shows() {
     let err = RedisRateLimitStore::open("redis://user:s3cretpw@[::1/").unwrap_err();
     assert!(!err.to_string().contains("s3cretpw"), "{err}");
     assert!(!format!("{err:?}").contains("s3cretpw"));
-    let err = RedisRateLimitStore::open("http://example.com/").unwrap_err();
-    assert!(err.to_string().contains("invalid Redis URL"), "{err}");
+    for url in [
+        "http://example.com/",
+        "rediss://user:s3cretpw@example.com/",
+        "",
+    ] {
+        let err = RedisRateLimitStore::open(url).unwrap_err();
+        assert!(
+            err.to_string().contains("invalid Redis URL"),
+            "{url}: {err}"
+        );
+        assert!(!err.to_string().contains("s3cretpw"));
+    }
     let store = store.with_local_fallback(false);
     let policy = ["1/1s".parse::<RateLimitPolicy>().unwrap()];
     let err = store

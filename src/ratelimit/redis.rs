@@ -22,8 +22,9 @@ const SCRIPT: &str = include_str!("redis.lua");
 ///
 /// Each policy of each subject is one Redis key, `{prefix}{kind:id}:{policy}` (for
 /// example `tak:{key:key_01HV…}:burst`), holding a number and expiring as soon as
-/// forgetting it changes nothing. The keys of one subject share a hash tag, so the
-/// script also runs on Redis Cluster.
+/// forgetting it changes nothing. The keys of one subject share a hash tag, as Redis
+/// Cluster needs of one script call; the store itself connects to one Redis server (or
+/// a proxy in front of a cluster). TLS (`rediss://`) is not built in.
 ///
 /// Times come from the layer's [`Clock`](super::Clock), as with the memory store, and
 /// are kept in microseconds on the server (where Lua's numbers are exact); keep the
@@ -100,17 +101,18 @@ impl fmt::Debug for RedisRateLimitStore {
 /// A Redis URL that could not be used. It does not repeat the URL, which may hold a
 /// password.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid Redis URL (expected redis://[user:password@]host[:port][/db] or rediss://…)")]
+#[error(
+    "invalid Redis URL (expected redis://[user:password@]host[:port][/db]; TLS is not built in)"
+)]
 pub struct InvalidRedisUrl(());
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_millis(250);
 const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
 impl RedisRateLimitStore {
-    /// A store on the server at `url` (`redis://host:port/db`, `rediss://` for TLS if
-    /// the `redis` crate was built with it). It connects on first use and reconnects by
-    /// itself, so it can be made while Redis is down; [`ping`](Self::ping) checks it.
-    /// Must be called within a Tokio runtime.
+    /// A store on the server at `url` (`redis://[user:password@]host[:port][/db]`). It
+    /// connects on first use and reconnects by itself, so it can be made while Redis is
+    /// down; [`ping`](Self::ping) checks it. Must be called within a Tokio runtime.
     pub fn open(url: &str) -> Result<Self, InvalidRedisUrl> {
         let client = redis::Client::open(url).map_err(|_| InvalidRedisUrl(()))?;
         Self::build(client, DEFAULT_TIMEOUT)
