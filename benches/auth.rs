@@ -29,7 +29,7 @@ use tower_api_key::{
 };
 
 mod common;
-use common::{Expect, run, scattered};
+use common::{Diff, Expect, run, run_paired, scattered};
 
 const KEYS: usize = 100_000;
 
@@ -184,6 +184,55 @@ fn benches(c: &mut Criterion) {
             ("authorization", headers[order[i]].clone())
         },
     );
+    drop(g);
+
+    // The same differences, each timed against bare in alternating blocks.
+    let mut g = c.benchmark_group("auth_over_bare");
+    run_paired(
+        &mut g,
+        &rt,
+        "hot_router_layer",
+        &bare,
+        &api_key,
+        Diff::LayerMinusBare,
+        &mut || ("authorization", hot.clone()),
+    );
+    run_paired(
+        &mut g,
+        &rt,
+        "hot_outer",
+        &bare,
+        &api_key_outer,
+        Diff::LayerMinusBare,
+        &mut || ("authorization", hot.clone()),
+    );
+    run_paired(
+        &mut g,
+        &rt,
+        "100k_scattered_router_layer",
+        &bare,
+        &api_key,
+        Diff::LayerMinusBare,
+        &mut || {
+            i = (i + 1) % KEYS;
+            ("authorization", headers[order[i]].clone())
+        },
+    );
+    run_paired(
+        &mut g,
+        &rt,
+        "100k_scattered_outer",
+        &bare,
+        &api_key_outer,
+        Diff::LayerMinusBare,
+        &mut || {
+            i = (i + 1) % KEYS;
+            ("authorization", headers[order[i]].clone())
+        },
+    );
+    drop(g);
+    let mut g = c.benchmark_group("auth");
+
     let calls_before_malformed = resolver.calls.load(Ordering::Relaxed);
     rt.block_on(cache.run_pending_tasks());
     let entries_before = cache.entry_count();
@@ -201,6 +250,26 @@ fn benches(c: &mut Criterion) {
         "malformed_key_outer",
         &api_key_outer,
         Expect::Any,
+        &mut || ("authorization", malformed.clone()),
+    );
+    drop(g);
+    let mut g = c.benchmark_group("auth_over_bare");
+    run_paired(
+        &mut g,
+        &rt,
+        "malformed_router_layer",
+        &bare,
+        &api_key,
+        Diff::LayerMinusBare,
+        &mut || ("authorization", malformed.clone()),
+    );
+    run_paired(
+        &mut g,
+        &rt,
+        "malformed_outer_saving",
+        &bare,
+        &api_key_outer,
+        Diff::BareMinusLayer,
         &mut || ("authorization", malformed.clone()),
     );
     drop(g);

@@ -34,7 +34,7 @@ use tower_governor::governor::GovernorConfigBuilder;
 use tower_governor::key_extractor::KeyExtractor;
 
 mod common;
-use common::{Expect, run, scattered};
+use common::{Diff, Expect, run, run_paired, scattered};
 
 const KEYS: usize = 100_000;
 
@@ -183,6 +183,46 @@ fn benches(c: &mut Criterion) {
     );
     g.finish();
 
+    // The same differences, each timed against bare in alternating blocks.
+    let mut g = c.benchmark_group("layer_over_bare");
+    run_paired(
+        &mut g,
+        &rt,
+        "tower_governor",
+        &bare,
+        &governed,
+        Diff::LayerMinusBare,
+        &mut hot.clone(),
+    );
+    run_paired(
+        &mut g,
+        &rt,
+        "rate_limit_layer",
+        &bare,
+        &limited,
+        Diff::LayerMinusBare,
+        &mut hot.clone(),
+    );
+    run_paired(
+        &mut g,
+        &rt,
+        "tower_governor_outer",
+        &bare,
+        &governed_outer,
+        Diff::LayerMinusBare,
+        &mut hot.clone(),
+    );
+    run_paired(
+        &mut g,
+        &rt,
+        "rate_limit_layer_outer",
+        &bare,
+        &limited_outer,
+        Diff::LayerMinusBare,
+        &mut hot.clone(),
+    );
+    g.finish();
+
     // Authentication and rate limiting together.
     let format = KeyFormat::default();
     let keys = MemoryStore::new();
@@ -245,6 +285,51 @@ fn benches(c: &mut Criterion) {
         "100k_scattered_outer",
         &both_outer,
         Expect::Success,
+        &mut || {
+            i = (i + 1) % KEYS;
+            ("authorization", secrets[order[i]].clone())
+        },
+    );
+    g.finish();
+
+    let mut g = c.benchmark_group("auth_and_limit_over_bare");
+    run_paired(
+        &mut g,
+        &rt,
+        "hot",
+        &bare,
+        &both,
+        Diff::LayerMinusBare,
+        &mut hot.clone(),
+    );
+    run_paired(
+        &mut g,
+        &rt,
+        "hot_outer",
+        &bare,
+        &both_outer,
+        Diff::LayerMinusBare,
+        &mut hot.clone(),
+    );
+    run_paired(
+        &mut g,
+        &rt,
+        "100k_scattered",
+        &bare,
+        &both,
+        Diff::LayerMinusBare,
+        &mut || {
+            i = (i + 1) % KEYS;
+            ("authorization", secrets[order[i]].clone())
+        },
+    );
+    run_paired(
+        &mut g,
+        &rt,
+        "100k_scattered_outer",
+        &bare,
+        &both_outer,
+        Diff::LayerMinusBare,
         &mut || {
             i = (i + 1) % KEYS;
             ("authorization", secrets[order[i]].clone())

@@ -69,3 +69,69 @@ pub(crate) fn run<S>(
         )
     });
 }
+
+/// Which way a paired difference is taken.
+#[derive(Clone, Copy)]
+pub(crate) enum Diff {
+    /// What the layer adds over bare (clamped at zero).
+    LayerMinusBare,
+    /// What the layer saves against bare (clamped at zero): for refusals, which may be
+    /// cheaper than serving.
+    BareMinusLayer,
+}
+
+/// The difference between `service` and `bare`, timed in alternating blocks of 64
+/// requests within each sample, so that the machine's drift between benchmarks does not
+/// enter it. Criterion reports the difference per request as the time.
+pub(crate) fn run_paired<S, B>(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    bare: &B,
+    service: &S,
+    diff: Diff,
+    next: &mut dyn FnMut() -> (&'static str, String),
+) where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone,
+    B: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone,
+{
+    let mut make = |n: u64| -> Vec<Request<Body>> {
+        (0..n)
+            .map(|_| {
+                let (header, value) = next();
+                let mut req = Request::get("/").body(Body::empty()).unwrap();
+                req.headers_mut()
+                    .insert(header, HeaderValue::from_str(&value).unwrap());
+                req
+            })
+            .collect()
+    };
+    g.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let mut bare_time = std::time::Duration::ZERO;
+            let mut layer_time = std::time::Duration::ZERO;
+            let mut done = 0;
+            while done < iters {
+                let n = (iters - done).min(64);
+                let (for_bare, for_layer) = (make(n), make(n));
+                rt.block_on(async {
+                    let started = std::time::Instant::now();
+                    for req in for_bare {
+                        black_box(bare.clone().oneshot(req).await.unwrap().status());
+                    }
+                    bare_time += started.elapsed();
+                    let started = std::time::Instant::now();
+                    for req in for_layer {
+                        black_box(service.clone().oneshot(req).await.unwrap().status());
+                    }
+                    layer_time += started.elapsed();
+                });
+                done += n;
+            }
+            match diff {
+                Diff::LayerMinusBare => layer_time.saturating_sub(bare_time),
+                Diff::BareMinusLayer => bare_time.saturating_sub(layer_time),
+            }
+        })
+    });
+}
