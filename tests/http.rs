@@ -487,3 +487,42 @@ fn debug_output_of_every_type_holding_a_key_shows_no_secret() {
     }
     assert_eq!(format!("{key:?}"), format!("ApiKey(\"{}…\")", key.start()));
 }
+
+/// Extensions the request already carries stay, whatever the layer does to make room
+/// for its own; the router's own (the matched path) arrive too.
+#[tokio::test]
+async fn extensions_already_on_the_request_are_kept() {
+    use axum::extract::{Extension, MatchedPath};
+    use tower::Layer;
+
+    #[derive(Clone)]
+    struct TraceId(&'static str);
+
+    let store = Store::default();
+    let key = store.issue(&[], |r| r);
+    let router: Router = Router::new().route(
+        "/x/{id}",
+        get(
+            |auth: Authenticated, path: MatchedPath, trace: Option<Extension<TraceId>>| async move {
+                format!(
+                    "{} {} {}",
+                    auth.consumer(),
+                    path.as_str(),
+                    trace.map_or("-", |Extension(t)| t.0)
+                )
+            },
+        ),
+    );
+    // Around the router: the layer runs first, on a request without extensions or with.
+    let service = ApiKeyLayer::new(store).layer(router);
+    for (trace, want) in [(None, "acme /x/{id} -"), (Some("t-1"), "acme /x/{id} t-1")] {
+        let mut req = bearer("/x/7", key.expose_secret());
+        if let Some(t) = trace {
+            req.extensions_mut().insert(TraceId(t));
+        }
+        let response = service.clone().oneshot(req).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, want);
+    }
+}

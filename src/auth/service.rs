@@ -1,8 +1,8 @@
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use http::{Request, Response};
+use http::{Extensions, Request, Response};
 use tower_service::Service;
 
 use super::error::is_grpc;
@@ -11,6 +11,23 @@ use super::source::Conflicting;
 use super::{AuthError, DefaultResponder, Rejection, RejectionBody, Responder, ResponseFuture};
 use crate::key::KeyHash;
 use crate::resolve::KeyResolver;
+
+/// An empty `Extensions` whose map already has room for seven entries. A request's
+/// map is made on its first insert with room for three; axum's router adds three of its
+/// own after ours, and the fourth would make the map grow (a new allocation and a
+/// rehash) on every request. Cloning this one instead costs the same allocations as
+/// the first insert and never grows.
+static ROOMY: LazyLock<Extensions> = LazyLock::new(|| {
+    #[derive(Clone)]
+    struct Room<const N: usize>;
+    let mut extensions = Extensions::new();
+    extensions.insert(Room::<0>);
+    extensions.insert(Room::<1>);
+    extensions.insert(Room::<2>);
+    extensions.insert(Room::<3>);
+    extensions.clear();
+    extensions
+});
 
 /// The service built by [`ApiKeyLayer`](crate::ApiKeyLayer).
 ///
@@ -89,7 +106,11 @@ where
         if let Some(found) = self.shared.cache.lookup_cached(&hash, Instant::now()) {
             return match found {
                 Ok(auth) => {
-                    req.extensions_mut().insert(auth);
+                    let extensions = req.extensions_mut();
+                    if extensions.is_empty() {
+                        *extensions = ROOMY.clone();
+                    }
+                    extensions.insert(auth);
                     ResponseFuture::inner(self.inner.call(req))
                 }
                 Err(error) => self.reject(error, &req),
