@@ -33,6 +33,14 @@ pub(crate) enum Expect {
     Any,
 }
 
+/// `GET /` carrying one header, freshly copied as a server would hand it over.
+fn request((header, value): (&'static str, String)) -> Request<Body> {
+    let mut req = Request::get("/").body(Body::empty()).unwrap();
+    req.headers_mut()
+        .insert(header, HeaderValue::from_str(&value).unwrap());
+    req
+}
+
 /// Times `oneshot` through a clone of `service` of a request carrying the header that
 /// `next` names. The request is built in setup, its header freshly copied as a server
 /// would hand it over, in small batches so that prepared requests are still in cache.
@@ -48,13 +56,7 @@ pub(crate) fn run<S>(
 {
     g.bench_function(name, |b| {
         b.to_async(rt).iter_batched(
-            || {
-                let (header, value) = next();
-                let mut req = Request::get("/").body(Body::empty()).unwrap();
-                req.headers_mut()
-                    .insert(header, HeaderValue::from_str(&value).unwrap());
-                req
-            },
+            || request(next()),
             |req| {
                 let service = service.clone();
                 async move {
@@ -95,17 +97,7 @@ pub(crate) fn run_paired<S, B>(
     S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone,
     B: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone,
 {
-    let mut make = |n: u64| -> Vec<Request<Body>> {
-        (0..n)
-            .map(|_| {
-                let (header, value) = next();
-                let mut req = Request::get("/").body(Body::empty()).unwrap();
-                req.headers_mut()
-                    .insert(header, HeaderValue::from_str(&value).unwrap());
-                req
-            })
-            .collect()
-    };
+    let mut make = |n: u64| -> Vec<Request<Body>> { (0..n).map(|_| request(next())).collect() };
     g.bench_function(name, |b| {
         b.iter_custom(|iters| {
             let mut bare_time = std::time::Duration::ZERO;
