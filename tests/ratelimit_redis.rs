@@ -34,7 +34,15 @@ fn require_services() -> bool {
 
 fn redis_url() -> Option<String> {
     match std::env::var("TEST_REDIS_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
+        Ok(url) if !url.is_empty() => {
+            // A store would quietly limit locally without Redis: fail loudly instead.
+            let mut conn = redis::Client::open(url.as_str())
+                .and_then(|c| c.get_connection())
+                .unwrap_or_else(|e| panic!("TEST_REDIS_URL is set but Redis does not answer: {e}"));
+            let pong: String = redis::cmd("PING").query(&mut conn).unwrap();
+            assert_eq!(pong, "PONG");
+            Some(url)
+        }
         _ => {
             assert!(
                 !require_services(),
@@ -384,6 +392,28 @@ async fn every_state_expires_and_odd_ids_are_kept_apart() {
         }
     }
     assert!(found.contains(&format!("{prefix}{{key:ключ}}:daily")));
+
+    // A long id (a custom subject may come from the client) is kept short in Redis, and
+    // still has a budget of its own.
+    let long_a = "a".repeat(10_000);
+    let long_b = format!("{}b", "a".repeat(9_999));
+    let one = &policies[1..];
+    for (id, left) in [(&long_a, 9), (&long_a, 8), (&long_b, 9)] {
+        let d = store
+            .check(Subject::custom("peer", id), one, 1, T0)
+            .await
+            .unwrap();
+        assert_eq!(d.statuses()[0].remaining, left);
+    }
+    let key = store.redis_key(Subject::custom("peer", &long_a), &policies[1]);
+    assert!(key.len() < 100, "{key}");
+    assert!(key.starts_with(&format!("{prefix}{{peer:sha256:")), "{key}");
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(exists, 1);
 }
 
 #[tokio::test]

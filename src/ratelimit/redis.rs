@@ -106,6 +106,8 @@ impl fmt::Debug for RedisRateLimitStore {
 )]
 pub struct InvalidRedisUrl(());
 
+/// The longest subject id written into a Redis key as it is.
+const MAX_ID_IN_KEY: usize = 64;
 const DEFAULT_TIMEOUT: Duration = Duration::from_millis(250);
 const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -212,14 +214,26 @@ impl RedisRateLimitStore {
     }
 
     /// The Redis key of `policy` for `subject`.
+    ///
+    /// An id longer than 64 bytes (a custom subject may come from the client) stands in
+    /// the key as `sha256:` and the first 16 bytes of its SHA-256 in hex, so that a
+    /// client cannot make Redis keep long keys.
     pub fn redis_key(&self, subject: Subject<'_>, policy: &RateLimitPolicy) -> String {
-        format!(
-            "{}{{{}:{}}}:{}",
-            self.inner.prefix,
+        let (prefix, kind, id, name) = (
+            &self.inner.prefix,
             subject.kind(),
             subject.id(),
-            policy.name()
-        )
+            policy.name(),
+        );
+        if id.len() <= MAX_ID_IN_KEY {
+            return format!("{prefix}{{{kind}:{id}}}:{name}");
+        }
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(id.as_bytes());
+        let mut hex = String::with_capacity(32);
+        for b in &digest[..16] {
+            hex.push_str(&format!("{b:02x}"));
+        }
+        format!("{prefix}{{{kind}:sha256:{hex}}}:{name}")
     }
 
     async fn within_timeout<T>(
