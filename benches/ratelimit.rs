@@ -5,7 +5,9 @@
 //! - `layer/*`: per request through an axum `Router` with `oneshot`, over bare:
 //!   `RateLimitLayer` against tower_governor's `GovernorLayer`, both keyed by a header
 //!   and with a burst too large to ever refuse; each added with `Router::layer` and
-//!   wrapped around the router (`*_outer`);
+//!   wrapped around the router (`*_outer`); `layer_over_bare/*` takes the same
+//!   differences in alternating blocks, and adds `GovernorLayer` with its own rate-limit
+//!   headers (`use_headers`), since ours always sends them;
 //! - `auth_and_limit/*`: `ApiKeyLayer` + `RateLimitLayer` together, hot key and 100 000
 //!   keys in scattered order;
 //! - `redis/*`: one check through `RedisRateLimitStore` (feature `redis`, server at
@@ -122,6 +124,15 @@ fn benches(c: &mut Criterion) {
         .finish()
         .unwrap();
     let governor_layer = tower_governor::GovernorLayer::new(governor_config);
+    // The same with tower_governor's own rate-limit headers, which ours always sends.
+    let governor_headers_config = GovernorConfigBuilder::default()
+        .per_nanosecond(1)
+        .burst_size(1_000_000_000)
+        .key_extractor(HeaderKey)
+        .use_headers()
+        .finish()
+        .unwrap();
+    let governor_headers_layer = tower_governor::GovernorLayer::new(governor_headers_config);
     let by_header = || {
         RateLimitLayer::new(MemoryRateLimitStore::new(), generous()).anonymous(
             "header",
@@ -135,6 +146,8 @@ fn benches(c: &mut Criterion) {
         )
     };
     let bare = ready(handler_router());
+    let governed_headers = ready(handler_router().layer(governor_headers_layer.clone()));
+    let governed_headers_outer = governor_headers_layer.layer(bare.clone());
     let governed = ready(handler_router().layer(governor_layer.clone()));
     let limited = ready(handler_router().layer(by_header()));
     let governed_outer = governor_layer.layer(bare.clone());
@@ -218,6 +231,24 @@ fn benches(c: &mut Criterion) {
         "rate_limit_layer_outer",
         &bare,
         &limited_outer,
+        Diff::LayerMinusBare,
+        &mut hot.clone(),
+    );
+    run_paired(
+        &mut g,
+        &rt,
+        "tower_governor_with_headers",
+        &bare,
+        &governed_headers,
+        Diff::LayerMinusBare,
+        &mut hot.clone(),
+    );
+    run_paired(
+        &mut g,
+        &rt,
+        "tower_governor_with_headers_outer",
+        &bare,
+        &governed_headers_outer,
         Diff::LayerMinusBare,
         &mut hot.clone(),
     );
