@@ -45,8 +45,12 @@
 //!
 //! - `axum` (default): extractors and `IntoResponse` for [`Rejection`].
 //! - `tonic`: the [`grpc`] helpers and `From<AuthError> for tonic::Status`.
-//! - `sqlite`, `postgres`, `redis`, `admin`, `cli`: storage, shared rate limits, the admin
-//!   API and the `apikey` tool (as they land); `full`: all of them.
+//! - `sqlite`, `postgres`: key storage ([`store::SqliteStore`], [`store::PostgresStore`]).
+//! - `redis`: rate limits shared by many instances
+//!   ([`ratelimit::RedisRateLimitStore`]).
+//! - `admin`: the admin HTTP API and dashboard ([`admin::router`]).
+//! - `cli`: the `apikey` tool.
+//! - `full`: all of them.
 //!
 //! The core (keys, hashing, resolver, cache, layers, memory store) needs none of them.
 //!
