@@ -84,7 +84,7 @@ pub(crate) enum Diff {
 
 /// The difference between `service` and `bare`, timed in alternating blocks of 64
 /// requests within each sample, so that the machine's drift between benchmarks does not
-/// enter it. Criterion reports the difference per request as the time.
+/// enter it. Criterion reports the difference per request as the time (at least 1 ns).
 pub(crate) fn run_paired<S, B>(
     g: &mut BenchmarkGroup<'_, WallTime>,
     rt: &tokio::runtime::Runtime,
@@ -120,10 +120,13 @@ pub(crate) fn run_paired<S, B>(
                 });
                 done += n;
             }
-            match diff {
+            let difference = match diff {
                 Diff::LayerMinusBare => layer_time.saturating_sub(bare_time),
                 Diff::BareMinusLayer => bare_time.saturating_sub(layer_time),
-            }
+            };
+            // A sample the machine disturbed can come out below zero; criterion refuses
+            // a zero time, so such a sample counts as 1 ns a request (a low outlier).
+            difference.max(std::time::Duration::from_nanos(iters))
         })
     });
 }
