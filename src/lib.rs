@@ -63,6 +63,7 @@
 #[cfg(feature = "admin")]
 pub mod admin;
 pub mod auth;
+mod clock;
 #[cfg(feature = "axum")]
 pub mod extract;
 #[cfg(feature = "tonic")]

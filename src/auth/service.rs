@@ -1,6 +1,5 @@
 use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use http::{Extensions, Request, Response};
 use tower_service::Service;
@@ -103,7 +102,11 @@ where
         }
 
         // Hit path: no await, no boxing.
-        if let Some(found) = self.shared.cache.lookup_cached(&hash, Instant::now()) {
+        if let Some(found) = self
+            .shared
+            .cache
+            .lookup_cached(&hash, crate::clock::mono_nanos())
+        {
             return match found {
                 Ok(auth) => {
                     let extensions = req.extensions_mut();

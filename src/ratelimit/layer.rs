@@ -18,15 +18,16 @@ pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> u64;
 }
 
-/// The system's wall clock.
+/// The system's wall clock, read cheaply: taken from the OS once a second and advanced
+/// by the CPU's time-stamp counter in between (through `quanta`, which falls back to the
+/// OS clock where the counter is not reliable), so it stays within milliseconds of
+/// `SystemTime::now()`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        crate::clock::wall_nanos()
     }
 }
 

@@ -10,6 +10,7 @@ use moka::future::Cache;
 
 use super::{KeyResolver, ResolveError};
 use crate::auth::AuthError;
+use crate::clock;
 use crate::key::KeyHash;
 use crate::record::{Authenticated, KeyRecord, KeyStatus};
 
@@ -174,7 +175,7 @@ impl<R: KeyResolver> CachedResolver<R> {
     }
 
     async fn lookup_slot(&self, hash: &KeyHash) -> Result<Slot, ResolveError> {
-        if let Some(slot) = self.inner.front.get_fresh(hash, Instant::now()) {
+        if let Some(slot) = self.inner.front.get_fresh(hash, clock::mono_nanos()) {
             return Ok(slot);
         }
         self.lookup_slow(hash).await
@@ -188,7 +189,7 @@ impl<R: KeyResolver> CachedResolver<R> {
     pub(crate) fn lookup_cached(
         &self,
         hash: &KeyHash,
-        now: Instant,
+        now: u64,
     ) -> Option<Result<Authenticated, AuthError>> {
         let found = self.inner.front.admit_fresh(hash, now)?;
         if touch_due() {
@@ -214,6 +215,7 @@ impl<R: KeyResolver> CachedResolver<R> {
             let epoch = inner.epoch.load(Ordering::Acquire);
             let record = inner.resolver.resolve(hash).await?;
             let now = Instant::now();
+            let mono = clock::mono_nanos();
             let (auth, ttl) = match record {
                 Some(record) => (Some(Authenticated::new(record)), inner.ttl),
                 None => (None, inner.negative_ttl),
@@ -231,6 +233,7 @@ impl<R: KeyResolver> CachedResolver<R> {
                 return Ok(Slot {
                     generation,
                     deadline: now,
+                    fresh_until: mono,
                     stops_at,
                     auth,
                 });
@@ -238,6 +241,7 @@ impl<R: KeyResolver> CachedResolver<R> {
             let slot = Slot {
                 generation,
                 deadline: now + ttl,
+                fresh_until: mono.saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX)),
                 stops_at,
                 auth,
             };
@@ -306,8 +310,11 @@ fn touch_due() -> bool {
 pub(crate) struct Slot {
     /// Unique per load, so that evicting an old entry never removes its replacement.
     generation: u64,
-    /// When the entry stops being fresh.
+    /// When the entry stops being fresh (for moka's expiry).
     deadline: Instant,
+    /// The same moment on the cheap monotonic clock (`clock::mono_nanos`), which the hit
+    /// path reads.
+    fresh_until: u64,
     /// The earlier of the record's revocation and expiry times: kept beside the entry so
     /// that a hit checks them without reading the record.
     stops_at: Option<SystemTime>,
@@ -394,20 +401,16 @@ impl Front {
         &self.shards[i]
     }
 
-    fn get_fresh(&self, hash: &KeyHash, now: Instant) -> Option<Slot> {
+    fn get_fresh(&self, hash: &KeyHash, now: u64) -> Option<Slot> {
         let shard = read(self.shard(hash));
         let slot = shard.get(hash)?;
-        (slot.deadline > now).then(|| slot.clone())
+        (slot.fresh_until > now).then(|| slot.clone())
     }
 
-    fn admit_fresh(
-        &self,
-        hash: &KeyHash,
-        now: Instant,
-    ) -> Option<Result<Authenticated, AuthError>> {
+    fn admit_fresh(&self, hash: &KeyHash, now: u64) -> Option<Result<Authenticated, AuthError>> {
         let shard = read(self.shard(hash));
         let slot = shard.get(hash)?;
-        (slot.deadline > now).then(|| slot.admit())
+        (slot.fresh_until > now).then(|| slot.admit())
     }
 
     fn insert(&self, hash: KeyHash, slot: Slot) {
@@ -671,7 +674,7 @@ mod tests {
         let now = cache.lookup(&hash).await.unwrap().unwrap();
         assert!(now.record().revoked_at.is_some(), "the stale load was kept");
         assert!(
-            !matches!(cache.lookup_cached(&hash, Instant::now()), Some(Ok(_))),
+            !matches!(cache.lookup_cached(&hash, clock::mono_nanos()), Some(Ok(_))),
             "the hit path admits a revoked key"
         );
     }
