@@ -7,7 +7,7 @@ use crate::key::{KeyFormat, KeyHash};
 use crate::record::{KeyRecord, Scopes, generate_key_id};
 use crate::store::{
     AuditEntry, AuditEvent, CreatedKey, KeyStore, ListQuery, NewKey, Page, StoreError, Usage,
-    UsageDelta, cursor_of, parse_cursor,
+    UsageDelta, cursor_of, grace_end, parse_cursor,
 };
 
 /// Key records, usage and the audit log in memory: for tests, examples and small
@@ -197,19 +197,11 @@ impl KeyStore for MemoryStore {
         actor: &str,
     ) -> Result<CreatedKey, StoreError> {
         let now = SystemTime::now();
-        let ends = now + grace;
         let key = self.format.generate();
         let mut records = self.write();
         let old = records.record_mut(id)?;
-        let new = NewKey {
-            consumer: old.consumer.clone(),
-            name: old.name.clone(),
-            scopes: old.scopes.clone(),
-            expires_at: old.expires_at,
-            rate_limits: old.rate_limits.clone(),
-            metadata: old.metadata.clone(),
-        };
-        let stops = old.expires_at.map_or(ends, |at| at.min(ends));
+        let new = NewKey::successor_of(old);
+        let stops = grace_end(old, now, grace);
         old.expires_at = Some(stops);
         let record = records.add(new.into_record(&key));
         let new_key_id = record.id.clone();

@@ -108,6 +108,19 @@ impl NewKey {
         self
     }
 
+    /// What rotating `old` issues: a key with its consumer, name, scopes, expiry,
+    /// policies and metadata.
+    pub(crate) fn successor_of(old: &KeyRecord) -> Self {
+        Self {
+            consumer: old.consumer.clone(),
+            name: old.name.clone(),
+            scopes: old.scopes.clone(),
+            expires_at: old.expires_at,
+            rate_limits: old.rate_limits.clone(),
+            metadata: old.metadata.clone(),
+        }
+    }
+
     /// The record for `key`, created now.
     pub(crate) fn into_record(self, key: &ApiKey) -> KeyRecord {
         let mut record = KeyRecord::new(key, self.consumer)
@@ -118,6 +131,13 @@ impl NewKey {
         record.metadata = self.metadata;
         record
     }
+}
+
+/// When a key rotated at `now` with `grace` stops working: at the grace's end, or at its
+/// own expiry if that comes first.
+pub(crate) fn grace_end(old: &KeyRecord, now: SystemTime, grace: Duration) -> SystemTime {
+    let ends = now + grace;
+    old.expires_at.map_or(ends, |at| at.min(ends))
 }
 
 /// A key just created: the secret, shown this once, and its record.

@@ -223,16 +223,8 @@ impl KeyStore for $store {
         let key = self.format.generate();
         let mut tx = self.pool.begin().await.map_err(backend)?;
         let old = Self::fetch_in(&mut tx, id).await?;
-        let new = NewKey {
-            consumer: old.consumer.clone(),
-            name: old.name.clone(),
-            scopes: old.scopes.clone(),
-            expires_at: old.expires_at,
-            rate_limits: old.rate_limits.clone(),
-            metadata: old.metadata.clone(),
-        };
-        let ends = now + grace;
-        let stops = old.expires_at.map_or(ends, |at| at.min(ends));
+        let new = NewKey::successor_of(&old);
+        let stops = $crate::store::grace_end(&old, now, grace);
         sqlx::query("UPDATE api_keys SET expires_at = $1 WHERE id = $2")
             .bind(time_to_sql(stops))
             .bind(id)
