@@ -29,7 +29,7 @@ use tower_api_key::{
 };
 
 mod common;
-use common::{Diff, Expect, run, run_paired, scattered};
+use common::{Diff, Expect, cycling, run, run_paired, scattered};
 
 const KEYS: usize = 100_000;
 
@@ -145,17 +145,13 @@ fn benches(c: &mut Criterion) {
         Expect::Success,
         &mut || ("authorization", hot.clone()),
     );
-    let mut i = 0;
     run(
         &mut g,
         &rt,
         "api_key_100k_scattered",
         &api_key,
         Expect::Success,
-        &mut || {
-            i = (i + 1) % KEYS;
-            ("authorization", headers[order[i]].clone())
-        },
+        &mut cycling("authorization", &headers, &order),
     );
     run(
         &mut g,
@@ -179,10 +175,7 @@ fn benches(c: &mut Criterion) {
         "api_key_100k_scattered_outer",
         &api_key_outer,
         Expect::Success,
-        &mut || {
-            i = (i + 1) % KEYS;
-            ("authorization", headers[order[i]].clone())
-        },
+        &mut cycling("authorization", &headers, &order),
     );
     drop(g);
 
@@ -213,10 +206,7 @@ fn benches(c: &mut Criterion) {
         &bare,
         &api_key,
         Diff::LayerMinusBare,
-        &mut || {
-            i = (i + 1) % KEYS;
-            ("authorization", headers[order[i]].clone())
-        },
+        &mut cycling("authorization", &headers, &order),
     );
     run_paired(
         &mut g,
@@ -225,10 +215,7 @@ fn benches(c: &mut Criterion) {
         &bare,
         &api_key_outer,
         Diff::LayerMinusBare,
-        &mut || {
-            i = (i + 1) % KEYS;
-            ("authorization", headers[order[i]].clone())
-        },
+        &mut cycling("authorization", &headers, &order),
     );
     drop(g);
     let mut g = c.benchmark_group("auth");
@@ -324,7 +311,6 @@ fn benches(c: &mut Criterion) {
         b.to_async(&rt)
             .iter(|| async { black_box(cache.lookup(&hashes[0]).await.unwrap()) })
     });
-    let mut i = 0;
     g.bench_function("cached_resolver_100k_scattered", |b| {
         b.to_async(&rt).iter(|| {
             i = (i + 1) % KEYS;

@@ -36,7 +36,7 @@ use tower_governor::governor::GovernorConfigBuilder;
 use tower_governor::key_extractor::KeyExtractor;
 
 mod common;
-use common::{Diff, Expect, run, run_paired, scattered};
+use common::{Diff, Expect, cycling, run, run_paired, scattered};
 
 const KEYS: usize = 100_000;
 
@@ -290,17 +290,13 @@ fn benches(c: &mut Criterion) {
         &mut hot.clone(),
     );
     run(&mut g, &rt, "hot", &both, Expect::Success, &mut hot.clone());
-    let mut i = 0;
     run(
         &mut g,
         &rt,
         "100k_scattered",
         &both,
         Expect::Success,
-        &mut || {
-            i = (i + 1) % KEYS;
-            ("authorization", secrets[order[i]].clone())
-        },
+        &mut cycling("authorization", &secrets, &order),
     );
     run(
         &mut g,
@@ -316,10 +312,7 @@ fn benches(c: &mut Criterion) {
         "100k_scattered_outer",
         &both_outer,
         Expect::Success,
-        &mut || {
-            i = (i + 1) % KEYS;
-            ("authorization", secrets[order[i]].clone())
-        },
+        &mut cycling("authorization", &secrets, &order),
     );
     g.finish();
 
@@ -349,10 +342,7 @@ fn benches(c: &mut Criterion) {
         &bare,
         &both,
         Diff::LayerMinusBare,
-        &mut || {
-            i = (i + 1) % KEYS;
-            ("authorization", secrets[order[i]].clone())
-        },
+        &mut cycling("authorization", &secrets, &order),
     );
     run_paired(
         &mut g,
@@ -361,10 +351,7 @@ fn benches(c: &mut Criterion) {
         &bare,
         &both_outer,
         Diff::LayerMinusBare,
-        &mut || {
-            i = (i + 1) % KEYS;
-            ("authorization", secrets[order[i]].clone())
-        },
+        &mut cycling("authorization", &secrets, &order),
     );
     g.finish();
 }

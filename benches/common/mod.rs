@@ -24,6 +24,20 @@ pub(crate) fn scattered(n: usize) -> Vec<usize> {
     order
 }
 
+/// `(header, value)` for each of `values` in `order`, round and round: the requests
+/// of a run over many keys.
+pub(crate) fn cycling<'a>(
+    header: &'static str,
+    values: &'a [String],
+    order: &'a [usize],
+) -> impl FnMut() -> (&'static str, String) + 'a {
+    let mut i = 0;
+    move || {
+        i = (i + 1) % order.len();
+        (header, values[order[i]].clone())
+    }
+}
+
 /// What a benchmarked response must be.
 #[derive(Clone, Copy)]
 pub(crate) enum Expect {
