@@ -18,6 +18,10 @@ use tower_api_key::{
     Scopes, scope,
 };
 
+#[path = "common/http.rs"]
+mod common_http;
+use common_http::call;
+
 scope!(OrdersRead = "orders:read");
 
 /// A store that counts lookups and can be made to fail.
@@ -108,13 +112,7 @@ fn bearer(path: &str, key: &str) -> Request<Body> {
 }
 
 async fn send(app: &App, req: Request<Body>) -> (Response<()>, String) {
-    let response = app.router.clone().oneshot(req).await.unwrap();
-    let (parts, body) = response.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
-    (
-        Response::from_parts(parts, ()),
-        String::from_utf8(body.to_vec()).unwrap(),
-    )
+    call(&app.router, req).await
 }
 
 fn www(r: &Response<()>) -> &str {

@@ -10,7 +10,6 @@ use axum::body::Body;
 use axum::routing::get;
 use http::header::{AUTHORIZATION, CONTENT_TYPE};
 use http::{Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use tower::ServiceExt;
 use tower_api_key::ratelimit::{
     Cost, Decision, ManualClock, OnStoreError, QuotaWindow, RateLimitStore, RateLimitStoreError,
@@ -20,6 +19,10 @@ use tower_api_key::{
     ApiKey, ApiKeyLayer, KeyFormat, KeyRecord, MemoryRateLimitStore, MemoryStore, RateLimitLayer,
     RateLimitPolicy, RateLimits,
 };
+
+#[path = "common/http.rs"]
+mod common_http;
+use common_http::{call, header};
 
 /// 2026-11-23T10:00:00Z.
 fn t0() -> SystemTime {
@@ -86,23 +89,8 @@ impl App {
         if let Some(key) = key {
             req = req.header(AUTHORIZATION, format!("Bearer {}", key.expose_secret()));
         }
-        let req = edit(req).body(Body::empty()).unwrap();
-        let response = self.router.clone().oneshot(req).await.unwrap();
-        let (parts, body) = response.into_parts();
-        let body = body.collect().await.unwrap().to_bytes();
-        (
-            Response::from_parts(parts, ()),
-            String::from_utf8(body.to_vec()).unwrap(),
-        )
+        call(&self.router, edit(req).body(Body::empty()).unwrap()).await
     }
-}
-
-fn header<'a>(r: &'a Response<()>, name: &str) -> &'a str {
-    r.headers()
-        .get(name)
-        .unwrap_or_else(|| panic!("no {name} header"))
-        .to_str()
-        .unwrap()
 }
 
 #[tokio::test]

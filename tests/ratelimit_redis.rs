@@ -18,8 +18,6 @@ use axum::body::Body;
 use axum::routing::get;
 use http::header::AUTHORIZATION;
 use http::{Request, Response, StatusCode};
-use http_body_util::BodyExt;
-use tower::ServiceExt;
 use tower_api_key::ratelimit::{
     ManualClock, OnStoreError, QuotaWindow, RateLimitStore, RedisRateLimitStore, Subject,
 };
@@ -27,6 +25,10 @@ use tower_api_key::{
     ApiKey, ApiKeyLayer, KeyFormat, KeyRecord, MemoryRateLimitStore, MemoryStore, RateLimitLayer,
     RateLimitPolicy, RateLimits,
 };
+
+#[path = "common/http.rs"]
+mod common_http;
+use common_http::{call, header};
 
 fn require_services() -> bool {
     std::env::var("TOWER_API_KEY_REQUIRE_SERVICES").as_deref() == Ok("1")
@@ -113,21 +115,7 @@ async fn get_x(router: &Router, key: &ApiKey) -> (Response<()>, String) {
         .header(AUTHORIZATION, format!("Bearer {}", key.expose_secret()))
         .body(Body::empty())
         .unwrap();
-    let response = router.clone().oneshot(req).await.unwrap();
-    let (parts, body) = response.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
-    (
-        Response::from_parts(parts, ()),
-        String::from_utf8(body.to_vec()).unwrap(),
-    )
-}
-
-fn header<'a>(r: &'a Response<()>, name: &str) -> &'a str {
-    r.headers()
-        .get(name)
-        .unwrap_or_else(|| panic!("no {name} header"))
-        .to_str()
-        .unwrap()
+    call(router, req).await
 }
 
 #[tokio::test]
