@@ -201,7 +201,7 @@ impl<R: KeyResolver> CachedResolver<R> {
     /// The slow path: through moka, loading from the resolver on a miss.
     pub(crate) async fn lookup_slow(&self, hash: &KeyHash) -> Result<Slot, ResolveError> {
         let slot = self.load_through_moka(hash).await?;
-        if slot.deadline > Instant::now() {
+        if slot.fresh_until > clock::mono_nanos() {
             return Ok(slot);
         }
         // Moka's clock may run a hair behind ours: drop the stale entry and load again.
@@ -214,8 +214,7 @@ impl<R: KeyResolver> CachedResolver<R> {
         let load = async {
             let epoch = inner.epoch.load(Ordering::Acquire);
             let record = inner.resolver.resolve(hash).await?;
-            let now = Instant::now();
-            let mono = clock::mono_nanos();
+            let now = clock::mono_nanos();
             let (auth, ttl) = match record {
                 Some(record) => (Some(Authenticated::new(record)), inner.ttl),
                 None => (None, inner.negative_ttl),
@@ -232,16 +231,14 @@ impl<R: KeyResolver> CachedResolver<R> {
                 // Invalidated while loading: answer this request, but keep nothing.
                 return Ok(Slot {
                     generation,
-                    deadline: now,
-                    fresh_until: mono,
+                    fresh_until: now,
                     stops_at,
                     auth,
                 });
             }
             let slot = Slot {
                 generation,
-                deadline: now + ttl,
-                fresh_until: mono.saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX)),
+                fresh_until: now.saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX)),
                 stops_at,
                 auth,
             };
@@ -310,10 +307,8 @@ fn touch_due() -> bool {
 pub(crate) struct Slot {
     /// Unique per load, so that evicting an old entry never removes its replacement.
     generation: u64,
-    /// When the entry stops being fresh (for moka's expiry).
-    deadline: Instant,
-    /// The same moment on the cheap monotonic clock (`clock::mono_nanos`), which the hit
-    /// path reads.
+    /// When the entry stops being fresh, on the cheap monotonic clock
+    /// (`clock::mono_nanos`) that the hit path reads.
     fresh_until: u64,
     /// The earlier of the record's revocation and expiry times: kept beside the entry so
     /// that a hit checks them without reading the record.
@@ -322,6 +317,11 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
+    /// How long from now the entry stays fresh: what moka is told.
+    fn fresh_for(&self) -> Duration {
+        Duration::from_nanos(self.fresh_until.saturating_sub(clock::mono_nanos()))
+    }
+
     /// The caller, if the record exists and may be used now. Revoked and unknown keys
     /// get the same error.
     pub(crate) fn admit(&self) -> Result<Authenticated, AuthError> {
@@ -343,18 +343,18 @@ impl Slot {
 struct SlotExpiry;
 
 impl Expiry<KeyHash, Slot> for SlotExpiry {
-    fn expire_after_create(&self, _: &KeyHash, slot: &Slot, created: Instant) -> Option<Duration> {
-        Some(slot.deadline.saturating_duration_since(created))
+    fn expire_after_create(&self, _: &KeyHash, slot: &Slot, _: Instant) -> Option<Duration> {
+        Some(slot.fresh_for())
     }
 
     fn expire_after_update(
         &self,
         _: &KeyHash,
         slot: &Slot,
-        updated: Instant,
+        _: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        Some(slot.deadline.saturating_duration_since(updated))
+        Some(slot.fresh_for())
     }
 }
 
