@@ -137,6 +137,17 @@ fn start_on(db: &std::path::Path, env: &[(&str, &str)]) -> Server {
     }
 }
 
+/// The id of the first key of `consumer`, through the admin API.
+async fn first_key_id(addr: &str, admin: &str, consumer: &str) -> String {
+    let path = format!("/admin/keys?consumer={consumer}");
+    let (status, listed) = http(addr, "GET", &path, &[("authorization", admin)], "").await;
+    assert_eq!(status, 200, "{listed}");
+    serde_json::from_str::<serde_json::Value>(&listed).unwrap()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 /// One HTTP/1.1 request; returns the status and the body.
 async fn http(
     addr: &str,
@@ -899,18 +910,7 @@ async fn the_dashboard_in_a_real_browser() {
         200
     );
     let admin = format!("Bearer {admin_key}");
-    let (_, listed) = http(
-        &server.addr,
-        "GET",
-        "/admin/keys?consumer=acme",
-        &[("authorization", admin.as_str())],
-        "",
-    )
-    .await;
-    let id = serde_json::from_str::<serde_json::Value>(&listed).unwrap()[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = first_key_id(&server.addr, &admin, "acme").await;
     let row = format!("#keys tr[data-id=\"{id}\"]");
     browser
         .wait_text(&format!("{row} .status"), |t| t == "active", "the new row")
@@ -946,18 +946,7 @@ async fn the_dashboard_in_a_real_browser() {
     // Rotate another key through the page: a new secret shows, and the details of the
     // old key show its usage and a "rotated" audit entry.
     browser.click("#dismiss").await;
-    let (_, listed) = http(
-        &server.addr,
-        "GET",
-        "/admin/keys?consumer=admin",
-        &[("authorization", admin.as_str())],
-        "",
-    )
-    .await;
-    let admin_id = serde_json::from_str::<serde_json::Value>(&listed).unwrap()[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let admin_id = first_key_id(&server.addr, &admin, "admin").await;
     let admin_row = format!("#keys tr[data-id=\"{admin_id}\"]");
     browser.click(&format!("{admin_row} .rotate")).await;
     browser

@@ -67,6 +67,7 @@ mod source;
 pub use body::{RejectionBody, ResponseBody};
 pub use error::{AuthError, Rejection};
 pub(crate) use error::{is_grpc, retry_after_secs};
+pub(crate) use future::BoxFuture;
 pub use future::ResponseFuture;
 pub use layer::{ApiKeyLayer, InvalidRealm};
 #[cfg(any(feature = "axum", feature = "tonic"))]

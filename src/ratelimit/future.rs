@@ -6,8 +6,7 @@ use http::Response;
 use pin_project_lite::pin_project;
 
 use super::headers::Headers;
-
-pub(crate) type BoxFuture<B, E> = Pin<Box<dyn Future<Output = Result<Response<B>, E>> + Send>>;
+use crate::auth::BoxFuture;
 
 pin_project! {
     /// Response future of [`RateLimitService`](super::RateLimitService): adds the rate-limit
