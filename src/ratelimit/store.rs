@@ -197,6 +197,12 @@ mod tests {
     }
 
     #[test]
+    fn a_decision_of_two_policies_stays_small() {
+        // Moved on every request: two statuses inline, no more (it was 392 bytes).
+        assert!(std::mem::size_of::<Decision>() <= 2 * std::mem::size_of::<PolicyStatus>() + 8);
+    }
+
+    #[test]
     fn decisions_keep_every_status_in_order() {
         for n in 0..=RateLimits::MAX + 2 {
             let want: Vec<PolicyStatus> = (0..n as u64).map(status).collect();
