@@ -19,6 +19,7 @@ use std::time::SystemTime;
 
 use crate::key::{ApiKey, KeyHash};
 use crate::ratelimit::RateLimits;
+use crate::resolve::{Stamp, Stamped};
 
 /// Longest scope accepted, in bytes.
 const MAX_SCOPE_LEN: usize = 128;
@@ -360,48 +361,62 @@ pub enum KeyStatus {
 /// With the `axum` feature it is also an extractor (and `Option<Authenticated>` one for
 /// routes that allow anonymous callers); in tonic handlers read it with
 /// `request.extensions().get::<Authenticated>()` or [`grpc::authenticated`](crate::grpc).
-#[derive(Clone, Debug)]
-pub struct Authenticated(Arc<KeyRecord>);
+#[derive(Clone)]
+pub struct Authenticated(pub(crate) Arc<Stamped<KeyRecord>>);
+
+impl fmt::Debug for Authenticated {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Authenticated").field(self.record()).finish()
+    }
+}
 
 impl Authenticated {
     /// Wraps a record.
     pub fn new(record: KeyRecord) -> Self {
-        Self(Arc::new(record))
+        Self::stamped(Stamp::unattached(record.hash, &record), record)
+    }
+
+    /// Wraps a record with the cache's bookkeeping beside it.
+    pub(crate) fn stamped(stamp: Stamp, record: KeyRecord) -> Self {
+        Self(Arc::new(Stamped {
+            stamp,
+            value: record,
+        }))
     }
 
     /// The key's id.
     pub fn key_id(&self) -> &str {
-        &self.0.id
+        &self.0.value.id
     }
 
     /// The consumer the key belongs to.
     pub fn consumer(&self) -> &str {
-        &self.0.consumer
+        &self.0.value.consumer
     }
 
     /// The scopes the key grants.
     pub fn scopes(&self) -> &Scopes {
-        &self.0.scopes
+        &self.0.value.scopes
     }
 
     /// Metadata from the key's record.
     pub fn metadata(&self) -> &BTreeMap<String, String> {
-        &self.0.metadata
+        &self.0.value.metadata
     }
 
     /// The whole record.
     pub fn record(&self) -> &KeyRecord {
-        &self.0
+        &self.0.value
     }
 
     /// The key's rate-limit policies (empty: the layer's default applies).
     pub fn rate_limits(&self) -> &RateLimits {
-        &self.0.rate_limits
+        &self.0.value.rate_limits
     }
 
     /// Does the key grant `scope`?
     pub fn has_scope(&self, scope: &str) -> bool {
-        self.0.scopes.grants(scope)
+        self.0.value.scopes.grants(scope)
     }
 }
 

@@ -1,6 +1,7 @@
+use std::borrow::Borrow;
 use std::cell::Cell;
-use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
+use std::collections::HashSet;
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -128,7 +129,7 @@ impl<R: KeyResolver> CachedResolverBuilder<R> {
             .max_capacity(self.max_capacity)
             .expire_after(SlotExpiry)
             .eviction_listener(move |hash: Arc<KeyHash>, slot: Slot, _cause| {
-                listener_front.remove_generation(&hash, slot.generation);
+                listener_front.remove_generation(&hash, slot.stamp().generation);
             })
             .build();
         CachedResolver {
@@ -171,7 +172,7 @@ impl<R: KeyResolver> CachedResolver<R> {
     /// `Ok(None)` means no key has this hash. The record's expiry and revocation times
     /// are not checked here; [`KeyRecord::status`] does that.
     pub async fn lookup(&self, hash: &KeyHash) -> Result<Option<Authenticated>, ResolveError> {
-        Ok(self.lookup_slot(hash).await?.auth)
+        Ok(self.lookup_slot(hash).await?.auth().cloned())
     }
 
     async fn lookup_slot(&self, hash: &KeyHash) -> Result<Slot, ResolveError> {
@@ -201,7 +202,7 @@ impl<R: KeyResolver> CachedResolver<R> {
     /// The slow path: through moka, loading from the resolver on a miss.
     pub(crate) async fn lookup_slow(&self, hash: &KeyHash) -> Result<Slot, ResolveError> {
         let slot = self.load_through_moka(hash).await?;
-        if slot.fresh_until > clock::mono_nanos() {
+        if slot.stamp().fresh_until > clock::mono_nanos() {
             return Ok(slot);
         }
         // Moka's clock may run a hair behind ours: drop the stale entry and load again.
@@ -215,34 +216,23 @@ impl<R: KeyResolver> CachedResolver<R> {
             let epoch = inner.epoch.load(Ordering::Acquire);
             let record = inner.resolver.resolve(hash).await?;
             let now = clock::mono_nanos();
-            let (auth, ttl) = match record {
-                Some(record) => (Some(Authenticated::new(record)), inner.ttl),
-                None => (None, inner.negative_ttl),
+            let ttl = if record.is_some() {
+                inner.ttl
+            } else {
+                inner.negative_ttl
             };
-            let stops_at = auth.as_ref().and_then(|a| {
-                let r = a.record();
-                match (r.revoked_at, r.expires_at) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                }
-            });
             let generation = inner.generation.fetch_add(1, Ordering::Relaxed);
-            if inner.epoch.load(Ordering::Acquire) != epoch {
-                // Invalidated while loading: answer this request, but keep nothing.
-                return Ok(Slot {
-                    generation,
-                    fresh_until: now,
-                    stops_at,
-                    auth,
-                });
-            }
-            let slot = Slot {
-                generation,
-                fresh_until: now.saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX)),
-                stops_at,
-                auth,
+            // Invalidated while loading: answer this request, but keep nothing.
+            let keep = inner.epoch.load(Ordering::Acquire) == epoch;
+            let fresh_until = if keep {
+                now.saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX))
+            } else {
+                now
             };
-            inner.front.insert(*hash, slot.clone());
+            let slot = Slot::new(*hash, fresh_until, generation, record);
+            if keep {
+                inner.front.insert(slot.clone());
+            }
             Ok::<_, ResolveError>(slot)
         };
         inner
@@ -302,34 +292,116 @@ fn touch_due() -> bool {
     })
 }
 
-/// One cache entry, held by moka and (while moka holds it) by the front table.
-#[derive(Clone)]
-pub(crate) struct Slot {
-    /// Unique per load, so that evicting an old entry never removes its replacement.
-    generation: u64,
+/// What the front table's hit path reads of an entry. It sits at the start of the
+/// entry's one allocation, right after the `Arc`'s reference counts, so that a hit reads
+/// and counts on one cache line (or two neighbours): with many keys, that is the hit's
+/// one likely miss, where a table holding the stamps beside pointers to the records
+/// made two misses in a row.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub(crate) struct Stamp {
+    /// The hash the entry was loaded for.
+    hash: KeyHash,
     /// When the entry stops being fresh, on the cheap monotonic clock
     /// (`clock::mono_nanos`) that the hit path reads.
     fresh_until: u64,
-    /// The earlier of the record's revocation and expiry times: kept beside the entry so
-    /// that a hit checks them without reading the record.
-    stops_at: Option<SystemTime>,
-    auth: Option<Authenticated>,
+    /// The earlier of the record's revocation and expiry times, in Unix nanoseconds
+    /// (`u64::MAX`: never), so that a hit checks them without reading the record.
+    stops_at: u64,
+    /// Unique per load, so that evicting an old entry never removes its replacement.
+    generation: u64,
+}
+
+impl Stamp {
+    /// The stamp of a record made outside the cache ([`Authenticated::new`]).
+    pub(crate) fn unattached(hash: KeyHash, record: &KeyRecord) -> Self {
+        Self {
+            hash,
+            fresh_until: 0,
+            stops_at: stops_at(record),
+            generation: 0,
+        }
+    }
+}
+
+/// A value behind its [`Stamp`], in one allocation.
+#[repr(C)]
+pub(crate) struct Stamped<T> {
+    pub(crate) stamp: Stamp,
+    pub(crate) value: T,
+}
+
+/// The earlier of a record's revocation and expiry times, in Unix nanoseconds.
+fn stops_at(record: &KeyRecord) -> u64 {
+    let at = match (record.revoked_at, record.expires_at) {
+        (Some(a), Some(b)) => a.min(b),
+        (Some(t), None) | (None, Some(t)) => t,
+        (None, None) => return u64::MAX,
+    };
+    // Before 1970: already stopped. Past 2554: saturates just below "never".
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX - 1))
+}
+
+/// One cache entry, held by moka and (while moka holds it) by the front table: a found
+/// record or the memory that a hash is unknown. Cloning it counts one reference.
+#[derive(Clone)]
+pub(crate) enum Slot {
+    Found(Authenticated),
+    Unknown(Arc<Stamped<()>>),
 }
 
 impl Slot {
+    fn new(hash: KeyHash, fresh_until: u64, generation: u64, record: Option<KeyRecord>) -> Self {
+        let stamp = |stops_at| Stamp {
+            hash,
+            fresh_until,
+            stops_at,
+            generation,
+        };
+        match record {
+            Some(record) => Self::Found(Authenticated::stamped(stamp(stops_at(&record)), record)),
+            None => Self::Unknown(Arc::new(Stamped {
+                stamp: stamp(u64::MAX),
+                value: (),
+            })),
+        }
+    }
+
+    fn stamp(&self) -> &Stamp {
+        match self {
+            Self::Found(auth) => &auth.0.stamp,
+            Self::Unknown(unknown) => &unknown.stamp,
+        }
+    }
+
+    /// The caller, if a record was found (whatever its status).
+    pub(crate) fn auth(&self) -> Option<&Authenticated> {
+        match self {
+            Self::Found(auth) => Some(auth),
+            Self::Unknown(_) => None,
+        }
+    }
+
     /// How long from now the entry stays fresh: what moka is told.
     fn fresh_for(&self) -> Duration {
-        Duration::from_nanos(self.fresh_until.saturating_sub(clock::mono_nanos()))
+        Duration::from_nanos(self.stamp().fresh_until.saturating_sub(clock::mono_nanos()))
     }
 
     /// The caller, if the record exists and may be used now. Revoked and unknown keys
     /// get the same error.
     pub(crate) fn admit(&self) -> Result<Authenticated, AuthError> {
-        let auth = self.auth.as_ref().ok_or(AuthError::InvalidKey)?;
+        let Self::Found(auth) = self else {
+            return Err(AuthError::InvalidKey);
+        };
+        let stops_at = auth.0.stamp.stops_at;
         // Read the clock only for records that can stop working.
-        if let Some(stops_at) = self.stops_at {
+        if stops_at != u64::MAX {
             let now = SystemTime::now();
-            if stops_at <= now {
+            let stopped = now
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .is_ok_and(|d| d.as_nanos() >= u128::from(stops_at));
+            if stopped {
                 return Err(match auth.record().status(now) {
                     KeyStatus::Expired => AuthError::ExpiredKey,
                     KeyStatus::Revoked | KeyStatus::Active => AuthError::InvalidKey,
@@ -339,6 +411,27 @@ impl Slot {
         Ok(auth.clone())
     }
 }
+
+// The front table is a set of slots found by their hash.
+impl Borrow<KeyHash> for Slot {
+    fn borrow(&self) -> &KeyHash {
+        &self.stamp().hash
+    }
+}
+
+impl Hash for Slot {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.stamp().hash.hash(state);
+    }
+}
+
+impl PartialEq for Slot {
+    fn eq(&self, other: &Self) -> bool {
+        self.stamp().hash == other.stamp().hash
+    }
+}
+
+impl Eq for Slot {}
 
 struct SlotExpiry;
 
@@ -366,10 +459,10 @@ struct Front {
 }
 
 #[repr(align(128))]
-struct Shard(RwLock<HashMap<KeyHash, Slot, SeededHasher>>);
+struct Shard(RwLock<HashSet<Slot, SeededHasher>>);
 
-type ShardReadGuard<'a> = std::sync::RwLockReadGuard<'a, HashMap<KeyHash, Slot, SeededHasher>>;
-type ShardWriteGuard<'a> = std::sync::RwLockWriteGuard<'a, HashMap<KeyHash, Slot, SeededHasher>>;
+type ShardReadGuard<'a> = std::sync::RwLockReadGuard<'a, HashSet<Slot, SeededHasher>>;
+type ShardWriteGuard<'a> = std::sync::RwLockWriteGuard<'a, HashSet<Slot, SeededHasher>>;
 
 impl Front {
     fn new(capacity: u64) -> Self {
@@ -384,7 +477,7 @@ impl Front {
         Self {
             shards: (0..shards)
                 .map(|_| {
-                    Shard(RwLock::new(HashMap::with_capacity_and_hasher(
+                    Shard(RwLock::new(HashSet::with_capacity_and_hasher(
                         per_shard / 4,
                         hasher,
                     )))
@@ -404,21 +497,21 @@ impl Front {
     fn get_fresh(&self, hash: &KeyHash, now: u64) -> Option<Slot> {
         let shard = read(self.shard(hash));
         let slot = shard.get(hash)?;
-        (slot.fresh_until > now).then(|| slot.clone())
+        (slot.stamp().fresh_until > now).then(|| slot.clone())
     }
 
     fn admit_fresh(&self, hash: &KeyHash, now: u64) -> Option<Result<Authenticated, AuthError>> {
         let shard = read(self.shard(hash));
         let slot = shard.get(hash)?;
-        (slot.fresh_until > now).then(|| slot.admit())
+        (slot.stamp().fresh_until > now).then(|| slot.admit())
     }
 
-    fn insert(&self, hash: KeyHash, slot: Slot) {
-        let mut shard = write(self.shard(&hash));
-        match shard.get(&hash) {
-            Some(old) if old.generation > slot.generation => {}
+    fn insert(&self, slot: Slot) {
+        let mut shard = write(self.shard(&slot.stamp().hash));
+        match shard.get(&slot.stamp().hash) {
+            Some(old) if old.stamp().generation > slot.stamp().generation => {}
             _ => {
-                shard.insert(hash, slot);
+                shard.replace(slot);
             }
         }
     }
@@ -429,7 +522,10 @@ impl Front {
 
     fn remove_generation(&self, hash: &KeyHash, generation: u64) {
         let mut shard = write(self.shard(hash));
-        if shard.get(hash).is_some_and(|s| s.generation == generation) {
+        if shard
+            .get(hash)
+            .is_some_and(|s| s.stamp().generation == generation)
+        {
             shard.remove(hash);
         }
     }
@@ -719,6 +815,78 @@ mod tests {
         );
         // Whatever is left in front is what moka holds.
         assert!(cache.front_len() as u64 <= cache.entry_count());
+    }
+
+    #[test]
+    fn a_hit_reads_one_line_and_the_table_holds_pointers() {
+        // Arc's two counts (16 bytes) and what a hit reads of the stamp (hash, freshness,
+        // stop time) fill one 64-byte line; the generation, read on writes, may not.
+        assert_eq!(std::mem::offset_of!(Stamped<KeyRecord>, stamp), 0);
+        assert_eq!(std::mem::offset_of!(Stamped<()>, stamp), 0);
+        assert_eq!(std::mem::offset_of!(Stamp, hash), 0);
+        assert_eq!(std::mem::offset_of!(Stamp, fresh_until), 32);
+        assert_eq!(std::mem::offset_of!(Stamp, stops_at), 40);
+        // A front-table bucket is a tag and a pointer.
+        assert_eq!(std::mem::size_of::<Slot>(), 16);
+    }
+
+    #[test]
+    fn a_hit_checks_the_records_stop_time_at_its_edges() {
+        let key = KeyFormat::default().generate();
+        let record = || KeyRecord::new(&key, "acme");
+        let admit = |record: KeyRecord| Slot::new(key.hash(), u64::MAX, 0, Some(record)).admit();
+        let epoch = SystemTime::UNIX_EPOCH;
+        let far = epoch + Duration::from_secs(600 * 365 * 86_400); // past u64 nanoseconds
+        let soon = SystemTime::now() + Duration::from_secs(60);
+        let past = SystemTime::now() - Duration::from_secs(1);
+
+        assert!(admit(record()).is_ok());
+        assert!(admit(record().with_expires_at(soon)).is_ok());
+        assert!(admit(record().with_expires_at(far)).is_ok());
+        assert!(matches!(
+            admit(record().with_expires_at(past)),
+            Err(AuthError::ExpiredKey)
+        ));
+        assert!(matches!(
+            admit(record().with_expires_at(epoch - Duration::from_secs(1))),
+            Err(AuthError::ExpiredKey)
+        ));
+        // Revoked (even if also expired) is the same error as unknown.
+        assert!(matches!(
+            admit(record().with_revoked_at(past).with_expires_at(soon)),
+            Err(AuthError::InvalidKey)
+        ));
+        assert!(matches!(
+            Slot::new(key.hash(), u64::MAX, 0, None).admit(),
+            Err(AuthError::InvalidKey)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_newer_load_is_never_replaced_by_an_older_one() {
+        let store = MemoryStore::new();
+        let key = key_in(&store);
+        let cache = CachedResolver::new(store);
+        let front = &cache.inner.front;
+        let now = clock::mono_nanos();
+        let newer = Slot::new(key.hash(), now + 1_000_000_000, 7, None);
+        let older = Slot::new(
+            key.hash(),
+            now + 1_000_000_000,
+            3,
+            Some(KeyRecord::new(&key, "a")),
+        );
+        front.insert(newer);
+        front.insert(older);
+        // The newer entry (unknown) stays; the older one (found) was dropped.
+        let slot = front.get_fresh(&key.hash(), now).unwrap();
+        assert_eq!(slot.stamp().generation, 7);
+        assert!(slot.auth().is_none());
+        // Evicting the older generation leaves the newer one in place.
+        front.remove_generation(&key.hash(), 3);
+        assert_eq!(front.len(), 1);
+        front.remove_generation(&key.hash(), 7);
+        assert_eq!(front.len(), 0);
     }
 
     #[test]

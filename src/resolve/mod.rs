@@ -12,6 +12,7 @@ use std::fmt;
 use std::sync::Arc;
 
 pub use cache::{CachedResolver, CachedResolverBuilder};
+pub(crate) use cache::{Stamp, Stamped};
 pub use memory::MemoryStore;
 
 use crate::key::KeyHash;
