@@ -72,6 +72,7 @@ pub mod key;
 pub mod ratelimit;
 pub mod record;
 pub mod resolve;
+mod seeded;
 pub mod store;
 pub mod usage;
 

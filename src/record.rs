@@ -19,6 +19,7 @@ use std::time::SystemTime;
 
 use crate::key::{ApiKey, KeyHash};
 use crate::ratelimit::RateLimits;
+use crate::ratelimit::store::{Subject, subject_digest};
 use crate::resolve::{Stamp, Stamped};
 
 /// Longest scope accepted, in bytes.
@@ -362,7 +363,18 @@ pub enum KeyStatus {
 /// routes that allow anonymous callers); in tonic handlers read it with
 /// `request.extensions().get::<Authenticated>()` or [`grpc::authenticated`](crate::grpc).
 #[derive(Clone)]
-pub struct Authenticated(pub(crate) Arc<Stamped<KeyRecord>>);
+pub struct Authenticated(pub(crate) Arc<Stamped<Caller>>);
+
+/// The record, after what the rate limiter reads of it on every request: worked out
+/// once per load, and on the cache line after the cache's stamp rather than behind the
+/// record's own pointers.
+#[repr(C)]
+pub(crate) struct Caller {
+    key_digest: u64,
+    consumer_digest: u64,
+    limits: RateLimits,
+    record: KeyRecord,
+}
 
 impl fmt::Debug for Authenticated {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -380,43 +392,58 @@ impl Authenticated {
     pub(crate) fn stamped(stamp: Stamp, record: KeyRecord) -> Self {
         Self(Arc::new(Stamped {
             stamp,
-            value: record,
+            value: Caller {
+                key_digest: subject_digest("key", &record.id),
+                consumer_digest: subject_digest("consumer", &record.consumer),
+                limits: record.rate_limits.clone(),
+                record,
+            },
         }))
     }
 
     /// The key's id.
     pub fn key_id(&self) -> &str {
-        &self.0.value.id
+        &self.0.value.record.id
     }
 
     /// The consumer the key belongs to.
     pub fn consumer(&self) -> &str {
-        &self.0.value.consumer
+        &self.0.value.record.consumer
     }
 
     /// The scopes the key grants.
     pub fn scopes(&self) -> &Scopes {
-        &self.0.value.scopes
+        &self.0.value.record.scopes
     }
 
     /// Metadata from the key's record.
     pub fn metadata(&self) -> &BTreeMap<String, String> {
-        &self.0.value.metadata
+        &self.0.value.record.metadata
     }
 
     /// The whole record.
     pub fn record(&self) -> &KeyRecord {
-        &self.0.value
+        &self.0.value.record
     }
 
     /// The key's rate-limit policies (empty: the layer's default applies).
     pub fn rate_limits(&self) -> &RateLimits {
-        &self.0.value.rate_limits
+        &self.0.value.limits
     }
 
     /// Does the key grant `scope`?
     pub fn has_scope(&self, scope: &str) -> bool {
-        self.0.value.scopes.grants(scope)
+        self.0.value.record.scopes.grants(scope)
+    }
+
+    /// The key as a rate-limit subject, its digest worked out at load.
+    pub(crate) fn key_subject(&self) -> Subject<'_> {
+        Subject::key(self.key_id()).with_digest(self.0.value.key_digest)
+    }
+
+    /// The consumer as a rate-limit subject, its digest worked out at load.
+    pub(crate) fn consumer_subject(&self) -> Subject<'_> {
+        Subject::consumer(self.consumer()).with_digest(self.0.value.consumer_digest)
     }
 }
 

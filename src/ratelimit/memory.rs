@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use super::gcra;
 use super::policy::{RateLimitPolicy, RateLimits};
 use super::store::{Decision, PolicyStatus, RateLimitStore, RateLimitStoreError, Subject};
+use crate::seeded::{fold, random_seed};
 
 const DEFAULT_CAPACITY: usize = 1_000_000;
 /// A shard is swept for idle entries when it has grown to twice its size after the last
@@ -209,40 +210,9 @@ impl MemoryRateLimitStore {
 
 /// A random seed for the subject hash, so that subjects (chosen by clients) cannot be
 /// picked to collide or to crowd one shard.
-fn random_seed() -> (u64, u64) {
-    let mut seed = [0u8; 16];
-    // Without OS randomness the store still works; it only loses its flood guard.
-    let _ = getrandom::fill(&mut seed);
-    (
-        u64::from_le_bytes(seed[..8].try_into().expect("8 bytes")) | 1,
-        u64::from_le_bytes(seed[8..].try_into().expect("8 bytes")) | 1,
-    )
-}
-
-/// A seeded folded-multiply hash of the subject's kind and id, 8 bytes a step.
+/// The subject's table key: its process-wide digest, mixed with this store's seed.
 fn hash_subject(seed: (u64, u64), subject: Subject<'_>) -> u64 {
-    let mut h = seed.0 ^ (subject.id().len() as u64);
-    for part in [subject.kind().as_bytes(), &[0xff], subject.id().as_bytes()] {
-        let mut chunks = part.chunks_exact(8);
-        for c in &mut chunks {
-            h = fold(
-                h ^ u64::from_le_bytes(c.try_into().expect("8 bytes")),
-                seed.1,
-            );
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut last = [0u8; 8];
-            last[..rest.len()].copy_from_slice(rest);
-            h = fold(h ^ u64::from_le_bytes(last), seed.1);
-        }
-    }
-    h
-}
-
-fn fold(x: u64, seed: u64) -> u64 {
-    let p = u128::from(x ^ seed) * u128::from(0x9E37_79B9_7F4A_7C15_u64 ^ seed.rotate_left(29));
-    (p as u64) ^ ((p >> 64) as u64)
+    fold(subject.digest() ^ seed.0, seed.1)
 }
 
 impl ShardState {
@@ -344,6 +314,22 @@ mod tests {
             hash_subject((7, 9), Subject::key("a")),
             h(Subject::key("a"))
         );
+    }
+
+    #[test]
+    fn a_caller_from_the_cache_shares_the_budget_of_its_plain_subject() {
+        let key = crate::KeyFormat::default().generate();
+        let record = crate::KeyRecord::new(&key, "acme");
+        let id = record.id.clone();
+        let auth = crate::Authenticated::new(record);
+        let store = MemoryRateLimitStore::new();
+        let p = [rate("r", 2, 60)];
+        assert!(store.check_now(auth.key_subject(), &p, 1, T0).allowed());
+        assert!(store.check_now(Subject::key(&id), &p, 1, T0).allowed());
+        assert!(!store.check_now(auth.key_subject(), &p, 1, T0).allowed());
+        assert!(store.check_now(auth.consumer_subject(), &p, 2, T0).allowed());
+        assert!(!store.check_now(Subject::consumer("acme"), &p, 1, T0).allowed());
+        assert_eq!(store.len(), 2);
     }
 
     #[test]

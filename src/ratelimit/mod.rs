@@ -61,7 +61,7 @@ mod policy;
 #[cfg(feature = "redis")]
 mod redis;
 mod service;
-mod store;
+pub(crate) mod store;
 
 #[cfg(feature = "redis")]
 pub use self::redis::{InvalidRedisUrl, RedisRateLimitStore};

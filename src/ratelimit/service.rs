@@ -43,19 +43,48 @@ impl<S: std::fmt::Debug, St> std::fmt::Debug for RateLimitService<S, St> {
 struct Charge<'a> {
     kind: &'static str,
     id: Cow<'a, str>,
+    /// The subject's digest, when the cache worked it out at load.
+    digest: Option<u64>,
     limits: Cow<'a, RateLimits>,
     cost: u32,
 }
 
-impl Charge<'_> {
+impl<'a> Charge<'a> {
+    /// Charges `subject` of an authenticated caller.
+    fn of(subject: Subject<'a>, limits: Cow<'a, RateLimits>, cost: u32) -> Self {
+        Self {
+            kind: subject.kind(),
+            id: Cow::Borrowed(subject.id()),
+            digest: Some(subject.digest()),
+            limits,
+            cost,
+        }
+    }
+
+    /// Charges an id that an extractor made.
+    fn made(kind: &'static str, id: String, limits: Cow<'a, RateLimits>, cost: u32) -> Self {
+        Self {
+            kind,
+            id: Cow::Owned(id),
+            digest: None,
+            limits,
+            cost,
+        }
+    }
+
     fn subject(&self) -> Subject<'_> {
-        Subject::custom(self.kind, &self.id)
+        let subject = Subject::custom(self.kind, &self.id);
+        match self.digest {
+            Some(digest) => subject.with_digest(digest),
+            None => subject,
+        }
     }
 
     fn into_owned(self) -> Charge<'static> {
         Charge {
             kind: self.kind,
             id: Cow::Owned(self.id.into_owned()),
+            digest: self.digest,
             limits: Cow::Owned(self.limits.into_owned()),
             cost: self.cost,
         }
@@ -150,38 +179,17 @@ impl<S, St> RateLimitService<S, St> {
         let charge = match (req.extensions().get::<Authenticated>(), &config.by) {
             (None, _) => match &config.anonymous {
                 Anonymous::Pass => return None,
-                Anonymous::Limit(kind, f, limits) => Charge {
-                    kind,
-                    id: Cow::Owned(f(&info())?),
-                    limits: Cow::Borrowed(limits),
-                    cost,
-                },
+                Anonymous::Limit(kind, f, limits) => {
+                    Charge::made(kind, f(&info())?, Cow::Borrowed(limits), cost)
+                }
             },
-            (Some(auth), By::Key) => Charge {
-                kind: "key",
-                limits: limits_of(auth),
-                id: Cow::Borrowed(auth.key_id()),
-                cost,
-            },
-            (Some(auth), By::Consumer) => Charge {
-                kind: "consumer",
-                limits: limits_of(auth),
-                id: Cow::Borrowed(auth.consumer()),
-                cost,
-            },
+            (Some(auth), By::Key) => Charge::of(auth.key_subject(), limits_of(auth), cost),
+            (Some(auth), By::Consumer) => {
+                Charge::of(auth.consumer_subject(), limits_of(auth), cost)
+            }
             (Some(auth), By::Custom(kind, f)) => match f(&info()) {
-                Some(id) => Charge {
-                    kind,
-                    limits: limits_of(auth),
-                    id: Cow::Owned(id),
-                    cost,
-                },
-                None => Charge {
-                    kind: "key",
-                    limits: limits_of(auth),
-                    id: Cow::Borrowed(auth.key_id()),
-                    cost,
-                },
+                Some(id) => Charge::made(kind, id, limits_of(auth), cost),
+                None => Charge::of(auth.key_subject(), limits_of(auth), cost),
             },
         };
         (!charge.limits.is_empty()).then_some(charge)

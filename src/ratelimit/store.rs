@@ -1,6 +1,8 @@
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use super::policy::{RateLimitPolicy, RateLimits};
+use crate::seeded;
 
 /// Where one policy stands after a request: the numbers behind the `RateLimit` header.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -88,29 +90,48 @@ impl Decision {
 
 /// Whose budget a request is charged to: a kind (`key`, `consumer`, or a custom
 /// extractor's name) and an id, so that ids of different kinds never share a budget.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy)]
 pub struct Subject<'a> {
     kind: &'static str,
     id: &'a str,
+    /// [`subject_digest`] of the kind and id, when it was worked out beforehand (the
+    /// cache does it once per loaded key, so that a hit need not read the id).
+    digest: Option<u64>,
 }
 
 impl<'a> Subject<'a> {
     /// A budget per API key.
     pub fn key(id: &'a str) -> Self {
-        Self { kind: "key", id }
+        Self::custom("key", id)
     }
 
     /// A budget shared by all keys of a consumer.
     pub fn consumer(id: &'a str) -> Self {
-        Self {
-            kind: "consumer",
-            id,
-        }
+        Self::custom("consumer", id)
     }
 
     /// A budget of another kind, such as `peer` for a client address.
     pub fn custom(kind: &'static str, id: &'a str) -> Self {
-        Self { kind, id }
+        Self {
+            kind,
+            id,
+            digest: None,
+        }
+    }
+
+    /// The same subject, with its digest already worked out.
+    pub(crate) fn with_digest(self, digest: u64) -> Self {
+        debug_assert_eq!(digest, subject_digest(self.kind, self.id));
+        Self {
+            digest: Some(digest),
+            ..self
+        }
+    }
+
+    /// A seeded 64-bit hash of the kind and id, the same for the whole process.
+    pub(crate) fn digest(&self) -> u64 {
+        self.digest
+            .unwrap_or_else(|| subject_digest(self.kind, self.id))
     }
 
     /// The kind.
@@ -122,6 +143,35 @@ impl<'a> Subject<'a> {
     pub fn id(&self) -> &'a str {
         self.id
     }
+}
+
+impl PartialEq for Subject<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        (self.kind, self.id) == (other.kind, other.id)
+    }
+}
+
+impl Eq for Subject<'_> {}
+
+impl std::hash::Hash for Subject<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (self.kind, self.id).hash(state);
+    }
+}
+
+impl std::fmt::Debug for Subject<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subject")
+            .field("kind", &self.kind)
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+/// The process-wide seeded hash of a subject: in-memory limiter state is found by it.
+pub(crate) fn subject_digest(kind: &str, id: &str) -> u64 {
+    static SEED: LazyLock<(u64, u64)> = LazyLock::new(seeded::random_seed);
+    seeded::hash_parts(*SEED, &[kind.as_bytes(), &[0xff], id.as_bytes()])
 }
 
 /// A rate-limit store could not answer (for example, Redis is unreachable).

@@ -14,6 +14,7 @@ use crate::auth::AuthError;
 use crate::clock;
 use crate::key::KeyHash;
 use crate::record::{Authenticated, KeyRecord, KeyStatus};
+use crate::seeded::{self, fold};
 
 const DEFAULT_CAPACITY: u64 = 100_000;
 const DEFAULT_TTL: Duration = Duration::from_secs(30);
@@ -559,18 +560,9 @@ struct SeededHasher(u64, u64);
 
 impl SeededHasher {
     fn random() -> Self {
-        let mut seed = [0u8; 16];
-        // Without OS randomness the table still works; it only loses its flood guard.
-        let _ = getrandom::fill(&mut seed);
-        let a = u64::from_le_bytes(seed[..8].try_into().expect("8 bytes"));
-        let b = u64::from_le_bytes(seed[8..].try_into().expect("8 bytes"));
-        Self(a | 1, b | 1)
+        let (a, b) = seeded::random_seed();
+        Self(a, b)
     }
-}
-
-fn fold(x: u64, seed: u64) -> u64 {
-    let p = u128::from(x ^ seed) * u128::from(0x9E37_79B9_7F4A_7C15_u64 ^ seed.rotate_left(29));
-    (p as u64) ^ ((p >> 64) as u64)
 }
 
 impl BuildHasher for SeededHasher {
