@@ -7,7 +7,8 @@
 //!   and with a burst too large to ever refuse; each added with `Router::layer` and
 //!   wrapped around the router (`*_outer`); `layer_over_bare/*` takes the same
 //!   differences in alternating blocks, and adds `GovernorLayer` with its own rate-limit
-//!   headers (`use_headers`), since ours always sends them;
+//!   headers (`use_headers`), since ours always sends them, and ours with a budget in
+//!   use (`*_busy_*`), whose `RateLimit` field is written for every response;
 //! - `auth_and_limit/*`: `ApiKeyLayer` + `RateLimitLayer` together, hot key and 100 000
 //!   keys in scattered order;
 //! - `redis/*`: one check through `RedisRateLimitStore` (feature `redis`, server at
@@ -213,6 +214,31 @@ fn benches(c: &mut Criterion) {
         "rate_limit_layer",
         &bare,
         &limited,
+        Diff::LayerMinusBare,
+        &mut hot.clone(),
+    );
+    // A budget in use (a request every few hundred ns against one every 3.6 µs, with a
+    // burst no run can spend): the `RateLimit` field is written for every response,
+    // where the generous policy above finds its bucket at rest and sends a prebuilt one.
+    let busy = RateLimitPolicy::rate("busy", 1_000_000_000, Duration::from_secs(3_600)).unwrap();
+    let limited_busy_outer = RateLimitLayer::new(MemoryRateLimitStore::new(), busy.clone())
+        .anonymous(
+            "header",
+            |info| {
+                info.headers
+                    .get("x-key")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            },
+            busy,
+        )
+        .layer(bare.clone());
+    run_paired(
+        &mut g,
+        &rt,
+        "rate_limit_layer_busy_outer",
+        &bare,
+        &limited_busy_outer,
         Diff::LayerMinusBare,
         &mut hot.clone(),
     );

@@ -59,20 +59,23 @@ impl Headers {
     }
 
     /// `"burst";r=42;t=17, "daily";r=950;t=3600`.
+    ///
+    /// Written on the stack and copied once: a `Vec` turned into `Bytes` with spare
+    /// capacity costs a second allocation.
     fn ratelimit(limits: &RateLimits, decision: &Decision) -> Option<HeaderValue> {
-        let mut value = Vec::with_capacity(48 * limits.as_slice().len());
+        let mut value = Gather::default();
         for (policy, status) in limits.iter().zip(decision.statuses()) {
-            if !value.is_empty() {
-                value.extend_from_slice(b", ");
+            if !value.bytes().is_empty() {
+                value.put(b", ");
             }
-            value.push(b'"');
-            value.extend_from_slice(policy.name().as_bytes());
-            value.extend_from_slice(b"\";r=");
+            value.put(b"\"");
+            value.put(policy.name().as_bytes());
+            value.put(b"\";r=");
             push_decimal(&mut value, status.remaining);
-            value.extend_from_slice(b";t=");
+            value.put(b";t=");
             push_decimal(&mut value, reset_secs(status.reset));
         }
-        HeaderValue::from_maybe_shared(bytes::Bytes::from(value)).ok()
+        HeaderValue::from_bytes(value.bytes()).ok()
     }
 
     pub(crate) fn apply(self, headers: &mut HeaderMap) {
@@ -101,8 +104,48 @@ fn reset_secs(reset: std::time::Duration) -> u64 {
     }
 }
 
+/// Bytes gathered on the stack, moving to the heap past 256 (many long policy names).
+struct Gather {
+    stack: [u8; 256],
+    len: usize,
+    spilled: Vec<u8>,
+}
+
+impl Default for Gather {
+    fn default() -> Self {
+        Self {
+            stack: [0; 256],
+            len: 0,
+            spilled: Vec::new(),
+        }
+    }
+}
+
+impl Gather {
+    fn put(&mut self, bytes: &[u8]) {
+        let end = self.len + bytes.len();
+        if self.spilled.is_empty() && end <= self.stack.len() {
+            self.stack[self.len..end].copy_from_slice(bytes);
+            self.len = end;
+        } else {
+            if self.spilled.is_empty() {
+                self.spilled.extend_from_slice(&self.stack[..self.len]);
+            }
+            self.spilled.extend_from_slice(bytes);
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        if self.spilled.is_empty() {
+            &self.stack[..self.len]
+        } else {
+            &self.spilled
+        }
+    }
+}
+
 /// Appends `n` in decimal.
-fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+fn push_decimal(out: &mut Gather, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     loop {
@@ -113,7 +156,7 @@ fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
             break;
         }
     }
-    out.extend_from_slice(&digits[i..]);
+    out.put(&digits[i..]);
 }
 
 #[cfg(test)]
@@ -174,9 +217,22 @@ mod tests {
     #[test]
     fn decimals() {
         for n in [0, 7, 10, 99, 12345, u64::MAX] {
-            let mut v = Vec::new();
+            let mut v = Gather::default();
             push_decimal(&mut v, n);
-            assert_eq!(String::from_utf8(v).unwrap(), n.to_string());
+            assert_eq!(v.bytes(), n.to_string().as_bytes());
         }
+    }
+
+    #[test]
+    fn gathering_moves_to_the_heap_without_losing_a_byte() {
+        let mut g = Gather::default();
+        let mut expected = Vec::new();
+        for i in 0..100u8 {
+            let piece = [b'a' + i % 26; 7];
+            g.put(&piece);
+            expected.extend_from_slice(&piece);
+            assert_eq!(g.bytes(), &expected[..]);
+        }
+        assert!(!g.spilled.is_empty());
     }
 }

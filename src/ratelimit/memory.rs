@@ -327,8 +327,16 @@ mod tests {
         assert!(store.check_now(auth.key_subject(), &p, 1, T0).allowed());
         assert!(store.check_now(Subject::key(&id), &p, 1, T0).allowed());
         assert!(!store.check_now(auth.key_subject(), &p, 1, T0).allowed());
-        assert!(store.check_now(auth.consumer_subject(), &p, 2, T0).allowed());
-        assert!(!store.check_now(Subject::consumer("acme"), &p, 1, T0).allowed());
+        assert!(
+            store
+                .check_now(auth.consumer_subject(), &p, 2, T0)
+                .allowed()
+        );
+        assert!(
+            !store
+                .check_now(Subject::consumer("acme"), &p, 1, T0)
+                .allowed()
+        );
         assert_eq!(store.len(), 2);
     }
 
