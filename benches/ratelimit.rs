@@ -10,7 +10,8 @@
 //!   headers (`use_headers`), since ours always sends them, and ours with a budget in
 //!   use (`*_busy_*`), whose `RateLimit` field is written for every response;
 //! - `auth_and_limit/*`: `ApiKeyLayer` + `RateLimitLayer` together, hot key and 100 000
-//!   keys in scattered order;
+//!   keys in scattered order: added with two `Router::layer` calls, with one call of a
+//!   `ServiceBuilder` holding both (`*_one_router_layer`), and wrapped around the router;
 //! - `redis/*`: one check through `RedisRateLimitStore` (feature `redis`, server at
 //!   `TEST_REDIS_URL`).
 //!
@@ -305,6 +306,14 @@ fn benches(c: &mut Criterion) {
     let limits = RateLimitLayer::new(MemoryRateLimitStore::new(), generous());
     let both = ready(handler_router().layer(limits.clone()).layer(auth.clone()));
     let both_outer = auth.layer(limits.layer(bare.clone()));
+    // Both in one `Router::layer` call: axum boxes each call's stack once per request.
+    let both_one_call = ready(
+        handler_router().layer(
+            tower::ServiceBuilder::new()
+                .layer(auth.clone())
+                .layer(limits.clone()),
+        ),
+    );
     let mut g = c.benchmark_group("auth_and_limit");
     let hot = || ("authorization", secrets[0].clone());
     run(
@@ -364,9 +373,27 @@ fn benches(c: &mut Criterion) {
     run_paired(
         &mut g,
         &rt,
+        "hot_one_router_layer",
+        &bare,
+        &both_one_call,
+        Diff::LayerMinusBare,
+        &mut hot.clone(),
+    );
+    run_paired(
+        &mut g,
+        &rt,
         "100k_scattered",
         &bare,
         &both,
+        Diff::LayerMinusBare,
+        &mut cycling("authorization", &secrets, &order),
+    );
+    run_paired(
+        &mut g,
+        &rt,
+        "100k_scattered_one_router_layer",
+        &bare,
+        &both_one_call,
         Diff::LayerMinusBare,
         &mut cycling("authorization", &secrets, &order),
     );

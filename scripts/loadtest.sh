@@ -4,7 +4,7 @@
 # Router::layer ("auth") and wrapped around the router ("auth-outer").
 #
 # The server runs on core 0 (one thread), wrk on core 1; the modes alternate for ROUNDS
-# rounds of DURATION each. Needs wrk (apt-get install wrk), taskset and bc.
+# rounds of DURATION each, each round starting with the next mode. Needs wrk (apt-get install wrk), taskset and bc.
 #
 #   scripts/loadtest.sh            # 3 rounds of 10 s
 #   ROUNDS=5 DURATION=20s scripts/loadtest.sh
@@ -41,7 +41,14 @@ run_mode() { # mode -> prints requests/s
 
 bare_all=(); auth_all=(); outer_all=(); auth_ratios=(); outer_ratios=()
 for round in $(seq 1 "$ROUNDS"); do
-    b=$(run_mode bare); a=$(run_mode auth); o=$(run_mode auth-outer)
+    # Rotate which mode goes first, so that no mode always runs right after another.
+    for i in 0 1 2; do
+        case $(( (round + i) % 3 )) in
+            0) b=$(run_mode bare) ;;
+            1) a=$(run_mode auth) ;;
+            2) o=$(run_mode auth-outer) ;;
+        esac
+    done
     bare_all+=("$b"); auth_all+=("$a"); outer_all+=("$o")
     auth_ratios+=("$(echo "$a / $b" | bc -l)"); outer_ratios+=("$(echo "$o / $b" | bc -l)")
     printf 'round %d: bare %s, auth %s (%.3f), auth-outer %s (%.3f) req/s\n' "$round" \
