@@ -135,8 +135,8 @@ fn benches(c: &mut Criterion) {
         .finish()
         .unwrap();
     let governor_headers_layer = tower_governor::GovernorLayer::new(governor_headers_config);
-    let by_header = || {
-        RateLimitLayer::new(MemoryRateLimitStore::new(), generous()).anonymous(
+    let by_header = |policy: RateLimitPolicy| {
+        RateLimitLayer::new(MemoryRateLimitStore::new(), policy.clone()).anonymous(
             "header",
             |info| {
                 info.headers
@@ -144,16 +144,16 @@ fn benches(c: &mut Criterion) {
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned)
             },
-            generous(),
+            policy,
         )
     };
     let bare = ready(handler_router());
     let governed_headers = ready(handler_router().layer(governor_headers_layer.clone()));
     let governed_headers_outer = governor_headers_layer.layer(bare.clone());
     let governed = ready(handler_router().layer(governor_layer.clone()));
-    let limited = ready(handler_router().layer(by_header()));
+    let limited = ready(handler_router().layer(by_header(generous())));
     let governed_outer = governor_layer.layer(bare.clone());
-    let limited_outer = by_header().layer(bare.clone());
+    let limited_outer = by_header(generous()).layer(bare.clone());
     let hot = || ("x-key", "client-1".to_owned());
     let mut g = c.benchmark_group("layer");
     run(
@@ -222,18 +222,7 @@ fn benches(c: &mut Criterion) {
     // burst no run can spend): the `RateLimit` field is written for every response,
     // where the generous policy above finds its bucket at rest and sends a prebuilt one.
     let busy = RateLimitPolicy::rate("busy", 1_000_000_000, Duration::from_secs(3_600)).unwrap();
-    let limited_busy_outer = RateLimitLayer::new(MemoryRateLimitStore::new(), busy.clone())
-        .anonymous(
-            "header",
-            |info| {
-                info.headers
-                    .get("x-key")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned)
-            },
-            busy,
-        )
-        .layer(bare.clone());
+    let limited_busy_outer = by_header(busy).layer(bare.clone());
     run_paired(
         &mut g,
         &rt,
