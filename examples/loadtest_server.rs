@@ -1,6 +1,7 @@
 //! The server `scripts/loadtest.sh` drives with wrk: one route, either bare
 //! (`MODE=bare`) or behind `ApiKeyLayer` + `RateLimitLayer` with a budget no load run can
-//! spend, added with `Router::layer` (`MODE=auth`) or wrapped around the router
+//! spend, added with two `Router::layer` calls (`MODE=auth`), with one call of a
+//! `ServiceBuilder` holding both (`MODE=auth-one`), or wrapped around the router
 //! (`MODE=auth-outer`). It prints `key: <key>` and `listening on http://<addr>`, and
 //! runs on one thread so that it can be pinned to one core.
 
@@ -32,13 +33,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     match mode.as_str() {
         "bare" => axum::serve(listener, app).await?,
         "auth" => axum::serve(listener, app.layer(limits).layer(auth)).await?,
+        "auth-one" => {
+            let both = tower::ServiceBuilder::new().layer(auth).layer(limits);
+            axum::serve(listener, app.layer(both)).await?
+        }
         "auth-outer" => {
             let service = auth.layer(limits.layer(app));
             let make = ServiceExt::<axum::extract::Request>::into_make_service(service);
             axum::serve(listener, make).await?
         }
         other => {
-            return Err(format!("MODE must be bare, auth or auth-outer, not {other:?}").into());
+            return Err(format!("MODE must be bare, auth, auth-one or auth-outer, not {other:?}").into());
         }
     }
     Ok(())

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # End-to-end load test on loopback: requests per second of a bare axum route against the
 # same route behind ApiKeyLayer + RateLimitLayer, measured with wrk: the layers added with
-# Router::layer ("auth") and wrapped around the router ("auth-outer").
+# two Router::layer calls ("auth"), with one call of a ServiceBuilder holding both
+# ("auth-one"), and wrapped around the router ("auth-outer").
 #
 # The server runs on core 0 (one thread), wrk on core 1; the modes alternate for ROUNDS
-# rounds of DURATION each, each round starting with the next mode. Needs wrk (apt-get install wrk), taskset and bc.
+# rounds of DURATION each, each round starting with the next mode. Needs wrk (apt-get
+# install wrk), taskset and bc.
 #
 #   scripts/loadtest.sh            # 3 rounds of 10 s
 #   ROUNDS=5 DURATION=20s scripts/loadtest.sh
@@ -39,28 +41,39 @@ run_mode() { # mode -> prints requests/s
     echo "$rps"
 }
 
-bare_all=(); auth_all=(); outer_all=(); auth_ratios=(); outer_ratios=()
+MODES=(bare auth auth-one auth-outer)
+declare -A all ratios
 for round in $(seq 1 "$ROUNDS"); do
     # Rotate which mode goes first, so that no mode always runs right after another.
-    for i in 0 1 2; do
-        case $(( (round + i) % 3 )) in
-            0) b=$(run_mode bare) ;;
-            1) a=$(run_mode auth) ;;
-            2) o=$(run_mode auth-outer) ;;
-        esac
+    declare -A rps=()
+    for i in "${!MODES[@]}"; do
+        mode=${MODES[$(( (round + i) % ${#MODES[@]} ))]}
+        rps[$mode]=$(run_mode "$mode")
     done
-    bare_all+=("$b"); auth_all+=("$a"); outer_all+=("$o")
-    auth_ratios+=("$(echo "$a / $b" | bc -l)"); outer_ratios+=("$(echo "$o / $b" | bc -l)")
-    printf 'round %d: bare %s, auth %s (%.3f), auth-outer %s (%.3f) req/s\n' "$round" \
-        "$b" "$a" "$(echo "$a / $b" | bc -l)" "$o" "$(echo "$o / $b" | bc -l)"
+    line="round $round: bare ${rps[bare]}"
+    for mode in "${MODES[@]:1}"; do
+        ratio=$(echo "${rps[$mode]} / ${rps[bare]}" | bc -l)
+        ratios[$mode]+="$ratio "
+        line+=$(printf ', %s %s (%.3f)' "$mode" "${rps[$mode]}" "$ratio")
+    done
+    for mode in "${MODES[@]}"; do all[$mode]+="${rps[$mode]} "; done
+    echo "$line req/s"
 done
 sum() { local s=0; for x in "$@"; do s=$(echo "$s + $x" | bc -l); done; echo "$s"; }
-b=$(sum "${bare_all[@]}"); a=$(sum "${auth_all[@]}"); o=$(sum "${outer_all[@]}")
-printf 'mean of %d rounds: bare %.0f, auth %.0f (ratio %.3f), auth-outer %.0f (ratio %.3f) req/s; goal >= 0.93\n' \
-    "$ROUNDS" "$(echo "$b / $ROUNDS" | bc -l)" "$(echo "$a / $ROUNDS" | bc -l)" \
-    "$(echo "$a / $b" | bc -l)" "$(echo "$o / $ROUNDS" | bc -l)" "$(echo "$o / $b" | bc -l)"
 # Each round measures the modes back to back, so the ratio within a round is the figure
 # least moved by the machine's drift between rounds: report its median too.
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-printf 'median of per-round ratios: auth %.3f, auth-outer %.3f; goal >= 0.93\n' \
-    "$(median "${auth_ratios[@]}")" "$(median "${outer_ratios[@]}")"
+# shellcheck disable=SC2086 # the lists are space-separated numbers
+bare_sum=$(sum ${all[bare]})
+means="mean of $ROUNDS rounds: bare $(printf '%.0f' "$(echo "$bare_sum / $ROUNDS" | bc -l)")"
+medians="median of per-round ratios:"
+for mode in "${MODES[@]:1}"; do
+    # shellcheck disable=SC2086
+    mode_sum=$(sum ${all[$mode]})
+    means+=$(printf ', %s %.0f (ratio %.3f)' "$mode" "$(echo "$mode_sum / $ROUNDS" | bc -l)" \
+        "$(echo "$mode_sum / $bare_sum" | bc -l)")
+    # shellcheck disable=SC2086
+    medians+=$(printf ' %s %.3f' "$mode" "$(median ${ratios[$mode]})")
+done
+echo "$means req/s"
+echo "$medians; goal >= 0.93"
