@@ -7,7 +7,9 @@
 //! axum for every request) and wrapped around the whole router (`*_outer`: runs before
 //! routing). Beside them,
 //! the building blocks: SHA-256 of a key, moka `get` (hot and scattered) and the
-//! `CachedResolver` hit path (hot and scattered).
+//! `CachedResolver` hit path (hot, hot from two threads at once, and scattered); and
+//! `two_threads_over_bare/*`: one hot key from two threads at once, against bare in
+//! alternating blocks.
 //!
 //! `cargo bench --bench auth`; `BENCH_PREFIX=sk cargo bench --bench auth` measures keys
 //! with another prefix (default `sk_live`: 57-byte keys, two SHA-256 blocks; a prefix of
@@ -29,7 +31,7 @@ use tower_api_key::{
 };
 
 mod common;
-use common::{Diff, Expect, cycling, run, run_paired, scattered};
+use common::{Diff, Expect, cycling, run, run_paired, run_two_threads_paired, scattered};
 
 const KEYS: usize = 100_000;
 
@@ -278,6 +280,20 @@ fn benches(c: &mut Criterion) {
         "cached keys were loaded again"
     );
 
+    // Two threads at once on one hot key, each with a runtime of its own: per request,
+    // per thread. Without per-thread copies of a hot entry, every request writes the
+    // shared table's lock and the entry's reference count, and those lines travel
+    // between the cores.
+    let mut g = c.benchmark_group("two_threads_over_bare");
+    run_two_threads_paired(
+        &mut g,
+        "api_key_hot_outer",
+        &bare,
+        &api_key_outer,
+        ("authorization", hot.clone()),
+    );
+    g.finish();
+
     // The building blocks.
     let mut g = c.benchmark_group("parts");
     let secret = keys[0].expose_secret();
@@ -310,6 +326,36 @@ fn benches(c: &mut Criterion) {
     g.bench_function("cached_resolver_hot", |b| {
         b.to_async(&rt)
             .iter(|| async { black_box(cache.lookup(&hashes[0]).await.unwrap()) })
+    });
+    // The same hot key from two threads at once: per lookup and thread (the slower one).
+    g.bench_function("cached_resolver_hot_two_threads", |b| {
+        b.iter_custom(|iters| {
+            let start = std::sync::Barrier::new(2);
+            std::thread::scope(|s| {
+                let threads: Vec<_> = (0..2)
+                    .map(|_| {
+                        s.spawn(|| {
+                            let rt = tokio::runtime::Builder::new_current_thread()
+                                .build()
+                                .unwrap();
+                            start.wait();
+                            let started = std::time::Instant::now();
+                            rt.block_on(async {
+                                for _ in 0..iters {
+                                    black_box(cache.lookup(&hashes[0]).await.unwrap());
+                                }
+                            });
+                            started.elapsed()
+                        })
+                    })
+                    .collect();
+                threads
+                    .into_iter()
+                    .map(|t| t.join().unwrap())
+                    .max()
+                    .unwrap()
+            })
+        })
     });
     g.bench_function("cached_resolver_100k_scattered", |b| {
         b.to_async(&rt).iter(|| {

@@ -43,7 +43,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             axum::serve(listener, make).await?
         }
         other => {
-            return Err(format!("MODE must be bare, auth, auth-one or auth-outer, not {other:?}").into());
+            return Err(
+                format!("MODE must be bare, auth, auth-one or auth-outer, not {other:?}").into(),
+            );
         }
     }
     Ok(())

@@ -368,6 +368,7 @@ pub struct Authenticated(pub(crate) Arc<Stamped<Caller>>);
 /// The record, after what the rate limiter reads of it on every request: worked out
 /// once per load, and on the cache line after the cache's stamp rather than behind the
 /// record's own pointers.
+#[derive(Clone)]
 #[repr(C)]
 pub(crate) struct Caller {
     key_digest: u64,

@@ -144,3 +144,68 @@ pub(crate) fn run_paired<S, B>(
         })
     });
 }
+
+/// What `service` adds over `bare` when two threads send requests at once, each with a
+/// runtime of its own, alternating blocks of 64 requests through `bare` and `service`
+/// as `run_paired` does: per request and thread (the mean of the two threads). What one
+/// core's requests cost the other's shows here: cache lines that every request writes
+/// travel between the cores.
+pub(crate) fn run_two_threads_paired<S, B>(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    bare: &B,
+    service: &S,
+    header: (&'static str, String),
+) where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send,
+    S::Future: Send,
+    B: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send,
+    B::Future: Send,
+{
+    g.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let start = std::sync::Barrier::new(2);
+            let differences: Vec<std::time::Duration> = std::thread::scope(|s| {
+                let threads: Vec<_> = (0..2)
+                    .map(|_| {
+                        let (bare, service, header, start) =
+                            (bare.clone(), service.clone(), header.clone(), &start);
+                        s.spawn(move || {
+                            let rt = tokio::runtime::Builder::new_current_thread()
+                                .build()
+                                .unwrap();
+                            let (mut bare_time, mut layer_time) =
+                                (std::time::Duration::ZERO, std::time::Duration::ZERO);
+                            start.wait();
+                            rt.block_on(async {
+                                let mut done = 0;
+                                while done < iters {
+                                    let n = (iters - done).min(64);
+                                    let started = std::time::Instant::now();
+                                    for _ in 0..n {
+                                        let req = request(header.clone());
+                                        black_box(bare.clone().oneshot(req).await.unwrap());
+                                    }
+                                    bare_time += started.elapsed();
+                                    let started = std::time::Instant::now();
+                                    for _ in 0..n {
+                                        let req = request(header.clone());
+                                        let res = service.clone().oneshot(req).await.unwrap();
+                                        assert!(res.status().is_success(), "{}", res.status());
+                                    }
+                                    layer_time += started.elapsed();
+                                    done += n;
+                                }
+                            });
+                            layer_time.saturating_sub(bare_time)
+                        })
+                    })
+                    .collect();
+                threads.into_iter().map(|t| t.join().unwrap()).collect()
+            });
+            let mean = differences.iter().sum::<std::time::Duration>() / 2;
+            // As in `run_paired`: a sample below zero counts as 1 ns a request.
+            mean.max(std::time::Duration::from_nanos(iters))
+        })
+    });
+}

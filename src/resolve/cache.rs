@@ -1,9 +1,9 @@
 use std::borrow::Borrow;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, LazyLock, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use moka::Expiry;
@@ -22,6 +22,8 @@ const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(5);
 /// One hit in this many (per thread) goes through moka, so that its admission and
 /// eviction policy keeps seeing which keys are hot.
 const TOUCH_EVERY: u32 = 64;
+/// Entries in each thread's table of private copies (a power of two).
+const LOCAL_SLOTS: usize = 64;
 
 /// A moka cache in front of any [`KeyResolver`].
 ///
@@ -89,9 +91,12 @@ struct Inner<R> {
     front: Arc<Front>,
     ttl: Duration,
     negative_ttl: Duration,
-    /// Bumped by every invalidation; a load that saw it change is not kept.
+    /// Bumped before and after every invalidation; a load that saw it change is not
+    /// kept, and a thread's private copy made under another value is not used.
     epoch: AtomicU64,
     generation: AtomicU64,
+    /// Tells this cache's entries in the threads' tables from other caches'.
+    id: u64,
 }
 
 /// Builds a [`CachedResolver`]; from [`CachedResolver::builder`].
@@ -142,6 +147,10 @@ impl<R: KeyResolver> CachedResolverBuilder<R> {
                 negative_ttl: self.negative_ttl,
                 epoch: AtomicU64::new(0),
                 generation: AtomicU64::new(0),
+                id: {
+                    static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+                    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+                },
             }),
         }
     }
@@ -177,7 +186,7 @@ impl<R: KeyResolver> CachedResolver<R> {
     }
 
     async fn lookup_slot(&self, hash: &KeyHash) -> Result<Slot, ResolveError> {
-        if let Some(slot) = self.inner.front.get_fresh(hash, clock::mono_nanos()) {
+        if let Some(slot) = self.cached(hash, clock::mono_nanos()) {
             return Ok(slot);
         }
         self.lookup_slow(hash).await
@@ -193,11 +202,57 @@ impl<R: KeyResolver> CachedResolver<R> {
         hash: &KeyHash,
         now: u64,
     ) -> Option<Result<Authenticated, AuthError>> {
-        let found = self.inner.front.admit_fresh(hash, now)?;
+        let slot = self.cached(hash, now)?;
         if touch_due() {
             return None;
         }
-        Some(found)
+        Some(slot.into_admitted())
+    }
+
+    /// A fresh entry for `hash` from the tables, if there is one.
+    ///
+    /// A key this thread looks up again and again is answered from the thread's own
+    /// copy of its entry: the shared table's lock and the shared entry's reference count
+    /// are written by every lookup that reads them, and with several cores on one hot
+    /// key those two cache lines would travel between the cores on every request.
+    fn cached(&self, hash: &KeyHash, now: u64) -> Option<Slot> {
+        let inner = &*self.inner;
+        // Read before the shared table: a copy made from what the table holds now is
+        // only good while no invalidation has begun since.
+        let epoch = inner.epoch.load(Ordering::Acquire);
+        let local = LOCAL.try_with(|local| {
+            // Not available (being torn down with the thread, say): the shared table.
+            let mut local = local.try_borrow_mut().ok()?;
+            let local = local
+                .get_or_insert_with(|| Box::new(std::array::from_fn(|_| LocalSlot::default())));
+            let place = &mut local[local_index(hash)];
+            if let Some(held) = &place.held
+                && held.cache == inner.id
+                && held.epoch == epoch
+                && held.slot.stamp().fresh_until > now
+                && held.slot.stamp().hash == *hash
+            {
+                return Some(Some(held.slot.clone()));
+            }
+            // From the shared table; the second time in a row this place sees the hash,
+            // keep a private copy.
+            let seen_before = place.seen == Some((inner.id, *hash));
+            place.seen = Some((inner.id, *hash));
+            if !seen_before {
+                return None;
+            }
+            let copy = inner.front.get_fresh(hash, now)?.private_copy();
+            place.held = Some(Held {
+                cache: inner.id,
+                epoch,
+                slot: copy.clone(),
+            });
+            Some(Some(copy))
+        });
+        match local {
+            Ok(Some(found)) => found,
+            _ => inner.front.get_fresh(hash, now),
+        }
     }
 
     /// The slow path: through moka, loading from the resolver on a miss.
@@ -249,6 +304,8 @@ impl<R: KeyResolver> CachedResolver<R> {
         self.inner.epoch.fetch_add(1, Ordering::AcqRel);
         self.inner.front.remove(hash);
         self.inner.moka.invalidate(hash).await;
+        // Again: a thread may have copied the entry between the first bump and its removal.
+        self.inner.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Forgets everything.
@@ -256,6 +313,7 @@ impl<R: KeyResolver> CachedResolver<R> {
         self.inner.epoch.fetch_add(1, Ordering::AcqRel);
         self.inner.front.clear();
         self.inner.moka.invalidate_all();
+        self.inner.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
     /// How many entries the cache holds (after pending maintenance).
@@ -283,14 +341,38 @@ impl<R: KeyResolver> KeyResolver for CachedResolver<R> {
 
 thread_local! {
     static HITS: Cell<u32> = const { Cell::new(0) };
+    static LOCAL: RefCell<Option<Box<[LocalSlot; LOCAL_SLOTS]>>> = const { RefCell::new(None) };
+}
+
+/// Where `hash` goes in a thread's table: by a process-wide seed, so that the same hash
+/// takes the same place whichever cache looks it up (the place then tells them apart).
+fn local_index(hash: &KeyHash) -> usize {
+    static SEED: LazyLock<u64> = LazyLock::new(|| seeded::random_seed().0);
+    (fold(hash.words().0, *SEED) as usize) & (LOCAL_SLOTS - 1)
+}
+
+/// One place in a thread's table of private copies.
+#[derive(Default)]
+struct LocalSlot {
+    /// The last hash looked up here from the shared table, and by which cache.
+    seen: Option<(u64, KeyHash)>,
+    /// A private copy of an entry, and the cache and epoch it was copied under.
+    held: Option<Held>,
+}
+
+struct Held {
+    cache: u64,
+    epoch: u64,
+    slot: Slot,
 }
 
 fn touch_due() -> bool {
-    HITS.with(|hits| {
+    HITS.try_with(|hits| {
         let n = hits.get().wrapping_add(1);
         hits.set(n);
         n % TOUCH_EVERY == 0
     })
+    .unwrap_or(false)
 }
 
 /// What the front table's hit path reads of an entry. It sits at the start of the
@@ -376,6 +458,21 @@ impl Slot {
         }
     }
 
+    /// The same entry in an allocation of its own, whose reference count only the thread
+    /// that holds it writes (unless a request it answered ends on another thread).
+    fn private_copy(&self) -> Self {
+        match self {
+            Self::Found(auth) => Self::Found(Authenticated(Arc::new(Stamped {
+                stamp: auth.0.stamp,
+                value: auth.0.value.clone(),
+            }))),
+            Self::Unknown(unknown) => Self::Unknown(Arc::new(Stamped {
+                stamp: unknown.stamp,
+                value: (),
+            })),
+        }
+    }
+
     /// The caller, if a record was found (whatever its status).
     pub(crate) fn auth(&self) -> Option<&Authenticated> {
         match self {
@@ -392,6 +489,20 @@ impl Slot {
     /// The caller, if the record exists and may be used now. Revoked and unknown keys
     /// get the same error.
     pub(crate) fn admit(&self) -> Result<Authenticated, AuthError> {
+        self.check()?;
+        Ok(self.auth().expect("checked").clone())
+    }
+
+    /// [`admit`](Self::admit), keeping this reference rather than counting another.
+    fn into_admitted(self) -> Result<Authenticated, AuthError> {
+        self.check()?;
+        match self {
+            Self::Found(auth) => Ok(auth),
+            Self::Unknown(_) => Err(AuthError::InvalidKey),
+        }
+    }
+
+    fn check(&self) -> Result<(), AuthError> {
         let Self::Found(auth) = self else {
             return Err(AuthError::InvalidKey);
         };
@@ -409,7 +520,7 @@ impl Slot {
                 });
             }
         }
-        Ok(auth.clone())
+        Ok(())
     }
 }
 
@@ -499,12 +610,6 @@ impl Front {
         let shard = read(self.shard(hash));
         let slot = shard.get(hash)?;
         (slot.stamp().fresh_until > now).then(|| slot.clone())
-    }
-
-    fn admit_fresh(&self, hash: &KeyHash, now: u64) -> Option<Result<Authenticated, AuthError>> {
-        let shard = read(self.shard(hash));
-        let slot = shard.get(hash)?;
-        (slot.stamp().fresh_until > now).then(|| slot.admit())
     }
 
     fn insert(&self, slot: Slot) {
@@ -807,6 +912,105 @@ mod tests {
         );
         // Whatever is left in front is what moka holds.
         assert!(cache.front_len() as u64 <= cache.entry_count());
+    }
+
+    /// `lookup_cached` until it answers (it declines one hit in 64, for moka's sake).
+    fn hit(cache: &CachedResolver<MemoryStore>, hash: &KeyHash, now: u64) -> Authenticated {
+        for _ in 0..2 {
+            if let Some(found) = cache.lookup_cached(hash, now) {
+                return found.expect("admitted");
+            }
+        }
+        panic!("not answered from the tables");
+    }
+
+    #[tokio::test]
+    async fn a_thread_answers_a_hot_key_from_its_own_copy() {
+        let store = MemoryStore::new();
+        let key = key_in(&store);
+        let cache = CachedResolver::new(store);
+        let hash = key.hash();
+        cache.lookup(&hash).await.unwrap().unwrap();
+        let now = clock::mono_nanos();
+        let shared = cache.inner.front.get_fresh(&hash, now).unwrap();
+        let shared = shared.auth().unwrap();
+        hit(&cache, &hash, now);
+        let second = hit(&cache, &hash, now);
+        let third = hit(&cache, &hash, now);
+        assert!(
+            !Arc::ptr_eq(&second.0, &shared.0),
+            "a repeated hit made a copy"
+        );
+        assert!(Arc::ptr_eq(&second.0, &third.0), "later hits use the copy");
+        assert_eq!(third.key_id(), shared.key_id());
+        // Through the public lookup as well.
+        let public = cache.lookup(&hash).await.unwrap().unwrap();
+        assert!(Arc::ptr_eq(&public.0, &third.0));
+        // Another thread reads the shared entry once, then has a copy of its own.
+        let (once, other) = std::thread::scope(|s| {
+            s.spawn(|| {
+                let once = hit(&cache, &hash, now);
+                (once, hit(&cache, &hash, now))
+            })
+            .join()
+            .unwrap()
+        });
+        assert!(Arc::ptr_eq(&once.0, &shared.0));
+        assert!(!Arc::ptr_eq(&other.0, &third.0));
+        assert!(!Arc::ptr_eq(&other.0, &shared.0));
+        // A copy is not used past the entry's freshness.
+        let later = now + DEFAULT_TTL.as_nanos() as u64 + 1;
+        assert!(cache.lookup_cached(&hash, later).is_none());
+    }
+
+    #[tokio::test]
+    async fn invalidate_reaches_the_copies_threads_hold() {
+        let store = MemoryStore::new();
+        let key = key_in(&store);
+        let cache = CachedResolver::new(store.clone());
+        let hash = key.hash();
+        cache.lookup(&hash).await.unwrap().unwrap();
+        let now = clock::mono_nanos();
+        for _ in 0..4 {
+            hit(&cache, &hash, now);
+        }
+        let mut record = cache.lookup(&hash).await.unwrap().unwrap().record().clone();
+        record.revoked_at = Some(SystemTime::now());
+        store.insert(record);
+        cache.invalidate(&hash).await;
+        for _ in 0..200 {
+            assert!(
+                !matches!(cache.lookup_cached(&hash, now), Some(Ok(_))),
+                "a copy outlived the invalidation"
+            );
+        }
+        // Loaded again, the key is refused from the tables too.
+        let slot = cache.lookup_slow(&hash).await.unwrap();
+        assert!(matches!(slot.admit(), Err(AuthError::InvalidKey)));
+        for _ in 0..4 {
+            if let Some(found) = cache.lookup_cached(&hash, clock::mono_nanos()) {
+                assert!(matches!(found, Err(AuthError::InvalidKey)));
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn two_caches_keep_their_copies_apart() {
+        let key = KeyFormat::default().generate();
+        let (a, b) = (MemoryStore::new(), MemoryStore::new());
+        a.insert(KeyRecord::new(&key, "from-a"));
+        b.insert(KeyRecord::new(&key, "from-b"));
+        let (a, b) = (CachedResolver::new(a), CachedResolver::new(b));
+        let hash = key.hash();
+        a.lookup(&hash).await.unwrap().unwrap();
+        b.lookup(&hash).await.unwrap().unwrap();
+        let now = clock::mono_nanos();
+        for _ in 0..5 {
+            assert_eq!(hit(&a, &hash, now).consumer(), "from-a");
+            assert_eq!(hit(&a, &hash, now).consumer(), "from-a");
+            assert_eq!(hit(&b, &hash, now).consumer(), "from-b");
+            assert_eq!(hit(&b, &hash, now).consumer(), "from-b");
+        }
     }
 
     #[test]
