@@ -995,6 +995,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_invalidation_on_one_thread_reaches_another_threads_copy() {
+        let store = MemoryStore::new();
+        let key = key_in(&store);
+        let cache = CachedResolver::new(store.clone());
+        let hash = key.hash();
+        let mut record = cache.lookup(&hash).await.unwrap().unwrap().record().clone();
+        let warm = Arc::new(std::sync::Barrier::new(2));
+        let invalidated = Arc::new(std::sync::Barrier::new(2));
+        let holder = {
+            let (cache, warm, invalidated) = (cache.clone(), warm.clone(), invalidated.clone());
+            std::thread::spawn(move || {
+                let now = clock::mono_nanos();
+                for _ in 0..4 {
+                    hit(&cache, &hash, now);
+                }
+                warm.wait();
+                invalidated.wait();
+                (0..200)
+                    .filter(|_| matches!(cache.lookup_cached(&hash, now), Some(Ok(_))))
+                    .count()
+            })
+        };
+        warm.wait();
+        record.revoked_at = Some(SystemTime::now());
+        store.insert(record);
+        cache.invalidate(&hash).await;
+        invalidated.wait();
+        assert_eq!(
+            holder.join().unwrap(),
+            0,
+            "a copy outlived the invalidation"
+        );
+    }
+
+    #[tokio::test]
     async fn two_caches_keep_their_copies_apart() {
         let key = KeyFormat::default().generate();
         let (a, b) = (MemoryStore::new(), MemoryStore::new());
