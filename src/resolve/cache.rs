@@ -40,7 +40,10 @@ const LOCAL_SLOTS: usize = 64;
 /// Moka decides what stays. On top of it sits a small sharded table holding the same
 /// entries, which moka's eviction listener keeps a subset of moka; most hits are served
 /// from that table with one read lock and no moka bookkeeping, and one hit in 64 per
-/// thread is passed to moka so that its policy still sees which keys are hot.
+/// thread is passed to moka so that its policy still sees which keys are hot. A key a
+/// thread looks up again and again is served from that thread's own copy of its entry
+/// (up to 64 a thread), so that cores sharing a hot key do not write the same cache
+/// lines on every request; [`invalidate`](Self::invalidate) reaches those copies too.
 ///
 /// Clones share the cache.
 ///
