@@ -31,7 +31,9 @@ use tower_api_key::{
 };
 
 mod common;
-use common::{Diff, Expect, cycling, run, run_paired, run_two_threads_paired, scattered};
+use common::{
+    Diff, Expect, cycling, on_two_threads, run, run_paired, run_two_threads_paired, scattered,
+};
 
 const KEYS: usize = 100_000;
 
@@ -330,31 +332,16 @@ fn benches(c: &mut Criterion) {
     // The same hot key from two threads at once: per lookup and thread (the slower one).
     g.bench_function("cached_resolver_hot_two_threads", |b| {
         b.iter_custom(|iters| {
-            let start = std::sync::Barrier::new(2);
-            std::thread::scope(|s| {
-                let threads: Vec<_> = (0..2)
-                    .map(|_| {
-                        s.spawn(|| {
-                            let rt = tokio::runtime::Builder::new_current_thread()
-                                .build()
-                                .unwrap();
-                            start.wait();
-                            let started = std::time::Instant::now();
-                            rt.block_on(async {
-                                for _ in 0..iters {
-                                    black_box(cache.lookup(&hashes[0]).await.unwrap());
-                                }
-                            });
-                            started.elapsed()
-                        })
-                    })
-                    .collect();
-                threads
-                    .into_iter()
-                    .map(|t| t.join().unwrap())
-                    .max()
-                    .unwrap()
-            })
+            let times = on_two_threads(|rt| {
+                let started = std::time::Instant::now();
+                rt.block_on(async {
+                    for _ in 0..iters {
+                        black_box(cache.lookup(&hashes[0]).await.unwrap());
+                    }
+                });
+                started.elapsed()
+            });
+            times.into_iter().max().unwrap()
         })
     });
     g.bench_function("cached_resolver_100k_scattered", |b| {

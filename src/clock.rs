@@ -7,7 +7,7 @@
 
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// How often the wall clock is taken again from the OS, so that the TSC's small rate
 /// error (and any NTP step) never adds up to more than this interval's worth.
@@ -69,9 +69,17 @@ pub(crate) fn wall_nanos() -> u64 {
 
 /// The OS wall clock in nanoseconds since the Unix epoch (0 before 1970).
 pub(crate) fn system_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    unix_nanos(SystemTime::now())
+}
+
+/// `at` in nanoseconds since the Unix epoch: 0 before 1970, `u64::MAX` past 2554.
+pub(crate) fn unix_nanos(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, duration_nanos)
+}
+
+/// `d` in nanoseconds, `u64::MAX` past 584 years.
+pub(crate) fn duration_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

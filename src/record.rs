@@ -365,15 +365,13 @@ pub enum KeyStatus {
 #[derive(Clone)]
 pub struct Authenticated(pub(crate) Arc<Stamped<Caller>>);
 
-/// The record, after what the rate limiter reads of it on every request: worked out
-/// once per load, and on the cache line after the cache's stamp rather than behind the
-/// record's own pointers.
+/// The record, after the hashes the rate limiter finds its subjects by: worked out once
+/// per load, so that a request need not read the id and consumer strings (each a heap
+/// allocation of its own).
 #[derive(Clone)]
-#[repr(C)]
 pub(crate) struct Caller {
     key_digest: u64,
     consumer_digest: u64,
-    limits: RateLimits,
     record: KeyRecord,
 }
 
@@ -386,7 +384,7 @@ impl fmt::Debug for Authenticated {
 impl Authenticated {
     /// Wraps a record.
     pub fn new(record: KeyRecord) -> Self {
-        Self::stamped(Stamp::unattached(record.hash, &record), record)
+        Self::stamped(Stamp::unattached(&record), record)
     }
 
     /// Wraps a record with the cache's bookkeeping beside it.
@@ -396,7 +394,6 @@ impl Authenticated {
             value: Caller {
                 key_digest: subject_digest("key", &record.id),
                 consumer_digest: subject_digest("consumer", &record.consumer),
-                limits: record.rate_limits.clone(),
                 record,
             },
         }))
@@ -429,7 +426,7 @@ impl Authenticated {
 
     /// The key's rate-limit policies (empty: the layer's default applies).
     pub fn rate_limits(&self) -> &RateLimits {
-        &self.0.value.limits
+        &self.0.value.record.rate_limits
     }
 
     /// Does the key grant `scope`?

@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::hint::black_box;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use criterion::BatchSize;
@@ -114,42 +115,21 @@ pub(crate) fn run_paired<S, B>(
     let mut make = |n: u64| -> Vec<Request<Body>> { (0..n).map(|_| request(next())).collect() };
     g.bench_function(name, |b| {
         b.iter_custom(|iters| {
-            let mut bare_time = std::time::Duration::ZERO;
-            let mut layer_time = std::time::Duration::ZERO;
-            let mut done = 0;
-            while done < iters {
-                let n = (iters - done).min(64);
-                let (for_bare, for_layer) = (make(n), make(n));
-                rt.block_on(async {
-                    let started = std::time::Instant::now();
-                    for req in for_bare {
-                        black_box(bare.clone().oneshot(req).await.unwrap().status());
-                    }
-                    bare_time += started.elapsed();
-                    let started = std::time::Instant::now();
-                    for req in for_layer {
-                        black_box(service.clone().oneshot(req).await.unwrap().status());
-                    }
-                    layer_time += started.elapsed();
-                });
-                done += n;
-            }
+            let (bare_time, layer_time) =
+                rt.block_on(alternate(bare, service, iters, &mut make, Expect::Any));
             let difference = match diff {
                 Diff::LayerMinusBare => layer_time.saturating_sub(bare_time),
                 Diff::BareMinusLayer => bare_time.saturating_sub(layer_time),
             };
-            // A sample the machine disturbed can come out below zero; criterion refuses
-            // a zero time, so such a sample counts as 1 ns a request (a low outlier).
-            difference.max(std::time::Duration::from_nanos(iters))
+            at_least_1ns_a_request(difference, iters)
         })
     });
 }
 
 /// What `service` adds over `bare` when two threads send requests at once, each with a
-/// runtime of its own, alternating blocks of 64 requests through `bare` and `service`
-/// as `run_paired` does: per request and thread (the mean of the two threads). What one
-/// core's requests cost the other's shows here: cache lines that every request writes
-/// travel between the cores.
+/// runtime of its own, in alternating blocks as `run_paired` does: per request and
+/// thread (the mean of the two threads). What one core's requests cost the other's
+/// shows here: cache lines that every request writes travel between the cores.
 pub(crate) fn run_two_threads_paired<S, B>(
     g: &mut BenchmarkGroup<'_, WallTime>,
     name: &str,
@@ -157,55 +137,83 @@ pub(crate) fn run_two_threads_paired<S, B>(
     service: &S,
     header: (&'static str, String),
 ) where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send,
-    S::Future: Send,
-    B: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send,
-    B::Future: Send,
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Sync,
+    B: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Sync,
 {
     g.bench_function(name, |b| {
         b.iter_custom(|iters| {
-            let start = std::sync::Barrier::new(2);
-            let differences: Vec<std::time::Duration> = std::thread::scope(|s| {
-                let threads: Vec<_> = (0..2)
-                    .map(|_| {
-                        let (bare, service, header, start) =
-                            (bare.clone(), service.clone(), header.clone(), &start);
-                        s.spawn(move || {
-                            let rt = tokio::runtime::Builder::new_current_thread()
-                                .build()
-                                .unwrap();
-                            let (mut bare_time, mut layer_time) =
-                                (std::time::Duration::ZERO, std::time::Duration::ZERO);
-                            start.wait();
-                            rt.block_on(async {
-                                let mut done = 0;
-                                while done < iters {
-                                    let n = (iters - done).min(64);
-                                    let started = std::time::Instant::now();
-                                    for _ in 0..n {
-                                        let req = request(header.clone());
-                                        black_box(bare.clone().oneshot(req).await.unwrap());
-                                    }
-                                    bare_time += started.elapsed();
-                                    let started = std::time::Instant::now();
-                                    for _ in 0..n {
-                                        let req = request(header.clone());
-                                        let res = service.clone().oneshot(req).await.unwrap();
-                                        assert!(res.status().is_success(), "{}", res.status());
-                                    }
-                                    layer_time += started.elapsed();
-                                    done += n;
-                                }
-                            });
-                            layer_time.saturating_sub(bare_time)
-                        })
-                    })
-                    .collect();
-                threads.into_iter().map(|t| t.join().unwrap()).collect()
+            let differences = on_two_threads(|rt| {
+                let mut make = |n: u64| -> Vec<Request<Body>> {
+                    (0..n).map(|_| request(header.clone())).collect()
+                };
+                let (bare_time, layer_time) =
+                    rt.block_on(alternate(bare, service, iters, &mut make, Expect::Success));
+                layer_time.saturating_sub(bare_time)
             });
-            let mean = differences.iter().sum::<std::time::Duration>() / 2;
-            // As in `run_paired`: a sample below zero counts as 1 ns a request.
-            mean.max(std::time::Duration::from_nanos(iters))
+            at_least_1ns_a_request(differences.iter().sum::<Duration>() / 2, iters)
         })
     });
+}
+
+/// `iters` requests through `bare` and through `service`, alternating in blocks of 64
+/// that `make` builds before each is timed; the time spent in each.
+async fn alternate<S, B>(
+    bare: &B,
+    service: &S,
+    iters: u64,
+    make: &mut dyn FnMut(u64) -> Vec<Request<Body>>,
+    expect: Expect,
+) -> (Duration, Duration)
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone,
+    B: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone,
+{
+    let (mut bare_time, mut layer_time) = (Duration::ZERO, Duration::ZERO);
+    let mut done = 0;
+    while done < iters {
+        let n = (iters - done).min(64);
+        let (for_bare, for_layer) = (make(n), make(n));
+        let started = Instant::now();
+        for req in for_bare {
+            black_box(bare.clone().oneshot(req).await.unwrap().status());
+        }
+        bare_time += started.elapsed();
+        let started = Instant::now();
+        for req in for_layer {
+            let status = service.clone().oneshot(req).await.unwrap().status();
+            if let Expect::Success = expect {
+                assert!(status.is_success(), "{status}");
+            }
+            black_box(status);
+        }
+        layer_time += started.elapsed();
+        done += n;
+    }
+    (bare_time, layer_time)
+}
+
+/// A sample the machine disturbed can come out below zero; criterion refuses a zero
+/// time, so such a sample counts as 1 ns a request (a low outlier).
+fn at_least_1ns_a_request(difference: Duration, iters: u64) -> Duration {
+    difference.max(Duration::from_nanos(iters))
+}
+
+/// `f` on two threads at once, each given a current-thread runtime of its own made
+/// before they start together; what each returned.
+pub(crate) fn on_two_threads<T: Send>(f: impl Fn(&tokio::runtime::Runtime) -> T + Sync) -> Vec<T> {
+    let start = std::sync::Barrier::new(2);
+    std::thread::scope(|s| {
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .build()
+                        .unwrap();
+                    start.wait();
+                    f(&rt)
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    })
 }

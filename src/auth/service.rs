@@ -128,7 +128,7 @@ where
         ResponseFuture::resolving(Box::pin(async move {
             let mut this = this;
             let error = match this.shared.cache.lookup_slow(&hash).await {
-                Ok(slot) => match slot.admit() {
+                Ok(slot) => match slot.into_admitted() {
                     Ok(auth) => {
                         req.extensions_mut().insert(auth);
                         let response = this.inner.call(req).await?;

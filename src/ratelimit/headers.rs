@@ -3,7 +3,7 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use super::policy::RateLimits;
+use super::policy::{RateLimitPolicy, RateLimits};
 use super::store::Decision;
 use crate::auth::retry_after_secs;
 
@@ -63,19 +63,12 @@ impl Headers {
     /// Written on the stack and copied once: a `Vec` turned into `Bytes` with spare
     /// capacity costs a second allocation.
     fn ratelimit(limits: &RateLimits, decision: &Decision) -> Option<HeaderValue> {
-        let mut value = Gather::default();
-        for (policy, status) in limits.iter().zip(decision.statuses()) {
-            if !value.bytes().is_empty() {
-                value.put(b", ");
-            }
-            value.put(b"\"");
-            value.put(policy.name().as_bytes());
-            value.put(b"\";r=");
-            push_decimal(&mut value, status.remaining);
-            value.put(b";t=");
-            push_decimal(&mut value, reset_secs(status.reset));
-        }
-        HeaderValue::from_bytes(value.bytes()).ok()
+        ratelimit_field(
+            limits
+                .iter()
+                .zip(decision.statuses())
+                .map(|(p, s)| (p, s.remaining, s.reset)),
+        )
     }
 
     pub(crate) fn apply(self, headers: &mut HeaderMap) {
@@ -93,6 +86,25 @@ impl Headers {
             headers.insert(X_RESET.clone(), reset);
         }
     }
+}
+
+/// The `RateLimit` field of `(policy, remaining, reset)` for each policy.
+pub(crate) fn ratelimit_field<'a>(
+    statuses: impl Iterator<Item = (&'a RateLimitPolicy, u64, std::time::Duration)>,
+) -> Option<HeaderValue> {
+    let mut value = Gather::default();
+    for (policy, remaining, reset) in statuses {
+        if !value.bytes().is_empty() {
+            value.put(b", ");
+        }
+        value.put(b"\"");
+        value.put(policy.name().as_bytes());
+        value.put(b"\";r=");
+        push_decimal(&mut value, remaining);
+        value.put(b";t=");
+        push_decimal(&mut value, reset_secs(reset));
+    }
+    HeaderValue::from_bytes(value.bytes()).ok()
 }
 
 /// `t`: whole seconds until reset, rounded up (0 only when already whole).

@@ -1,7 +1,7 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use http::{Extensions, HeaderMap, Method, Uri};
 use tower_layer::Layer;
@@ -46,20 +46,13 @@ impl ManualClock {
 
     /// Sets the time.
     pub fn set(&self, at: SystemTime) {
-        self.0.store(SystemClock::nanos(at), Ordering::SeqCst);
+        self.0.store(crate::clock::unix_nanos(at), Ordering::SeqCst);
     }
 
     /// Moves the time forward.
     pub fn advance(&self, by: Duration) {
-        let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
-        self.0.fetch_add(by, Ordering::SeqCst);
-    }
-}
-
-impl SystemClock {
-    fn nanos(at: SystemTime) -> u64 {
-        at.duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        self.0
+            .fetch_add(crate::clock::duration_nanos(by), Ordering::SeqCst);
     }
 }
 

@@ -291,7 +291,6 @@ impl Policies {
 
     fn at_rest(list: &[RateLimitPolicy]) -> Option<AtRest> {
         let mut statuses = Vec::with_capacity(list.len());
-        let mut header = String::new();
         for p in list {
             let Limit::Rate {
                 requests,
@@ -303,20 +302,16 @@ impl Policies {
             };
             // What `gcra::check` answers for a fresh state and cost 1.
             let reset = Duration::from_nanos(super::gcra::emission_interval(requests, per));
-            let remaining = u64::from(burst) - 1;
-            if !header.is_empty() {
-                header.push_str(", ");
-            }
-            header.push_str(&format!(
-                "\"{}\";r={remaining};t={}",
-                p.name(),
-                crate::auth::retry_after_secs(reset)
-            ));
-            statuses.push((remaining, reset));
+            statuses.push((u64::from(burst) - 1, reset));
         }
+        let header = super::headers::ratelimit_field(
+            list.iter()
+                .zip(&statuses)
+                .map(|(p, &(remaining, reset))| (p, remaining, reset)),
+        )?;
         Some(AtRest {
             statuses: statuses.into(),
-            header: HeaderValue::try_from(header).ok()?,
+            header,
         })
         .filter(|_| !list.is_empty())
     }

@@ -228,12 +228,8 @@ impl RedisRateLimitStore {
         if id.len() <= MAX_ID_IN_KEY {
             return format!("{prefix}{{{kind}:{id}}}:{name}");
         }
-        let digest = <sha2::Sha256 as sha2::Digest>::digest(id.as_bytes());
-        let mut hex = String::with_capacity(32);
-        for b in &digest[..16] {
-            hex.push_str(&format!("{b:02x}"));
-        }
-        format!("{prefix}{{{kind}:sha256:{hex}}}:{name}")
+        let hex = crate::KeyHash::of_bytes(id.as_bytes()).to_hex();
+        format!("{prefix}{{{kind}:sha256:{}}}:{name}", &hex[..32])
     }
 
     async fn within_timeout<T>(

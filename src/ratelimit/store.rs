@@ -38,31 +38,15 @@ impl Decision {
     pub fn new(statuses: impl IntoIterator<Item = PolicyStatus>) -> Self {
         let mut iter = statuses.into_iter().take(RateLimits::MAX);
         let mut items = [PolicyStatus::default(); 2];
-        let mut len = 0;
-        while len < 2 {
-            match iter.next() {
-                Some(s) => {
-                    items[len] = s;
-                    len += 1;
-                }
-                None => {
-                    return Self {
-                        statuses: Statuses::Inline {
-                            len: len as u8,
-                            items,
-                        },
-                    };
-                }
-            }
-        }
-        match iter.next() {
-            None => Self {
-                statuses: Statuses::Inline { len: 2, items },
+        let len = items.iter_mut().zip(&mut iter).map(|(i, s)| *i = s).count();
+        let statuses = match iter.next() {
+            None => Statuses::Inline {
+                len: len as u8,
+                items,
             },
-            Some(third) => Self {
-                statuses: Statuses::Heap(items.into_iter().chain([third]).chain(iter).collect()),
-            },
-        }
+            Some(third) => Statuses::Heap(items.into_iter().chain([third]).chain(iter).collect()),
+        };
+        Self { statuses }
     }
 
     /// Allowed by every policy?

@@ -223,39 +223,42 @@ impl<R: KeyResolver> CachedResolver<R> {
         // Read before the shared table: a copy made from what the table holds now is
         // only good while no invalidation has begun since.
         let epoch = inner.epoch.load(Ordering::Acquire);
+        let seen = Some((inner.id, *hash));
+        // This thread's copy; else whether this place saw the hash just before. Without
+        // the thread's table (being torn down with the thread, say): the shared table.
         let local = LOCAL.try_with(|local| {
-            // Not available (being torn down with the thread, say): the shared table.
             let mut local = local.try_borrow_mut().ok()?;
             let local = local
                 .get_or_insert_with(|| Box::new(std::array::from_fn(|_| LocalSlot::default())));
             let place = &mut local[local_index(hash)];
-            if let Some(held) = &place.held
-                && held.cache == inner.id
-                && held.epoch == epoch
-                && held.slot.stamp().fresh_until > now
-                && held.slot.stamp().hash == *hash
-            {
-                return Some(Some(held.slot.clone()));
-            }
-            // From the shared table; the second time in a row this place sees the hash,
-            // keep a private copy.
-            let seen_before = place.seen == Some((inner.id, *hash));
-            place.seen = Some((inner.id, *hash));
-            if !seen_before {
-                return None;
-            }
-            let copy = inner.front.get_fresh(hash, now)?.private_copy();
-            place.held = Some(Held {
-                cache: inner.id,
-                epoch,
-                slot: copy.clone(),
-            });
-            Some(Some(copy))
+            Some(match &place.held {
+                Some(held) if held.is(inner.id, epoch, hash, now) => Ok(held.slot.clone()),
+                _ => Err(std::mem::replace(&mut place.seen, seen) == seen),
+            })
         });
-        match local {
-            Ok(Some(found)) => found,
-            _ => inner.front.get_fresh(hash, now),
+        let copy_wanted = match local {
+            Ok(Some(Ok(copy))) => return Some(copy),
+            Ok(Some(Err(seen_before))) => seen_before,
+            _ => false,
+        };
+        let shared = inner.front.get_fresh(hash, now)?;
+        if !copy_wanted {
+            return Some(shared);
         }
+        // The second time in a row this place sees the hash: keep a private copy.
+        let copy = shared.private_copy();
+        let _ = LOCAL.try_with(|local| {
+            if let Ok(mut local) = local.try_borrow_mut()
+                && let Some(local) = local.as_mut()
+            {
+                local[local_index(hash)].held = Some(Held {
+                    cache: inner.id,
+                    epoch,
+                    slot: copy.clone(),
+                });
+            }
+        });
+        Some(copy)
     }
 
     /// The slow path: through moka, loading from the resolver on a miss.
@@ -284,7 +287,7 @@ impl<R: KeyResolver> CachedResolver<R> {
             // Invalidated while loading: answer this request, but keep nothing.
             let keep = inner.epoch.load(Ordering::Acquire) == epoch;
             let fresh_until = if keep {
-                now.saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX))
+                now.saturating_add(clock::duration_nanos(ttl))
             } else {
                 now
             };
@@ -369,6 +372,17 @@ struct Held {
     slot: Slot,
 }
 
+impl Held {
+    /// Is this the entry for `hash` in cache `cache`, copied under the current `epoch`,
+    /// and still fresh at `now`?
+    fn is(&self, cache: u64, epoch: u64, hash: &KeyHash, now: u64) -> bool {
+        self.cache == cache
+            && self.epoch == epoch
+            && self.slot.stamp().fresh_until > now
+            && self.slot.stamp().hash == *hash
+    }
+}
+
 fn touch_due() -> bool {
     HITS.try_with(|hits| {
         let n = hits.get().wrapping_add(1);
@@ -400,9 +414,9 @@ pub(crate) struct Stamp {
 
 impl Stamp {
     /// The stamp of a record made outside the cache ([`Authenticated::new`]).
-    pub(crate) fn unattached(hash: KeyHash, record: &KeyRecord) -> Self {
+    pub(crate) fn unattached(record: &KeyRecord) -> Self {
         Self {
-            hash,
+            hash: record.hash,
             fresh_until: 0,
             stops_at: stops_at(record),
             generation: 0,
@@ -424,9 +438,8 @@ fn stops_at(record: &KeyRecord) -> u64 {
         (Some(t), None) | (None, Some(t)) => t,
         (None, None) => return u64::MAX,
     };
-    // Before 1970: already stopped. Past 2554: saturates just below "never".
-    at.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX - 1))
+    // Before 1970: already stopped. Past 2554: just below "never".
+    clock::unix_nanos(at).min(u64::MAX - 1)
 }
 
 /// One cache entry, held by moka and (while moka holds it) by the front table: a found
@@ -491,21 +504,7 @@ impl Slot {
 
     /// The caller, if the record exists and may be used now. Revoked and unknown keys
     /// get the same error.
-    pub(crate) fn admit(&self) -> Result<Authenticated, AuthError> {
-        self.check()?;
-        Ok(self.auth().expect("checked").clone())
-    }
-
-    /// [`admit`](Self::admit), keeping this reference rather than counting another.
-    fn into_admitted(self) -> Result<Authenticated, AuthError> {
-        self.check()?;
-        match self {
-            Self::Found(auth) => Ok(auth),
-            Self::Unknown(_) => Err(AuthError::InvalidKey),
-        }
-    }
-
-    fn check(&self) -> Result<(), AuthError> {
+    pub(crate) fn into_admitted(self) -> Result<Authenticated, AuthError> {
         let Self::Found(auth) = self else {
             return Err(AuthError::InvalidKey);
         };
@@ -513,17 +512,14 @@ impl Slot {
         // Read the clock only for records that can stop working.
         if stops_at != u64::MAX {
             let now = SystemTime::now();
-            let stopped = now
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .is_ok_and(|d| d.as_nanos() >= u128::from(stops_at));
-            if stopped {
+            if clock::unix_nanos(now) >= stops_at {
                 return Err(match auth.record().status(now) {
                     KeyStatus::Expired => AuthError::ExpiredKey,
                     KeyStatus::Revoked | KeyStatus::Active => AuthError::InvalidKey,
                 });
             }
         }
-        Ok(())
+        Ok(auth)
     }
 }
 
@@ -858,10 +854,7 @@ mod tests {
             assert!(Instant::now() < deadline, "no load started");
             tokio::task::yield_now().await;
         }
-        let id = resolver.store.records()[0].id.clone();
-        crate::KeyStore::revoke(&resolver.store, &id, "test")
-            .await
-            .unwrap();
+        revoke_only(&resolver.store).await;
         cache.invalidate(&hash).await;
         resolver.gate.notify_one();
         // The held load answers its own request...
@@ -917,6 +910,21 @@ mod tests {
         assert!(cache.front_len() as u64 <= cache.entry_count());
     }
 
+    /// A store with one key, and a cache that has looked it up once.
+    async fn one_cached_key() -> (MemoryStore, CachedResolver<MemoryStore>, KeyHash) {
+        let store = MemoryStore::new();
+        let hash = key_in(&store).hash();
+        let cache = CachedResolver::new(store.clone());
+        cache.lookup(&hash).await.unwrap().unwrap();
+        (store, cache, hash)
+    }
+
+    /// Revokes the one key of `store`.
+    async fn revoke_only(store: &MemoryStore) {
+        let id = store.records()[0].id.clone();
+        crate::KeyStore::revoke(store, &id, "test").await.unwrap();
+    }
+
     /// `lookup_cached` until it answers (it declines one hit in 64, for moka's sake).
     fn hit(cache: &CachedResolver<MemoryStore>, hash: &KeyHash, now: u64) -> Authenticated {
         for _ in 0..2 {
@@ -929,11 +937,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_thread_answers_a_hot_key_from_its_own_copy() {
-        let store = MemoryStore::new();
-        let key = key_in(&store);
-        let cache = CachedResolver::new(store);
-        let hash = key.hash();
-        cache.lookup(&hash).await.unwrap().unwrap();
+        let (_, cache, hash) = one_cached_key().await;
         let now = clock::mono_nanos();
         let shared = cache.inner.front.get_fresh(&hash, now).unwrap();
         let shared = shared.auth().unwrap();
@@ -968,18 +972,12 @@ mod tests {
 
     #[tokio::test]
     async fn invalidate_reaches_the_copies_threads_hold() {
-        let store = MemoryStore::new();
-        let key = key_in(&store);
-        let cache = CachedResolver::new(store.clone());
-        let hash = key.hash();
-        cache.lookup(&hash).await.unwrap().unwrap();
+        let (store, cache, hash) = one_cached_key().await;
         let now = clock::mono_nanos();
         for _ in 0..4 {
             hit(&cache, &hash, now);
         }
-        let mut record = cache.lookup(&hash).await.unwrap().unwrap().record().clone();
-        record.revoked_at = Some(SystemTime::now());
-        store.insert(record);
+        revoke_only(&store).await;
         cache.invalidate(&hash).await;
         for _ in 0..200 {
             assert!(
@@ -989,7 +987,7 @@ mod tests {
         }
         // Loaded again, the key is refused from the tables too.
         let slot = cache.lookup_slow(&hash).await.unwrap();
-        assert!(matches!(slot.admit(), Err(AuthError::InvalidKey)));
+        assert!(matches!(slot.into_admitted(), Err(AuthError::InvalidKey)));
         for _ in 0..4 {
             if let Some(found) = cache.lookup_cached(&hash, clock::mono_nanos()) {
                 assert!(matches!(found, Err(AuthError::InvalidKey)));
@@ -999,11 +997,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_invalidation_on_one_thread_reaches_another_threads_copy() {
-        let store = MemoryStore::new();
-        let key = key_in(&store);
-        let cache = CachedResolver::new(store.clone());
-        let hash = key.hash();
-        let mut record = cache.lookup(&hash).await.unwrap().unwrap().record().clone();
+        let (store, cache, hash) = one_cached_key().await;
         let warm = Arc::new(std::sync::Barrier::new(2));
         let invalidated = Arc::new(std::sync::Barrier::new(2));
         let holder = {
@@ -1021,8 +1015,7 @@ mod tests {
             })
         };
         warm.wait();
-        record.revoked_at = Some(SystemTime::now());
-        store.insert(record);
+        revoke_only(&store).await;
         cache.invalidate(&hash).await;
         invalidated.wait();
         assert_eq!(
@@ -1068,7 +1061,8 @@ mod tests {
     fn a_hit_checks_the_records_stop_time_at_its_edges() {
         let key = KeyFormat::default().generate();
         let record = || KeyRecord::new(&key, "acme");
-        let admit = |record: KeyRecord| Slot::new(key.hash(), u64::MAX, 0, Some(record)).admit();
+        let admit =
+            |record: KeyRecord| Slot::new(key.hash(), u64::MAX, 0, Some(record)).into_admitted();
         let epoch = SystemTime::UNIX_EPOCH;
         let far = epoch + Duration::from_secs(600 * 365 * 86_400); // past u64 nanoseconds
         let soon = SystemTime::now() + Duration::from_secs(60);
@@ -1091,7 +1085,7 @@ mod tests {
             Err(AuthError::InvalidKey)
         ));
         assert!(matches!(
-            Slot::new(key.hash(), u64::MAX, 0, None).admit(),
+            Slot::new(key.hash(), u64::MAX, 0, None).into_admitted(),
             Err(AuthError::InvalidKey)
         ));
     }
