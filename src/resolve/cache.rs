@@ -512,7 +512,8 @@ impl Slot {
         // Read the clock only for records that can stop working.
         if stops_at != u64::MAX {
             let now = SystemTime::now();
-            if clock::unix_nanos(now) >= stops_at {
+            // (A clock before 1970 never counts as past a stop time, as before.)
+            if now >= SystemTime::UNIX_EPOCH && clock::unix_nanos(now) >= stops_at {
                 return Err(match auth.record().status(now) {
                     KeyStatus::Expired => AuthError::ExpiredKey,
                     KeyStatus::Revoked | KeyStatus::Active => AuthError::InvalidKey,
