@@ -512,7 +512,7 @@ impl Slot {
         // Read the clock only for records that can stop working.
         if stops_at != u64::MAX {
             let now = SystemTime::now();
-            // (A clock before 1970 never counts as past a stop time, as before.)
+            // A clock set before 1970 never counts as past a stop time.
             if now >= SystemTime::UNIX_EPOCH && clock::unix_nanos(now) >= stops_at {
                 return Err(match auth.record().status(now) {
                     KeyStatus::Expired => AuthError::ExpiredKey,
