@@ -155,7 +155,7 @@ impl std::fmt::Debug for Subject<'_> {
 /// The process-wide seeded hash of a subject: in-memory limiter state is found by it.
 pub(crate) fn subject_digest(kind: &str, id: &str) -> u64 {
     static SEED: LazyLock<(u64, u64)> = LazyLock::new(seeded::random_seed);
-    seeded::hash_parts(*SEED, &[kind.as_bytes(), &[0xff], id.as_bytes()])
+    seeded::hash_pair(*SEED, kind.as_bytes(), id.as_bytes())
 }
 
 /// A rate-limit store could not answer (for example, Redis is unreachable).
