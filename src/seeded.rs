@@ -13,14 +13,18 @@ pub(crate) fn random_seed() -> (u64, u64) {
     )
 }
 
+/// 2⁶⁴ divided by the golden ratio: an odd constant with well-spread bits, for
+/// multiplying by.
+pub(crate) const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+
 /// One folded multiply: a 64×64→128-bit product of `x` and a seeded constant, its
 /// halves XOR-ed together.
 pub(crate) fn fold(x: u64, seed: u64) -> u64 {
-    mum(x ^ seed, 0x9E37_79B9_7F4A_7C15 ^ seed.rotate_left(29))
+    mum(x ^ seed, GOLDEN ^ seed.rotate_left(29))
 }
 
 /// A 64×64→128-bit product of two words, its halves XOR-ed together.
-fn mum(a: u64, b: u64) -> u64 {
+pub(crate) fn mum(a: u64, b: u64) -> u64 {
     let p = u128::from(a) * u128::from(b);
     (p as u64) ^ ((p >> 64) as u64)
 }
@@ -66,10 +70,7 @@ fn mix(mut h: u64, seed: u64, bytes: &[u8]) -> u64 {
 /// A seeded hash of the pair `(a, b)`: both lengths first, so that where `a` ends
 /// counts, then the bytes of each.
 pub(crate) fn hash_pair(seed: (u64, u64), a: &[u8], b: &[u8]) -> u64 {
-    let h = mum(
-        seed.0 ^ a.len() as u64,
-        seed.1 ^ b.len() as u64 ^ 0x9E37_79B9_7F4A_7C15,
-    );
+    let h = mum(seed.0 ^ a.len() as u64, seed.1 ^ b.len() as u64 ^ GOLDEN);
     let h = mix(h, seed.1, a);
     fold(mix(h, seed.1, b), seed.0)
 }
