@@ -201,7 +201,7 @@ impl KeyStore for MemoryStore {
         let mut records = self.write();
         let old = records.record_mut(id)?;
         let new = NewKey::successor_of(old);
-        let stops = grace_end(old, now, grace);
+        let stops = grace_end(old, now, grace)?;
         old.expires_at = Some(stops);
         let record = records.add(new.into_record(&key));
         let new_key_id = record.id.clone();

@@ -134,10 +134,16 @@ impl NewKey {
 }
 
 /// When a key rotated at `now` with `grace` stops working: at the grace's end, or at its
-/// own expiry if that comes first.
-pub(crate) fn grace_end(old: &KeyRecord, now: SystemTime, grace: Duration) -> SystemTime {
-    let ends = now + grace;
-    old.expires_at.map_or(ends, |at| at.min(ends))
+/// own expiry if that comes first. A grace too long for the system clock is refused.
+pub(crate) fn grace_end(
+    old: &KeyRecord,
+    now: SystemTime,
+    grace: Duration,
+) -> Result<SystemTime, StoreError> {
+    let ends = now
+        .checked_add(grace)
+        .ok_or_else(|| StoreError::Invalid(format!("a grace of {grace:?} is too long")))?;
+    Ok(old.expires_at.map_or(ends, |at| at.min(ends)))
 }
 
 /// A key just created: the secret, shown this once, and its record.

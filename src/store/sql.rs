@@ -224,7 +224,7 @@ impl KeyStore for $store {
         let mut tx = self.pool.begin().await.map_err(backend)?;
         let old = Self::fetch_in(&mut tx, id).await?;
         let new = NewKey::successor_of(&old);
-        let stops = $crate::store::grace_end(&old, now, grace);
+        let stops = $crate::store::grace_end(&old, now, grace)?;
         sqlx::query("UPDATE api_keys SET expires_at = $1 WHERE id = $2")
             .bind(time_to_sql(stops))
             .bind(id)

@@ -150,6 +150,15 @@ async fn rotate_with_grace<S: KeyStore>(store: &S, secrets: &mut Vec<String>) {
         .await
         .unwrap();
     secrets.push(old.key.expose_secret().to_owned());
+    // A grace past what the clock can hold is refused, and changes nothing.
+    assert!(matches!(
+        store
+            .rotate(&old.record.id, Duration::MAX, "admin-key")
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    let untouched = store.get(&old.record.id).await.unwrap().unwrap();
+    assert_eq!(untouched.expires_at, None);
     let grace = Duration::from_secs(3600);
     let before = SystemTime::now();
     let new = store
