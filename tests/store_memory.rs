@@ -7,6 +7,17 @@ use tower_api_key::{CachedResolver, KeyStatus, KeyStore, MemoryStore};
 
 #[path = "common/conformance.rs"]
 mod conformance;
+#[path = "common/feed.rs"]
+mod feed;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_change_feed() {
+    let store = MemoryStore::new();
+    feed::logs_every_change(&store).await;
+    feed::a_reader_never_skips_a_change(&store).await;
+    let pruning = MemoryStore::new().with_change_retention(std::time::Duration::ZERO);
+    feed::a_reader_behind_the_retention_is_told(&pruning).await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_store() {

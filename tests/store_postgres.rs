@@ -14,6 +14,8 @@ use tower_api_key::{CachedResolver, KeyResolver, KeyStore};
 
 #[path = "common/conformance.rs"]
 mod conformance;
+#[path = "common/feed.rs"]
+mod feed;
 
 fn server() -> Option<PgConnectOptions> {
     match std::env::var("TEST_POSTGRES_URL") {
@@ -108,6 +110,27 @@ async fn cached_postgres_store() {
         .unwrap();
     conformance::run(CachedResolver::new(store.clone()), || db.dump()).await;
     store.pool().close().await;
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_change_feed() {
+    let Some(server) = server() else { return };
+    let db = FreshDb::new(&server, "feed").await;
+    let store = PostgresStore::builder_with(db.options())
+        .connect()
+        .await
+        .unwrap();
+    feed::logs_every_change(&store).await;
+    feed::a_reader_never_skips_a_change(&store).await;
+    let pruning = PostgresStore::builder_with(db.options())
+        .change_retention(std::time::Duration::ZERO)
+        .connect()
+        .await
+        .unwrap();
+    feed::a_reader_behind_the_retention_is_told(&pruning).await;
+    store.pool().close().await;
+    pruning.pool().close().await;
     db.drop_db().await;
 }
 

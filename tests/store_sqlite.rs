@@ -8,6 +8,8 @@ use tower_api_key::{CachedResolver, KeyResolver, KeyStore};
 
 #[path = "common/conformance.rs"]
 mod conformance;
+#[path = "common/feed.rs"]
+mod feed;
 
 /// A fresh database path under the system's temporary directory.
 fn db_path(name: &str) -> PathBuf {
@@ -61,6 +63,26 @@ async fn cached_sqlite_store() {
         .unwrap();
     let p = path.clone();
     conformance::run(CachedResolver::new(store), move || raw_text(p.clone())).await;
+    cleanup(&path);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_change_feed() {
+    let path = db_path("feed");
+    let url = format!("sqlite://{}", path.display());
+    let store = SqliteStore::connect(&url).await.unwrap();
+    feed::logs_every_change(&store).await;
+    feed::a_reader_never_skips_a_change(&store).await;
+    store.pool().close().await;
+    // A second handle on the same file, as a second process would have, that keeps no
+    // change.
+    let pruning = SqliteStore::builder(&url)
+        .change_retention(std::time::Duration::ZERO)
+        .connect()
+        .await
+        .unwrap();
+    feed::a_reader_behind_the_retention_is_told(&pruning).await;
+    pruning.pool().close().await;
     cleanup(&path);
 }
 

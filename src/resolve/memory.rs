@@ -1,17 +1,21 @@
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
 
 use super::{KeyResolver, ResolveError};
 use crate::key::{KeyFormat, KeyHash};
 use crate::record::{KeyRecord, Scopes, generate_key_id};
 use crate::store::{
-    AuditEntry, AuditEvent, CreatedKey, KeyStore, ListQuery, NewKey, Page, StoreError, Usage,
-    UsageDelta, cursor_of, grace_end, parse_cursor,
+    AuditEntry, AuditEvent, ChangeFeed, ChangeKind, Changes, CreatedKey,
+    DEFAULT_CHANGE_RETENTION, KeyChange, KeyStore, ListQuery, NewKey, Page, StoreError, Usage,
+    UsageDelta, Wakeups, cursor_of, grace_end, parse_cursor,
 };
 
 /// Key records, usage and the audit log in memory: for tests, examples and small
-/// services. A full [`KeyStore`].
+/// services. A full [`KeyStore`], with a [`ChangeFeed`] whose wake-ups come through a
+/// channel in memory (for caches in the same process).
 ///
 /// Clones share the same records.
 ///
@@ -29,12 +33,36 @@ pub struct MemoryStore {
     format: KeyFormat,
 }
 
-#[derive(Default, Debug)]
+#[derive(Debug)]
 struct Records {
     by_hash: HashMap<KeyHash, KeyRecord>,
     hash_by_id: HashMap<String, KeyHash>,
     usage: HashMap<String, Usage>,
     audit: Vec<AuditEntry>,
+    /// The change log, oldest first, and the newest sequence it ever had.
+    changes: VecDeque<KeyChange>,
+    last_seq: u64,
+    /// The newest sequence pruned from the log.
+    pruned_through: u64,
+    retention: Duration,
+    /// Tells subscribers the newest sequence.
+    wake: watch::Sender<u64>,
+}
+
+impl Default for Records {
+    fn default() -> Self {
+        Self {
+            by_hash: HashMap::new(),
+            hash_by_id: HashMap::new(),
+            usage: HashMap::new(),
+            audit: Vec::new(),
+            changes: VecDeque::new(),
+            last_seq: 0,
+            pruned_through: 0,
+            retention: DEFAULT_CHANGE_RETENTION,
+            wake: watch::Sender::new(0),
+        }
+    }
 }
 
 impl Records {
@@ -55,6 +83,27 @@ impl Records {
             key_id: key_id.to_owned(),
             actor: actor.to_owned(),
         });
+    }
+
+    /// Appends to the change log (under the same lock as the change itself), prunes
+    /// what is past the retention window, and wakes subscribers.
+    fn changed(&mut self, at: SystemTime, record: &KeyRecord, kind: ChangeKind) {
+        self.last_seq += 1;
+        self.changes.push_back(KeyChange {
+            seq: self.last_seq,
+            at,
+            key_id: record.id.clone(),
+            hash: record.hash,
+            kind,
+        });
+        if let Some(cutoff) = SystemTime::now().checked_sub(self.retention) {
+            while self.changes.front().is_some_and(|c| c.at < cutoff) {
+                if let Some(pruned) = self.changes.pop_front() {
+                    self.pruned_through = pruned.seq;
+                }
+            }
+        }
+        self.wake.send_replace(self.last_seq);
     }
 
     /// Stores a new record under a fresh, unused id.
@@ -85,16 +134,28 @@ impl MemoryStore {
     /// Adds a record as it is, replacing any with the same id or hash (for tests and
     /// seeding; [`KeyStore::create`] is the way to issue keys).
     pub fn insert(&self, record: KeyRecord) {
+        let now = SystemTime::now();
         let mut records = self.write();
         // Drop whatever holds this id or this hash.
-        if let Some(old_hash) = records.hash_by_id.remove(&record.id) {
-            records.by_hash.remove(&old_hash);
+        if let Some(old_hash) = records.hash_by_id.remove(&record.id)
+            && let Some(old) = records.by_hash.remove(&old_hash)
+            && old.hash != record.hash
+        {
+            records.changed(now, &old, ChangeKind::Updated);
         }
         if let Some(old) = records.by_hash.remove(&record.hash) {
             records.hash_by_id.remove(&old.id);
         }
+        records.changed(now, &record, ChangeKind::Updated);
         records.hash_by_id.insert(record.id.clone(), record.hash);
         records.by_hash.insert(record.hash, record);
+    }
+
+    /// Keeps changes in the log for `retention` (default one day); a reader further
+    /// behind gets [`Changes::Gap`].
+    pub fn with_change_retention(self, retention: Duration) -> Self {
+        self.write().retention = retention;
+        self
     }
 
     /// Every record.
@@ -137,6 +198,7 @@ impl KeyStore for MemoryStore {
         let mut records = self.write();
         let record = records.add(new.into_record(&key));
         records.log(record.created_at, AuditEvent::Created, &record.id, actor);
+        records.changed(record.created_at, &record, ChangeKind::Created);
         Ok(CreatedKey { key, record })
     }
 
@@ -187,6 +249,7 @@ impl KeyStore for MemoryStore {
         record.revoked_at = Some(now);
         let record = record.clone();
         records.log(now, AuditEvent::Revoked, id, actor);
+        records.changed(now, &record, ChangeKind::Revoked);
         Ok(record)
     }
 
@@ -203,11 +266,14 @@ impl KeyStore for MemoryStore {
         let new = NewKey::successor_of(old);
         let stops = grace_end(old, now, grace)?;
         old.expires_at = Some(stops);
+        let old = old.clone();
         let record = records.add(new.into_record(&key));
         let new_key_id = record.id.clone();
         records.log(now, AuditEvent::Rotated { new_key_id }, id, actor);
         records.log(now, AuditEvent::Created, &record.id, actor);
         records.log(stops, AuditEvent::ExpiredByRotation, id, actor);
+        records.changed(now, &old, ChangeKind::Rotated);
+        records.changed(now, &record, ChangeKind::Created);
         Ok(CreatedKey { key, record })
     }
 
@@ -223,6 +289,7 @@ impl KeyStore for MemoryStore {
         record.expires_at = at;
         let record = record.clone();
         records.log(now, AuditEvent::ExpiryChanged, id, actor);
+        records.changed(now, &record, ChangeKind::ExpiryChanged);
         Ok(record)
     }
 
@@ -238,6 +305,7 @@ impl KeyStore for MemoryStore {
         record.scopes = scopes;
         let record = record.clone();
         records.log(now, AuditEvent::ScopesChanged, id, actor);
+        records.changed(now, &record, ChangeKind::ScopesChanged);
         Ok(record)
     }
 
@@ -273,6 +341,44 @@ impl KeyStore for MemoryStore {
             .collect();
         entries.sort_by_key(|e| e.at);
         Ok(entries)
+    }
+}
+
+#[async_trait::async_trait]
+impl ChangeFeed for MemoryStore {
+    async fn changes_after(&self, after: u64, limit: usize) -> Result<Changes, StoreError> {
+        let records = self.read();
+        if records.pruned_through > after {
+            return Ok(Changes::Gap {
+                last_seq: records.last_seq,
+            });
+        }
+        // Sequences are consecutive, so the first wanted entry's place is known.
+        let skip = usize::try_from(after.saturating_sub(records.pruned_through)).unwrap_or(usize::MAX);
+        Ok(Changes::Next(
+            records.changes.iter().skip(skip).take(limit).cloned().collect(),
+        ))
+    }
+
+    async fn last_seq(&self) -> Result<u64, StoreError> {
+        Ok(self.read().last_seq)
+    }
+
+    async fn subscribe(&self) -> Result<Option<Box<dyn Wakeups>>, StoreError> {
+        let mut receiver = self.read().wake.subscribe();
+        receiver.mark_changed();
+        Ok(Some(Box::new(MemoryWakeups(receiver))))
+    }
+}
+
+/// Wake-ups of a [`MemoryStore`]: its store is in this process, so the channel is never
+/// lost while the store lives.
+struct MemoryWakeups(watch::Receiver<u64>);
+
+#[async_trait::async_trait]
+impl Wakeups for MemoryWakeups {
+    async fn next(&mut self) -> bool {
+        self.0.changed().await.is_ok()
     }
 }
 

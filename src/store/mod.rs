@@ -23,6 +23,7 @@
 //! # }
 //! ```
 
+pub mod changes;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod codec;
 #[cfg(feature = "postgres")]
@@ -32,6 +33,9 @@ mod sql;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
+pub use changes::{
+    ChangeFeed, ChangeKind, Changes, DEFAULT_CHANGE_RETENTION, KeyChange, Wakeups,
+};
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresStore, PostgresStoreBuilder};
 #[cfg(feature = "sqlite")]

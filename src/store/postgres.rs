@@ -3,7 +3,7 @@
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 
 use super::codec::{
@@ -11,8 +11,9 @@ use super::codec::{
     scopes_to_sql, time_from_sql, time_to_sql,
 };
 use super::{
-    AuditEntry, AuditEvent, CreatedKey, KeyStore, ListQuery, NewKey, Page, StoreError, Usage,
-    UsageDelta, cursor_of, parse_cursor,
+    AuditEntry, AuditEvent, ChangeFeed, ChangeKind, Changes, CreatedKey,
+    DEFAULT_CHANGE_RETENTION, KeyChange, KeyStore, ListQuery, NewKey, Page, StoreError, Usage,
+    UsageDelta, Wakeups, cursor_of, parse_cursor,
 };
 use crate::key::{KeyFormat, KeyHash};
 use crate::record::{KeyRecord, Scopes, generate_key_id};
@@ -20,6 +21,11 @@ use crate::resolve::{KeyResolver, ResolveError};
 
 /// Keys, usage and the audit log in PostgreSQL, through sqlx: the production store,
 /// shared by every instance of a service.
+///
+/// Its [`ChangeFeed`] wakes readers with `LISTEN/NOTIFY` (channel
+/// `tower_api_key_changes`, on a connection of its own named `tower-api-key-changes`
+/// in `pg_stat_activity`); writers of the change log take a transaction-scoped advisory
+/// lock, so that its sequences become visible in order.
 ///
 /// The schema's migrations are embedded in the crate and run on connect (unless turned
 /// off with [`PostgresStoreBuilder::migrate`]); a database made by an older version is
@@ -39,6 +45,7 @@ use crate::resolve::{KeyResolver, ResolveError};
 pub struct PostgresStore {
     pool: PgPool,
     format: KeyFormat,
+    retention: Duration,
 }
 
 /// Configures a [`PostgresStore`]; from [`PostgresStore::builder`].
@@ -49,6 +56,7 @@ pub struct PostgresStoreBuilder {
     migrate: bool,
     format: KeyFormat,
     max_connections: u32,
+    retention: Duration,
 }
 
 impl PostgresStoreBuilder {
@@ -61,6 +69,13 @@ impl PostgresStoreBuilder {
     /// The format of keys this store issues (default [`KeyFormat::default`]).
     pub fn format(mut self, format: KeyFormat) -> Self {
         self.format = format;
+        self
+    }
+
+    /// How long the change log keeps a change (default one day); a reader further
+    /// behind flushes its whole cache.
+    pub fn change_retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
         self
     }
 
@@ -85,6 +100,7 @@ impl PostgresStoreBuilder {
         let store = PostgresStore {
             pool,
             format: self.format,
+            retention: self.retention,
         };
         if self.migrate {
             store.migrate().await?;
@@ -107,6 +123,7 @@ impl PostgresStore {
             migrate: true,
             format: KeyFormat::default(),
             max_connections: 8,
+            retention: DEFAULT_CHANGE_RETENTION,
         }
     }
 
@@ -118,6 +135,7 @@ impl PostgresStore {
             migrate: true,
             format: KeyFormat::default(),
             max_connections: 8,
+            retention: DEFAULT_CHANGE_RETENTION,
         }
     }
 
@@ -132,6 +150,71 @@ impl PostgresStore {
     /// The connection pool.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+}
+
+/// The channel the change log's writers notify.
+const CHANGES_CHANNEL: &str = "tower_api_key_changes";
+/// The advisory lock that orders the change log's writers (an arbitrary constant).
+const CHANGES_LOCK: i64 = 0x7461_6b5f_6368_6e67;
+
+impl PostgresStore {
+    /// Holds the change log's lock until the transaction ends. Without it, a writer that
+    /// took sequence 11 could commit before one holding 10, and a reader that saw 11
+    /// would never read 10.
+    async fn serialize_changes_in(tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(CHANGES_LOCK)
+            .execute(&mut **tx)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    /// Notifies listeners; PostgreSQL delivers it when (and only if) the transaction
+    /// commits.
+    async fn wake_in(tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(CHANGES_CHANNEL)
+            .execute(&mut **tx)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    /// A `LISTEN` on a connection of its own (not one of the pool's, which are for
+    /// queries).
+    async fn subscribe_changes(&self) -> Result<Option<Box<dyn Wakeups>>, StoreError> {
+        let options = (*self.pool.connect_options())
+            .clone()
+            .application_name("tower-api-key-changes");
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(5))
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await
+            .map_err(backend)?;
+        let mut listener = PgListener::connect_with(&pool).await.map_err(backend)?;
+        // A lost connection ends this subscription; the reader subscribes again and
+        // replays from the log.
+        listener.eager_reconnect(false);
+        listener.listen(CHANGES_CHANNEL).await.map_err(backend)?;
+        Ok(Some(Box::new(PgWakeups { listener, _pool: pool })))
+    }
+}
+
+/// Notifications on [`CHANGES_CHANNEL`].
+struct PgWakeups {
+    listener: PgListener,
+    _pool: PgPool,
+}
+
+#[async_trait::async_trait]
+impl Wakeups for PgWakeups {
+    async fn next(&mut self) -> bool {
+        matches!(self.listener.try_recv().await, Ok(Some(_)))
     }
 }
 

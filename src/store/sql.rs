@@ -1,8 +1,9 @@
 //! The `KeyStore` implementation shared by the SQL stores: one body of portable SQL
 //! (numbered `$N` parameters, `CAST`, `CASE`), instantiated for each sqlx driver.
 
-/// Implements `KeyResolver` and `KeyStore` for `$store` (which has `pool` and `format`
-/// fields) on the sqlx database `$db` with row type `$row`.
+/// Implements `KeyResolver`, `KeyStore` and `ChangeFeed` for `$store` (which has `pool`,
+/// `format` and `retention` fields, and the dialect's `serialize_changes_in`,
+/// `wake_in` and `subscribe_changes`) on the sqlx database `$db` with row type `$row`.
 macro_rules! sql_key_store {
     ($store:ident, $db:ty, $row:ty) => {
         const COLUMNS: &str = "id, hash, start, consumer, name, scopes, created_at, expires_at, \
@@ -91,7 +92,114 @@ macro_rules! sql_key_store {
         .map_err(backend)?;
         Ok(())
     }
+
+    /// Appends `kind` for `record` to the change log, in `tx`, and prunes what is past
+    /// the retention window.
+    async fn changed_in(
+        tx: &mut Transaction<'_, $db>,
+        retention: Duration,
+        at: SystemTime,
+        record: &KeyRecord,
+        kind: ChangeKind,
+    ) -> Result<(), StoreError> {
+        // From here to the commit, no other writer appends: sequences become visible
+        // in the order they were handed out, so a reader never skips one.
+        Self::serialize_changes_in(tx).await?;
+        sqlx::query("INSERT INTO api_key_changes (at, key_id, hash, kind) VALUES ($1, $2, $3, $4)")
+            .bind(time_to_sql(at))
+            .bind(&record.id)
+            .bind(&record.hash.as_bytes()[..])
+            .bind(kind.name())
+            .execute(&mut **tx)
+            .await
+            .map_err(backend)?;
+        if let Some(cutoff) = SystemTime::now().checked_sub(retention) {
+            let through: Option<i64> =
+                sqlx::query_scalar("SELECT MAX(seq) FROM api_key_changes WHERE at < $1")
+                    .bind(time_to_sql(cutoff))
+                    .fetch_one(&mut **tx)
+                    .await
+                    .map_err(backend)?;
+            if let Some(through) = through {
+                sqlx::query("DELETE FROM api_key_changes WHERE seq <= $1")
+                    .bind(through)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(backend)?;
+                sqlx::query(
+                    "UPDATE api_key_changes_pruned SET through = $1 WHERE one = 1 AND through < $1",
+                )
+                .bind(through)
+                .execute(&mut **tx)
+                .await
+                .map_err(backend)?;
+            }
         }
+        Self::wake_in(tx).await
+    }
+        }
+
+fn change_from_row(row: &$row) -> Result<KeyChange, StoreError> {
+    let hash: Vec<u8> = row.try_get("hash").map_err(backend)?;
+    let hash: [u8; 32] = hash
+        .try_into()
+        .map_err(|_| StoreError::Backend("a logged key hash is not 32 bytes".into()))?;
+    let seq: i64 = row.try_get("seq").map_err(backend)?;
+    let kind: String = row.try_get("kind").map_err(backend)?;
+    Ok(KeyChange {
+        seq: seq.max(0).unsigned_abs(),
+        at: time_from_sql(row.try_get("at").map_err(backend)?),
+        key_id: row.try_get("key_id").map_err(backend)?,
+        hash: KeyHash::from_bytes(hash),
+        kind: ChangeKind::from_name(&kind),
+    })
+}
+
+#[async_trait::async_trait]
+impl ChangeFeed for $store {
+    async fn changes_after(&self, after: u64, limit: usize) -> Result<Changes, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, at, key_id, hash, kind FROM api_key_changes WHERE seq > $1 \
+             ORDER BY seq LIMIT $2",
+        )
+        .bind(i64::try_from(after).unwrap_or(i64::MAX))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        // Read after the rows: a prune between the two reads shows here as a gap (at
+        // worst one that was not needed), never as changes silently missing.
+        let through: i64 =
+            sqlx::query_scalar("SELECT through FROM api_key_changes_pruned WHERE one = 1")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(backend)?;
+        if through.max(0).unsigned_abs() > after {
+            return Ok(Changes::Gap {
+                last_seq: self.last_seq().await?,
+            });
+        }
+        rows.iter()
+            .map(change_from_row)
+            .collect::<Result<Vec<_>, _>>()
+            .map(Changes::Next)
+    }
+
+    async fn last_seq(&self) -> Result<u64, StoreError> {
+        let seq: Option<i64> = sqlx::query_scalar(
+            "SELECT COALESCE((SELECT MAX(seq) FROM api_key_changes), \
+             (SELECT through FROM api_key_changes_pruned WHERE one = 1))",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(seq.unwrap_or(0).max(0).unsigned_abs())
+    }
+
+    async fn subscribe(&self) -> Result<Option<Box<dyn Wakeups>>, StoreError> {
+        self.subscribe_changes().await
+    }
+}
 
 fn record_from_row(row: &$row) -> Result<KeyRecord, StoreError> {
     let get_str = |c: &str| row.try_get::<String, _>(c).map_err(backend);
@@ -147,6 +255,8 @@ impl KeyStore for $store {
             actor,
         )
         .await?;
+        let at = record.created_at;
+        Self::changed_in(&mut tx, self.retention, at, &record, ChangeKind::Created).await?;
         tx.commit().await.map_err(backend)?;
         Ok(CreatedKey { key, record })
     }
@@ -208,6 +318,7 @@ impl KeyStore for $store {
         let record = Self::fetch_in(&mut tx, id).await?;
         if changed == 1 {
             Self::log_in(&mut tx, now, &AuditEvent::Revoked, id, actor).await?;
+            Self::changed_in(&mut tx, self.retention, now, &record, ChangeKind::Revoked).await?;
         }
         tx.commit().await.map_err(backend)?;
         Ok(record)
@@ -239,6 +350,8 @@ impl KeyStore for $store {
         Self::log_in(&mut tx, now, &rotated, id, actor).await?;
         Self::log_in(&mut tx, now, &AuditEvent::Created, &record.id, actor).await?;
         Self::log_in(&mut tx, stops, &AuditEvent::ExpiredByRotation, id, actor).await?;
+        Self::changed_in(&mut tx, self.retention, now, &old, ChangeKind::Rotated).await?;
+        Self::changed_in(&mut tx, self.retention, now, &record, ChangeKind::Created).await?;
         tx.commit().await.map_err(backend)?;
         Ok(CreatedKey { key, record })
     }
@@ -259,6 +372,8 @@ impl KeyStore for $store {
             .map_err(backend)?;
         let record = Self::fetch_in(&mut tx, id).await?;
         Self::log_in(&mut tx, now, &AuditEvent::ExpiryChanged, id, actor).await?;
+        Self::changed_in(&mut tx, self.retention, now, &record, ChangeKind::ExpiryChanged)
+            .await?;
         tx.commit().await.map_err(backend)?;
         Ok(record)
     }
@@ -279,6 +394,8 @@ impl KeyStore for $store {
             .map_err(backend)?;
         let record = Self::fetch_in(&mut tx, id).await?;
         Self::log_in(&mut tx, now, &AuditEvent::ScopesChanged, id, actor).await?;
+        Self::changed_in(&mut tx, self.retention, now, &record, ChangeKind::ScopesChanged)
+            .await?;
         tx.commit().await.map_err(backend)?;
         Ok(record)
     }

@@ -13,14 +13,18 @@ use super::codec::{
     scopes_to_sql, time_from_sql, time_to_sql,
 };
 use super::{
-    AuditEntry, AuditEvent, CreatedKey, KeyStore, ListQuery, NewKey, Page, StoreError, Usage,
-    UsageDelta, cursor_of, parse_cursor,
+    AuditEntry, AuditEvent, ChangeFeed, ChangeKind, Changes, CreatedKey,
+    DEFAULT_CHANGE_RETENTION, KeyChange, KeyStore, ListQuery, NewKey, Page, StoreError, Usage,
+    UsageDelta, Wakeups, cursor_of, parse_cursor,
 };
 use crate::key::{KeyFormat, KeyHash};
 use crate::record::{KeyRecord, Scopes, generate_key_id};
 use crate::resolve::{KeyResolver, ResolveError};
 
 /// Keys, usage and the audit log in SQLite, through sqlx.
+///
+/// Its [`ChangeFeed`] is read by polling: several processes may share one database
+/// file, and SQLite has no way to wake them.
 ///
 /// The schema's migrations are embedded in the crate and run on connect (unless turned
 /// off with [`SqliteStoreBuilder::migrate`]); a database made by an older version is
@@ -40,6 +44,7 @@ use crate::resolve::{KeyResolver, ResolveError};
 pub struct SqliteStore {
     pool: SqlitePool,
     format: KeyFormat,
+    retention: Duration,
 }
 
 /// Configures a [`SqliteStore`]; from [`SqliteStore::builder`].
@@ -49,6 +54,7 @@ pub struct SqliteStoreBuilder {
     migrate: bool,
     format: KeyFormat,
     max_connections: u32,
+    retention: Duration,
 }
 
 impl SqliteStoreBuilder {
@@ -61,6 +67,13 @@ impl SqliteStoreBuilder {
     /// The format of keys this store issues (default [`KeyFormat::default`]).
     pub fn format(mut self, format: KeyFormat) -> Self {
         self.format = format;
+        self
+    }
+
+    /// How long the change log keeps a change (default one day); a reader further
+    /// behind flushes its whole cache.
+    pub fn change_retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
         self
     }
 
@@ -99,6 +112,7 @@ impl SqliteStoreBuilder {
         let store = SqliteStore {
             pool,
             format: self.format,
+            retention: self.retention,
         };
         if self.migrate {
             store.migrate().await?;
@@ -121,6 +135,7 @@ impl SqliteStore {
             migrate: true,
             format: KeyFormat::default(),
             max_connections: 8,
+            retention: DEFAULT_CHANGE_RETENTION,
         }
     }
 
@@ -135,6 +150,22 @@ impl SqliteStore {
     /// The connection pool.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+}
+
+impl SqliteStore {
+    /// SQLite has one writer at a time: sequences are already handed out in commit order.
+    async fn serialize_changes_in(_: &mut Transaction<'_, Sqlite>) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Readers poll: there is nobody to wake.
+    async fn wake_in(_: &mut Transaction<'_, Sqlite>) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn subscribe_changes(&self) -> Result<Option<Box<dyn Wakeups>>, StoreError> {
+        Ok(None)
     }
 }
 
