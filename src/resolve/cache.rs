@@ -3,7 +3,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, RwLock};
+use std::sync::{Arc, LazyLock, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use moka::Expiry;
@@ -19,6 +19,8 @@ use crate::seeded::{self, fold};
 const DEFAULT_CAPACITY: u64 = 100_000;
 const DEFAULT_TTL: Duration = Duration::from_secs(30);
 const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(5);
+const DEFAULT_STALE_WINDOW: Duration = Duration::from_secs(600);
+const DEFAULT_LOAD_TIMEOUT: Duration = Duration::from_secs(2);
 /// One hit in this many (per thread) goes through moka, so that its admission and
 /// eviction policy keeps seeing which keys are hot.
 const TOUCH_EVERY: u32 = 64;
@@ -29,12 +31,21 @@ const LOCAL_SLOTS: usize = 64;
 ///
 /// - **Bounded**: at most `max_capacity` entries (TinyLFU admission, so a flood of
 ///   unknown keys does not push out the keys in real use).
-/// - **Positive and negative TTLs**: a found record is kept for `ttl` (default 30 s), an
-///   unknown hash for `negative_ttl` (default 5 s). The TTL bounds how long a revocation
-///   made elsewhere takes to be seen here unless [`invalidate`](Self::invalidate) is
-///   called. Expiry and revocation *times* on a record are checked on every request by
-///   the layer, not left to the TTL.
-/// - **Single-flight**: concurrent lookups of one uncached hash make one resolver call.
+/// - **Positive and negative TTLs**: a found record is fresh for `ttl` (default 30 s), an
+///   unknown hash is remembered for `negative_ttl` (default 5 s). Expiry and revocation
+///   *times* on a record are checked on every request by the layer, not left to the TTL.
+/// - **Changes made elsewhere**: [`follow`](Self::follow) a store's
+///   [`ChangeFeed`](crate::store::ChangeFeed), and a change made through any instance
+///   invalidates the key here within the feed's bound; the TTL then only bounds how
+///   long an unchanged record is trusted. Without a feed, the TTL is the bound.
+/// - **Stale while revalidating**: past its TTL, a found record is still served at once
+///   while one background refresh runs; while the resolver fails, it is served until the
+///   stale window (default 10 min, [`stale_window`](CachedResolverBuilder::stale_window))
+///   ends. A hash never seen gets the resolver's error (the layer's 503).
+/// - **A deadline**: a resolver call that takes longer than `load_timeout` (default 2 s)
+///   counts as failed.
+/// - **Single-flight**: concurrent lookups of one uncached hash make one resolver call,
+///   and a stale entry has at most one refresh under way.
 /// - **Errors are not cached**: the next request tries the resolver again.
 ///
 /// Moka decides what stays. On top of it sits a small sharded table holding the same
@@ -67,7 +78,7 @@ const LOCAL_SLOTS: usize = 64;
 /// # }
 /// ```
 pub struct CachedResolver<R> {
-    inner: Arc<Inner<R>>,
+    pub(super) inner: Arc<Inner<R>>,
 }
 
 impl<R> Clone for CachedResolver<R> {
@@ -88,16 +99,20 @@ impl<R> std::fmt::Debug for CachedResolver<R> {
     }
 }
 
-struct Inner<R> {
-    resolver: R,
-    moka: Cache<KeyHash, Slot>,
-    front: Arc<Front>,
-    ttl: Duration,
-    negative_ttl: Duration,
+pub(super) struct Inner<R> {
+    pub(super) resolver: R,
+    pub(super) moka: Cache<KeyHash, Slot>,
+    pub(super) front: Arc<Front>,
+    pub(super) ttl: Duration,
+    pub(super) negative_ttl: Duration,
+    pub(super) stale_window: Duration,
+    pub(super) load_timeout: Option<Duration>,
+    /// Hashes whose stale entry is being refreshed in the background.
+    pub(super) refreshing: Mutex<HashSet<KeyHash>>,
     /// Bumped before and after every invalidation; a load that saw it change is not
     /// kept, and a thread's private copy made under another value is not used.
-    epoch: AtomicU64,
-    generation: AtomicU64,
+    pub(super) epoch: AtomicU64,
+    pub(super) generation: AtomicU64,
     /// Tells this cache's entries in the threads' tables from other caches'.
     id: u64,
 }
@@ -109,6 +124,8 @@ pub struct CachedResolverBuilder<R> {
     max_capacity: u64,
     ttl: Duration,
     negative_ttl: Duration,
+    stale_window: Duration,
+    load_timeout: Option<Duration>,
 }
 
 impl<R: KeyResolver> CachedResolverBuilder<R> {
@@ -118,9 +135,33 @@ impl<R: KeyResolver> CachedResolverBuilder<R> {
         self
     }
 
-    /// How long a found record is kept (default 30 s).
+    /// How long a found record is fresh (default 30 s): served with no question. Past
+    /// it, the record is refreshed in the background (see
+    /// [`stale_window`](Self::stale_window)).
+    ///
+    /// With a [change feed](CachedResolver::follow), changes made elsewhere do not wait
+    /// for the TTL; it bounds how long an unchanged record is trusted, and costs one
+    /// resolver call per key in use per TTL.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
+        self
+    }
+
+    /// How long past its TTL a found record may still be served while the resolver
+    /// fails (default 10 min; zero turns stale serving off, and then a lookup past the
+    /// TTL waits for the resolver).
+    ///
+    /// While the resolver answers, a stale hit is served once and refreshed in the
+    /// background: a request never waits for the refresh.
+    pub fn stale_window(mut self, window: Duration) -> Self {
+        self.stale_window = window;
+        self
+    }
+
+    /// How long a resolver call may take before it counts as failed (default 2 s;
+    /// `None`: no deadline). Needs a Tokio runtime with timers, as servers have.
+    pub fn load_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.load_timeout = timeout;
         self
     }
 
@@ -148,6 +189,9 @@ impl<R: KeyResolver> CachedResolverBuilder<R> {
                 front,
                 ttl: self.ttl,
                 negative_ttl: self.negative_ttl,
+                stale_window: self.stale_window,
+                load_timeout: self.load_timeout,
+                refreshing: Mutex::new(HashSet::new()),
                 epoch: AtomicU64::new(0),
                 generation: AtomicU64::new(0),
                 id: {
@@ -160,7 +204,8 @@ impl<R: KeyResolver> CachedResolverBuilder<R> {
 }
 
 impl<R: KeyResolver> CachedResolver<R> {
-    /// A cache with the defaults: 100 000 entries, TTL 30 s, negative TTL 5 s.
+    /// A cache with the defaults: 100 000 entries, TTL 30 s, negative TTL 5 s, stale
+    /// window 10 min, load timeout 2 s.
     pub fn new(resolver: R) -> Self {
         Self::builder(resolver).build()
     }
@@ -172,6 +217,8 @@ impl<R: KeyResolver> CachedResolver<R> {
             max_capacity: DEFAULT_CAPACITY,
             ttl: DEFAULT_TTL,
             negative_ttl: DEFAULT_NEGATIVE_TTL,
+            stale_window: DEFAULT_STALE_WINDOW,
+            load_timeout: Some(DEFAULT_LOAD_TIMEOUT),
         }
     }
 
@@ -259,49 +306,6 @@ impl<R: KeyResolver> CachedResolver<R> {
             }
         });
         Some(copy)
-    }
-
-    /// The slow path: through moka, loading from the resolver on a miss.
-    pub(crate) async fn lookup_slow(&self, hash: &KeyHash) -> Result<Slot, ResolveError> {
-        let slot = self.load_through_moka(hash).await?;
-        if slot.stamp().fresh_until > clock::mono_nanos() {
-            return Ok(slot);
-        }
-        // Moka's clock may run a hair behind ours: drop the stale entry and load again.
-        self.inner.moka.invalidate(hash).await;
-        self.load_through_moka(hash).await
-    }
-
-    async fn load_through_moka(&self, hash: &KeyHash) -> Result<Slot, ResolveError> {
-        let inner = &self.inner;
-        let load = async {
-            let epoch = inner.epoch.load(Ordering::Acquire);
-            let record = inner.resolver.resolve(hash).await?;
-            let now = clock::mono_nanos();
-            let ttl = if record.is_some() {
-                inner.ttl
-            } else {
-                inner.negative_ttl
-            };
-            let generation = inner.generation.fetch_add(1, Ordering::Relaxed);
-            // Invalidated while loading: answer this request, but keep nothing.
-            let keep = inner.epoch.load(Ordering::Acquire) == epoch;
-            let fresh_until = if keep {
-                now.saturating_add(clock::duration_nanos(ttl))
-            } else {
-                now
-            };
-            let slot = Slot::new(*hash, fresh_until, generation, record);
-            if keep {
-                inner.front.insert(slot.clone());
-            }
-            Ok::<_, ResolveError>(slot)
-        };
-        inner
-            .moka
-            .try_get_with_by_ref(hash, load)
-            .await
-            .map_err(|e| (*e).clone())
     }
 
     /// Forgets `hash`, so that the next request asks the resolver. Call it after revoking
@@ -409,7 +413,10 @@ pub(crate) struct Stamp {
     /// (`u64::MAX`: never), so that a hit checks them without reading the record.
     stops_at: u64,
     /// Unique per load, so that evicting an old entry never removes its replacement.
-    generation: u64,
+    pub(super) generation: u64,
+    /// Until when the entry may be served while a refresh fails (monotonic, as
+    /// `fresh_until`); not read by hits.
+    pub(super) stale_until: u64,
 }
 
 impl Stamp {
@@ -420,6 +427,7 @@ impl Stamp {
             fresh_until: 0,
             stops_at: stops_at(record),
             generation: 0,
+            stale_until: 0,
         }
     }
 }
@@ -451,12 +459,19 @@ pub(crate) enum Slot {
 }
 
 impl Slot {
-    fn new(hash: KeyHash, fresh_until: u64, generation: u64, record: Option<KeyRecord>) -> Self {
+    pub(super) fn new(
+        hash: KeyHash,
+        fresh_until: u64,
+        stale_until: u64,
+        generation: u64,
+        record: Option<KeyRecord>,
+    ) -> Self {
         let stamp = |stops_at| Stamp {
             hash,
             fresh_until,
             stops_at,
             generation,
+            stale_until: stale_until.max(fresh_until),
         };
         match record {
             Some(record) => Self::Found(Authenticated::stamped(stamp(stops_at(&record)), record)),
@@ -467,7 +482,7 @@ impl Slot {
         }
     }
 
-    fn stamp(&self) -> &Stamp {
+    pub(super) fn stamp(&self) -> &Stamp {
         match self {
             Self::Found(auth) => &auth.0.stamp,
             Self::Unknown(unknown) => &unknown.stamp,
@@ -497,9 +512,36 @@ impl Slot {
         }
     }
 
-    /// How long from now the entry stays fresh: what moka is told.
-    fn fresh_for(&self) -> Duration {
-        Duration::from_nanos(self.stamp().fresh_until.saturating_sub(clock::mono_nanos()))
+    /// Is the entry fresh at `now`?
+    pub(super) fn is_fresh(&self, now: u64) -> bool {
+        self.stamp().fresh_until > now
+    }
+
+    /// May the entry be served at `now` while it is refreshed?
+    pub(super) fn is_servable_stale(&self, now: u64) -> bool {
+        self.stamp().stale_until > now
+    }
+
+    /// The same record, fresh until `fresh_until` (its stale end kept), as a new entry.
+    pub(super) fn restamped(&self, fresh_until: u64, generation: u64) -> Self {
+        let stamp = Stamp {
+            fresh_until,
+            generation,
+            stale_until: self.stamp().stale_until.max(fresh_until),
+            ..*self.stamp()
+        };
+        match self {
+            Self::Found(auth) => Self::Found(Authenticated(Arc::new(Stamped {
+                stamp,
+                value: auth.0.value.clone(),
+            }))),
+            Self::Unknown(_) => Self::Unknown(Arc::new(Stamped { stamp, value: () })),
+        }
+    }
+
+    /// How long from now moka keeps the entry: to the end of its stale window.
+    fn keep_for(&self) -> Duration {
+        Duration::from_nanos(self.stamp().stale_until.saturating_sub(clock::mono_nanos()))
     }
 
     /// The caller, if the record exists and may be used now. Revoked and unknown keys
@@ -549,7 +591,7 @@ struct SlotExpiry;
 
 impl Expiry<KeyHash, Slot> for SlotExpiry {
     fn expire_after_create(&self, _: &KeyHash, slot: &Slot, _: Instant) -> Option<Duration> {
-        Some(slot.fresh_for())
+        Some(slot.keep_for())
     }
 
     fn expire_after_update(
@@ -559,12 +601,12 @@ impl Expiry<KeyHash, Slot> for SlotExpiry {
         _: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        Some(slot.fresh_for())
+        Some(slot.keep_for())
     }
 }
 
 /// The front table: shards of `RwLock<HashMap>`, each on its own cache lines.
-struct Front {
+pub(super) struct Front {
     shards: Box<[Shard]>,
     mask: usize,
     hasher: SeededHasher,
@@ -612,7 +654,7 @@ impl Front {
         (slot.stamp().fresh_until > now).then(|| slot.clone())
     }
 
-    fn insert(&self, slot: Slot) {
+    pub(super) fn insert(&self, slot: Slot) {
         let mut shard = write(self.shard(&slot.stamp().hash));
         match shard.get(&slot.stamp().hash) {
             Some(old) if old.stamp().generation > slot.stamp().generation => {}
@@ -626,7 +668,7 @@ impl Front {
         write(self.shard(hash)).remove(hash);
     }
 
-    fn remove_generation(&self, hash: &KeyHash, generation: u64) {
+    pub(super) fn remove_generation(&self, hash: &KeyHash, generation: u64) {
         let mut shard = write(self.shard(hash));
         if shard
             .get(hash)
@@ -1063,7 +1105,7 @@ mod tests {
         let key = KeyFormat::default().generate();
         let record = || KeyRecord::new(&key, "acme");
         let admit =
-            |record: KeyRecord| Slot::new(key.hash(), u64::MAX, 0, Some(record)).into_admitted();
+            |record: KeyRecord| Slot::new(key.hash(), u64::MAX, 0, 0, Some(record)).into_admitted();
         let epoch = SystemTime::UNIX_EPOCH;
         let far = epoch + Duration::from_secs(600 * 365 * 86_400); // past u64 nanoseconds
         let soon = SystemTime::now() + Duration::from_secs(60);
@@ -1086,7 +1128,7 @@ mod tests {
             Err(AuthError::InvalidKey)
         ));
         assert!(matches!(
-            Slot::new(key.hash(), u64::MAX, 0, None).into_admitted(),
+            Slot::new(key.hash(), u64::MAX, 0, 0, None).into_admitted(),
             Err(AuthError::InvalidKey)
         ));
     }
@@ -1098,10 +1140,11 @@ mod tests {
         let cache = CachedResolver::new(store);
         let front = &cache.inner.front;
         let now = clock::mono_nanos();
-        let newer = Slot::new(key.hash(), now + 1_000_000_000, 7, None);
+        let newer = Slot::new(key.hash(), now + 1_000_000_000, 0, 7, None);
         let older = Slot::new(
             key.hash(),
             now + 1_000_000_000,
+            0,
             3,
             Some(KeyRecord::new(&key, "a")),
         );

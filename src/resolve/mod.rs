@@ -5,13 +5,16 @@
 //! error can leak a secret.
 
 mod cache;
+mod follow;
 mod memory;
+mod refresh;
 
 use std::error::Error as StdError;
 use std::fmt;
 use std::sync::Arc;
 
 pub use cache::{CachedResolver, CachedResolverBuilder};
+pub use follow::{ChangeFollower, FeedHealth, FeedState, FollowOptions, PushState};
 pub(crate) use cache::{Stamp, Stamped};
 pub use memory::MemoryStore;
 
