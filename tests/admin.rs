@@ -323,6 +323,88 @@ async fn bad_input_is_a_problem_naming_the_field() {
 }
 
 #[tokio::test]
+async fn patch_changes_scopes_and_expiry_and_checks_both_first() {
+    let a = setup().await;
+    let body = json!({"consumer": "acme", "scopes": ["orders:read"]}).to_string();
+    let (_, created, _) = a.admin("POST", "/admin/keys", Some(&body)).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let path = format!("/admin/keys/{id}");
+
+    let (status, record, _) = a
+        .admin(
+            "PATCH",
+            &path,
+            Some(r#"{"scopes":["orders:write","orders:read"]}"#),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{record}");
+    assert_eq!(record["scopes"], json!(["orders:read", "orders:write"]));
+    assert_eq!(record["expires_at"], Value::Null);
+    assert!(record.get("key").is_none());
+
+    let (status, record, _) = a
+        .admin("PATCH", &path, Some(r#"{"expires_in_seconds":3600}"#))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{record}");
+    assert!(record["expires_at"].is_string());
+    let (_, record, _) = a
+        .admin("PATCH", &path, Some(r#"{"expires_in_seconds":null}"#))
+        .await;
+    assert_eq!(record["expires_at"], Value::Null);
+
+    // Bad input changes nothing, not even the valid half.
+    for (bad, field) in [
+        (r#"{}"#, "scopes"),
+        (r#"{"scopes":["bad scope"]}"#, "scopes"),
+        (
+            r#"{"scopes":["x"],"expires_in_seconds":-1}"#,
+            "expires_in_seconds",
+        ),
+        (r#"{"expires_in_seconds":1.5}"#, "expires_in_seconds"),
+        (r#"{"name":"x"}"#, "name"),
+    ] {
+        let (status, problem, ctype) = a.admin("PATCH", &path, Some(bad)).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {problem}");
+        assert_eq!(problem["field"], field, "{bad}");
+        assert_eq!(ctype, "application/problem+json");
+    }
+    let record = a.cache.get(&id).await.unwrap().unwrap();
+    assert_eq!(
+        record.scopes,
+        Scopes::parse(["orders:read", "orders:write"]).unwrap()
+    );
+    let (status, _, _) = a
+        .admin("PATCH", "/admin/keys/key_nope", Some(r#"{"scopes":[]}"#))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // Audited, with the admin key as the actor.
+    let (_, log, _) = a
+        .admin("GET", &format!("/admin/audit?key_id={id}"), None)
+        .await;
+    let events: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "created",
+            "scopes_changed",
+            "expiry_changed",
+            "expiry_changed"
+        ]
+    );
+    assert!(
+        log.as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["actor"] == a.admin_id.as_str())
+    );
+}
+
+#[tokio::test]
 async fn openapi_document_describes_the_api_and_its_key_schemes() {
     let a = setup().await;
     let (status, doc, ctype) = a.call("GET", "/admin/openapi.json", None, None).await;
@@ -338,6 +420,7 @@ async fn openapi_document_describes_the_api_and_its_key_schemes() {
         ("/admin/keys", "post"),
         ("/admin/keys", "get"),
         ("/admin/keys/{id}", "get"),
+        ("/admin/keys/{id}", "patch"),
         ("/admin/keys/{id}", "delete"),
         ("/admin/keys/{id}/rotate", "post"),
         ("/admin/keys/{id}/usage", "get"),

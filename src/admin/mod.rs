@@ -6,6 +6,7 @@
 //! | `POST /admin/keys` | create a key | 201 with `key`, shown only here |
 //! | `GET /admin/keys[?consumer=…]` | list keys | 200, never a key |
 //! | `GET /admin/keys/{id}` | one record, with `last_used_at` and `revoked_at` | 200 or 404 |
+//! | `PATCH /admin/keys/{id}` `{"scopes"?,"expires_in_seconds"?}` | change scopes or expiry (`null`: never) | 200 with the record |
 //! | `DELETE /admin/keys/{id}` | revoke | 204; the key fails from the next request on |
 //! | `POST /admin/keys/{id}/rotate` `{"grace_seconds"}` | rotate | 201 with the new key |
 //! | `GET /admin/keys/{id}/usage` | usage | 200 `{"requests","rejected","last_used_at"}` |
@@ -62,7 +63,10 @@ pub fn router<S: KeyStore>(cache: CachedResolver<S>) -> Router {
         .source(KeySource::bearer().or(KeySource::header(HeaderName::from_static("x-api-key"))));
     let protected = Router::new()
         .route("/admin/keys", post(create::<S>).get(list::<S>))
-        .route("/admin/keys/{id}", get(show::<S>).delete(revoke::<S>))
+        .route(
+            "/admin/keys/{id}",
+            get(show::<S>).patch(update::<S>).delete(revoke::<S>),
+        )
         .route("/admin/keys/{id}/rotate", post(rotate::<S>))
         .route("/admin/keys/{id}/usage", get(usage::<S>))
         .route("/admin/audit", get(audit::<S>))
@@ -112,9 +116,9 @@ async fn openapi_json() -> Response {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "tower-api-key admin API", description = "Manage API keys: create, list, revoke, rotate, usage, audit."),
-    paths(create, list, show, revoke, rotate, usage, audit),
+    paths(create, list, show, update, revoke, rotate, usage, audit),
     components(schemas(
-        CreateKeyRequest, RateLimitRequest, RotateRequest, KeyBody, KeyDetail, CreatedKeyBody,
+        CreateKeyRequest, RateLimitRequest, UpdateKeyRequest, RotateRequest, KeyBody, KeyDetail, CreatedKeyBody,
         UsageBody, AuditEntryBody, ProblemBody
     )),
     modifiers(&KeySchemes),
@@ -181,6 +185,18 @@ struct RateLimitRequest {
     per_seconds: u64,
     #[schema(minimum = 1, maximum = 1_000_000_000)]
     burst: Option<u64>,
+}
+
+/// `PATCH /admin/keys/{id}`: at least one field.
+#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct UpdateKeyRequest {
+    /// The key's scopes from now on (at most 64; `[]` for none).
+    scopes: Option<Vec<String>>,
+    /// Seconds from now until the key expires (1 to 315360000), or `null`: never.
+    #[schema(minimum = 1, maximum = 315_360_000)]
+    expires_in_seconds: Option<Option<u64>>,
 }
 
 /// `POST /admin/keys/{id}/rotate`.
@@ -563,6 +579,54 @@ async fn show<S: KeyStore>(
         last_used_at: usage.last_used_at.map(rfc3339),
     })
     .into_response()
+}
+
+#[utoipa::path(patch, path = "/admin/keys/{id}", params(("id" = String, Path)), request_body = UpdateKeyRequest,
+    responses((status = 200, body = KeyBody), (status = 400, body = ProblemBody), (status = 404, body = ProblemBody), (status = 422, body = ProblemBody)))]
+async fn update<S: KeyStore>(
+    State(store): State<CachedResolver<S>>,
+    Extension(admin): Extension<Authenticated>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        let map = object(&body, &["scopes", "expires_in_seconds"])?;
+        if map.is_empty() {
+            return Err(invalid("scopes", "give scopes, expires_in_seconds or both"));
+        }
+        // Both checked before either is changed.
+        let scopes = map
+            .get("scopes")
+            .is_some_and(|v| !v.is_null())
+            .then(|| scopes(&map))
+            .transpose()?;
+        let expiry = match map.get("expires_in_seconds") {
+            None => None,
+            Some(Value::Null) => Some(None),
+            Some(_) => number(&map, "expires_in_seconds", MAX_EXPIRES_IN, false)?
+                .map(|secs| Some(SystemTime::now() + Duration::from_secs(secs))),
+        };
+        let mut record = None;
+        if let Some(scopes) = scopes {
+            record = Some(
+                store
+                    .set_scopes(&id, scopes, admin.key_id())
+                    .await
+                    .map_err(store_error)?,
+            );
+        }
+        if let Some(at) = expiry {
+            record = Some(
+                store
+                    .set_expiry(&id, at, admin.key_id())
+                    .await
+                    .map_err(store_error)?,
+            );
+        }
+        let record = record.ok_or_else(|| invalid("scopes", "nothing to change"))?;
+        Ok::<_, Problem>(Json(key_body(&record)).into_response())
+    };
+    result.await.unwrap_or_else(IntoResponse::into_response)
 }
 
 #[utoipa::path(delete, path = "/admin/keys/{id}", params(("id" = String, Path)),
