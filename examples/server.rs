@@ -8,12 +8,19 @@
 //! - `REDIS_URL` (unset by default) keeps rate-limit state in Redis, so that several
 //!   instances enforce one limit. While Redis does not answer, each instance limits on
 //!   its own and logs that it does.
+//! - `CACHE_TTL` (default `30s`), `CACHE_STALE` (default `10m`; `0` turns it off) and
+//!   `STORE_TIMEOUT` (default `2s`): how long a cached key is fresh, how long past that it
+//!   is still served while the store fails, and how long a store call may take.
+//! - `CHANGES_POLL` (default `250ms`): how often the store's change log is polled, so
+//!   that a change made through another instance is seen here (PostgreSQL also pushes
+//!   changes with `LISTEN/NOTIFY`; then the log is read at once, and polled every second).
 //! - On a start that finds no active admin key it issues one (scope `admin`) and prints
 //!   `admin key: <key>`.
 //! - Keys are read from `Authorization: Bearer …` and from `X-API-Key`.
 //! - `/admin/*` is the admin API (scope `admin`): create, list, show, revoke, rotate,
 //!   usage and audit.
-//! - `GET /healthz` needs no key; `GET /v1/whoami` needs any valid key;
+//! - `GET /healthz` (liveness) and `GET /readyz` (readiness: 200 or 503 with
+//!   `{"store","changes","redis"}`) need no key; `GET /v1/whoami` needs any valid key;
 //!   `GET /v1/orders` needs `orders:read`, `POST /v1/orders` needs `orders:write`.
 //!
 //! Usage is counted off the request path and written every 5 s. It stops cleanly on
@@ -30,8 +37,10 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tokio::sync::Mutex as AsyncMutex;
 use tower_api_key::ratelimit::{RateLimitStore, RedisRateLimitStore};
-use tower_api_key::store::{ListQuery, NewKey, PostgresStore, SqliteStore};
+use tower_api_key::resolve::{ChangeFollower, FeedHealth, FollowOptions};
+use tower_api_key::store::{ChangeFeed, ListQuery, NewKey, PostgresStore, SqliteStore};
 use tower_api_key::usage::{UsageLayer, UsageRecorder};
 use tower_api_key::{
     ApiKeyLayer, Authenticated, CachedResolver, KeySource, KeyStatus, KeyStore,
@@ -61,6 +70,10 @@ struct NewOrder {
     quantity: u32,
 }
 
+/// A key store with a change log: what every instance shares.
+trait Store: KeyStore + ChangeFeed {}
+impl<T: KeyStore + ChangeFeed> Store for T {}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The library's own log lines (a Redis outage, a failing store) on stderr.
@@ -77,9 +90,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .parse()
         .map_err(|e| format!("RATE_LIMIT: {e}"))?;
 
+    let fresh = duration_var("CACHE_TTL", "30s")?;
+    let stale = duration_var("CACHE_STALE", "10m")?;
+    let store_timeout = duration_var("STORE_TIMEOUT", "2s")?;
+    let poll = duration_var("CHANGES_POLL", "250ms")?;
+
     let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "sqlite://keys.db".to_owned());
-    let store: Arc<dyn KeyStore> = if url.starts_with("postgres:") || url.starts_with("postgresql:")
-    {
+    let store: Arc<dyn Store> = if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         Arc::new(PostgresStore::connect(&url).await?)
     } else if url.starts_with("sqlite:") {
         Arc::new(SqliteStore::connect(&url).await?)
@@ -98,14 +115,31 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         // The one place the secret is shown: once, to the operator.
         println!("admin key: {}", created.key.expose_secret());
     }
-    let cache = CachedResolver::new(store.clone());
+    let cache = CachedResolver::builder(store.clone())
+        .ttl(fresh)
+        .stale_window(stale)
+        .load_timeout((!store_timeout.is_zero()).then_some(store_timeout))
+        .build();
+    // Changes made through any instance reach this one's cache.
+    let options = FollowOptions::default()
+        .poll_interval(poll)
+        .read_timeout(store_timeout.max(Duration::from_millis(100)));
+    let follower = Arc::new(cache.follow_with(store.clone(), options));
     let admin = tower_api_key::admin::router(cache.clone());
     let usage = UsageRecorder::spawn(store.clone(), Duration::from_secs(5));
 
     let auth = ApiKeyLayer::from_cache(cache)
         .source(KeySource::bearer().or(KeySource::header(HeaderName::from_static("x-api-key"))));
 
-    let limits = RateLimitLayer::new(rate_limit_store().await?, rate_limit);
+    let (limit_store, redis) = rate_limit_store().await?;
+    let limits = RateLimitLayer::new(limit_store, rate_limit);
+    let readiness = Readiness {
+        store: store.clone(),
+        follower,
+        redis,
+        timeout: store_timeout.max(Duration::from_millis(100)),
+        last: Arc::new(AsyncMutex::new(None)),
+    };
 
     let v1 = Router::new()
         .route("/v1/whoami", get(whoami))
@@ -115,6 +149,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .layer(auth);
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let readiness = readiness.clone();
+                async move { readiness.check().await }
+            }),
+        )
         .merge(v1)
         .with_state(AppState::default())
         .merge(admin);
@@ -131,11 +172,89 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// What `/readyz` reports: whether the store answers, whether changes made elsewhere
+/// arrive, and whether Redis answers.
+#[derive(Clone)]
+struct Readiness {
+    store: Arc<dyn Store>,
+    follower: Arc<ChangeFollower>,
+    redis: Option<RedisRateLimitStore>,
+    timeout: Duration,
+    /// The last probe of the store, reused for a second: a load balancer (or anyone:
+    /// the route needs no key) calling often costs at most one query a second.
+    last: Arc<AsyncMutex<Option<(std::time::Instant, bool)>>>,
+}
+
+impl Readiness {
+    async fn check(&self) -> Response {
+        let store_ok = {
+            let mut last = self.last.lock().await;
+            match *last {
+                Some((at, ok)) if at.elapsed() < Duration::from_secs(1) => ok,
+                _ => {
+                    let ok = tokio::time::timeout(self.timeout, self.store.last_seq())
+                        .await
+                        .is_ok_and(|r| r.is_ok());
+                    *last = Some((std::time::Instant::now(), ok));
+                    ok
+                }
+            }
+        };
+        let changes = self.follower.state().health;
+        let redis = match &self.redis {
+            None => "off",
+            Some(redis) if redis.is_degraded() => "down",
+            Some(_) => "ok",
+        };
+        // Redis down degrades limits to per-instance ones (and says so): the instance
+        // still serves, so it stays ready.
+        let ready = store_ok && changes != FeedHealth::Down;
+        let status = if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        let body = json!({
+            "store": if store_ok { "ok" } else { "down" },
+            "changes": changes.name(),
+            "redis": redis,
+        });
+        (status, Json(body)).into_response()
+    }
+}
+
+/// A duration from the environment, written like `250ms`, `2s`, `10m`, `1h` or `0`.
+fn duration_var(name: &str, default: &str) -> Result<Duration, String> {
+    let text = std::env::var(name).unwrap_or_else(|_| default.to_owned());
+    parse_duration(text.trim())
+        .ok_or_else(|| format!("{name}: '{text}' is not a duration such as 250ms, 2s, 10m or 1h"))
+}
+
+fn parse_duration(text: &str) -> Option<Duration> {
+    if text == "0" {
+        return Some(Duration::ZERO);
+    }
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    let millis = match unit {
+        "ms" => n,
+        "s" => n.checked_mul(1_000)?,
+        "m" => n.checked_mul(60_000)?,
+        "h" => n.checked_mul(3_600_000)?,
+        _ => return None,
+    };
+    Some(Duration::from_millis(millis))
+}
+
+/// A rate-limit store, and the Redis store when it is one.
+type LimitStores = (Arc<dyn RateLimitStore>, Option<RedisRateLimitStore>);
+
 /// Redis when `REDIS_URL` is set, this process's memory otherwise.
-async fn rate_limit_store() -> Result<Arc<dyn RateLimitStore>, Box<dyn std::error::Error>> {
+async fn rate_limit_store() -> Result<LimitStores, Box<dyn std::error::Error>> {
     let url = match std::env::var("REDIS_URL") {
         Ok(url) if !url.is_empty() => url,
-        _ => return Ok(Arc::new(MemoryRateLimitStore::new())),
+        _ => return Ok((Arc::new(MemoryRateLimitStore::new()), None)),
     };
     let redis = RedisRateLimitStore::open(&url).map_err(|e| format!("REDIS_URL: {e}"))?;
     match redis.ping().await {
@@ -144,13 +263,11 @@ async fn rate_limit_store() -> Result<Arc<dyn RateLimitStore>, Box<dyn std::erro
             "rate limits: Redis does not answer ({e}); limiting per instance until it does"
         ),
     }
-    Ok(Arc::new(redis))
+    Ok((Arc::new(redis.clone()), Some(redis)))
 }
 
 /// Is there a key with the `admin` scope that may be used now?
-async fn has_active_admin_key(
-    store: &Arc<dyn KeyStore>,
-) -> Result<bool, Box<dyn std::error::Error>> {
+async fn has_active_admin_key(store: &Arc<dyn Store>) -> Result<bool, Box<dyn std::error::Error>> {
     let mut query = ListQuery::default().limit(ListQuery::MAX_LIMIT);
     loop {
         let page = store.list(&query).await?;

@@ -426,6 +426,37 @@ fn bad_rate_limit_is_a_clear_error() {
 }
 
 #[test]
+fn bad_durations_are_clear_errors() {
+    for var in ["CACHE_TTL", "CACHE_STALE", "STORE_TIMEOUT", "CHANGES_POLL"] {
+        let stderr = refuses_to_start(&[(var, "soon")]);
+        assert!(
+            stderr.contains(&format!("{var}: 'soon' is not a duration")),
+            "{stderr}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn readyz_reports_the_store_the_change_feed_and_redis() {
+    let server = start();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = http(&server.addr, "GET", "/readyz", &[], "").await;
+        let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if status == 200 {
+            // SQLite: polled, no push; no REDIS_URL.
+            assert_eq!(
+                ready,
+                serde_json::json!({"store": "ok", "changes": "ok", "redis": "off"})
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "not ready: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
 fn bad_redis_url_is_a_clear_error_that_hides_the_password() {
     let stderr = refuses_to_start(&[("REDIS_URL", "http://user:hunter2pw@example.com/")]);
     assert!(stderr.contains("REDIS_URL: invalid Redis URL"), "{stderr}");
