@@ -60,7 +60,9 @@ impl FollowOptions {
     /// With no successful read for this long, the feed is [`FeedHealth::Down`].
     fn down_after(&self) -> Duration {
         let slowest = self.poll_interval.max(self.push_poll_interval);
-        (slowest * 3).max(self.read_timeout + slowest).max(Duration::from_secs(3))
+        (slowest * 3)
+            .max(self.read_timeout + slowest)
+            .max(Duration::from_secs(3))
     }
 }
 
@@ -283,7 +285,10 @@ impl Shared {
         status.last_read = Some(now);
         if status.read_failing {
             status.read_failing = false;
-            tracing::info!(last_seq, "change feed: reading the store's change log again");
+            tracing::info!(
+                last_seq,
+                "change feed: reading the store's change log again"
+            );
         }
         if status.push != PushState::Disconnected {
             status.healthy_at = now;
@@ -652,7 +657,10 @@ mod tests {
         .await;
         assert_eq!(follower.state().last_seq, before);
         let cached = cache.lookup(&a.record.hash).await.unwrap().unwrap();
-        assert!(cached.record().revoked_at.is_none(), "nothing could tell it");
+        assert!(
+            cached.record().revoked_at.is_none(),
+            "nothing could tell it"
+        );
         assert!(follower.state().since_healthy > Duration::ZERO);
 
         feed.refuse_subscribe.store(false, Ordering::SeqCst);
@@ -697,7 +705,8 @@ mod tests {
         assert_eq!(resolver.calls.load(Ordering::SeqCst), 1);
         // The reader is told that changes were pruned before it read them.
         *feed.gap_at.lock().unwrap() = Some(1_000);
-        feed.store.insert(KeyRecord::new(&KeyFormat::default().generate(), "other"));
+        feed.store
+            .insert(KeyRecord::new(&KeyFormat::default().generate(), "other"));
         tokio::time::timeout(Duration::from_secs(10), follower.applied(1_000))
             .await
             .unwrap();

@@ -8,9 +8,9 @@ use super::{KeyResolver, ResolveError};
 use crate::key::{KeyFormat, KeyHash};
 use crate::record::{KeyRecord, Scopes, generate_key_id};
 use crate::store::{
-    AuditEntry, AuditEvent, ChangeFeed, ChangeKind, Changes, CreatedKey,
-    DEFAULT_CHANGE_RETENTION, KeyChange, KeyStore, ListQuery, NewKey, Page, StoreError, Usage,
-    UsageDelta, Wakeups, cursor_of, grace_end, parse_cursor,
+    AuditEntry, AuditEvent, ChangeFeed, ChangeKind, Changes, CreatedKey, DEFAULT_CHANGE_RETENTION,
+    KeyChange, KeyStore, ListQuery, NewKey, Page, StoreError, Usage, UsageDelta, Wakeups,
+    cursor_of, grace_end, parse_cursor,
 };
 
 /// Key records, usage and the audit log in memory: for tests, examples and small
@@ -354,9 +354,16 @@ impl ChangeFeed for MemoryStore {
             });
         }
         // Sequences are consecutive, so the first wanted entry's place is known.
-        let skip = usize::try_from(after.saturating_sub(records.pruned_through)).unwrap_or(usize::MAX);
+        let skip =
+            usize::try_from(after.saturating_sub(records.pruned_through)).unwrap_or(usize::MAX);
         Ok(Changes::Next(
-            records.changes.iter().skip(skip).take(limit).cloned().collect(),
+            records
+                .changes
+                .iter()
+                .skip(skip)
+                .take(limit)
+                .cloned()
+                .collect(),
         ))
     }
 

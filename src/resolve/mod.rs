@@ -14,8 +14,8 @@ use std::fmt;
 use std::sync::Arc;
 
 pub use cache::{CachedResolver, CachedResolverBuilder};
-pub use follow::{ChangeFollower, FeedHealth, FeedState, FollowOptions, PushState};
 pub(crate) use cache::{Stamp, Stamped};
+pub use follow::{ChangeFollower, FeedHealth, FeedState, FollowOptions, PushState};
 pub use memory::MemoryStore;
 
 use crate::key::KeyHash;

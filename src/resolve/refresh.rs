@@ -298,11 +298,17 @@ mod tests {
                     break;
                 }
             }
-            assert!(started.elapsed() < Duration::from_secs(10), "served for ever");
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "served for ever"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert!(served > 1, "served {served} times");
-        assert!(started.elapsed() >= window, "refused before the window ended");
+        assert!(
+            started.elapsed() >= window,
+            "refused before the window ended"
+        );
         // A record revoked before the outage stays refused when served stale.
         let stale = cache.lookup_slow(&revoked).await;
         assert!(matches!(
@@ -371,6 +377,10 @@ mod tests {
         }
         // Tokio's clock is paused: it moved exactly as far as the timers asked.
         assert_eq!(started.elapsed(), limit);
-        assert_eq!(resolver.calls.load(Ordering::SeqCst), 1, "one load in flight");
+        assert_eq!(
+            resolver.calls.load(Ordering::SeqCst),
+            1,
+            "one load in flight"
+        );
     }
 }

@@ -36,9 +36,7 @@ mod sql;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
-pub use changes::{
-    ChangeFeed, ChangeKind, Changes, DEFAULT_CHANGE_RETENTION, KeyChange, Wakeups,
-};
+pub use changes::{ChangeFeed, ChangeKind, Changes, DEFAULT_CHANGE_RETENTION, KeyChange, Wakeups};
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresStore, PostgresStoreBuilder};
 #[cfg(feature = "sqlite")]

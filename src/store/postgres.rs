@@ -11,9 +11,9 @@ use super::codec::{
     scopes_to_sql, time_from_sql, time_to_sql,
 };
 use super::{
-    AuditEntry, AuditEvent, ChangeFeed, ChangeKind, Changes, CreatedKey,
-    DEFAULT_CHANGE_RETENTION, KeyChange, KeyStore, ListQuery, NewKey, Page, StoreError, Usage,
-    UsageDelta, Wakeups, cursor_of, parse_cursor,
+    AuditEntry, AuditEvent, ChangeFeed, ChangeKind, Changes, CreatedKey, DEFAULT_CHANGE_RETENTION,
+    KeyChange, KeyStore, ListQuery, NewKey, Page, StoreError, Usage, UsageDelta, Wakeups,
+    cursor_of, parse_cursor,
 };
 use crate::key::{KeyFormat, KeyHash};
 use crate::record::{KeyRecord, Scopes, generate_key_id};
@@ -201,7 +201,10 @@ impl PostgresStore {
         // replays from the log.
         listener.eager_reconnect(false);
         listener.listen(CHANGES_CHANNEL).await.map_err(backend)?;
-        Ok(Some(Box::new(PgWakeups { listener, _pool: pool })))
+        Ok(Some(Box::new(PgWakeups {
+            listener,
+            _pool: pool,
+        })))
     }
 }
 

@@ -62,7 +62,9 @@ where
         .unwrap();
     // Changes that fail leave no trace: a grace too long, an unknown id.
     assert!(matches!(
-        store.rotate(&rotated.record.id, Duration::MAX, "admin").await,
+        store
+            .rotate(&rotated.record.id, Duration::MAX, "admin")
+            .await,
         Err(StoreError::Invalid(_))
     ));
     assert!(matches!(
@@ -99,7 +101,10 @@ where
     // A cache over the store, as the admin API uses it, logs through the store.
     let cached = CachedResolver::new(store.clone());
     cached.revoke(&rotated.record.id, "admin").await.unwrap();
-    assert_eq!(kinds(&after(store, last).await), [(ChangeKind::Revoked, hc)]);
+    assert_eq!(
+        kinds(&after(store, last).await),
+        [(ChangeKind::Revoked, hc)]
+    );
 }
 
 /// Concurrent writers, and a reader reading all along: the reader sees every change,
