@@ -17,8 +17,8 @@
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use sqlx::postgres::PgConnectOptions;
 use sqlx::ConnectOptions;
+use sqlx::postgres::PgConnectOptions;
 use tower_api_key::store::{
     ChangeFeed, Changes, NewKey, PostgresStore, SqliteStore, StoreError, Wakeups,
 };
