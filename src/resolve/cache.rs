@@ -308,6 +308,16 @@ impl<R: KeyResolver> CachedResolver<R> {
         Some(copy)
     }
 
+    /// Does the cache hold `hash` as a revoked record (fresh or not)? Revocation is
+    /// final, so such an entry cannot be made wrong by a revocation read later.
+    pub(crate) fn holds_revoked(&self, hash: &KeyHash) -> bool {
+        self.inner
+            .front
+            .get_fresh(hash, 0)
+            .and_then(|slot| slot.auth().map(|auth| auth.record().revoked_at.is_some()))
+            .unwrap_or(false)
+    }
+
     /// Forgets `hash`, so that the next request asks the resolver. Call it after revoking
     /// or changing a key; a load already under way for any key is then not kept.
     pub async fn invalidate(&self, hash: &KeyHash) {

@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::{CachedResolver, KeyResolver};
-use crate::store::{ChangeFeed, Changes, StoreError};
+use crate::store::{ChangeFeed, ChangeKind, Changes, StoreError};
 
 /// Changes read in one query.
 const BATCH: usize = 1000;
@@ -198,6 +198,7 @@ impl<R: KeyResolver> CachedResolver<R> {
                 last_read: None,
                 healthy_at: Instant::now(),
                 push: PushState::Disconnected,
+                push_lost: false,
                 read_failing: false,
             }),
         });
@@ -230,6 +231,8 @@ struct Status {
     /// The last time the feed was healthy (or when following began).
     healthy_at: Instant,
     push: PushState,
+    /// A loss of the push channel was logged, and its return not yet.
+    push_lost: bool,
     read_failing: bool,
 }
 
@@ -309,14 +312,19 @@ impl Shared {
 
     fn push(&self, push: PushState, why: Option<&dyn std::fmt::Display>) {
         let mut status = self.status();
-        let was = std::mem::replace(&mut status.push, push);
-        match (was, push) {
-            (PushState::Connected, PushState::Disconnected) => tracing::warn!(
-                reason = %why.map(ToString::to_string).unwrap_or_default(),
-                poll_interval = ?self.options.poll_interval,
-                "change feed: the push channel was lost; polling the change log until it is back"
-            ),
-            (PushState::Disconnected, PushState::Connected) if status.started => {
+        status.push = push;
+        match push {
+            // Once per loss, whether the channel dropped or could not be made at all.
+            PushState::Disconnected if !status.push_lost => {
+                status.push_lost = true;
+                tracing::warn!(
+                    reason = %why.map(ToString::to_string).unwrap_or_default(),
+                    poll_interval = ?self.options.poll_interval,
+                    "change feed: no push channel; polling the change log until it is back"
+                );
+            }
+            PushState::Connected if status.push_lost => {
+                status.push_lost = false;
                 tracing::info!("change feed: the push channel is back");
             }
             _ => {}
@@ -447,6 +455,15 @@ impl<R: KeyResolver, F: ChangeFeed> Follow<R, F> {
             match self.timed(self.feed.changes_after(self.last, BATCH)).await {
                 Ok(Changes::Next(changes)) => {
                     for change in &changes {
+                        // A revoked record the cache already holds (this instance
+                        // revoked it, or loaded it since) stays as it is: dropping it
+                        // would turn the key's 401 into a 503 should the store fail
+                        // before the next load.
+                        if change.kind == ChangeKind::Revoked
+                            && self.cache.holds_revoked(&change.hash)
+                        {
+                            continue;
+                        }
                         self.cache.invalidate(&change.hash).await;
                     }
                     if let Some(newest) = changes.last() {
@@ -571,6 +588,36 @@ mod tests {
         assert_eq!(state.health, FeedHealth::Ok);
         assert_eq!(state.push, PushState::Connected);
         assert_eq!(state.since_healthy, Duration::ZERO);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_revoked_record_already_cached_is_kept_when_its_revocation_arrives() {
+        let store = MemoryStore::new();
+        let resolver = Counting {
+            store: store.clone(),
+            ..Counting::default()
+        };
+        let cache = CachedResolver::new(resolver.clone());
+        // Polling only, and slowly: the revocation arrives after the record is cached.
+        let feed = Cuttable {
+            store: store.clone(),
+            refuse_subscribe: Arc::new(AtomicBool::new(true)),
+            ..Cuttable::default()
+        };
+        let follower = cache.follow_with(
+            feed,
+            FollowOptions::default().poll_interval(Duration::from_millis(200)),
+        );
+        caught_up(&follower, &store).await;
+        let created = store.create(NewKey::new("acme"), "admin").await.unwrap();
+        caught_up(&follower, &store).await;
+        store.revoke(&created.record.id, "admin").await.unwrap();
+        let loaded = cache.lookup(&created.record.hash).await.unwrap().unwrap();
+        assert!(loaded.record().revoked_at.is_some());
+        let calls = resolver.calls.load(Ordering::SeqCst);
+        caught_up(&follower, &store).await;
+        cache.lookup(&created.record.hash).await.unwrap().unwrap();
+        assert_eq!(resolver.calls.load(Ordering::SeqCst), calls, "not dropped");
     }
 
     /// A feed over a memory store whose push channel can be cut, and kept from coming
