@@ -5,9 +5,6 @@
 //! `TOWER_API_KEY_REQUIRE_SERVICES=1`, which makes a missing server a failure.
 #![cfg(feature = "postgres")]
 
-use std::str::FromStr;
-
-use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, Row};
 use tower_api_key::store::{NewKey, PostgresStore};
 use tower_api_key::{CachedResolver, KeyResolver, KeyStore};
@@ -16,106 +13,51 @@ use tower_api_key::{CachedResolver, KeyResolver, KeyStore};
 mod conformance;
 #[path = "common/feed.rs"]
 mod feed;
+#[path = "common/pg.rs"]
+mod pg;
 
-fn server() -> Option<PgConnectOptions> {
-    match std::env::var("TEST_POSTGRES_URL") {
-        Ok(url) if !url.is_empty() => {
-            Some(PgConnectOptions::from_str(&url).expect("TEST_POSTGRES_URL"))
-        }
-        _ => {
-            assert!(
-                std::env::var("TOWER_API_KEY_REQUIRE_SERVICES").as_deref() != Ok("1"),
-                "TEST_POSTGRES_URL is not set and TOWER_API_KEY_REQUIRE_SERVICES=1 requires PostgreSQL"
-            );
-            eprintln!("skipped: TEST_POSTGRES_URL is not set");
-            None
-        }
+use pg::FreshDb;
+
+/// The tables the conformance suite compares, as text.
+async fn dump(db: &FreshDb) -> String {
+    let mut conn = db.options().connect().await.unwrap();
+    let mut text = String::new();
+    for table in ["api_keys", "api_key_audit"] {
+        let sql = format!("SELECT COALESCE(string_agg(t::text, E'\\n'), '') AS d FROM {table} t");
+        let row = sqlx::query(&sql).fetch_one(&mut conn).await.unwrap();
+        text.push_str(&row.get::<String, _>("d"));
     }
-}
-
-/// A fresh, empty database on the test server.
-struct FreshDb {
-    server: PgConnectOptions,
-    name: String,
-}
-
-impl FreshDb {
-    async fn new(server: &PgConnectOptions, label: &str) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let name = format!("tak_{label}_{}_{nanos}", std::process::id());
-        let mut admin = server
-            .connect()
-            .await
-            .expect("connect to TEST_POSTGRES_URL");
-        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        admin.close().await.unwrap();
-        Self {
-            server: server.clone(),
-            name,
-        }
-    }
-
-    fn options(&self) -> PgConnectOptions {
-        self.server.clone().database(&self.name)
-    }
-
-    async fn dump(&self) -> String {
-        let mut conn = self.options().connect().await.unwrap();
-        let mut text = String::new();
-        for table in ["api_keys", "api_key_audit"] {
-            let sql =
-                format!("SELECT COALESCE(string_agg(t::text, E'\\n'), '') AS d FROM {table} t");
-            let row = sqlx::query(&sql).fetch_one(&mut conn).await.unwrap();
-            text.push_str(&row.get::<String, _>("d"));
-        }
-        conn.close().await.unwrap();
-        text
-    }
-
-    async fn drop_db(self) {
-        let mut admin = self.server.connect().await.unwrap();
-        sqlx::query(&format!("DROP DATABASE \"{}\" WITH (FORCE)", self.name))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-    }
+    conn.close().await.unwrap();
+    text
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_store() {
-    let Some(server) = server() else { return };
+    let Some(server) = pg::test_url() else { return };
     let db = FreshDb::new(&server, "conformance").await;
     let store = PostgresStore::builder_with(db.options())
         .connect()
         .await
         .unwrap();
-    conformance::run(store.clone(), || db.dump()).await;
+    conformance::run(store.clone(), || dump(&db)).await;
     store.pool().close().await;
-    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cached_postgres_store() {
-    let Some(server) = server() else { return };
+    let Some(server) = pg::test_url() else { return };
     let db = FreshDb::new(&server, "cached").await;
     let store = PostgresStore::builder_with(db.options())
         .connect()
         .await
         .unwrap();
-    conformance::run(CachedResolver::new(store.clone()), || db.dump()).await;
+    conformance::run(CachedResolver::new(store.clone()), || dump(&db)).await;
     store.pool().close().await;
-    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_change_feed() {
-    let Some(server) = server() else { return };
+    let Some(server) = pg::test_url() else { return };
     let db = FreshDb::new(&server, "feed").await;
     let store = PostgresStore::builder_with(db.options())
         .connect()
@@ -131,12 +73,11 @@ async fn postgres_change_feed() {
     feed::a_reader_behind_the_retention_is_told(&pruning).await;
     store.pool().close().await;
     pruning.pool().close().await;
-    db.drop_db().await;
 }
 
 #[tokio::test]
 async fn two_instances_share_keys_and_migrations_run_once() {
-    let Some(server) = server() else { return };
+    let Some(server) = pg::test_url() else { return };
     let db = FreshDb::new(&server, "shared").await;
     let a = PostgresStore::builder_with(db.options())
         .connect()
@@ -162,5 +103,4 @@ async fn two_instances_share_keys_and_migrations_run_once() {
     );
     a.pool().close().await;
     b.pool().close().await;
-    db.drop_db().await;
 }

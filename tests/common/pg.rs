@@ -107,6 +107,11 @@ impl FreshDb {
     pub(crate) fn url(&self) -> String {
         with_database(&self.server, &self.name)
     }
+
+    /// The connection options of this database, as the server's user.
+    pub(crate) fn options(&self) -> PgConnectOptions {
+        PgConnectOptions::from_str(&self.url()).expect("a postgres:// URL")
+    }
 }
 
 impl Drop for FreshDb {
