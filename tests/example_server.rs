@@ -8,134 +8,18 @@
     feature = "admin"
 ))]
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-fn example_binary() -> PathBuf {
-    // target/<profile>/deps/<this test> → target/<profile>/examples/server
-    let mut path = std::env::current_exe().unwrap();
-    path.pop();
-    path.pop();
-    path.push("examples");
-    path.push("server");
-    assert!(
-        path.exists(),
-        "{} is missing: run the tests with `cargo test` so that examples are built",
-        path.display()
-    );
-    path
-}
+#[path = "common/server.rs"]
+mod server;
+#[path = "common/unique.rs"]
+mod unique;
 
-struct Server {
-    child: Child,
-    addr: String,
-    /// Printed only by a start that found no active admin key.
-    admin_key: Option<String>,
-    /// The database, when this server owns it.
-    _db: Option<TempDb>,
-}
-
-/// A database file (and its WAL) removed when dropped.
-struct TempDb(PathBuf);
-
-impl Drop for TempDb {
-    fn drop(&mut self) {
-        for suffix in ["", "-wal", "-shm"] {
-            let mut p = self.0.as_os_str().to_owned();
-            p.push(suffix);
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
-
-/// A database path of its own for one server: unique within this process by a counter
-/// (tests run in parallel and may read the same clock value), and across processes by
-/// the pid and the time.
-fn fresh_db(name: &str) -> PathBuf {
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let file = format!(
-        "example-server-{name}-{}-{n}-{nanos}.db",
-        std::process::id()
-    );
-    std::env::temp_dir().join(file)
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start() -> Server {
-    start_with(&[])
-}
-
-fn start_with(env: &[(&str, &str)]) -> Server {
-    let db = TempDb(fresh_db("server"));
-    let mut server = start_on(&db.0, env);
-    server._db = Some(db);
-    server
-}
-
-fn start_on(db: &std::path::Path, env: &[(&str, &str)]) -> Server {
-    let mut child = Command::new(example_binary())
-        .env("BIND", "127.0.0.1:0")
-        .env("DATABASE_URL", format!("sqlite://{}", db.display()))
-        // Only what a test gives: not the developer's own Redis.
-        .env_remove("REDIS_URL")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let out = child.stdout.take().unwrap();
-    let err = child.stderr.take().unwrap();
-    let tx2 = tx.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            let _ = tx2.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (mut addr, mut admin_key) = (None, None);
-    // The admin key, if any, is printed on stdout before the "listening on" line, and
-    // one thread reads stdout, so it has arrived by the time that line has.
-    while addr.is_none() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx.recv_timeout(left).expect("server did not start");
-        if let Some(k) = line.strip_prefix("admin key: ") {
-            admin_key = Some(k.to_owned());
-        }
-        if let Some(a) = line.strip_prefix("listening on http://") {
-            addr = Some(a.to_owned());
-        }
-    }
-    Server {
-        child,
-        addr: addr.unwrap(),
-        admin_key,
-        _db: None,
-    }
-}
+use server::{TempDb, refuses_to_start, start_on, start_sqlite};
 
 /// The id of the first key of `consumer`, through the admin API.
 async fn first_key_id(addr: &str, admin: &str, consumer: &str) -> String {
@@ -176,7 +60,7 @@ async fn http(
 
 #[tokio::test]
 async fn contract_of_the_example_server() {
-    let server = start();
+    let server = start_sqlite(&[]);
     let addr = server.addr.as_str();
     let admin_key = server
         .admin_key
@@ -236,7 +120,7 @@ async fn contract_of_the_example_server() {
 
 #[tokio::test]
 async fn a_key_made_through_the_admin_api_reaches_the_orders() {
-    let server = start();
+    let server = start_sqlite(&[]);
     let admin = format!("Bearer {}", server.admin_key.clone().unwrap());
     let json_admin = [
         ("authorization", admin.as_str()),
@@ -279,7 +163,7 @@ async fn a_key_made_through_the_admin_api_reaches_the_orders() {
 
 #[tokio::test]
 async fn rate_limit_from_the_environment() {
-    let server = start_with(&[("RATE_LIMIT", "5/60s")]);
+    let server = start_sqlite(&[("RATE_LIMIT", "5/60s")]);
     let bearer = format!("Bearer {}", server.admin_key.clone().unwrap());
     let auth = [("authorization", bearer.as_str())];
     for _ in 0..5 {
@@ -311,7 +195,7 @@ async fn two_servers_on_one_redis_share_a_rate_limit() {
         }
     };
     let env = [("RATE_LIMIT", "5/60s"), ("REDIS_URL", redis.as_str())];
-    let db = TempDb(fresh_db("redis"));
+    let db = TempDb::new("redis");
     let a = start_on(&db.0, &env);
     let b = start_on(&db.0, &env);
     let bearer = format!("Bearer {}", a.admin_key.clone().unwrap());
@@ -328,7 +212,7 @@ async fn two_servers_on_one_redis_share_a_rate_limit() {
 #[tokio::test]
 async fn without_redis_each_server_limits_on_its_own() {
     // Nothing listens on port 1: the server starts anyway, and limits per instance.
-    let server = start_with(&[
+    let server = start_sqlite(&[
         ("RATE_LIMIT", "2/60s"),
         ("REDIS_URL", "redis://127.0.0.1:1/"),
     ]);
@@ -344,7 +228,7 @@ async fn without_redis_each_server_limits_on_its_own() {
 #[tokio::test]
 async fn keys_and_usage_survive_a_restart() {
     use tower_api_key::KeyStore;
-    let db = TempDb(fresh_db("restart"));
+    let db = TempDb::new("restart");
     let first = start_on(&db.0, &[]);
     let admin_key = first
         .admin_key
@@ -363,7 +247,7 @@ async fn keys_and_usage_survive_a_restart() {
         .as_str()
         .unwrap()
         .to_owned();
-    stop(first);
+    first.stop();
 
     let second = start_on(&db.0, &[]);
     assert_eq!(
@@ -374,7 +258,7 @@ async fn keys_and_usage_survive_a_restart() {
         http(&second.addr, "GET", "/v1/whoami", &auth, "").await.0,
         200
     );
-    stop(second);
+    second.stop();
 
     // The usage of the first run was written on shutdown.
     let store = tower_api_key::store::SqliteStore::connect(&format!("sqlite://{}", db.0.display()))
@@ -382,41 +266,6 @@ async fn keys_and_usage_survive_a_restart() {
         .unwrap();
     let usage = store.usage(&key_id).await.unwrap().unwrap();
     assert!(usage.requests >= 4, "{usage:?}");
-}
-
-/// Sends SIGTERM and waits for a clean exit.
-fn stop(mut server: Server) {
-    let pid = server.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = wait_with_deadline(&mut server.child, Duration::from_secs(20));
-    assert!(status.success(), "{status:?}");
-}
-
-/// Starts the server with `env` on a database of its own, expects it to refuse to start,
-/// and returns what it wrote on stderr.
-fn refuses_to_start(env: &[(&str, &str)]) -> String {
-    let db = TempDb(fresh_db("refused"));
-    let mut child = Command::new(example_binary())
-        .env("BIND", "127.0.0.1:0")
-        .env("DATABASE_URL", format!("sqlite://{}", db.0.display()))
-        .env_remove("REDIS_URL")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = wait_with_deadline(&mut child, Duration::from_secs(20));
-    assert!(!status.success(), "started with {env:?}");
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    stderr
 }
 
 #[test]
@@ -438,7 +287,7 @@ fn bad_durations_are_clear_errors() {
 
 #[tokio::test]
 async fn readyz_reports_the_store_the_change_feed_and_redis() {
-    let server = start();
+    let server = start_sqlite(&[]);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (status, body) = http(&server.addr, "GET", "/readyz", &[], "").await;
@@ -463,34 +312,9 @@ fn bad_redis_url_is_a_clear_error_that_hides_the_password() {
     assert!(!stderr.contains("hunter2pw"), "{stderr}");
 }
 
-/// Waits for `child` to exit; kills it and fails the test past `limit`.
-fn wait_with_deadline(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            panic!("the server did not exit within {limit:?} (stale example binary?)");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn sigterm_shuts_down_cleanly() {
-    let mut server = start();
-    let pid = server.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = wait_with_deadline(&mut server.child, Duration::from_secs(20));
-    assert!(status.success(), "{status:?}");
+    start_sqlite(&[]).stop();
 }
 
 /// Polls `check` until it returns true, failing after `limit`.
@@ -508,7 +332,7 @@ where
 
 #[tokio::test]
 async fn admin_contract_over_real_http() {
-    let server = start();
+    let server = start_sqlite(&[]);
     let addr = server.addr.clone();
     let admin = format!("Bearer {}", server.admin_key.clone().unwrap());
     let json = [
@@ -891,7 +715,7 @@ async fn the_dashboard_in_a_real_browser() {
     let Some(browser) = Browser::start().await else {
         return;
     };
-    let server = start();
+    let server = start_sqlite(&[]);
     let admin_key = server.admin_key.clone().unwrap();
     browser
         .session(

@@ -34,9 +34,11 @@ use tower_api_key::store::{NewKey, PostgresStore};
 mod pg;
 #[path = "common/server.rs"]
 mod server;
+#[path = "common/unique.rs"]
+mod unique;
 
 use pg::{Cluster, FreshDb};
-use server::{Answer, Client, Server};
+use server::{Answer, Client, Server, TempDb};
 
 /// No test here is about rate limits.
 const NO_LIMIT: (&str, &str) = ("RATE_LIMIT", "1000000/1s");
@@ -362,23 +364,10 @@ async fn revocation_on_one_postgres_instance_reaches_the_other() {
     );
 }
 
-/// A SQLite file (and its WAL) removed when dropped.
-struct TempFile(std::path::PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        for suffix in ["", "-wal", "-shm"] {
-            let mut p = self.0.as_os_str().to_owned();
-            p.push(suffix);
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocation_on_one_sqlite_file_reaches_the_other() {
-    let file = TempFile(std::env::temp_dir().join(format!("{}.db", pg::unique_name("scaleout"))));
-    let db_url = format!("sqlite://{}", file.0.display());
+    let file = TempDb::new("scaleout");
+    let db_url = file.url();
     // Polling at the default 250 ms; a long TTL, so that only the feed can deliver.
     let env = [
         ("DATABASE_URL", db_url.as_str()),

@@ -15,6 +15,8 @@ mod conformance;
 mod feed;
 #[path = "common/pg.rs"]
 mod pg;
+#[path = "common/unique.rs"]
+mod unique;
 
 use pg::FreshDb;
 

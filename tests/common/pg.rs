@@ -9,6 +9,10 @@ use std::str::FromStr;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, Executor};
 
+// The including test crate declares `#[path = "common/unique.rs"] mod unique;` once:
+// server.rs uses it too, and a crate including both may not load it twice.
+pub(crate) use crate::unique::unique_name;
+
 /// `TEST_POSTGRES_URL`; without it, says the test is skipped and returns `None`, unless
 /// `TOWER_API_KEY_REQUIRE_SERVICES=1`, which makes a missing server a failure.
 pub(crate) fn test_url() -> Option<String> {
@@ -43,17 +47,6 @@ pub(crate) fn with_user(url: &str, user: &str) -> String {
         .rsplit_once('@')
         .map_or(authority, |(_, host)| host);
     format!("{scheme}://{user}@{host}{}", &rest[authority_end..])
-}
-
-/// A unique lower-case name: pid, a counter and the time.
-pub(crate) fn unique_name(label: &str) -> String {
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("tak_{label}_{}_{n}_{nanos}", std::process::id())
 }
 
 /// Runs `sql` on the server of `url`, on a connection of its own.

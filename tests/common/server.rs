@@ -1,15 +1,19 @@
 //! Driving the built example server (`examples/server.rs`) over real TCP: start it on a
-//! free loopback port (killed on drop), and a small keep-alive HTTP/1.1 client.
+//! free loopback port (killed on drop), on a given store or a SQLite file of its own, or
+//! see it refuse to start; and a small keep-alive HTTP/1.1 client.
 #![allow(dead_code)] // each test crate uses part of it
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
 use tokio::net::TcpStream;
+
+// The including test crate declares `#[path = "common/unique.rs"] mod unique;` (see pg.rs).
+use crate::unique::unique_name;
 
 /// target/<profile>/examples/server, next to this test's target/<profile>/deps.
 pub(crate) fn example_binary() -> PathBuf {
@@ -35,6 +39,32 @@ pub(crate) struct Server {
     /// Printed only by a start that found no active admin key.
     pub(crate) admin_key: Option<String>,
     log: Arc<Mutex<Vec<String>>>,
+    /// The database, when this server owns it (removed after the server is killed).
+    _db: Option<TempDb>,
+}
+
+/// A SQLite database file (and its WAL) in the temporary directory, removed when dropped.
+pub(crate) struct TempDb(pub(crate) PathBuf);
+
+impl TempDb {
+    pub(crate) fn new(label: &str) -> Self {
+        Self(std::env::temp_dir().join(format!("{}.db", unique_name(label))))
+    }
+
+    /// Its `sqlite://` URL, for `DATABASE_URL`.
+    pub(crate) fn url(&self) -> String {
+        format!("sqlite://{}", self.0.display())
+    }
+}
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = self.0.as_os_str().to_owned();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }
 
 impl Drop for Server {
@@ -63,17 +93,92 @@ const CONTRACT_VARS: [&str; 7] = [
     "CHANGES_POLL",
 ];
 
-/// Starts the example server with `env` (which should name `DATABASE_URL`) and waits
-/// until it listens.
-pub(crate) fn start(env: &[(&str, &str)]) -> Server {
+/// The example server on a free loopback port with `env` and no other variable of the
+/// contract.
+fn command(env: &[(&str, &str)]) -> Command {
     let mut command = Command::new(example_binary());
     for var in CONTRACT_VARS {
         command.env_remove(var);
     }
-    let mut child = command
+    command
         .env("BIND", "127.0.0.1:0")
         .envs(env.iter().copied())
-        .stdin(Stdio::null())
+        .stdin(Stdio::null());
+    command
+}
+
+/// `env` with `DATABASE_URL` set to `url` first (so that `env` may still name another).
+fn with_database<'a>(url: &'a str, env: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    std::iter::once(("DATABASE_URL", url))
+        .chain(env.iter().copied())
+        .collect()
+}
+
+/// Starts the example server on the SQLite file `db` with `env`.
+pub(crate) fn start_on(db: &Path, env: &[(&str, &str)]) -> Server {
+    let url = format!("sqlite://{}", db.display());
+    start(&with_database(&url, env))
+}
+
+/// Starts the example server with `env` on a SQLite file of its own, removed with it.
+pub(crate) fn start_sqlite(env: &[(&str, &str)]) -> Server {
+    let db = TempDb::new("server");
+    let mut server = start(&with_database(&db.url(), env));
+    server._db = Some(db);
+    server
+}
+
+/// Starts the example server with `env` on a SQLite file of its own, expects it to
+/// refuse to start, and returns what it wrote on stderr.
+pub(crate) fn refuses_to_start(env: &[(&str, &str)]) -> String {
+    let db = TempDb::new("refused");
+    let mut child = command(&with_database(&db.url(), env))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_with_deadline(&mut child, Duration::from_secs(20));
+    assert!(!status.success(), "started with {env:?}");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    stderr
+}
+
+/// Waits for `child` to exit; kills it and fails the test past `limit`.
+fn wait_with_deadline(child: &mut Child, limit: Duration) -> ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("the server did not exit within {limit:?} (stale example binary?)");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Server {
+    /// Sends SIGTERM and waits for a clean exit.
+    pub(crate) fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let status = wait_with_deadline(&mut self.child, Duration::from_secs(20));
+        assert!(status.success(), "{status:?}");
+    }
+}
+
+/// Starts the example server with `env` (which should name `DATABASE_URL`) and waits
+/// until it listens.
+pub(crate) fn start(env: &[(&str, &str)]) -> Server {
+    let mut child = command(env)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -104,6 +209,7 @@ pub(crate) fn start(env: &[(&str, &str)]) -> Server {
         addr: String::new(),
         admin_key: None,
         log,
+        _db: None,
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     // The admin key, if any, is printed on stdout before the "listening on" line, and
