@@ -10,7 +10,8 @@
 //!   its own and logs that it does.
 //! - `CACHE_TTL` (default `30s`), `CACHE_STALE` (default `10m`; `0` turns it off) and
 //!   `STORE_TIMEOUT` (default `2s`): how long a cached key is fresh, how long past that it
-//!   is still served while the store fails, and how long a store call may take.
+//!   is still served while the store fails, and how long a store call may take
+//!   (`STORE_TIMEOUT=0`: key loads wait as long as the store takes).
 //! - `CHANGES_POLL` (default `250ms`): how often the store's change log is polled, so
 //!   that a change made through another instance is seen here (PostgreSQL also pushes
 //!   changes with `LISTEN/NOTIFY`; then the log is read at once, and polled every second).
@@ -121,9 +122,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .load_timeout((!store_timeout.is_zero()).then_some(store_timeout))
         .build();
     // Changes made through any instance reach this one's cache.
+    // `STORE_TIMEOUT=0` takes the deadline off key loads; reads of the change log and
+    // the readiness probe still give up after the default 2 s.
+    let probe_timeout = if store_timeout.is_zero() {
+        Duration::from_secs(2)
+    } else {
+        store_timeout
+    };
     let options = FollowOptions::default()
         .poll_interval(poll)
-        .read_timeout(store_timeout.max(Duration::from_millis(100)));
+        .read_timeout(probe_timeout);
     let follower = Arc::new(cache.follow_with(store.clone(), options));
     let admin = tower_api_key::admin::router(cache.clone());
     let usage = UsageRecorder::spawn(store.clone(), Duration::from_secs(5));
@@ -137,7 +145,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         store: store.clone(),
         follower,
         redis,
-        timeout: store_timeout.max(Duration::from_millis(100)),
+        timeout: probe_timeout,
         last: Arc::new(AsyncMutex::new(None)),
     };
 

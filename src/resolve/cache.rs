@@ -328,6 +328,14 @@ impl<R: KeyResolver> CachedResolver<R> {
         self.inner.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
+    /// `invalidate` without moka (whose invalidation awaits): the front table and the
+    /// threads' copies.
+    pub(super) fn forget_now(&self, hash: &KeyHash) {
+        self.inner.epoch.fetch_add(1, Ordering::AcqRel);
+        self.inner.front.remove(hash);
+        self.inner.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// Forgets everything.
     pub fn invalidate_all(&self) {
         self.inner.epoch.fetch_add(1, Ordering::AcqRel);
@@ -502,15 +510,17 @@ impl Slot {
     /// The same entry in an allocation of its own, whose reference count only the thread
     /// that holds it writes (unless a request it answered ends on another thread).
     fn private_copy(&self) -> Self {
+        self.with_stamp(*self.stamp())
+    }
+
+    /// The same record (or unknown hash) behind `stamp`, in an allocation of its own.
+    fn with_stamp(&self, stamp: Stamp) -> Self {
         match self {
             Self::Found(auth) => Self::Found(Authenticated(Arc::new(Stamped {
-                stamp: auth.0.stamp,
+                stamp,
                 value: auth.0.value.clone(),
             }))),
-            Self::Unknown(unknown) => Self::Unknown(Arc::new(Stamped {
-                stamp: unknown.stamp,
-                value: (),
-            })),
+            Self::Unknown(_) => Self::Unknown(Arc::new(Stamped { stamp, value: () })),
         }
     }
 
@@ -534,19 +544,22 @@ impl Slot {
 
     /// The same record, fresh until `fresh_until` (its stale end kept), as a new entry.
     pub(super) fn restamped(&self, fresh_until: u64, generation: u64) -> Self {
-        let stamp = Stamp {
+        self.with_stamp(Stamp {
             fresh_until,
             generation,
             stale_until: self.stamp().stale_until.max(fresh_until),
             ..*self.stamp()
-        };
-        match self {
-            Self::Found(auth) => Self::Found(Authenticated(Arc::new(Stamped {
-                stamp,
-                value: auth.0.value.clone(),
-            }))),
-            Self::Unknown(_) => Self::Unknown(Arc::new(Stamped { stamp, value: () })),
-        }
+        })
+    }
+
+    /// The same record as an entry already past its TTL and window at `now`: an answer
+    /// for one request that the tables must not serve again.
+    pub(super) fn spent(&self, now: u64) -> Self {
+        self.with_stamp(Stamp {
+            fresh_until: now,
+            stale_until: now,
+            ..*self.stamp()
+        })
     }
 
     /// How long from now moka keeps the entry: to the end of its stale window.
@@ -664,7 +677,8 @@ impl Front {
         (slot.stamp().fresh_until > now).then(|| slot.clone())
     }
 
-    pub(super) fn insert(&self, slot: Slot) {
+    #[cfg(test)]
+    fn insert(&self, slot: Slot) {
         let mut shard = write(self.shard(&slot.stamp().hash));
         match shard.get(&slot.stamp().hash) {
             Some(old) if old.stamp().generation > slot.stamp().generation => {}
@@ -674,7 +688,24 @@ impl Front {
         }
     }
 
-    fn remove(&self, hash: &KeyHash) {
+    /// Inserts `slot` unless `epoch` has moved from `expected`, checked under the
+    /// shard's lock: an invalidation bumps the epoch before it takes that lock to
+    /// remove, so either this sees the bump, or the removal comes after the insert.
+    pub(super) fn insert_unless_moved(&self, slot: Slot, epoch: &AtomicU64, expected: u64) -> bool {
+        let mut shard = write(self.shard(&slot.stamp().hash));
+        if epoch.load(Ordering::Acquire) != expected {
+            return false;
+        }
+        match shard.get(&slot.stamp().hash) {
+            Some(old) if old.stamp().generation > slot.stamp().generation => {}
+            _ => {
+                shard.replace(slot);
+            }
+        }
+        true
+    }
+
+    pub(super) fn remove(&self, hash: &KeyHash) {
         write(self.shard(hash)).remove(hash);
     }
 

@@ -16,6 +16,9 @@ const BATCH: usize = 1000;
 /// The first retry after a failure; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The longest interval or timeout the options take (longer ones are cut to it), so
+/// that no sum of them overflows.
+const MAX_INTERVAL: Duration = Duration::from_secs(86_400);
 
 /// How a [`ChangeFollower`] reads its feed; for [`CachedResolver::follow_with`].
 #[derive(Debug, Clone)]
@@ -37,23 +40,23 @@ impl Default for FollowOptions {
 
 impl FollowOptions {
     /// How often the log is read when the store has no push channel, or while it is
-    /// lost (default 250 ms). This is the propagation bound of polling.
+    /// lost (default 250 ms; at most a day). This is the propagation bound of polling.
     pub fn poll_interval(mut self, interval: Duration) -> Self {
-        self.poll_interval = interval.max(Duration::from_millis(1));
+        self.poll_interval = interval.clamp(Duration::from_millis(1), MAX_INTERVAL);
         self
     }
 
     /// How often the log is read while the push channel is up, in case a wake-up is
-    /// lost without the channel noticing (default 1 s).
+    /// lost without the channel noticing (default 1 s; at most a day).
     pub fn push_poll_interval(mut self, interval: Duration) -> Self {
-        self.push_poll_interval = interval.max(Duration::from_millis(1));
+        self.push_poll_interval = interval.clamp(Duration::from_millis(1), MAX_INTERVAL);
         self
     }
 
     /// How long one read of the log, or one subscribe, may take before it counts as
-    /// failed (default 2 s).
+    /// failed (default 2 s; at most a day).
     pub fn read_timeout(mut self, timeout: Duration) -> Self {
-        self.read_timeout = timeout;
+        self.read_timeout = timeout.clamp(Duration::from_millis(1), MAX_INTERVAL);
         self
     }
 
@@ -204,7 +207,7 @@ impl<R: KeyResolver> CachedResolver<R> {
         });
         let follow = Follow {
             cache: self.clone(),
-            feed,
+            feed: Arc::new(feed),
             shared: Arc::clone(&shared),
             applied: applied_tx,
             last: 0,
@@ -340,24 +343,70 @@ struct TimedOut(Duration);
 /// The task's state.
 struct Follow<R, F> {
     cache: CachedResolver<R>,
-    feed: F,
+    feed: Arc<F>,
     shared: Arc<Shared>,
     applied: watch::Sender<u64>,
     last: u64,
 }
 
-/// What the task that forwards the push channel's wake-ups says.
-enum Wake {
+/// What the push task says.
+enum Push {
+    /// Subscribed: read the log now, which replays what the channel missed.
+    Connected,
+    /// There may be new changes.
     Changed,
-    Lost,
+    /// The channel was lost, or could not be made (and why).
+    Lost(String),
+    /// The store has no push channel.
+    Unavailable,
 }
 
-/// Aborts the forwarding task when the follower's task ends (or is aborted).
-struct Forwarder(JoinHandle<()>);
+/// Aborts the push task when the follower's task ends (or is aborted).
+struct PushTask(JoinHandle<()>);
 
-impl Drop for Forwarder {
+impl Drop for PushTask {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// Subscribes, forwards wake-ups, and subscribes again after a loss (at once, then
+/// with backoff), in a task of its own: waiting for a wake-up is never cancelled half
+/// way, and a subscribe that hangs never holds up the reads.
+async fn push_task<F: ChangeFeed>(feed: Arc<F>, tx: mpsc::Sender<Push>, timeout: Duration) {
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let why = match tokio::time::timeout(timeout, feed.subscribe()).await {
+            Ok(Ok(Some(mut wakeups))) => {
+                backoff = FIRST_BACKOFF;
+                if tx.send(Push::Connected).await.is_err() {
+                    return;
+                }
+                while wakeups.next().await {
+                    // Full: a wake-up is already pending, which is enough.
+                    let _ = tx.try_send(Push::Changed);
+                }
+                if tx
+                    .send(Push::Lost("the connection closed".to_owned()))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                continue;
+            }
+            Ok(Ok(None)) => {
+                let _ = tx.send(Push::Unavailable).await;
+                return;
+            }
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => TimedOut(timeout).to_string(),
+        };
+        if tx.send(Push::Lost(why)).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
@@ -380,70 +429,61 @@ impl<R: KeyResolver, F: ChangeFeed> Follow<R, F> {
         self.cache.invalidate_all();
         self.applied_through(self.last);
 
-        let (wake_tx, mut wake_rx) = mpsc::channel::<Wake>(16);
-        let mut forwarder: Option<Forwarder> = None;
-        let mut has_push = true;
-        let mut next_subscribe = Instant::now();
-        let mut backoff = FIRST_BACKOFF;
-        // Read the log now: at the start, on a wake-up, on the poll, and right after
-        // a (re)subscribe, which replays whatever the channel missed.
+        let (tx, rx) = mpsc::channel::<Push>(16);
+        let _push = PushTask(tokio::spawn(push_task(
+            Arc::clone(&self.feed),
+            tx,
+            options.read_timeout,
+        )));
+        let mut rx = Some(rx);
+        let mut connected = false;
+        // The log is read at once, on every wake-up and subscribe, and at the latest
+        // one poll interval after the last read.
         let mut read = true;
+        let mut next_poll = Instant::now();
         loop {
-            if has_push && forwarder.is_none() && Instant::now() >= next_subscribe {
-                match self.timed(self.feed.subscribe()).await {
-                    Ok(Some(mut wakeups)) => {
-                        backoff = FIRST_BACKOFF;
-                        let tx = wake_tx.clone();
-                        // Waiting for a wake-up is never cancelled half way: a task of
-                        // its own waits, and says so through a channel.
-                        forwarder = Some(Forwarder(tokio::spawn(async move {
-                            while wakeups.next().await {
-                                // Full: a wake-up is already pending, which is enough.
-                                let _ = tx.try_send(Wake::Changed);
-                            }
-                            let _ = tx.send(Wake::Lost).await;
-                        })));
-                        self.shared.push(PushState::Connected, None);
-                        read = true;
-                    }
-                    Ok(None) => {
-                        has_push = false;
-                        self.shared.push(PushState::Unavailable, None);
-                    }
-                    Err(error) => {
-                        self.shared.push(PushState::Disconnected, Some(&error));
-                        next_subscribe = Instant::now() + backoff;
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
-                    }
-                }
-            }
-            if std::mem::take(&mut read) {
+            if std::mem::take(&mut read) || Instant::now() >= next_poll {
                 self.catch_up().await;
+                let interval = if connected {
+                    options.push_poll_interval
+                } else {
+                    options.poll_interval
+                };
+                next_poll = Instant::now() + interval;
             }
-
-            let interval = if forwarder.is_some() {
-                options.push_poll_interval
-            } else {
-                options.poll_interval
-            };
-            let poll_at = Instant::now() + interval;
-            let subscribe_at = (has_push && forwarder.is_none()).then_some(next_subscribe);
-            let until = subscribe_at.map_or(poll_at, |at| at.min(poll_at));
-            tokio::select! {
-                wake = wake_rx.recv() => match wake {
-                    Some(Wake::Changed) => {
-                        // Coalesce wake-ups already queued: one read covers them all.
-                        while let Ok(Wake::Changed) = wake_rx.try_recv() {}
-                        read = true;
-                    }
-                    Some(Wake::Lost) | None => {
-                        forwarder = None;
-                        next_subscribe = Instant::now();
-                        self.shared.push(PushState::Disconnected, Some(&"the connection closed"));
-                    }
+            let message = match rx.as_mut() {
+                Some(messages) => tokio::select! {
+                    message = messages.recv() => message,
+                    _ = tokio::time::sleep_until(next_poll.into()) => continue,
                 },
-                _ = tokio::time::sleep_until(until.into()) => {
-                    read = Instant::now() >= poll_at;
+                None => {
+                    tokio::time::sleep_until(next_poll.into()).await;
+                    continue;
+                }
+            };
+            let Some(mut message) = message else {
+                rx = None; // the push task ended: the store has no channel
+                continue;
+            };
+            // This message and any already queued: one read covers them all.
+            loop {
+                match message {
+                    Push::Changed => read = true,
+                    Push::Connected => {
+                        connected = true;
+                        read = true;
+                        self.shared.push(PushState::Connected, None);
+                    }
+                    Push::Lost(why) => {
+                        connected = false;
+                        next_poll = next_poll.min(Instant::now() + options.poll_interval);
+                        self.shared.push(PushState::Disconnected, Some(&why));
+                    }
+                    Push::Unavailable => self.shared.push(PushState::Unavailable, None),
+                }
+                match rx.as_mut().map(mpsc::Receiver::try_recv) {
+                    Some(Ok(next)) => message = next,
+                    _ => break,
                 }
             }
         }
@@ -772,6 +812,20 @@ mod tests {
         async fn last_seq(&self) -> Result<u64, StoreError> {
             Err(StoreError::Backend("connection refused".into()))
         }
+    }
+
+    #[tokio::test]
+    async fn the_longest_options_do_not_overflow() {
+        let store = MemoryStore::new();
+        let cache = CachedResolver::new(store.clone());
+        let options = FollowOptions::default()
+            .poll_interval(Duration::MAX)
+            .push_poll_interval(Duration::MAX)
+            .read_timeout(Duration::MAX);
+        let follower = cache.follow_with(store.clone(), options);
+        store.create(NewKey::new("acme"), "admin").await.unwrap();
+        caught_up(&follower, &store).await;
+        assert_ne!(follower.state().health, FeedHealth::Down);
     }
 
     #[tokio::test]

@@ -348,7 +348,8 @@ impl KeyStore for MemoryStore {
 impl ChangeFeed for MemoryStore {
     async fn changes_after(&self, after: u64, limit: usize) -> Result<Changes, StoreError> {
         let records = self.read();
-        if records.pruned_through > after {
+        // Pruned past the reader, or the log is behind it: it cannot know what it missed.
+        if records.pruned_through > after || records.last_seq < after {
             return Ok(Changes::Gap {
                 last_seq: records.last_seq,
             });

@@ -4,7 +4,7 @@
 //!
 //! The tables themselves (moka, the front table, the threads' copies) are in `cache.rs`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use super::cache::Slot;
@@ -17,6 +17,42 @@ use crate::record::KeyRecord;
 /// before the next attempt: a store that is down sees one call per key per interval.
 const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Takes back what a load kept if an invalidation began after the load's epoch was
+/// read: the front table's insert was checked against it, but moka's insert comes
+/// later and is not. Dropped half way (the request went away), it still takes it back.
+struct TakeBack<'a, R: KeyResolver> {
+    cache: &'a CachedResolver<R>,
+    hash: KeyHash,
+    epoch: u64,
+    kept: AtomicBool,
+}
+
+impl<R: KeyResolver> TakeBack<'_, R> {
+    fn overtaken(&self) -> bool {
+        self.kept.swap(false, Ordering::Relaxed)
+            && self.cache.inner.epoch.load(Ordering::Acquire) != self.epoch
+    }
+
+    async fn now(self) {
+        if self.overtaken() {
+            self.cache.invalidate(&self.hash).await;
+        }
+    }
+}
+
+impl<R: KeyResolver> Drop for TakeBack<'_, R> {
+    fn drop(&mut self) {
+        if self.overtaken() {
+            // The tables and the threads' copies at once; moka on the runtime.
+            self.cache.forget_now(&self.hash);
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let (cache, hash) = (self.cache.clone(), self.hash);
+                runtime.spawn(async move { cache.inner.moka.invalidate(&hash).await });
+            }
+        }
+    }
+}
+
 /// A resolver call that passed its deadline.
 #[derive(Debug, thiserror::Error)]
 #[error("the key store did not answer within {0:?}")]
@@ -27,14 +63,17 @@ impl<R: KeyResolver> CachedResolver<R> {
     /// stale entry at once while it is refreshed.
     pub(crate) async fn lookup_slow(&self, hash: &KeyHash) -> Result<Slot, ResolveError> {
         let now = clock::mono_nanos();
+        // Read before the entry: a refresh of it is only good while no invalidation
+        // has begun since.
+        let epoch = self.inner.epoch.load(Ordering::Acquire);
         let stale = match self.inner.moka.get(hash).await {
             Some(slot) if slot.is_fresh(now) => return Ok(slot),
             Some(slot) if slot.is_servable_stale(now) => {
-                if self.refresh_in_background(hash, &slot) {
+                if self.refresh_in_background(hash, &slot, epoch) {
                     return Ok(slot);
                 }
                 // No runtime to refresh in: refresh here, then read the tables again.
-                self.refresh(*hash, slot.clone()).await;
+                self.refresh(*hash, slot.clone(), epoch).await;
                 Some(slot)
             }
             // Past its window; moka's clock may run a hair behind ours.
@@ -64,39 +103,39 @@ impl<R: KeyResolver> CachedResolver<R> {
     async fn load_through_moka(&self, hash: &KeyHash) -> Result<Slot, ResolveError> {
         let inner = &self.inner;
         let epoch = inner.epoch.load(Ordering::Acquire);
-        // The generation of the entry this call loaded and kept, if it did.
-        let kept = AtomicU64::new(u64::MAX);
+        let take_back = TakeBack {
+            cache: self,
+            hash: *hash,
+            epoch,
+            kept: AtomicBool::new(false),
+        };
         let load = async {
             let record = self.load_record(hash).await?;
             let now = clock::mono_nanos();
             let generation = inner.generation.fetch_add(1, Ordering::Relaxed);
-            // Invalidated while loading: answer this request, but keep nothing.
-            if inner.epoch.load(Ordering::Acquire) != epoch {
-                return Ok(Slot::new(*hash, now, now, generation, record));
-            }
             let slot = self.slot_for(*hash, now, generation, record);
-            inner.front.insert(slot.clone());
-            kept.store(generation, Ordering::Relaxed);
-            Ok::<_, ResolveError>(slot)
+            if inner
+                .front
+                .insert_unless_moved(slot.clone(), &inner.epoch, epoch)
+            {
+                take_back.kept.store(true, Ordering::Relaxed);
+                return Ok::<_, ResolveError>(slot);
+            }
+            // Invalidated while loading: answer this request, but keep nothing.
+            Ok(slot.spent(now))
         };
         let slot = inner
             .moka
             .try_get_with_by_ref(hash, load)
             .await
             .map_err(|e| (*e).clone())?;
-        let generation = kept.load(Ordering::Relaxed);
-        if generation != u64::MAX && inner.epoch.load(Ordering::Acquire) != epoch {
-            // An invalidation ran between the check above and moka's insert: take back
-            // what was kept (this request is still answered with it).
-            inner.front.remove_generation(hash, generation);
-            inner.moka.invalidate(hash).await;
-        }
+        take_back.now().await;
         Ok(slot)
     }
 
     /// Starts a refresh of a stale entry on the runtime, unless one is under way.
     /// `false`: there is no runtime to start it on.
-    fn refresh_in_background(&self, hash: &KeyHash, stale: &Slot) -> bool {
+    fn refresh_in_background(&self, hash: &KeyHash, stale: &Slot, epoch: u64) -> bool {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return false;
         };
@@ -105,17 +144,18 @@ impl<R: KeyResolver> CachedResolver<R> {
         }
         let (this, hash, stale) = (self.clone(), *hash, stale.clone());
         runtime.spawn(async move {
-            this.refresh(hash, stale).await;
+            this.refresh(hash, stale, epoch).await;
             lock(&this.inner.refreshing).remove(&hash);
         });
         true
     }
 
     /// Loads `hash` again. If the resolver fails, the stale entry is kept (until its
-    /// window ends) and tried again after [`RETRY_INTERVAL`].
-    async fn refresh(&self, hash: KeyHash, stale: Slot) {
+    /// window ends) and tried again after [`RETRY_INTERVAL`]. `epoch` is the one read
+    /// before `stale` was: if it moved, an invalidation may have dropped `stale`, and
+    /// nothing is kept.
+    async fn refresh(&self, hash: KeyHash, stale: Slot, epoch: u64) {
         let inner = &self.inner;
-        let epoch = inner.epoch.load(Ordering::Acquire);
         let result = self.load_record(&hash).await;
         let now = clock::mono_nanos();
         let generation = inner.generation.fetch_add(1, Ordering::Relaxed);
@@ -127,15 +167,20 @@ impl<R: KeyResolver> CachedResolver<R> {
                 stale.restamped(retry.min(stale.stamp().stale_until), generation)
             }
         };
-        if inner.epoch.load(Ordering::Acquire) != epoch {
+        if !inner
+            .front
+            .insert_unless_moved(slot.clone(), &inner.epoch, epoch)
+        {
             return; // invalidated meanwhile: the next request loads
         }
-        inner.front.insert(slot.clone());
+        let take_back = TakeBack {
+            cache: self,
+            hash,
+            epoch,
+            kept: AtomicBool::new(true),
+        };
         inner.moka.insert(hash, slot).await;
-        if inner.epoch.load(Ordering::Acquire) != epoch {
-            inner.front.remove_generation(&hash, generation);
-            inner.moka.invalidate(&hash).await;
-        }
+        take_back.now().await;
     }
 
     /// The resolver's answer for `hash`, within the deadline.
@@ -324,6 +369,38 @@ mod tests {
         // The store is back: the record is loaded again.
         resolver.failing.store(false, Ordering::SeqCst);
         assert!(cache.lookup(&hash).await.unwrap().is_some());
+    }
+
+    /// On one thread, the refresh a stale hit spawns runs only when the test yields:
+    /// after the invalidation below, which is the order that must keep nothing.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_refresh_overtaken_by_an_invalidation_keeps_nothing_even_when_it_fails() {
+        let resolver = Flaky::default();
+        let hash = key_in(&resolver.store);
+        let ttl = Duration::from_millis(1);
+        let cache = CachedResolver::builder(resolver.clone()).ttl(ttl).build();
+        cache.lookup(&hash).await.unwrap().unwrap();
+        std::thread::sleep(ttl * 5); // past the TTL, without letting tasks run
+        resolver.failing.store(true, Ordering::SeqCst);
+        // A stale hit: served, and a refresh spawned (not yet run).
+        cache.lookup(&hash).await.unwrap().unwrap();
+        assert_eq!(lock(&cache.inner.refreshing).len(), 1);
+        // The key changes elsewhere and the change arrives: the entry is dropped.
+        cache.invalidate(&hash).await;
+        eventually("the refresh to end", async || {
+            lock(&cache.inner.refreshing).is_empty()
+        })
+        .await;
+        assert_eq!(
+            resolver.calls.load(Ordering::SeqCst),
+            2,
+            "it ran, and failed"
+        );
+        // The failed refresh did not bring back what was read before the change.
+        assert!(
+            cache.lookup(&hash).await.is_err(),
+            "a record dropped by an invalidation came back"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

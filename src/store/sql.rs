@@ -169,15 +169,21 @@ impl ChangeFeed for $store {
         .map_err(backend)?;
         // Read after the rows: a prune between the two reads shows here as a gap (at
         // worst one that was not needed), never as changes silently missing.
-        let through: i64 =
-            sqlx::query_scalar("SELECT through FROM api_key_changes_pruned WHERE one = 1")
-                .fetch_one(&self.pool)
-                .await
-                .map_err(backend)?;
-        if through.max(0).unsigned_abs() > after {
-            return Ok(Changes::Gap {
-                last_seq: self.last_seq().await?,
-            });
+        let row = sqlx::query(
+            "SELECT through, (SELECT MAX(seq) FROM api_key_changes) AS newest \
+             FROM api_key_changes_pruned WHERE one = 1",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend)?;
+        let through: i64 = row.try_get("through").map_err(backend)?;
+        let newest: Option<i64> = row.try_get("newest").map_err(backend)?;
+        let last_seq = newest.unwrap_or(through).max(through).max(0).unsigned_abs();
+        // Pruned past the reader, or the log is behind it (a database restored from
+        // a backup, a replica promoted without the last commits): either way the reader
+        // cannot know what it missed.
+        if through.max(0).unsigned_abs() > after || last_seq < after {
+            return Ok(Changes::Gap { last_seq });
         }
         rows.iter()
             .map(change_from_row)

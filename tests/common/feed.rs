@@ -97,6 +97,12 @@ where
     assert_eq!(first, changes[..2]);
     assert_eq!(after(store, first[1].seq).await, changes[2..]);
     assert!(after(store, last).await.is_empty());
+    // A reader ahead of the log (the database was restored from a backup, say) is told
+    // it cannot know what it missed.
+    assert_eq!(
+        store.changes_after(last + 10, 100).await.unwrap(),
+        Changes::Gap { last_seq: last }
+    );
 
     // A cache over the store, as the admin API uses it, logs through the store.
     let cached = CachedResolver::new(store.clone());
