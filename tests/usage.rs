@@ -19,7 +19,9 @@ async fn ten_thousand_requests_make_one_store_write() {
     let created = store.create(NewKey::new("acme"), "test").await.unwrap();
     // Only the final flush: the interval is far longer than the test.
     let recorder = UsageRecorder::spawn(store.clone(), Duration::from_secs(3600));
-    let policy: RateLimitPolicy = "9000/1h".parse().unwrap();
+    // 9000 at once, then one more every 400 s: the loop below can never earn one more
+    // (with 9000/1h it did whenever the loop took over 0.4 s, as on a busy CI machine).
+    let policy: RateLimitPolicy = "9000/1000h".parse().unwrap();
     let app = Router::new()
         .route("/", get(|| async { "ok" }))
         .layer(RateLimitLayer::new(MemoryRateLimitStore::new(), policy))
