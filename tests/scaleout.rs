@@ -251,23 +251,24 @@ async fn measure_revocations(label: &str, a: &Server, b: &Server) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn revocation_on_one_postgres_instance_reaches_the_other() {
-    let Some(url) = pg::test_url() else { return };
-    let db = FreshDb::new(&url, "scaleout_feed").await;
-    let db_url = db.url();
-    // A long TTL: only the change feed can make B forget a key.
-    let env = [
-        ("DATABASE_URL", db_url.as_str()),
-        ("CACHE_TTL", "10m"),
-        NO_LIMIT,
-    ];
+/// Two servers on one database, with a long TTL: only the change feed can make one
+/// forget a key the other changed.
+fn two_servers(db_url: &str) -> (Server, Server) {
+    let env = [("DATABASE_URL", db_url), ("CACHE_TTL", "10m"), NO_LIMIT];
     let a = server::start(&env);
     let b = server::start(&env);
     assert_eq!(
         b.admin_key, None,
         "the second server finds the first's admin key"
     );
+    (a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_on_one_postgres_instance_reaches_the_other() {
+    let Some(url) = pg::test_url() else { return };
+    let db = FreshDb::new(&url, "scaleout_feed").await;
+    let (a, b) = two_servers(&db.url());
     measure_revocations("postgres", &a, &b).await;
 
     let mut admin = Admin::of(&a);
@@ -367,19 +368,8 @@ async fn revocation_on_one_postgres_instance_reaches_the_other() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocation_on_one_sqlite_file_reaches_the_other() {
     let file = TempDb::new("scaleout");
-    let db_url = file.url();
-    // Polling at the default 250 ms; a long TTL, so that only the feed can deliver.
-    let env = [
-        ("DATABASE_URL", db_url.as_str()),
-        ("CACHE_TTL", "10m"),
-        NO_LIMIT,
-    ];
-    let a = server::start(&env);
-    let b = server::start(&env);
-    assert_eq!(
-        b.admin_key, None,
-        "the second server finds the first's admin key"
-    );
+    // Polling at the default 250 ms.
+    let (a, b) = two_servers(&file.url());
     measure_revocations("sqlite", &a, &b).await;
 }
 
