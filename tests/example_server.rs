@@ -292,12 +292,10 @@ async fn readyz_reports_the_store_the_change_feed_and_redis() {
     loop {
         let (status, body) = http(&server.addr, "GET", "/readyz", &[], "").await;
         let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
-        if status == 200 {
-            // SQLite: polled, no push; no REDIS_URL.
-            assert_eq!(
-                ready,
-                serde_json::json!({"store": "ok", "changes": "ok", "redis": "off"})
-            );
+        // SQLite: polled, no push; no REDIS_URL. Until the feed knows that the store
+        // has no push channel it says "lagging" (and is ready all the same).
+        if ready == serde_json::json!({"store": "ok", "changes": "ok", "redis": "off"}) {
+            assert_eq!(status, 200, "{body}");
             break;
         }
         assert!(Instant::now() < deadline, "not ready: {status} {body}");
