@@ -679,13 +679,7 @@ impl Front {
 
     #[cfg(test)]
     fn insert(&self, slot: Slot) {
-        let mut shard = write(self.shard(&slot.stamp().hash));
-        match shard.get(&slot.stamp().hash) {
-            Some(old) if old.stamp().generation > slot.stamp().generation => {}
-            _ => {
-                shard.replace(slot);
-            }
-        }
+        self.insert_unless_moved(slot, &AtomicU64::new(0), 0);
     }
 
     /// Inserts `slot` unless `epoch` has moved from `expected`, checked under the

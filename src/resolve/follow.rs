@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::{CachedResolver, KeyResolver};
+use super::{CachedResolver, KeyResolver, TimedOut};
 use crate::store::{ChangeFeed, ChangeKind, Changes, StoreError};
 
 /// Changes read in one query.
@@ -146,7 +146,7 @@ impl Drop for ChangeFollower {
 impl ChangeFollower {
     /// Where it stands now.
     pub fn state(&self) -> FeedState {
-        self.shared.state()
+        self.shared.state(*self.applied.borrow())
     }
 
     /// Waits until the change with sequence `seq` (and every one before it) has been
@@ -196,8 +196,6 @@ impl<R: KeyResolver> CachedResolver<R> {
         let shared = Arc::new(Shared {
             options,
             status: Mutex::new(Status {
-                started: false,
-                last_seq: 0,
                 last_read: None,
                 healthy_at: Instant::now(),
                 push: PushState::Disconnected,
@@ -228,8 +226,7 @@ struct Shared {
 
 #[derive(Debug)]
 struct Status {
-    started: bool,
-    last_seq: u64,
+    /// The last successful read of the log (none yet: the feed is down).
     last_read: Option<Instant>,
     /// The last time the feed was healthy (or when following began).
     healthy_at: Instant,
@@ -244,12 +241,12 @@ impl Shared {
         self.status.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn state(&self) -> FeedState {
+    fn state(&self, last_seq: u64) -> FeedState {
         let status = self.status();
         let now = Instant::now();
         let health = self.health(&status, now);
         FeedState {
-            last_seq: status.last_seq,
+            last_seq,
             health,
             push: status.push,
             since_healthy: if health == FeedHealth::Ok {
@@ -262,7 +259,7 @@ impl Shared {
 
     fn health(&self, status: &Status, now: Instant) -> FeedHealth {
         let options = &self.options;
-        let Some(last_read) = status.last_read.filter(|_| status.started) else {
+        let Some(last_read) = status.last_read else {
             return FeedHealth::Down;
         };
         let since = now.saturating_duration_since(last_read);
@@ -286,8 +283,6 @@ impl Shared {
     fn read_ok(&self, last_seq: u64) {
         let mut status = self.status();
         let now = Instant::now();
-        status.started = true;
-        status.last_seq = last_seq;
         status.last_read = Some(now);
         if status.read_failing {
             status.read_failing = false;
@@ -334,11 +329,6 @@ impl Shared {
         }
     }
 }
-
-/// What a stored change-log read failed with, when it timed out.
-#[derive(Debug, thiserror::Error)]
-#[error("the change log did not answer within {0:?}")]
-struct TimedOut(Duration);
 
 /// The task's state.
 struct Follow<R, F> {
@@ -543,21 +533,12 @@ impl<R: KeyResolver, F: ChangeFeed> Follow<R, F> {
     async fn timed<T>(
         &self,
         call: impl std::future::Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, FeedError> {
+    ) -> Result<T, StoreError> {
         let limit = self.shared.options.read_timeout;
-        match tokio::time::timeout(limit, call).await {
-            Ok(result) => result.map_err(FeedError::Store),
-            Err(_) => Err(FeedError::TimedOut(TimedOut(limit))),
-        }
+        tokio::time::timeout(limit, call)
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Backend(Box::new(TimedOut(limit)))))
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-enum FeedError {
-    #[error(transparent)]
-    Store(StoreError),
-    #[error(transparent)]
-    TimedOut(TimedOut),
 }
 
 #[cfg(test)]
@@ -758,6 +739,74 @@ mod tests {
             follower.state().health == FeedHealth::Ok
         })
         .await;
+    }
+
+    /// Log lines, captured.
+    #[derive(Clone, Default)]
+    struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Capture {
+        fn count(&self, text: &str) -> usize {
+            String::from_utf8_lossy(&self.0.lock().unwrap())
+                .matches(text)
+                .count()
+        }
+    }
+
+    /// On one thread, so that the follower's tasks log to this test's subscriber.
+    #[tokio::test(flavor = "current_thread")]
+    async fn each_loss_of_the_channel_and_each_return_is_logged_once() {
+        let logs = Capture::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        // Other tests' threads have no subscriber: without this, a log line's callsite
+        // may keep the "nobody listens" answer it cached for them.
+        tracing::callsite::rebuild_interest_cache();
+        let feed = Cuttable {
+            refuse_subscribe: Arc::new(AtomicBool::new(true)),
+            ..Cuttable::default()
+        };
+        let cache = CachedResolver::new(feed.store.clone());
+        let follower = cache.follow(feed.clone());
+        let lost = "no push channel; polling the change log";
+        let back = "the push channel is back";
+        // Twice: several subscribes refused in a row, then one that works.
+        for round in 1..=2 {
+            let tries = feed.subscribes.load(Ordering::SeqCst);
+            feed.cut.notify_waiters();
+            eventually("three refused subscribes", async || {
+                feed.cut.notify_waiters();
+                feed.subscribes.load(Ordering::SeqCst) >= tries + 3
+            })
+            .await;
+            feed.refuse_subscribe.store(false, Ordering::SeqCst);
+            eventually("the channel to come back", async || {
+                follower.state().push == PushState::Connected
+            })
+            .await;
+            assert_eq!(logs.count(lost), round, "one warning per loss");
+            assert_eq!(
+                logs.count(back),
+                round,
+                "one notice per return: {}",
+                String::from_utf8_lossy(&logs.0.lock().unwrap())
+            );
+            feed.refuse_subscribe.store(true, Ordering::SeqCst);
+        }
     }
 
     /// Counts resolver calls.

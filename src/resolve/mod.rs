@@ -59,6 +59,11 @@ impl<T: KeyResolver + ?Sized> KeyResolver for Box<T> {
     }
 }
 
+/// A call to the key store (a load, a read of its change log) that passed its deadline.
+#[derive(Debug, thiserror::Error)]
+#[error("the key store did not answer within {0:?}")]
+pub(crate) struct TimedOut(pub(crate) std::time::Duration);
+
 /// A resolver could not answer: the key store is unreachable or failed.
 ///
 /// Cheap to clone (the cause is behind an `Arc`), so one failure can be handed to every

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use super::cache::Slot;
-use super::{CachedResolver, KeyResolver, ResolveError};
+use super::{CachedResolver, KeyResolver, ResolveError, TimedOut};
 use crate::clock;
 use crate::key::KeyHash;
 use crate::record::KeyRecord;
@@ -52,11 +52,6 @@ impl<R: KeyResolver> Drop for TakeBack<'_, R> {
         }
     }
 }
-
-/// A resolver call that passed its deadline.
-#[derive(Debug, thiserror::Error)]
-#[error("the key store did not answer within {0:?}")]
-struct TimedOut(Duration);
 
 impl<R: KeyResolver> CachedResolver<R> {
     /// The slow path: through moka, loading from the resolver on a miss, serving a
