@@ -207,6 +207,9 @@ async fn two_servers_on_one_redis_share_a_rate_limit() {
     }
     assert_eq!(statuses, [200, 200, 200, 200, 200, 429]);
     assert_eq!(http(&a.addr, "GET", "/v1/whoami", &auth, "").await.0, 429);
+    let (_, body) = http(&b.addr, "GET", "/readyz", &[], "").await;
+    let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ready["redis"], "ok", "{body}");
 }
 
 #[tokio::test]
@@ -223,6 +226,11 @@ async fn without_redis_each_server_limits_on_its_own() {
         statuses.push(http(&server.addr, "GET", "/v1/whoami", &auth, "").await.0);
     }
     assert_eq!(statuses, [200, 200, 429]);
+    // Ready all the same: limits are per instance, and /readyz says why.
+    let (status, body) = http(&server.addr, "GET", "/readyz", &[], "").await;
+    assert_eq!(status, 200, "{body}");
+    let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ready["redis"], "down", "{body}");
 }
 
 #[tokio::test]

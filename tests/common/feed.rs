@@ -189,3 +189,30 @@ where
     store.create(NewKey::new("acme"), "admin").await.unwrap();
     assert!(store.last_seq().await.unwrap() > last);
 }
+
+/// What takes a database back to the schema of the first release (before the log).
+#[allow(dead_code)] // for the SQL stores' tests; the memory store's has no schema
+pub(crate) const BACK_TO_THE_FIRST_SCHEMA: [&str; 3] = [
+    "DROP TABLE api_key_changes",
+    "DROP TABLE api_key_changes_pruned",
+    "DELETE FROM _sqlx_migrations WHERE version > 20261123000001",
+];
+
+/// `store` was opened on a database taken back to the first schema after `before` was
+/// created in it: the key is there, the log starts empty, and changes are logged.
+#[allow(dead_code)] // for the SQL stores' tests
+pub(crate) async fn migrated_forward<S: KeyStore + ChangeFeed>(
+    store: &S,
+    before: &tower_api_key::KeyRecord,
+) {
+    assert_eq!(
+        store.resolve(&before.hash).await.unwrap().as_ref(),
+        Some(before)
+    );
+    assert_eq!(store.last_seq().await.unwrap(), 0);
+    store.revoke(&before.id, "cli").await.unwrap();
+    assert_eq!(
+        kinds(&after(store, 0).await),
+        [(ChangeKind::Revoked, before.hash)]
+    );
+}
