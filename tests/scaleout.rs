@@ -692,6 +692,10 @@ async fn postgres_stopped_under_load() {
             let ready = client.get("/readyz", None).await;
             assert_eq!(ready.status, 503, "{}", ready.body);
             assert_eq!(ready.json()["store"], "down", "{}", ready.body);
+            // No read of the log for 3 s (plus the 1 s read timeout): the feed is down.
+            if stopped_at.elapsed() > Duration::from_millis(4500) {
+                assert_eq!(ready.json()["changes"], "down", "{}", ready.body);
+            }
         }
         checks += 1;
         tokio::time::sleep(Duration::from_millis(200)).await;
