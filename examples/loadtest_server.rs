@@ -2,7 +2,9 @@
 //! (`MODE=bare`) or behind `ApiKeyLayer` + `RateLimitLayer` with a budget no load run can
 //! spend, added with two `Router::layer` calls (`MODE=auth`), with one call of a
 //! `ServiceBuilder` holding both (`MODE=auth-one`), or wrapped around the router
-//! (`MODE=auth-outer`). It prints `key: <key>` and `listening on http://<addr>`, and
+//! (`MODE=auth-outer`). `MODE=auth-redis` is `auth` with the rate limits in Redis at
+//! `REDIS_URL` (default `redis://127.0.0.1:6379/`), in `REDIS_MODE` `batched` (the
+//! default) or `exact`. It prints `key: <key>` and `listening on http://<addr>`, and
 //! runs on one thread so that it can be pinned to one core.
 
 use std::time::Duration;
@@ -10,6 +12,7 @@ use std::time::Duration;
 use axum::routing::get;
 use axum::{Router, ServiceExt};
 use tower::Layer;
+use tower_api_key::ratelimit::{RedisMode, RedisRateLimitStore};
 use tower_api_key::{
     ApiKeyLayer, KeyFormat, KeyRecord, MemoryRateLimitStore, MemoryStore, RateLimitLayer,
     RateLimitPolicy,
@@ -26,13 +29,32 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let app = Router::new().route("/", get(|| async { "ok" }));
     let generous = RateLimitPolicy::rate("load", 1_000_000_000, Duration::from_secs(1))?;
-    let limits = RateLimitLayer::new(MemoryRateLimitStore::new(), generous);
+    let limits = RateLimitLayer::new(MemoryRateLimitStore::new(), generous.clone());
     let auth = ApiKeyLayer::new(keys);
     let listener = tokio::net::TcpListener::bind(&bind).await?;
     println!("listening on http://{}", listener.local_addr()?);
     match mode.as_str() {
         "bare" => axum::serve(listener, app).await?,
         "auth" => axum::serve(listener, app.layer(limits).layer(auth)).await?,
+        "auth-redis" => {
+            let url =
+                std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".to_owned());
+            let mode = match std::env::var("REDIS_MODE").as_deref() {
+                Err(_) | Ok("batched") => RedisMode::Batched,
+                Ok("exact") => RedisMode::Exact,
+                Ok(other) => {
+                    return Err(
+                        format!("REDIS_MODE must be batched or exact, not {other:?}").into(),
+                    );
+                }
+            };
+            let store = RedisRateLimitStore::open(&url)?
+                .with_mode(mode)
+                .with_prefix(format!("loadtest:{}:", std::process::id()));
+            store.ping().await?;
+            let limits = RateLimitLayer::new(store, generous);
+            axum::serve(listener, app.layer(limits).layer(auth)).await?
+        }
         "auth-one" => {
             let both = tower::ServiceBuilder::new().layer(auth).layer(limits);
             axum::serve(listener, app.layer(both)).await?
@@ -43,9 +65,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             axum::serve(listener, make).await?
         }
         other => {
-            return Err(
-                format!("MODE must be bare, auth, auth-one or auth-outer, not {other:?}").into(),
-            );
+            return Err(format!(
+                "MODE must be bare, auth, auth-one, auth-outer or auth-redis, not {other:?}"
+            )
+            .into());
         }
     }
     Ok(())

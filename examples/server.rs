@@ -7,7 +7,9 @@
 //!   carries no policy of its own.
 //! - `REDIS_URL` (unset by default) keeps rate-limit state in Redis, so that several
 //!   instances enforce one limit. While Redis does not answer, each instance limits on
-//!   its own and logs that it does.
+//!   its own and logs that it does. `REDIS_MODE` (default `batched`: each instance takes
+//!   slices of a key's budget and spends them in process; `exact`: one Redis call per
+//!   request) says how.
 //! - `CACHE_TTL` (default `30s`), `CACHE_STALE` (default `10m`; `0` turns it off) and
 //!   `STORE_TIMEOUT` (default `2s`): how long a cached key is fresh, how long past that it
 //!   is still served while the store fails, and how long a store call may take
@@ -39,7 +41,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::Mutex as AsyncMutex;
-use tower_api_key::ratelimit::{RateLimitStore, RedisRateLimitStore};
+use tower_api_key::ratelimit::{RateLimitStore, RedisMode, RedisRateLimitStore};
 use tower_api_key::resolve::{ChangeFollower, FeedHealth, FollowOptions};
 use tower_api_key::store::{ChangeFeed, ListQuery, NewKey, PostgresStore, SqliteStore};
 use tower_api_key::usage::{UsageLayer, UsageRecorder};
@@ -264,9 +266,18 @@ async fn rate_limit_store() -> Result<LimitStores, Box<dyn std::error::Error>> {
         Ok(url) if !url.is_empty() => url,
         _ => return Ok((Arc::new(MemoryRateLimitStore::new()), None)),
     };
-    let redis = RedisRateLimitStore::open(&url).map_err(|e| format!("REDIS_URL: {e}"))?;
+    let mode = match std::env::var("REDIS_MODE").as_deref() {
+        Err(_) | Ok("") | Ok("batched") => RedisMode::Batched,
+        Ok("exact") => RedisMode::Exact,
+        Ok(other) => {
+            return Err(format!("REDIS_MODE must be batched or exact, not {other:?}").into());
+        }
+    };
+    let redis = RedisRateLimitStore::open(&url)
+        .map_err(|e| format!("REDIS_URL: {e}"))?
+        .with_mode(mode);
     match redis.ping().await {
-        Ok(()) => eprintln!("rate limits: shared through Redis"),
+        Ok(()) => eprintln!("rate limits: shared through Redis ({mode:?} mode)"),
         Err(e) => eprintln!(
             "rate limits: Redis does not answer ({e}); limiting per instance until it does"
         ),

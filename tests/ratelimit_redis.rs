@@ -19,7 +19,7 @@ use axum::routing::get;
 use http::header::AUTHORIZATION;
 use http::{Request, Response, StatusCode};
 use tower_api_key::ratelimit::{
-    ManualClock, OnStoreError, QuotaWindow, RateLimitStore, RedisRateLimitStore, Subject,
+    ManualClock, OnStoreError, QuotaWindow, RateLimitStore, RedisMode, RedisRateLimitStore, Subject,
 };
 use tower_api_key::{
     ApiKey, ApiKeyLayer, KeyFormat, KeyRecord, MemoryRateLimitStore, MemoryStore, RateLimitLayer,
@@ -65,11 +65,19 @@ fn unique_prefix(label: &str) -> String {
     format!("test:{label}:{}:{nanos}:", std::process::id())
 }
 
+/// A store in the exact mode, whose answers (headers included) are exact across
+/// instances.
 fn store(url: &str, prefix: &str) -> RedisRateLimitStore {
+    store_in(RedisMode::Exact, url, prefix)
+}
+
+fn store_in(mode: RedisMode, url: &str, prefix: &str) -> RedisRateLimitStore {
     RedisRateLimitStore::open(url)
         .unwrap()
+        .with_mode(mode)
         .with_prefix(prefix)
         .with_timeout(Duration::from_secs(2))
+        .with_slice_lease(Duration::from_millis(100))
 }
 
 /// 2026-11-23T10:00:00Z.
@@ -231,6 +239,45 @@ async fn consumers_share_a_budget_across_instances_and_quotas_end_at_midnight() 
     assert_eq!(get_x(&a, &k1).await.0.status(), StatusCode::OK);
 }
 
+/// Batched, two instances still allow exactly the budget of alternating requests (their
+/// headers are estimates: each counts what the other holds as spent).
+#[tokio::test]
+async fn two_batched_instances_allow_exactly_ten_of_twenty() {
+    let Some(url) = redis_url() else { return };
+    let prefix = unique_prefix("share-batched");
+    let keys = MemoryStore::new();
+    let clock = ManualClock::new(t0());
+    let make = || {
+        let store = store_in(RedisMode::Batched, &url, &prefix);
+        instance(&keys, &clock, store, "10/60s", OnStoreError::Deny)
+    };
+    let (a, b) = (make(), make());
+    let key = issue(&keys, "acme", None);
+    let mut allowed = 0;
+    for i in 0..20 {
+        let router = if i % 2 == 0 { &a } else { &b };
+        let (r, _) = get_x(router, &key).await;
+        allowed += usize::from(r.status() == StatusCode::OK);
+    }
+    assert_eq!(allowed, 10);
+    // Six seconds later (half of an interval of six), nothing; six more, one.
+    clock.advance(Duration::from_secs(3));
+    assert_eq!(
+        get_x(&b, &key).await.0.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    clock.advance(Duration::from_secs(3));
+    let mut statuses = Vec::new();
+    for router in [&a, &b, &a] {
+        statuses.push(get_x(router, &key).await.0.status().as_u16());
+    }
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+}
+
 /// A small deterministic generator, so that a failure can be replayed.
 struct XorShift(u64);
 
@@ -248,7 +295,15 @@ impl XorShift {
 #[tokio::test]
 async fn redis_answers_exactly_as_the_memory_store() {
     let Some(url) = redis_url() else { return };
-    let redis = store(&url, &unique_prefix("differential"));
+    // One batched instance alone gives back what it holds whenever it asks again, so it
+    // answers as the exact mode does, request by request.
+    for mode in [RedisMode::Exact, RedisMode::Batched] {
+        let redis = store_in(mode, &url, &unique_prefix("differential"));
+        answers_as_the_memory_store(&redis).await;
+    }
+}
+
+async fn answers_as_the_memory_store(redis: &RedisRateLimitStore) {
     let memory = MemoryRateLimitStore::new();
     let sets: Vec<Vec<RateLimitPolicy>> = vec![
         vec!["5/60s".parse().unwrap()],
@@ -277,7 +332,12 @@ async fn redis_answers_exactly_as_the_memory_store() {
         let cost = 1 + (rng.next() % 3) as u32;
         let want = memory.check(subject, set, cost, now).await.unwrap();
         let got = redis.check(subject, set, cost, now).await.unwrap();
-        assert_eq!(got, want, "step {step}: {subject:?} {set:?} cost {cost}");
+        assert_eq!(
+            got,
+            want,
+            "{:?} step {step}: {subject:?} {set:?} cost {cost}",
+            redis.mode()
+        );
         allowed += usize::from(want.allowed());
     }
     // Both branches were taken.
@@ -287,12 +347,18 @@ async fn redis_answers_exactly_as_the_memory_store() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn many_instances_and_tasks_allow_exactly_the_budget() {
     let Some(url) = redis_url() else { return };
+    for mode in [RedisMode::Exact, RedisMode::Batched] {
+        exactly_the_budget(mode, &url).await;
+    }
+}
+
+async fn exactly_the_budget(mode: RedisMode, url: &str) {
     let prefix = unique_prefix("concurrent");
     let policy = vec![
         RateLimitPolicy::rate("burst", 100, Duration::from_secs(3600)).unwrap(),
         RateLimitPolicy::quota("daily", 1000, QuotaWindow::Day).unwrap(),
     ];
-    let stores: Vec<RedisRateLimitStore> = (0..4).map(|_| store(&url, &prefix)).collect();
+    let stores: Vec<RedisRateLimitStore> = (0..4).map(|_| store_in(mode, url, &prefix)).collect();
     let allowed = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for t in 0..16 {
@@ -314,13 +380,23 @@ async fn many_instances_and_tasks_allow_exactly_the_budget() {
     for t in tasks {
         t.await.unwrap();
     }
-    assert_eq!(allowed.load(Ordering::Relaxed), 100);
-    // The quota was charged exactly for the allowed ones.
-    let d = stores[0]
-        .check(Subject::key("hot"), &policy[1..], 1, T0)
-        .await
-        .unwrap();
-    assert_eq!(d.statuses()[0].remaining, 1000 - 101);
+    assert_eq!(allowed.load(Ordering::Relaxed), 100, "{mode:?}");
+    // The quota was charged exactly for the allowed ones, once the batched stores have
+    // given back the quota slices they no longer use (after the lease, 100 ms here).
+    let fresh = store_in(RedisMode::Exact, url, &prefix);
+    let mut checked = 0;
+    poll_until("unused quota slices go back", || {
+        checked += 1;
+        let (fresh, policy) = (&fresh, &policy);
+        async move {
+            let d = fresh
+                .check(Subject::key("hot"), &policy[1..], 1, T0)
+                .await
+                .unwrap();
+            d.statuses()[0].remaining == 1000 - 100 - checked
+        }
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -52,6 +52,8 @@
 //! # }
 //! ```
 
+#[cfg(feature = "redis")]
+mod batch;
 mod future;
 pub mod gcra;
 mod headers;
@@ -64,7 +66,7 @@ mod service;
 pub(crate) mod store;
 
 #[cfg(feature = "redis")]
-pub use self::redis::{InvalidRedisUrl, RedisRateLimitStore};
+pub use self::redis::{InvalidRedisUrl, RedisMode, RedisRateLimitStore};
 pub use future::ResponseFuture;
 pub use layer::{Clock, Cost, ManualClock, OnStoreError, RateLimitLayer, RequestInfo, SystemClock};
 pub use memory::MemoryRateLimitStore;

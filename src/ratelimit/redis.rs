@@ -8,13 +8,32 @@ use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+use super::batch::{self, Ask, Batching, Begin, Local, Slices};
 use super::gcra;
 use super::memory::MemoryRateLimitStore;
-use super::policy::{Limit, QuotaWindow, RateLimitPolicy, RateLimits};
+use super::policy::{Limit, RateLimitPolicy, RateLimits};
 use super::store::{Decision, PolicyStatus, RateLimitStore, RateLimitStoreError, Subject};
 
 /// The GCRA and quota check as one Lua script, run atomically by the server.
 const SCRIPT: &str = include_str!("redis.lua");
+/// The same check, granting slices of the budget (the batched mode).
+const BATCH_SCRIPT: &str = include_str!("redis_batch.lua");
+
+/// How a [`RedisRateLimitStore`] asks Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum RedisMode {
+    /// One script call per request, decided in Redis: every request waits one round
+    /// trip.
+    Exact,
+    /// The default. Each instance takes a slice of a subject's budget in one script
+    /// call and spends it in process; slices shrink to one request as the budget runs
+    /// low, so a key at its limit is checked exactly. Never more allowed than the exact
+    /// mode allows, over any number of instances; see
+    /// [`RedisRateLimitStore`] for the bound.
+    #[default]
+    Batched,
+}
 
 /// Keeps rate-limit state in Redis: one atomic script call per request (GCRA and
 /// calendar quotas, all policies of the request charged all or nothing), so that every
@@ -69,6 +88,17 @@ struct Inner {
     client: redis::Client,
     conn: ConnectionManager,
     script: redis::Script,
+    batch_script: redis::Script,
+    /// The batched mode's slices; `None` in the exact mode.
+    batch: Option<Slices>,
+    /// Script calls made (checks, slices and give-backs).
+    calls: AtomicU64,
+    /// The latest time a request brought (Unix ns), and when it came (ns after
+    /// `started`): the background give-back's clock.
+    last_now: AtomicU64,
+    last_now_at: AtomicU64,
+    /// Is the background give-back running?
+    sweeping: AtomicBool,
     prefix: String,
     timeout: Duration,
     retry_interval: Duration,
@@ -93,6 +123,7 @@ impl fmt::Debug for RedisRateLimitStore {
             .field("timeout", &self.inner.timeout)
             .field("retry_interval", &self.inner.retry_interval)
             .field("local_fallback", &self.inner.fallback.is_some())
+            .field("mode", &self.mode())
             .field("degraded", &self.is_degraded())
             .finish_non_exhaustive()
     }
@@ -110,6 +141,11 @@ pub struct InvalidRedisUrl(());
 const MAX_ID_IN_KEY: usize = 64;
 const DEFAULT_TIMEOUT: Duration = Duration::from_millis(250);
 const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+const DEFAULT_BATCHING: Batching = Batching {
+    share: 4,
+    lease_us: 1_000_000,
+    capacity: 1_000_000,
+};
 
 impl RedisRateLimitStore {
     /// A store on the server at `url` (`redis://[user:password@]host[:port][/db]`). It
@@ -127,6 +163,12 @@ impl RedisRateLimitStore {
                 client,
                 conn,
                 script: redis::Script::new(SCRIPT),
+                batch_script: redis::Script::new(BATCH_SCRIPT),
+                batch: Some(Slices::new(DEFAULT_BATCHING)),
+                calls: AtomicU64::new(0),
+                last_now: AtomicU64::new(0),
+                last_now_at: AtomicU64::new(0),
+                sweeping: AtomicBool::new(false),
                 prefix: "tak:".to_owned(),
                 timeout,
                 retry_interval: DEFAULT_RETRY_INTERVAL,
@@ -193,6 +235,75 @@ impl RedisRateLimitStore {
     pub fn with_local_fallback(mut self, enabled: bool) -> Self {
         self.inner_mut().fallback = enabled.then(MemoryRateLimitStore::new);
         self
+    }
+
+    /// Batched (the default) or exact: see [`RedisMode`].
+    ///
+    /// # Panics
+    ///
+    /// If the store was already cloned: configure it first.
+    pub fn with_mode(mut self, mode: RedisMode) -> Self {
+        let inner = self.inner_mut();
+        let config = inner.batch.as_ref().map_or(DEFAULT_BATCHING, |b| b.config);
+        inner.batch = (mode == RedisMode::Batched).then(|| Slices::new(config));
+        self
+    }
+
+    /// The mode: batched or exact.
+    pub fn mode(&self) -> RedisMode {
+        if self.inner.batch.is_some() {
+            RedisMode::Batched
+        } else {
+            RedisMode::Exact
+        }
+    }
+
+    /// In the batched mode, the largest part of what a policy has left (beyond a
+    /// request's cost) that one slice takes: `1/share` (default 4, at least 1). A
+    /// larger share makes smaller slices: more round trips, less budget held by any
+    /// one instance.
+    ///
+    /// # Panics
+    ///
+    /// If the store was already cloned: configure it first.
+    pub fn with_slice_share(mut self, share: u32) -> Self {
+        self.configure_batching(|b| b.share = share.max(1));
+        self
+    }
+
+    /// In the batched mode, how long a quota's slice may be left unused before its
+    /// unspent requests go back to Redis, and the longest a refusal is remembered
+    /// (default 1 s; at least 1 ms).
+    ///
+    /// # Panics
+    ///
+    /// If the store was already cloned: configure it first.
+    pub fn with_slice_lease(mut self, lease: Duration) -> Self {
+        let us = u64::try_from(lease.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1_000);
+        self.configure_batching(|b| b.lease_us = us);
+        self
+    }
+
+    fn configure_batching(&mut self, f: impl FnOnce(&mut Batching)) {
+        let inner = self.inner_mut();
+        if let Some(slices) = &inner.batch {
+            let mut config = slices.config;
+            f(&mut config);
+            inner.batch = Some(Slices::new(config));
+        }
+    }
+
+    /// Script calls this store has made to Redis (checks, slices and give-backs): with
+    /// the requests it decided, the round trips per request.
+    pub fn redis_calls(&self) -> u64 {
+        self.inner.calls.load(Ordering::Relaxed)
+    }
+
+    /// In the batched mode, how many (subject, policy) slices this instance holds.
+    pub fn slices_held(&self) -> usize {
+        self.inner.batch.as_ref().map_or(0, Slices::len)
     }
 
     /// Asks Redis for `PONG`, within the timeout.
@@ -281,10 +392,7 @@ impl RedisRateLimitStore {
                 }
                 Limit::Quota { requests, window } => {
                     let (number, end) = gcra::calendar_window(window, now);
-                    let tag = match window {
-                        QuotaWindow::Day => format!("d{number}"),
-                        QuotaWindow::Month => format!("m{number}"),
-                    };
+                    let tag = batch::quota_tag(window, number);
                     let ttl_ms = (end - now).div_ceil(1_000_000);
                     call.arg("q").arg(cost).arg(requests).arg(tag).arg(ttl_ms);
                 }
@@ -402,26 +510,19 @@ impl RateLimitStore for RedisRateLimitStore {
         now: u64,
     ) -> Result<Decision, RateLimitStoreError> {
         let policies = &policies[..policies.len().min(RateLimits::MAX)];
-        let inner = &*self.inner;
-        // In an outage one request at a time asks Redis again, once the retry interval
-        // has passed; the others do not wait for it (a Redis that does not answer at
-        // all would otherwise hold every request for the whole timeout).
-        let probe = if inner.degraded.load(Ordering::Relaxed) {
-            let due = self.elapsed() >= inner.down_until.load(Ordering::Relaxed);
-            match due.then(|| Probe::claim(&inner.probing)).flatten() {
-                Some(probe) => Some(probe),
-                None => {
-                    return self.without_redis(
-                        store_error("Redis is down; not asked".to_owned()),
-                        subject,
-                        policies,
-                        cost,
-                        now,
-                    );
-                }
-            }
-        } else {
-            None
+        if let Some(slices) = &self.inner.batch {
+            return self
+                .check_batched(slices, subject, policies, cost, now)
+                .await;
+        }
+        let Some(probe) = self.may_ask() else {
+            return self.without_redis(
+                store_error("Redis is down; not asked".to_owned()),
+                subject,
+                policies,
+                cost,
+                now,
+            );
         };
         let result = match self.check_redis(subject, policies, cost, now).await {
             Ok(decision) => {
@@ -435,6 +536,270 @@ impl RateLimitStore for RedisRateLimitStore {
         };
         drop(probe);
         self.without_redis(result, subject, policies, cost, now)
+    }
+
+    fn check_sync(
+        &self,
+        subject: Subject<'_>,
+        policies: &[RateLimitPolicy],
+        cost: u32,
+        now: u64,
+    ) -> Option<Result<Decision, RateLimitStoreError>> {
+        let slices = self.inner.batch.as_ref()?;
+        let policies = &policies[..policies.len().min(RateLimits::MAX)];
+        match slices.try_local(subject, policies, cost, now) {
+            Local::Decided(decision, more) => {
+                if more {
+                    self.prefetch(slices, subject, policies, now);
+                }
+                Some(Ok(decision))
+            }
+            Local::Miss => None,
+        }
+    }
+}
+
+impl RedisRateLimitStore {
+    /// May Redis be asked now? In an outage one request at a time asks again, once the
+    /// retry interval has passed (it holds the returned probe); the others do not wait
+    /// for it (a Redis that does not answer at all would otherwise hold every request
+    /// for the whole timeout). `None`: do not ask.
+    fn may_ask(&self) -> Option<Option<Probe<'_>>> {
+        let inner = &*self.inner;
+        if !inner.degraded.load(Ordering::Relaxed) {
+            return Some(None);
+        }
+        let due = self.elapsed() >= inner.down_until.load(Ordering::Relaxed);
+        due.then(|| Probe::claim(&inner.probing))
+            .flatten()
+            .map(Some)
+    }
+
+    /// The batched mode: the slices decide when they can; otherwise one script call
+    /// (one at a time per subject: the others wait for it and look again).
+    async fn check_batched(
+        &self,
+        slices: &Slices,
+        subject: Subject<'_>,
+        policies: &[RateLimitPolicy],
+        cost: u32,
+        now: u64,
+    ) -> Result<Decision, RateLimitStoreError> {
+        let mut waits = 0;
+        loop {
+            if let Local::Decided(decision, more) = slices.try_local(subject, policies, cost, now) {
+                if more {
+                    self.prefetch(slices, subject, policies, now);
+                }
+                return Ok(decision);
+            }
+            let Some(probe) = self.may_ask() else {
+                return self.without_redis(
+                    store_error("Redis is down; not asked".to_owned()),
+                    subject,
+                    policies,
+                    cost,
+                    now,
+                );
+            };
+            // Wait for another request's call at most twice (a subject at its limit
+            // would otherwise queue its requests behind one call at a time).
+            let wait = waits < 2 && probe.is_none();
+            let ticket = match slices.begin(subject, policies, cost, now, wait) {
+                Begin::Wait(done) => {
+                    waits += 1;
+                    let _ = tokio::time::timeout(self.inner.timeout, done).await;
+                    continue;
+                }
+                Begin::Go(ticket) => ticket,
+            };
+            match self.call_batch(subject, policies, &ticket.asks, now).await {
+                Ok(reply) => {
+                    self.on_success();
+                    let key = |p: &RateLimitPolicy| self.redis_key(subject, p);
+                    return slices.finish(ticket, policies, key, &reply).ok_or_else(|| {
+                        store_error(format!(
+                            "the batch script returned {} numbers for {} policies",
+                            reply.len(),
+                            policies.len()
+                        ))
+                    });
+                }
+                Err(e) => {
+                    drop(ticket);
+                    self.on_failure(&e);
+                    drop(probe);
+                    return self.without_redis(e, subject, policies, cost, now);
+                }
+            }
+        }
+    }
+
+    /// Asks for more of a subject's budget in the background (`try_local` marked the
+    /// subject in flight).
+    fn prefetch(
+        &self,
+        slices: &Slices,
+        subject: Subject<'_>,
+        policies: &[RateLimitPolicy],
+        now: u64,
+    ) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            slices.unmark(subject);
+            return;
+        };
+        let store = self.clone();
+        let (kind, id, digest) = (subject.kind(), subject.id().to_owned(), subject.digest());
+        let policies = policies.to_vec();
+        runtime.spawn(async move {
+            let subject = Subject::custom(kind, &id).with_digest(digest);
+            let Some(slices) = &store.inner.batch else {
+                return;
+            };
+            let ticket = slices.begin_prefetch(subject, &policies, now);
+            if store.is_degraded() {
+                return;
+            }
+            match store
+                .call_batch(subject, &policies, &ticket.asks, now)
+                .await
+            {
+                Ok(reply) => {
+                    store.on_success();
+                    let key = |p: &RateLimitPolicy| store.redis_key(subject, p);
+                    slices.finish(ticket, &policies, key, &reply);
+                }
+                Err(e) => {
+                    drop(ticket);
+                    store.on_failure(&e);
+                }
+            }
+        });
+    }
+
+    /// One call of the batch script.
+    async fn call_batch(
+        &self,
+        subject: Subject<'_>,
+        policies: &[RateLimitPolicy],
+        asks: &[Ask],
+        now: u64,
+    ) -> Result<Vec<i64>, RateLimitStoreError> {
+        let keys = policies.iter().map(|p| self.redis_key(subject, p));
+        self.invoke_batch(keys, asks, now).await
+    }
+
+    async fn invoke_batch(
+        &self,
+        keys: impl Iterator<Item = String>,
+        asks: &[Ask],
+        now: u64,
+    ) -> Result<Vec<i64>, RateLimitStoreError> {
+        let inner = &*self.inner;
+        let Some(slices) = &inner.batch else {
+            return Err(store_error("not in the batched mode".to_owned()));
+        };
+        self.saw(now);
+        let mut call = inner.batch_script.prepare_invoke();
+        call.arg(now / 1_000).arg(slices.config.share);
+        for (key, ask) in keys.zip(asks) {
+            call.key(key);
+            match ask {
+                Ask::Rate {
+                    cost,
+                    cost_t,
+                    tau,
+                    t,
+                    cap,
+                    back_end,
+                    back_tat,
+                } => {
+                    call.arg("r").arg(cost).arg(cost_t).arg(tau).arg(t);
+                    call.arg(cap).arg(back_end).arg(back_tat);
+                }
+                Ask::Quota {
+                    cost,
+                    limit,
+                    tag,
+                    ttl_ms,
+                    cap,
+                    back,
+                } => {
+                    call.arg("q").arg(cost).arg(limit).arg(tag).arg(ttl_ms);
+                    call.arg(cap).arg(back).arg(0);
+                }
+            }
+        }
+        inner.calls.fetch_add(1, Ordering::Relaxed);
+        let mut conn = inner.conn.clone();
+        self.within_timeout(call.invoke_async(&mut conn)).await
+    }
+
+    /// Notes the time a request brought, for the background give-back's clock, and
+    /// starts that task on the first call.
+    fn saw(&self, now: u64) {
+        let inner = &*self.inner;
+        inner.last_now.store(now, Ordering::Relaxed);
+        inner.last_now_at.store(self.elapsed(), Ordering::Relaxed);
+        if !inner.sweeping.swap(true, Ordering::Relaxed)
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(give_back_unused(Arc::downgrade(&self.inner)));
+        }
+    }
+
+    /// The layer's time now, as estimated from the latest request's.
+    fn now_estimate(&self) -> u64 {
+        let inner = &*self.inner;
+        let since = self
+            .elapsed()
+            .saturating_sub(inner.last_now_at.load(Ordering::Relaxed));
+        inner.last_now.load(Ordering::Relaxed).saturating_add(since)
+    }
+
+    /// Gives the unspent requests of quota slices left unused for the lease back to
+    /// Redis, one call per subject.
+    async fn give_back(&self, slices: &Slices) {
+        if self.is_degraded() {
+            return;
+        }
+        let now = self.now_estimate();
+        let mut back = slices.sweep(now);
+        back.sort_by_key(|b| b.subject);
+        for group in back.chunk_by(|a, b| a.subject == b.subject) {
+            let (keys, asks): (Vec<String>, Vec<Ask>) = group
+                .iter()
+                .filter_map(|b| {
+                    let ask = batch::give_back_ask(&b.limit, b.window, b.units, now)?;
+                    Some((b.redis_key.to_string(), ask))
+                })
+                .unzip();
+            if asks.is_empty() {
+                continue;
+            }
+            let keys = keys.into_iter();
+            if let Err(e) = self.invoke_batch(keys, &asks, now).await {
+                tracing::debug!(error = %e, "could not give unused quota slices back to Redis");
+            }
+        }
+    }
+}
+
+/// The background give-back, every half lease while the store lives.
+async fn give_back_unused(store: std::sync::Weak<Inner>) {
+    loop {
+        let Some(inner) = store.upgrade() else { return };
+        let Some(lease_us) = inner.batch.as_ref().map(|b| b.config.lease_us) else {
+            return;
+        };
+        let period = Duration::from_micros(lease_us / 2).max(Duration::from_millis(5));
+        drop(inner);
+        tokio::time::sleep(period).await;
+        let Some(inner) = store.upgrade() else { return };
+        let store_now = RedisRateLimitStore { inner };
+        if let Some(slices) = &store_now.inner.batch {
+            store_now.give_back(slices).await;
+        }
     }
 }
 
