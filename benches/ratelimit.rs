@@ -12,8 +12,9 @@
 //! - `auth_and_limit/*`: `ApiKeyLayer` + `RateLimitLayer` together, hot key and 100 000
 //!   keys in scattered order: added with two `Router::layer` calls, with one call of a
 //!   `ServiceBuilder` holding both (`*_one_router_layer`), and wrapped around the router;
-//! - `redis/*`: one check through `RedisRateLimitStore` (feature `redis`, server at
-//!   `TEST_REDIS_URL`).
+//! - `redis/*`: one check as the layer makes it, through the memory store and through
+//!   `RedisRateLimitStore` in its exact and batched modes (feature `redis`, server at
+//!   `TEST_REDIS_URL`), with the Redis calls per check.
 //!
 //! `cargo bench --features full --bench ratelimit`
 #![allow(missing_docs)] // criterion_group! generates an undocumented fn.
@@ -398,27 +399,44 @@ fn benches(c: &mut Criterion) {
     g.finish();
 }
 
-/// `RedisRateLimitStore::check` against the server at `TEST_REDIS_URL` (skipped without
-/// it): one script call per check, a loopback round trip.
+/// One check as the layer makes it (`check_sync`, else `check`) through the memory store
+/// and through `RedisRateLimitStore` against the server at `TEST_REDIS_URL` (skipped
+/// without it), exact (one script call per check: a loopback round trip) and batched
+/// (slices spent in process), on one hot key well below its limit. Prints the Redis
+/// calls per check of each Redis store.
 #[cfg(feature = "redis")]
 fn redis(c: &mut Criterion) {
-    use tower_api_key::ratelimit::{RateLimitStore, RedisRateLimitStore};
+    use std::sync::Arc;
+    use tower_api_key::ratelimit::{RateLimitStore, RedisMode, RedisRateLimitStore};
     let Ok(url) = std::env::var("TEST_REDIS_URL") else {
         eprintln!("redis/*: skipped, TEST_REDIS_URL is not set");
         return;
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // A worker of its own runs the batched store's background calls, as a server's
+    // other threads would.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
     let nanos = SystemClock.now();
-    let store = rt.block_on(async {
-        let store = RedisRateLimitStore::open(&url)
-            .unwrap()
-            .with_prefix(format!("bench:{nanos}:"));
-        store.ping().await.expect("Redis answers");
-        store
-    });
+    let open = |mode: RedisMode| {
+        rt.block_on(async {
+            let store = RedisRateLimitStore::open(&url)
+                .unwrap()
+                .with_mode(mode)
+                .with_prefix(format!("bench:{nanos}:{mode:?}:"));
+            store.ping().await.expect("Redis answers");
+            store
+        })
+    };
+    let (exact, batched) = (open(RedisMode::Exact), open(RedisMode::Batched));
+    let memory = MemoryRateLimitStore::new();
+    let stores: [(&str, Arc<dyn RateLimitStore>, Option<&RedisRateLimitStore>); 3] = [
+        ("memory", Arc::new(memory), None),
+        ("exact", Arc::new(exact.clone()), Some(&exact)),
+        ("batched", Arc::new(batched.clone()), Some(&batched)),
+    ];
     let one = [generous()];
     let two = [
         generous(),
@@ -430,17 +448,33 @@ fn redis(c: &mut Criterion) {
         .unwrap(),
     ];
     let mut g = c.benchmark_group("redis");
-    for (name, policies) in [("one_policy", &one[..]), ("rate_and_quota", &two[..])] {
-        g.bench_function(name, |b| {
-            b.to_async(&rt).iter(|| async {
-                let d = store
-                    .check(Subject::key("bench"), policies, 1, SystemClock.now())
-                    .await
+    for (set, policies) in [("one_policy", &one[..]), ("rate_and_quota", &two[..])] {
+        for (name, store, redis) in &stores {
+            let checks = std::cell::Cell::new(0u64);
+            let calls_before = redis.map_or(0, |r| r.redis_calls());
+            g.bench_function(format!("{name}_{set}"), |b| {
+                b.to_async(&rt).iter(|| async {
+                    checks.set(checks.get() + 1);
+                    let subject = Subject::key("bench");
+                    let now = SystemClock.now();
+                    let d = match store.check_sync(subject, policies, 1, now) {
+                        Some(d) => d,
+                        None => store.check(subject, policies, 1, now).await,
+                    }
                     .unwrap();
-                assert!(!store.is_degraded());
-                black_box(d.allowed())
-            })
-        });
+                    black_box(d.allowed())
+                })
+            });
+            if let Some(redis) = redis {
+                assert!(!redis.is_degraded(), "Redis failed during the run");
+                let calls = redis.redis_calls() - calls_before;
+                eprintln!(
+                    "redis/{name}_{set}: {calls} Redis calls for {} checks ({:.5} a check)",
+                    checks.get(),
+                    calls as f64 / checks.get().max(1) as f64
+                );
+            }
+        }
     }
     g.finish();
 }

@@ -104,6 +104,8 @@ impl std::hash::Hasher for Identity {
 struct Slice {
     subject: u64,
     limit: Limit,
+    /// A rate's interval and tolerance (µs), worked out once.
+    rate: Rate,
     /// The policy's Redis key (for giving a quota slice back in the background).
     redis_key: Box<str>,
     kind: Kind,
@@ -138,6 +140,9 @@ enum Kind {
         /// Until when the unspent requests may be spent (µs); then they go back.
         expires: u64,
         granted: u64,
+        /// A span of the window known without calendar arithmetic (Unix ns): from the
+        /// last grant to the window's end.
+        span: (u64, u64),
     },
 }
 
@@ -293,6 +298,31 @@ impl Slices {
         let digest = subject.digest();
         let now_us = now / 1_000;
         let mut shard = self.shard(digest);
+        let lease_us = self.config.lease_us;
+        if let [policy] = policies {
+            // One policy (the usual case): one lookup.
+            let limit = policy.limit();
+            let Some(slice) = shard
+                .map
+                .get_mut(&slice_key(digest, policy))
+                .filter(|s| s.fits(digest, policy))
+            else {
+                return Local::Miss;
+            };
+            if slice.refuses(&limit, cost, now, now_us) {
+                let status = slice.status_refused(&limit, cost, now, now_us);
+                return Local::Decided(Decision::new([status]), false);
+            }
+            if !slice.can_pay(&limit, cost, now, now_us) {
+                return Local::Miss;
+            }
+            let (status, low) = slice.spend(&limit, cost, now, now_us, lease_us);
+            let more = low && !shard.inflight.contains_key(&digest);
+            if more {
+                shard.inflight.insert(digest, Arc::new(Notify::new()));
+            }
+            return Local::Decided(Decision::new([status]), more);
+        }
         let mut keys = [0u64; super::policy::RateLimits::MAX];
         let mut refused = false;
         for (i, policy) in policies.iter().enumerate() {
@@ -318,7 +348,6 @@ impl Slices {
             );
         }
         let mut more = false;
-        let lease_us = self.config.lease_us;
         let decision = Decision::new(policies.iter().zip(keys).map(|(policy, key)| {
             let slice = shard.map.get_mut(key).expect("looked up above");
             let (status, low) = slice.spend(&policy.limit(), cost, now, now_us, lease_us);
@@ -601,11 +630,21 @@ impl Slice {
                 used: 0,
                 expires: 0,
                 granted: 0,
+                span: (0, 0),
             },
+        };
+        let rate = match limit {
+            Limit::Rate {
+                requests,
+                per,
+                burst,
+            } => rate_us(requests, per, burst),
+            Limit::Quota { .. } => Rate { t: 1, tau: 0 },
         };
         Self {
             subject,
             limit,
+            rate,
             redis_key: redis_key.into(),
             kind,
             want: MIN_WANT,
@@ -623,15 +662,8 @@ impl Slice {
     /// Does the refusal Redis gave a moment ago refuse this request too?
     fn refuses(&self, limit: &Limit, cost: u32, now: u64, now_us: u64) -> bool {
         match (self.refused, *limit) {
-            (
-                Some(Refused::Rate { tat, until }),
-                Limit::Rate {
-                    requests,
-                    per,
-                    burst,
-                },
-            ) => {
-                let rate = rate_us(requests, per, burst);
+            (Some(Refused::Rate { tat, until }), Limit::Rate { .. }) => {
+                let rate = self.rate;
                 let need = clamp(u64::from(cost).saturating_mul(rate.t));
                 now_us < until && tat.max(now_us).saturating_add(need) > now_us + rate.tau
             }
@@ -656,15 +688,8 @@ impl Slice {
 
     fn can_pay(&self, limit: &Limit, cost: u32, now: u64, now_us: u64) -> bool {
         match (self.kind, *limit) {
-            (
-                Kind::Rate { tat, end, next, .. },
-                Limit::Rate {
-                    requests,
-                    per,
-                    burst,
-                },
-            ) => {
-                let rate = rate_us(requests, per, burst);
+            (Kind::Rate { tat, end, next, .. }, Limit::Rate { .. }) => {
+                let rate = self.rate;
                 let need = clamp(u64::from(cost).saturating_mul(rate.t));
                 tat.max(now_us).saturating_add(need) <= end
                     || next
@@ -675,11 +700,12 @@ impl Slice {
                     window,
                     unspent,
                     expires,
+                    span,
                     ..
                 },
                 Limit::Quota { window: w, .. },
             ) => {
-                window == gcra::calendar_window(w, now).0
+                (span.0 <= now && now < span.1 || window == gcra::calendar_window(w, now).0)
                     && now_us < expires
                     && unspent >= u64::from(cost)
             }
@@ -706,13 +732,9 @@ impl Slice {
                     next,
                     granted,
                 },
-                Limit::Rate {
-                    requests,
-                    per,
-                    burst,
-                },
+                Limit::Rate { .. },
             ) => {
-                let rate = rate_us(requests, per, burst);
+                let rate = self.rate;
                 let need = clamp(u64::from(cost).saturating_mul(rate.t));
                 if (*tat).max(now_us).saturating_add(need) > *end
                     && let Some((start, e)) = next.take()
@@ -739,6 +761,7 @@ impl Slice {
                     used,
                     granted,
                     expires,
+                    span,
                     ..
                 },
                 Limit::Quota { requests, window },
@@ -746,7 +769,12 @@ impl Slice {
                 *unspent -= u64::from(cost);
                 // The lease runs from the last use: a slice in use does not go back.
                 *expires = now_us.saturating_add(lease_us);
-                let reset = Duration::from_nanos(gcra::calendar_window(window, now).1 - now);
+                let end = if span.0 <= now && now < span.1 {
+                    span.1
+                } else {
+                    gcra::calendar_window(window, now).1
+                };
+                let reset = Duration::from_nanos(end - now);
                 let status = PolicyStatus {
                     allowed: true,
                     remaining: (u64::from(requests) + *unspent).saturating_sub(*used),
@@ -764,15 +792,8 @@ impl Slice {
     fn status_refused(&self, limit: &Limit, cost: u32, now: u64, now_us: u64) -> PolicyStatus {
         if self.refuses(limit, cost, now, now_us) {
             return match (self.refused, *limit) {
-                (
-                    Some(Refused::Rate { tat, .. }),
-                    Limit::Rate {
-                        requests,
-                        per,
-                        burst,
-                    },
-                ) => {
-                    let rate = rate_us(requests, per, burst);
+                (Some(Refused::Rate { tat, .. }), Limit::Rate { .. }) => {
+                    let rate = self.rate;
                     let need = clamp(u64::from(cost).saturating_mul(rate.t));
                     let from = tat.max(now_us);
                     let limit_at = now_us.saturating_add(rate.tau);
@@ -800,15 +821,8 @@ impl Slice {
         }
         // This policy would allow: what it has, uncharged.
         match (self.kind, *limit) {
-            (
-                Kind::Rate { tat, .. },
-                Limit::Rate {
-                    requests,
-                    per,
-                    burst,
-                },
-            ) => {
-                let rate = rate_us(requests, per, burst);
+            (Kind::Rate { tat, .. }, Limit::Rate { .. }) => {
+                let rate = self.rate;
                 let from = tat.max(now_us);
                 PolicyStatus {
                     allowed: true,
@@ -933,13 +947,9 @@ impl Slice {
                     next,
                     granted: g,
                 },
-                Limit::Rate {
-                    requests,
-                    per,
-                    burst,
-                },
+                Limit::Rate { .. },
             ) => {
-                let rate = rate_us(requests, per, burst);
+                let rate = self.rate;
                 let seg_end = start.saturating_add(clamp(granted.saturating_mul(rate.t)));
                 let spent = start.saturating_add(clamp(u64::from(cost).saturating_mul(rate.t)));
                 *g = granted;
@@ -977,13 +987,15 @@ impl Slice {
                     used,
                     expires,
                     granted: g,
+                    span,
                 },
                 Limit::Quota {
                     requests,
                     window: w,
                 },
             ) => {
-                let number = gcra::calendar_window(w, now).0;
+                let (number, window_end) = gcra::calendar_window(w, now);
+                *span = (now, window_end);
                 // What the slice holds now came from other calls' grants since this
                 // one took its unspent requests back: kept, unless of another window.
                 if *window != number {

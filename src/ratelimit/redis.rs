@@ -398,6 +398,7 @@ impl RedisRateLimitStore {
                 }
             }
         }
+        self.inner.calls.fetch_add(1, Ordering::Relaxed);
         let mut conn = self.inner.conn.clone();
         let reply: Vec<i64> = self.within_timeout(call.invoke_async(&mut conn)).await?;
         if reply.len() != 4 * policies.len() {
