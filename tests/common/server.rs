@@ -229,6 +229,13 @@ pub(crate) fn start(env: &[(&str, &str)]) -> Server {
     server
 }
 
+impl Server {
+    /// What the server has written on stderr so far.
+    pub(crate) fn stderr(&self) -> Vec<String> {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 /// One answer: status, headers (names in lower case) and body.
 #[derive(Debug)]
 pub(crate) struct Answer {
