@@ -9,6 +9,9 @@
 //! the round-trip and outage tests start a `redis-server` of their own. Without
 //! `TEST_REDIS_URL` (or without `redis-server` on the PATH) a test says it skipped,
 //! unless `TOWER_API_KEY_REQUIRE_SERVICES=1`, which makes a missing service a failure.
+//!
+//! The tests at the end, marked `#[ignore]`, show bugs found in src: they fail until
+//! those are mended (`cargo test --all-features --test ratelimit_batched -- --ignored`).
 #![cfg(feature = "redis")]
 
 use std::net::TcpListener;
@@ -561,7 +564,8 @@ async fn three_batched_stores_allow_only_what_the_exact_limiter_allows() {
         // every 50 ms, by a clock estimated from the latest call's time and the real
         // time since, which here lags the virtual time by minutes: it gives slices of
         // a day that is over back under that day's tag, over the new day's count,
-        // which is lost (one run in ten failed so).
+        // which is lost (one run in ten failed so). That bug has a test of its own
+        // below.
         let stores: Vec<_> = (0..3)
             .map(|_| batched(&url, &prefix).with_slice_lease(Duration::from_secs(60)))
             .collect();
@@ -960,4 +964,156 @@ async fn an_unused_quota_slice_goes_back_after_its_lease() {
     })
     .await;
     assert_eq!(store.redis_calls(), 2, "one give-back call");
+}
+
+// ---------------------------------------------------------------------------------
+// Known bugs: failing tests, ignored until src is mended (run with --ignored).
+// ---------------------------------------------------------------------------------
+
+/// A quota's Redis key holds one window's counter, tagged with the window; a script
+/// call whose `now` is in an earlier window (a clock a little behind, a call that
+/// arrives late, a prefetch started before midnight, or the background give-back,
+/// whose clock is an estimate) finds the tag of the later window, counts from 0, and
+/// writes its own window over the later one's counter. The later window then starts
+/// again from 0: its quota is overspent.
+#[tokio::test]
+#[ignore = "bug: a call from an earlier quota window overwrites a later window's count"]
+async fn a_late_call_from_the_window_before_erases_the_new_windows_count() {
+    let Some(url) = redis_url() else { return };
+    let mut seen = Vec::new();
+    for mode in [RedisMode::Exact, RedisMode::Batched] {
+        let prefix = unique_prefix("late-window");
+        let store = || store_in(mode, &url, &prefix);
+        let (a, b, c) = (store(), store(), store());
+        let policies = [quota("daily", 10, QuotaWindow::Day)];
+        let subject = Subject::key("k");
+        let midnight = MIDNIGHT + DAY;
+        let mut allowed = 0;
+        // The new day: b spends the whole quota.
+        for i in 0..20 {
+            let d = b
+                .check(subject, &policies, 1, midnight + MS + i * US)
+                .await
+                .unwrap();
+            allowed += u64::from(d.allowed());
+        }
+        assert_eq!(allowed, 10, "{mode:?}");
+        // a's request from a millisecond before midnight arrives now.
+        assert!(
+            a.check(subject, &policies, 1, midnight - MS)
+                .await
+                .unwrap()
+                .allowed()
+        );
+        // The new day's quota is spent: nothing more today, wherever asked.
+        for i in 0..20 {
+            let d = c
+                .check(subject, &policies, 1, midnight + 2 * MS + i * US)
+                .await
+                .unwrap();
+            allowed += u64::from(d.allowed());
+        }
+        seen.push((mode, allowed));
+    }
+    // Seen: 20 in both modes.
+    assert_eq!(
+        seen,
+        [(RedisMode::Exact, 10), (RedisMode::Batched, 10)],
+        "allowed in the new day, of a quota of 10"
+    );
+}
+
+/// The background give-back of an unused quota slice takes its unspent requests but
+/// leaves the slice's count of what Redis holds (`used`) as it was; while a refusal by
+/// another policy is remembered, the quota's status is worked out from that count, so
+/// `remaining` comes out short by what went back (82 where the exact mode says 98).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: a quota slice's `used` is not lowered when its unspent requests go back"]
+async fn a_remembered_refusal_reports_the_quota_as_before_its_slice_went_back() {
+    let Some(url) = redis_url() else { return };
+    let batched =
+        batched(&url, &unique_prefix("stale-used")).with_slice_lease(Duration::from_millis(100));
+    let exact = exact(&url, &unique_prefix("stale-used-exact"));
+    // Two a minute (T = 30 s), and 100 a day.
+    let policies = [
+        rate("burst", 2, Duration::from_secs(60), 2),
+        quota("daily", 100, QuotaWindow::Day),
+    ];
+    let subject = Subject::key("k");
+    let t0 = MIDNIGHT + 10 * 3600 * S;
+    let both = |now: u64| {
+        let (batched, exact, policies) = (&batched, &exact, &policies);
+        async move {
+            let want = exact.check(subject, policies, 1, now).await.unwrap();
+            let got = batched.check(subject, policies, 1, now).await.unwrap();
+            (got, want)
+        }
+    };
+    // Two allowed (the second takes a quota slice of 1 + 16), the third refused by
+    // the rate 60 ms later: remembered for the lease, the quota slice kept.
+    for now in [t0, t0, t0 + 60 * MS] {
+        let (got, want) = both(now).await;
+        assert_eq!(got, want);
+    }
+    let calls = batched.redis_calls();
+    // The quota slice, last spent at t0, goes back once the give-back's clock passes
+    // t0 + 100 ms; the slice itself is kept until t0 + 160 ms (last touched by the
+    // refusal). Ask again as soon as the give-back is under way.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while batched.redis_calls() == calls {
+        assert!(Instant::now() < deadline, "the slice never went back");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // Refused from the remembered refusal (until t0 + 160 ms), without Redis.
+    let (got, want) = both(t0 + 150 * MS).await;
+    assert_eq!(batched.redis_calls(), calls + 1, "answered from the slices");
+    assert!(!got.allowed() && !want.allowed());
+    assert_eq!(got, want, "the quota's status after its slice went back");
+}
+
+/// The same erasure through the background give-back: its clock is estimated from the
+/// latest request's time and the real time since, so it can still be in the day before
+/// while another instance has counted requests of the new day. It gives the old day's
+/// unspent requests back under the old day's tag, over the new day's counter. (With
+/// virtual time running ahead of real time this happens readily: it made the random
+/// three-instance test above fail one run in ten with a lease of 100 ms.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: a give-back from an earlier quota window overwrites a later window's count"]
+async fn the_give_back_of_the_day_before_erases_the_new_days_count() {
+    let Some(server) = OwnRedis::start() else {
+        return;
+    };
+    let url = server.url();
+    let a = batched(&url, "erase:").with_slice_lease(Duration::from_millis(100));
+    let (b, c) = (exact(&url, "erase:"), exact(&url, "erase:"));
+    let policies = [quota("daily", 1000, QuotaWindow::Day)];
+    let subject = Subject::key("k");
+    let midnight = MIDNIGHT + DAY;
+    // a, 5 s before midnight: a slice of 9, 8 of them unspent.
+    assert!(
+        a.check(subject, &policies, 1, midnight - 5 * S)
+            .await
+            .unwrap()
+            .allowed()
+    );
+    // b, in the new day: 10 counted.
+    for i in 0..10 {
+        let d = b
+            .check(subject, &policies, 1, midnight + MS + i * US)
+            .await
+            .unwrap();
+        assert_eq!(d.statuses()[0].remaining, 999 - i);
+    }
+    // a's slice goes back after its lease, by a clock still before midnight.
+    let runs = server.script_runs();
+    poll_until("a gives its unused slice back", || async {
+        a.redis_calls() == 2 && server.script_runs() == runs + 1
+    })
+    .await;
+    // The new day still has its 10.
+    let d = c
+        .check(subject, &policies, 1, midnight + 2 * MS)
+        .await
+        .unwrap();
+    assert_eq!(d.statuses()[0].remaining, 1000 - 10 - 1);
 }
