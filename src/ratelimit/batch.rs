@@ -365,7 +365,11 @@ impl Slices {
 
     /// Clears the in-flight mark `try_local` set for a prefetch that will not run.
     pub(crate) fn unmark(&self, subject: Subject<'_>) {
-        let digest = subject.digest();
+        self.release(subject.digest());
+    }
+
+    /// Clears a subject's in-flight mark and wakes whoever waits for it.
+    pub(crate) fn release(&self, digest: u64) {
         if let Some(notify) = self.shard(digest).inflight.remove(&digest) {
             notify.notify_waiters();
         }
@@ -565,16 +569,26 @@ impl Slices {
 
     /// Takes the unspent requests of the quota slices left unused for the lease, for the
     /// caller to give back, and forgets the slices that hold nothing.
+    ///
+    /// The subjects given back are marked in flight, as for a call of their own, so that
+    /// their requests wait for the give-back rather than read Redis before it lands:
+    /// [`release`](Self::release) each once its call is over.
     pub(crate) fn sweep(&self, now: u64) -> Vec<Giveback> {
         let now_us = now / 1_000;
         let mut out = Vec::new();
         for shard in self.shards.iter() {
             let mut shard = lock(shard);
             let ShardState { map, inflight } = &mut *shard;
+            let from = out.len();
             map.retain(|_, slice| {
                 inflight.contains_key(&slice.subject)
                     || slice.sweep(now_us, self.config.lease_us, &mut out)
             });
+            for back in &out[from..] {
+                inflight
+                    .entry(back.subject)
+                    .or_insert_with(|| Arc::new(Notify::new()));
+            }
         }
         out
     }
@@ -1024,10 +1038,13 @@ impl Slice {
             Kind::Quota {
                 window,
                 unspent,
+                used,
                 expires,
                 ..
             } => {
                 if *unspent > 0 && now_us >= *expires {
+                    // Counted as spent no more (the header's estimate).
+                    *used = used.saturating_sub(*unspent);
                     out.push(Giveback {
                         subject: self.subject,
                         redis_key: self.redis_key.clone(),

@@ -740,8 +740,10 @@ impl RedisRateLimitStore {
     /// starts that task on the first call.
     fn saw(&self, now: u64) {
         let inner = &*self.inner;
-        inner.last_now.store(now, Ordering::Relaxed);
-        inner.last_now_at.store(self.elapsed(), Ordering::Relaxed);
+        // The latest time, not the last: a background call may bring an older one.
+        if inner.last_now.fetch_max(now, Ordering::Relaxed) < now {
+            inner.last_now_at.store(self.elapsed(), Ordering::Relaxed);
+        }
         if !inner.sweeping.swap(true, Ordering::Relaxed)
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
@@ -775,6 +777,8 @@ impl RedisRateLimitStore {
                     Some((b.redis_key.to_string(), ask))
                 })
                 .unzip();
+            // Released however this ends (the task may be dropped with the runtime).
+            let _release = Release(slices, group[0].subject);
             if asks.is_empty() {
                 continue;
             }
@@ -783,6 +787,15 @@ impl RedisRateLimitStore {
                 tracing::debug!(error = %e, "could not give unused quota slices back to Redis");
             }
         }
+    }
+}
+
+/// Clears a subject's in-flight mark when dropped.
+struct Release<'a>(&'a Slices, u64);
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        self.0.release(self.1);
     }
 }
 

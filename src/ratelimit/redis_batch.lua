@@ -24,6 +24,20 @@
 -- the instance will spend it); otherwise nothing was written, given back or granted, and
 -- remaining is what each policy has without this request.
 
+-- A quota's count in the window `tag` (such as d20780) from its stored `tag:count`, and
+-- whether the stored window is a later one (a call from an earlier window, with a clock
+-- behind or late, must not write over it).
+local function quota_used(state, tag)
+  if not state then return 0, false end
+  local sep = string.find(state, ':', 1, true)
+  if not sep then return 0, false end
+  local stored = string.sub(state, 1, sep - 1)
+  if stored == tag then return tonumber(string.sub(state, sep + 1)) or 0, false end
+  local later = string.sub(stored, 1, 1) == string.sub(tag, 1, 1)
+    and (tonumber(string.sub(stored, 2)) or 0) > (tonumber(string.sub(tag, 2)) or 0)
+  return 0, later
+end
+
 local now = tonumber(ARGV[1])
 local share = tonumber(ARGV[2])
 local out = {}
@@ -75,16 +89,12 @@ for i = 1, #KEYS do
   else
     local limit, tag, ttl = tonumber(ARGV[a + 2]), ARGV[a + 3], tonumber(ARGV[a + 4])
     local back = tonumber(ARGV[a + 6])
-    local used = 0
-    if state then
-      local sep = string.find(state, ':', 1, true)
-      if sep and string.sub(state, 1, sep - 1) == tag then
-        used = tonumber(string.sub(state, sep + 1)) or 0
-      end
-    end
-    used = math.max(0, used - back)
+    local used, later = quota_used(state, tag)
+    -- A later window: refused, reported as spent.
+    if later then used = limit end
+    if not later then used = math.max(0, used - back) end
     uncharged[i] = { math.max(0, limit - used), 0 }
-    if used + cost <= limit then
+    if not later and used + cost <= limit then
       local extra = math.min(cap, math.floor((limit - used - cost) / share))
       out[#out + 1] = 1
       out[#out + 1] = limit - used - cost
