@@ -35,9 +35,24 @@ pub enum RedisMode {
     Batched,
 }
 
-/// Keeps rate-limit state in Redis: one atomic script call per request (GCRA and
-/// calendar quotas, all policies of the request charged all or nothing), so that every
-/// instance sharing the Redis server enforces one limit.
+/// Keeps rate-limit state in Redis (GCRA and calendar quotas, all policies of a request
+/// charged all or nothing), so that every instance sharing the Redis server enforces one
+/// limit.
+///
+/// **Batched** (the default, [`RedisMode::Batched`]): each instance takes a slice of a
+/// subject's budget in one atomic script call and spends it in process, asking for the
+/// next slice in the background when a quarter is left; a key below its limit costs about
+/// one call per slice, and its checks take nanoseconds. A rate's slice is a segment of its
+/// GCRA timeline, spent with GCRA inside the segment, so over any number of instances no
+/// window of length `w` allows more than `burst + w / T` (what one exact limiter allows);
+/// a quota's slice is counted in Redis before it is spent, so a quota is never overspent.
+/// Slices shrink as the budget runs low, to the request's cost alone at the edge (an
+/// exact check per request), so budget held by other instances cannot starve a key; a
+/// quota slice left unused for the [lease](Self::with_slice_lease) goes back. One
+/// instance alone answers exactly as the exact mode; with several, the `RateLimit`
+/// header's remaining count is an estimate (each counts what the others hold as spent).
+/// **Exact** ([`with_mode(RedisMode::Exact)`](Self::with_mode)): one script call per
+/// request, whose headers are exact across instances; every request waits a round trip.
 ///
 /// Each policy of each subject is one Redis key, `{prefix}{kind:id}:{policy}` (for
 /// example `tak:{key:key_01HV…}:burst`), holding a number and expiring as soon as
@@ -49,7 +64,8 @@ pub enum RedisMode {
 /// are kept in microseconds on the server (where Lua's numbers are exact); keep the
 /// instances' clocks in sync (NTP). A rate's interval is rounded up to a whole
 /// microsecond, so a policy of more than a million requests a second is held to that;
-/// otherwise the answers are the memory store's, which a test checks request by request.
+/// otherwise the answers are the memory store's, which a test checks request by request
+/// (in both modes).
 ///
 /// **When Redis cannot answer** (down, unreachable, or slower than the
 /// [timeout](Self::with_timeout)), the store by default limits each instance on its own,
