@@ -10,6 +10,9 @@
 //!   its own and logs that it does. `REDIS_MODE` (default `batched`: each instance takes
 //!   slices of a key's budget and spends them in process; `exact`: one Redis call per
 //!   request) says how.
+//! - `DEFAULT_KEY_TTL` and `MAX_KEY_TTL` (such as `90d` and `365d`; unset: none): the
+//!   lifetime of a key created without `expires_in_seconds`, and the longest a new key may
+//!   have (a longer one, or none, is refused with 422).
 //! - `CACHE_TTL` (default `30s`), `CACHE_STALE` (default `10m`; `0` turns it off) and
 //!   `STORE_TIMEOUT` (default `2s`): how long a cached key is fresh, how long past that it
 //!   is still served while the store fails, and how long a store call may take
@@ -41,6 +44,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::Mutex as AsyncMutex;
+use tower_api_key::lifetime::{KeyLifetimes, parse_lifetime};
 use tower_api_key::ratelimit::{RateLimitStore, RedisMode, RedisRateLimitStore};
 use tower_api_key::resolve::{ChangeFollower, FeedHealth, FollowOptions};
 use tower_api_key::store::{ChangeFeed, ListQuery, NewKey, PostgresStore, SqliteStore};
@@ -135,7 +139,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .poll_interval(poll)
         .read_timeout(probe_timeout);
     let follower = Arc::new(cache.follow_with(store.clone(), options));
-    let admin = tower_api_key::admin::router(cache.clone());
+    let config = tower_api_key::admin::AdminConfig::new().lifetimes(key_lifetimes()?);
+    let admin = tower_api_key::admin::router_with(cache.clone(), config);
     let usage = UsageRecorder::spawn(store.clone(), Duration::from_secs(5));
 
     let auth = ApiKeyLayer::from_cache(cache)
@@ -255,6 +260,28 @@ fn parse_duration(text: &str) -> Option<Duration> {
         _ => return None,
     };
     Some(Duration::from_millis(millis))
+}
+
+/// `DEFAULT_KEY_TTL` and `MAX_KEY_TTL` (such as `90d` and `365d`; unset: none).
+fn key_lifetimes() -> Result<KeyLifetimes, Box<dyn std::error::Error>> {
+    let var = |name: &str| -> Result<Option<Duration>, String> {
+        match std::env::var(name) {
+            Ok(text) if !text.is_empty() => parse_lifetime(&text)
+                .map(Some)
+                .map_err(|e| format!("{name}={text:?}: {e}")),
+            _ => Ok(None),
+        }
+    };
+    let mut lifetimes = KeyLifetimes::new();
+    if let Some(default) = var("DEFAULT_KEY_TTL")? {
+        lifetimes = lifetimes.with_default(default);
+    }
+    if let Some(max) = var("MAX_KEY_TTL")? {
+        lifetimes = lifetimes
+            .with_max(max)
+            .map_err(|e| format!("DEFAULT_KEY_TTL, MAX_KEY_TTL: {e}"))?;
+    }
+    Ok(lifetimes)
 }
 
 /// A rate-limit store, and the Redis store when it is one.

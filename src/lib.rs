@@ -69,6 +69,7 @@ pub mod extract;
 #[cfg(feature = "tonic")]
 pub mod grpc;
 pub mod key;
+pub mod lifetime;
 pub mod ratelimit;
 pub mod record;
 pub mod resolve;

@@ -19,6 +19,10 @@ struct Admin {
 }
 
 async fn setup() -> Admin {
+    setup_with(tower_api_key::admin::AdminConfig::new()).await
+}
+
+async fn setup_with(config: tower_api_key::admin::AdminConfig) -> Admin {
     let cache = CachedResolver::new(MemoryStore::new());
     let admin = cache
         .create(
@@ -33,7 +37,7 @@ async fn setup() -> Admin {
         .layer(ApiKeyLayer::from_cache(cache.clone()));
     let app = Router::new()
         .merge(api)
-        .merge(tower_api_key::admin::router(cache.clone()));
+        .merge(tower_api_key::admin::router_with(cache.clone(), config));
     Admin {
         app,
         admin_key: admin.key.expose_secret().to_owned(),
@@ -450,4 +454,106 @@ async fn openapi_document_describes_the_api_and_its_key_schemes() {
             .unwrap()
             .contains_key("key")
     );
+}
+
+/// Seconds from now to an RFC 3339 time (this test's own small parser: whole seconds, Z).
+fn secs_until(at: &str) -> i64 {
+    let (date, time) = at.trim_end_matches('Z').split_once('T').unwrap();
+    let d: Vec<i64> = date.split('-').map(|x| x.parse().unwrap()).collect();
+    let t: Vec<f64> = time.split(':').map(|x| x.parse().unwrap()).collect();
+    // Days from the civil date (H. Hinnant's algorithm).
+    let (y, m) = if d[1] <= 2 {
+        (d[0] - 1, d[1] + 9)
+    } else {
+        (d[0], d[1] - 3)
+    };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + (153 * m + 2) / 5 + d[2] - 1;
+    let days = era * 146_097 + doe - 719_468;
+    let at = days * 86_400 + (t[0] * 3600.0 + t[1] * 60.0 + t[2]) as i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    at - now
+}
+
+#[tokio::test]
+async fn lifetimes_give_a_default_and_refuse_longer_keys() {
+    use tower_api_key::lifetime::{KeyLifetimes, parse_lifetime};
+    let lifetimes = KeyLifetimes::new()
+        .with_default(parse_lifetime("90d").unwrap())
+        .with_max(parse_lifetime("365d").unwrap())
+        .unwrap();
+    let a = setup_with(tower_api_key::admin::AdminConfig::new().lifetimes(lifetimes)).await;
+    const DAY: i64 = 86_400;
+
+    // No expiry asked for: the default.
+    let (status, created, _) = a
+        .admin("POST", "/admin/keys", Some(r#"{"consumer":"acme"}"#))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let left = secs_until(created["expires_at"].as_str().unwrap());
+    assert!((90 * DAY - 60..=90 * DAY).contains(&left), "{left}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    // Up to the maximum: as asked.
+    let body = json!({"consumer": "acme", "expires_in_seconds": 365 * DAY}).to_string();
+    let (status, created, _) = a.admin("POST", "/admin/keys", Some(&body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let left = secs_until(created["expires_at"].as_str().unwrap());
+    assert!((365 * DAY - 60..=365 * DAY).contains(&left), "{left}");
+
+    // Longer: 422 naming the field, and nothing created.
+    let before = a.cache.resolver().len();
+    let body = json!({"consumer": "acme", "expires_in_seconds": 365 * DAY + 1}).to_string();
+    let (status, problem, ctype) = a.admin("POST", "/admin/keys", Some(&body)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(ctype, "application/problem+json");
+    assert_eq!(problem["field"], "expires_in_seconds", "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("31536000 s (365d)"),
+        "{problem}"
+    );
+    assert_eq!(a.cache.resolver().len(), before);
+
+    // A PATCH to a longer expiry, or to none, is refused too; a shorter one is not.
+    for body in [
+        json!({"expires_in_seconds": 366 * DAY}),
+        json!({"expires_in_seconds": null}),
+    ] {
+        let (status, problem, _) = a
+            .admin(
+                "PATCH",
+                &format!("/admin/keys/{id}"),
+                Some(&body.to_string()),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(problem["field"], "expires_in_seconds", "{problem}");
+    }
+    let (status, record, _) = a
+        .admin(
+            "PATCH",
+            &format!("/admin/keys/{id}"),
+            Some(&json!({"expires_in_seconds": 7 * DAY}).to_string()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{record}");
+    let left = secs_until(record["expires_at"].as_str().unwrap());
+    assert!((7 * DAY - 60..=7 * DAY).contains(&left), "{left}");
+
+    // Rotation keeps the old expiry, whatever the default.
+    let (status, rotated, _) = a
+        .admin(
+            "POST",
+            &format!("/admin/keys/{id}/rotate"),
+            Some(r#"{"grace_seconds": 0}"#),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{rotated}");
+    assert_eq!(rotated["expires_at"], record["expires_at"]);
 }

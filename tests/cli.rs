@@ -220,3 +220,55 @@ fn errors_are_one_clear_line_and_a_non_zero_exit() {
         "a password in the URL is never printed"
     );
 }
+
+#[test]
+fn lifetimes_from_the_environment_give_a_default_and_refuse_longer_keys() {
+    let db = Db::new("lifetimes");
+    let run = |env: &[(&str, &str)], args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_apikey"))
+            .env("DATABASE_URL", db.url())
+            .envs(env.iter().copied())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let env = [("DEFAULT_KEY_TTL", "1d"), ("MAX_KEY_TTL", "30d")];
+    // No --expires-in: the default, a day.
+    let out = run(&env, &["--json", "create", "--consumer", "acme"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let created: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let left = created["expires_at"].as_i64().unwrap() - now;
+    assert!((86_400 - 60..=86_400).contains(&left), "{created}");
+    // Longer than the maximum: one clear line naming --expires-in, and nothing created.
+    let month = (30 * 86_400 + 1).to_string();
+    let out = run(
+        &env,
+        &["create", "--consumer", "acme", "--expires-in", &month],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with("apikey: --expires-in: a key may live at most 2592000 s (30d)"),
+        "{err}"
+    );
+    let listed = db.json(&["--json", "list"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    // A default above the maximum, or a lifetime that is not one, is refused.
+    let out = run(
+        &[("DEFAULT_KEY_TTL", "40d"), ("MAX_KEY_TTL", "30d")],
+        &["list"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("longer than the maximum"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&[("MAX_KEY_TTL", "a year")], &["list"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("90d"), "{}", stderr(&out));
+}

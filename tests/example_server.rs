@@ -859,3 +859,43 @@ async fn the_dashboard_in_a_real_browser() {
     assert!(std::fs::metadata(phone).unwrap().len() > 1000);
     browser.session("DELETE", "", None).await;
 }
+
+#[tokio::test]
+async fn key_lifetimes_from_the_environment() {
+    let server = start_sqlite(&[("DEFAULT_KEY_TTL", "90d"), ("MAX_KEY_TTL", "365d")]);
+    let bearer = format!("Bearer {}", server.admin_key.clone().unwrap());
+    let auth = [("authorization", bearer.as_str())];
+    let (status, body) = http(
+        &server.addr,
+        "POST",
+        "/admin/keys",
+        &auth,
+        r#"{"consumer":"acme"}"#,
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let created: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        created["expires_at"].is_string(),
+        "the default applies: {body}"
+    );
+    let too_long = format!(
+        r#"{{"consumer":"acme","expires_in_seconds":{}}}"#,
+        366 * 86_400
+    );
+    let (status, body) = http(&server.addr, "POST", "/admin/keys", &auth, &too_long).await;
+    assert_eq!(status, 422, "{body}");
+    let problem: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(problem["field"], "expires_in_seconds", "{body}");
+    // A default above the maximum, or a lifetime that is not one: a clear start-up error.
+    let stderr = refuses_to_start(&[("DEFAULT_KEY_TTL", "400d"), ("MAX_KEY_TTL", "365d")]);
+    assert!(
+        stderr.contains("longer than the maximum (365d)"),
+        "{stderr}"
+    );
+    let stderr = refuses_to_start(&[("MAX_KEY_TTL", "forever")]);
+    assert!(
+        stderr.contains("MAX_KEY_TTL=") && stderr.contains("expected a lifetime such as 90d"),
+        "{stderr}"
+    );
+}

@@ -42,6 +42,7 @@ use serde_json::{Map, Value, json};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::auth::{ApiKeyLayer, KeySource, RequireScopeLayer};
+use crate::lifetime::KeyLifetimes;
 use crate::ratelimit::{RateLimitPolicy, RateLimits};
 use crate::record::{Authenticated, KeyRecord, Scope, Scopes};
 use crate::resolve::CachedResolver;
@@ -56,9 +57,50 @@ const MAX_EXPIRES_IN: u64 = 10 * 365 * 86_400;
 /// The longest rotation grace period: thirty days.
 const MAX_GRACE: u64 = 30 * 86_400;
 
+/// Settings of the admin API: for now, the [lifetimes](KeyLifetimes) of new keys.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct AdminConfig {
+    lifetimes: KeyLifetimes,
+}
+
+impl AdminConfig {
+    /// The defaults: no default lifetime and no maximum.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How long new keys live by default and at most: a create without
+    /// `expires_in_seconds` gets the default; a longer one, or a `PATCH` to a longer
+    /// expiry or to none, is refused with 422 naming `expires_in_seconds`.
+    pub fn lifetimes(mut self, lifetimes: KeyLifetimes) -> Self {
+        self.lifetimes = lifetimes;
+        self
+    }
+}
+
 /// The admin API over `cache`'s store, for keys with the scope `admin` (read from
 /// `Authorization: Bearer` or `X-API-Key`).
 pub fn router<S: KeyStore>(cache: CachedResolver<S>) -> Router {
+    router_with(cache, AdminConfig::new())
+}
+
+/// The admin API, as [`router`], with settings.
+///
+/// ```
+/// use tower_api_key::admin::{self, AdminConfig};
+/// use tower_api_key::lifetime::{KeyLifetimes, parse_lifetime};
+/// use tower_api_key::{CachedResolver, MemoryStore};
+///
+/// let lifetimes = KeyLifetimes::new()
+///     .with_default(parse_lifetime("90d").unwrap())
+///     .with_max(parse_lifetime("365d").unwrap())
+///     .unwrap();
+/// let cache = CachedResolver::new(MemoryStore::new());
+/// let app = admin::router_with(cache, AdminConfig::new().lifetimes(lifetimes));
+/// # let _: axum::Router = app;
+/// ```
+pub fn router_with<S: KeyStore>(cache: CachedResolver<S>, config: AdminConfig) -> Router {
     let auth = ApiKeyLayer::from_cache(cache.clone())
         .source(KeySource::bearer().or(KeySource::header(HeaderName::from_static("x-api-key"))));
     let protected = Router::new()
@@ -70,6 +112,7 @@ pub fn router<S: KeyStore>(cache: CachedResolver<S>) -> Router {
         .route("/admin/keys/{id}/rotate", post(rotate::<S>))
         .route("/admin/keys/{id}/usage", get(usage::<S>))
         .route("/admin/audit", get(audit::<S>))
+        .layer(Extension(config))
         .layer(RequireScopeLayer::new([Scope::from_static("admin")]))
         .layer(auth)
         .with_state(cache);
@@ -496,6 +539,7 @@ fn created_body(created: &crate::store::CreatedKey) -> CreatedKeyBody {
 async fn create<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
     Extension(admin): Extension<Authenticated>,
+    Extension(config): Extension<AdminConfig>,
     body: Bytes,
 ) -> Response {
     let result = async {
@@ -512,14 +556,18 @@ async fn create<S: KeyStore>(
         let consumer = text(&map, "consumer", true)?.unwrap_or_default();
         let name = text(&map, "name", false)?.unwrap_or_default();
         let scopes = scopes(&map)?;
-        let expires = number(&map, "expires_in_seconds", MAX_EXPIRES_IN, false)?;
+        let asked = number(&map, "expires_in_seconds", MAX_EXPIRES_IN, false)?;
+        let expires = config
+            .lifetimes
+            .expires_in(asked.map(Duration::from_secs))
+            .map_err(|e| invalid("expires_in_seconds", e.to_string()))?;
         let limits = rate_limit(&map)?;
         let mut new = NewKey::new(consumer)
             .with_name(name)
             .with_scopes(scopes)
             .with_rate_limits(limits);
-        if let Some(secs) = expires {
-            new = new.with_expires_at(SystemTime::now() + Duration::from_secs(secs));
+        if let Some(life) = expires {
+            new = new.with_expires_at(SystemTime::now() + life);
         }
         let created = store
             .create(new, admin.key_id())
@@ -586,6 +634,7 @@ async fn show<S: KeyStore>(
 async fn update<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
     Extension(admin): Extension<Authenticated>,
+    Extension(config): Extension<AdminConfig>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
@@ -604,8 +653,15 @@ async fn update<S: KeyStore>(
             None => None,
             Some(Value::Null) => Some(None),
             Some(_) => number(&map, "expires_in_seconds", MAX_EXPIRES_IN, false)?
-                .map(|secs| Some(SystemTime::now() + Duration::from_secs(secs))),
+                .map(|secs| Some(Duration::from_secs(secs))),
         };
+        if let Some(life) = expiry {
+            config
+                .lifetimes
+                .check(life)
+                .map_err(|e| invalid("expires_in_seconds", e.to_string()))?;
+        }
+        let expiry = expiry.map(|life| life.map(|life| SystemTime::now() + life));
         let mut record = None;
         if let Some(scopes) = scopes {
             record = Some(

@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
 use std::sync::Arc;
+use tower_api_key::lifetime::{KeyLifetimes, parse_lifetime};
 use tower_api_key::ratelimit::{Limit, QuotaWindow};
 
 use tower_api_key::store::{ListQuery, NewKey, PostgresStore, SqliteStore};
@@ -37,6 +38,13 @@ struct Cli {
         global = true
     )]
     database_url: String,
+    /// The lifetime of a key created without --expires-in, such as 90d; also read from
+    /// DEFAULT_KEY_TTL.
+    #[arg(long, env = "DEFAULT_KEY_TTL", global = true, value_parser = lifetime)]
+    default_ttl: Option<Duration>,
+    /// The longest lifetime a new key may have, such as 365d; also read from MAX_KEY_TTL.
+    #[arg(long, env = "MAX_KEY_TTL", global = true, value_parser = lifetime)]
+    max_ttl: Option<Duration>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -129,6 +137,24 @@ async fn open(url: &str) -> Result<Store, String> {
     }
 }
 
+fn lifetime(text: &str) -> Result<Duration, String> {
+    parse_lifetime(text).map_err(|e| e.to_string())
+}
+
+/// The lifetimes the options give.
+fn lifetimes(cli: &Cli) -> Result<KeyLifetimes, String> {
+    let mut lifetimes = KeyLifetimes::new();
+    if let Some(default) = cli.default_ttl {
+        lifetimes = lifetimes.with_default(default);
+    }
+    if let Some(max) = cli.max_ttl {
+        lifetimes = lifetimes
+            .with_max(max)
+            .map_err(|e| format!("--default-ttl / --max-ttl: {e}"))?;
+    }
+    Ok(lifetimes)
+}
+
 /// The part of a URL before `://`, so that a password in it is never printed.
 fn scheme_of(url: &str) -> &str {
     url.split_once("://")
@@ -136,6 +162,7 @@ fn scheme_of(url: &str) -> &str {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, String> {
+    let lifetimes = lifetimes(&cli)?;
     let store = open(&cli.database_url).await?;
     let json_out = cli.json;
     match cli.command {
@@ -158,12 +185,15 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let limits = RateLimits::new(policies).map_err(|e| format!("--rate-limit: {e}"))?;
+            let life = lifetimes
+                .expires_in(expires_in.map(Duration::from_secs))
+                .map_err(|e| format!("--expires-in: {e}"))?;
             let mut new = NewKey::new(consumer)
                 .with_name(name)
                 .with_scopes(scopes)
                 .with_rate_limits(limits);
-            if let Some(secs) = expires_in {
-                new = new.with_expires_at(SystemTime::now() + Duration::from_secs(secs));
+            if let Some(life) = life {
+                new = new.with_expires_at(SystemTime::now() + life);
             }
             let created = store.create(new, "cli").await.map_err(|e| e.to_string())?;
             if json_out {
