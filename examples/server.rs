@@ -13,6 +13,9 @@
 //! - `DEFAULT_KEY_TTL` and `MAX_KEY_TTL` (such as `90d` and `365d`; unset: none): the
 //!   lifetime of a key created without `expires_in_seconds`, and the longest a new key may
 //!   have (a longer one, or none, is refused with 422).
+//! - `TRUSTED_PROXIES` (comma-separated CIDRs; unset: none): proxies whose
+//!   `X-Forwarded-For` names the client, for keys with an allowlist (`allowed_ips`); a
+//!   request from outside a key's list gets 403.
 //! - `CACHE_TTL` (default `30s`), `CACHE_STALE` (default `10m`; `0` turns it off) and
 //!   `STORE_TIMEOUT` (default `2s`): how long a cached key is fresh, how long past that it
 //!   is still served while the store fails, and how long a store call may take
@@ -46,6 +49,7 @@ use serde_json::json;
 use tokio::sync::Mutex as AsyncMutex;
 use tower_api_key::lifetime::{KeyLifetimes, parse_lifetime};
 use tower_api_key::ratelimit::{RateLimitStore, RedisMode, RedisRateLimitStore};
+use tower_api_key::record::parse_network;
 use tower_api_key::resolve::{ChangeFollower, FeedHealth, FollowOptions};
 use tower_api_key::store::{ChangeFeed, ListQuery, NewKey, PostgresStore, SqliteStore};
 use tower_api_key::usage::{UsageLayer, UsageRecorder};
@@ -144,7 +148,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let usage = UsageRecorder::spawn(store.clone(), Duration::from_secs(5));
 
     let auth = ApiKeyLayer::from_cache(cache)
-        .source(KeySource::bearer().or(KeySource::header(HeaderName::from_static("x-api-key"))));
+        .source(KeySource::bearer().or(KeySource::header(HeaderName::from_static("x-api-key"))))
+        .trusted_proxies(trusted_proxies()?);
 
     let (limit_store, redis) = rate_limit_store().await?;
     let limits = RateLimitLayer::new(limit_store, rate_limit);
@@ -179,9 +184,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(bind).await?;
     // On stdout after the admin key line, so that readers see the two in order.
     println!("listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    // The peer address, for keys with an allowlist.
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await?;
     usage.shutdown().await;
     eprintln!("shut down");
     Ok(())
@@ -260,6 +269,17 @@ fn parse_duration(text: &str) -> Option<Duration> {
         _ => return None,
     };
     Some(Duration::from_millis(millis))
+}
+
+/// `TRUSTED_PROXIES`: comma-separated CIDRs whose `X-Forwarded-For` names the client.
+fn trusted_proxies() -> Result<Vec<ipnet::IpNet>, Box<dyn std::error::Error>> {
+    let Ok(text) = std::env::var("TRUSTED_PROXIES") else {
+        return Ok(Vec::new());
+    };
+    text.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| parse_network(s).map_err(|e| format!("TRUSTED_PROXIES: {s:?}: {e}").into()))
+        .collect()
 }
 
 /// `DEFAULT_KEY_TTL` and `MAX_KEY_TTL` (such as `90d` and `365d`; unset: none).

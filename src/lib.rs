@@ -78,8 +78,8 @@ pub mod store;
 pub mod usage;
 
 pub use auth::{
-    ApiKeyLayer, ApiKeyService, AuthError, DefaultResponder, KeySource, Rejection, RejectionBody,
-    RequireScopeLayer, RequireScopeService, Responder, ResponseBody,
+    ApiKeyLayer, ApiKeyService, AuthError, DefaultResponder, KeySource, PeerAddr, Rejection,
+    RejectionBody, RequireScopeLayer, RequireScopeService, Responder, ResponseBody,
 };
 #[cfg(feature = "axum")]
 pub use extract::RequireScope;

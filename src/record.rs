@@ -243,6 +243,23 @@ pub fn generate_key_id() -> String {
     id
 }
 
+/// Text that is not a network such as `10.0.0.0/8`, `2001:db8::/32` or one address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected a network such as 10.0.0.0/8 or 2001:db8::/32, or one address")]
+pub struct InvalidNetwork(());
+
+/// Parses an allowlist entry: a CIDR (IPv4 or IPv6) or one address (a /32 or /128).
+/// Host bits are cleared: `10.1.2.3/8` is `10.0.0.0/8`.
+pub fn parse_network(text: &str) -> Result<ipnet::IpNet, InvalidNetwork> {
+    let text = text.trim();
+    if let Ok(net) = text.parse::<ipnet::IpNet>() {
+        return Ok(net.trunc());
+    }
+    text.parse::<std::net::IpAddr>()
+        .map(ipnet::IpNet::from)
+        .map_err(|_| InvalidNetwork(()))
+}
+
 /// What a store keeps about one key. It never holds the key itself, only its
 /// [`KeyHash`] and its public [`start`](Self::start).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -271,6 +288,9 @@ pub struct KeyRecord {
     /// The rate-limit policies of this key; empty means the
     /// [`RateLimitLayer`](crate::RateLimitLayer)'s default.
     pub rate_limits: RateLimits,
+    /// The networks this key may be used from (IPv4 and IPv6 CIDRs); empty: anywhere.
+    /// [`ApiKeyLayer`](crate::ApiKeyLayer) refuses a request from elsewhere with 403.
+    pub allowed_ips: Vec<ipnet::IpNet>,
 }
 
 impl KeyRecord {
@@ -288,7 +308,20 @@ impl KeyRecord {
             revoked_at: None,
             metadata: BTreeMap::new(),
             rate_limits: RateLimits::default(),
+            allowed_ips: Vec::new(),
         }
+    }
+
+    /// Sets the networks the key may be used from (empty: anywhere).
+    pub fn with_allowed_ips(mut self, networks: impl IntoIterator<Item = ipnet::IpNet>) -> Self {
+        self.allowed_ips = networks.into_iter().collect();
+        self
+    }
+
+    /// May the key be used from `ip`? (Always, without an allowlist.)
+    pub fn allows_ip(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.allowed_ips.is_empty() || self.allowed_ips.iter().any(|net| net.contains(&ip))
     }
 
     /// Sets the rate-limit policies.

@@ -557,3 +557,41 @@ async fn lifetimes_give_a_default_and_refuse_longer_keys() {
     assert_eq!(status, StatusCode::CREATED, "{rotated}");
     assert_eq!(rotated["expires_at"], record["expires_at"]);
 }
+
+#[tokio::test]
+async fn allowlists_are_set_on_create_and_shown() {
+    let a = setup().await;
+    let body =
+        json!({"consumer": "acme", "allowed_ips": ["10.1.2.3/8", "2001:db8::/32", "203.0.113.7"]})
+            .to_string();
+    let (status, created, _) = a.admin("POST", "/admin/keys", Some(&body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    // Host bits cleared; one address is a /32.
+    assert_eq!(
+        created["allowed_ips"],
+        json!(["10.0.0.0/8", "2001:db8::/32", "203.0.113.7/32"])
+    );
+    let id = created["id"].as_str().unwrap();
+    let (_, shown, _) = a.admin("GET", &format!("/admin/keys/{id}"), None).await;
+    assert_eq!(shown["allowed_ips"], created["allowed_ips"]);
+    // Without one: anywhere.
+    let (_, open, _) = a
+        .admin("POST", "/admin/keys", Some(r#"{"consumer":"acme"}"#))
+        .await;
+    assert_eq!(open["allowed_ips"], json!([]));
+    // Bad input: 422 naming the field, nothing created.
+    let before = a.cache.resolver().len();
+    let too_many: Vec<String> = (0..65).map(|i| format!("10.0.{i}.0/24")).collect();
+    for bad in [
+        json!({"consumer": "a", "allowed_ips": ["10.0.0.0/33"]}),
+        json!({"consumer": "a", "allowed_ips": ["localhost"]}),
+        json!({"consumer": "a", "allowed_ips": [7]}),
+        json!({"consumer": "a", "allowed_ips": "10.0.0.0/8"}),
+        json!({"consumer": "a", "allowed_ips": too_many}),
+    ] {
+        let (status, problem, _) = a.admin("POST", "/admin/keys", Some(&bad.to_string())).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+        assert_eq!(problem["field"], "allowed_ips", "{problem}");
+    }
+    assert_eq!(a.cache.resolver().len(), before);
+}

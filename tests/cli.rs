@@ -272,3 +272,29 @@ fn lifetimes_from_the_environment_give_a_default_and_refuse_longer_keys() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("90d"), "{}", stderr(&out));
 }
+
+#[test]
+fn allowlists_from_the_command_line() {
+    let db = Db::new("allowlist");
+    let created = db.json(&[
+        "--json",
+        "create",
+        "--consumer",
+        "acme",
+        "--allow-ip",
+        "10.9.9.9/8",
+        "--allow-ip",
+        "2001:db8::1",
+    ]);
+    assert_eq!(
+        created["allowed_ips"],
+        serde_json::json!(["10.0.0.0/8", "2001:db8::1/128"])
+    );
+    let out = db.run(&["create", "--consumer", "acme", "--allow-ip", "10.0.0.0/99"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).starts_with("apikey: --allow-ip \"10.0.0.0/99\""),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -899,3 +899,50 @@ async fn key_lifetimes_from_the_environment() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn allowlists_use_the_peer_and_trusted_proxies_only() {
+    let server = start_sqlite(&[("TRUSTED_PROXIES", "127.0.0.1/32, ::1/128")]);
+    let bearer = format!("Bearer {}", server.admin_key.clone().unwrap());
+    let admin = [("authorization", bearer.as_str())];
+    let create = |nets: &str| format!(r#"{{"consumer":"acme","allowed_ips":{nets}}}"#);
+    let mut keys = Vec::new();
+    for nets in [r#"["127.0.0.0/8"]"#, r#"["198.51.100.0/24"]"#] {
+        let (status, body) = http(&server.addr, "POST", "/admin/keys", &admin, &create(nets)).await;
+        assert_eq!(status, 201, "{body}");
+        let created: serde_json::Value = serde_json::from_str(&body).unwrap();
+        keys.push(format!("Bearer {}", created["key"].as_str().unwrap()));
+    }
+    let whoami = |key: &str, xff: Option<&str>| {
+        let mut headers = vec![("authorization".to_owned(), key.to_owned())];
+        if let Some(xff) = xff {
+            headers.push(("x-forwarded-for".to_owned(), xff.to_owned()));
+        }
+        headers
+    };
+    for (key, xff, want) in [
+        // The peer is 127.0.0.1: inside the first key's list.
+        (&keys[0], None, 200),
+        (&keys[1], None, 403),
+        // The peer is a trusted proxy: the client it names counts.
+        (&keys[1], Some("198.51.100.7"), 200),
+        (&keys[0], Some("198.51.100.7"), 403),
+        (&keys[1], Some("198.51.100.7, junk"), 403),
+    ] {
+        let headers = whoami(key, xff);
+        let headers: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let (status, body) = http(&server.addr, "GET", "/v1/whoami", &headers, "").await;
+        assert_eq!(status, want, "{xff:?}: {body}");
+        if want == 403 {
+            assert!(body.contains("variant.AddressNotAllowed"), "{body}");
+        }
+    }
+    let stderr = refuses_to_start(&[("TRUSTED_PROXIES", "10.0.0.0/8,nowhere")]);
+    assert!(
+        stderr.contains("TRUSTED_PROXIES") && stderr.contains("nowhere"),
+        "{stderr}"
+    );
+}

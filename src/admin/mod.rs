@@ -50,6 +50,8 @@ use crate::store::{AuditEntry, KeyStore, ListQuery, NewKey, StoreError};
 
 /// The most scopes one key may carry through the admin API.
 const MAX_SCOPES: usize = 64;
+/// The most networks in one key's allowlist.
+const MAX_NETWORKS: usize = 64;
 /// The longest consumer or name.
 const MAX_TEXT: usize = 200;
 /// The longest expiry: ten years.
@@ -215,6 +217,9 @@ struct CreateKeyRequest {
     expires_in_seconds: Option<u64>,
     /// The key's rate limit; without one, the service's default applies.
     rate_limit: Option<RateLimitRequest>,
+    /// Networks (CIDRs such as `10.0.0.0/8` or `2001:db8::/32`, or single addresses) the
+    /// key may be used from, at most 64; without them, anywhere.
+    allowed_ips: Option<Vec<String>>,
 }
 
 /// A rate limit: `requests` per `per_seconds`, up to `burst` at once.
@@ -266,6 +271,8 @@ struct KeyBody {
     revoked_at: Option<String>,
     /// `active`, `expired` or `revoked`.
     status: String,
+    /// The networks the key may be used from (CIDRs); empty: anywhere.
+    allowed_ips: Vec<String>,
 }
 
 /// A key's record with its last use.
@@ -450,6 +457,26 @@ fn scopes(map: &Map<String, Value>) -> Result<Scopes, Problem> {
         .collect()
 }
 
+fn allowed_ips(map: &Map<String, Value>) -> Result<Vec<ipnet::IpNet>, Problem> {
+    let field = "allowed_ips";
+    let list = match map.get(field) {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(list)) => list,
+        Some(_) => return Err(invalid(field, "allowed_ips must be an array of strings")),
+    };
+    if list.len() > MAX_NETWORKS {
+        return Err(invalid(field, format!("at most {MAX_NETWORKS} networks")));
+    }
+    list.iter()
+        .map(|v| match v.as_str() {
+            Some(s) => {
+                crate::record::parse_network(s).map_err(|e| invalid(field, format!("{s:?}: {e}")))
+            }
+            None => Err(invalid(field, "allowed_ips must be an array of strings")),
+        })
+        .collect()
+}
+
 fn rate_limit(map: &Map<String, Value>) -> Result<RateLimits, Problem> {
     let field = "rate_limit";
     let limit = match map.get(field) {
@@ -524,6 +551,7 @@ fn key_body(r: &KeyRecord) -> KeyBody {
             crate::KeyStatus::Revoked => "revoked",
         }
         .to_owned(),
+        allowed_ips: r.allowed_ips.iter().map(ToString::to_string).collect(),
     }
 }
 
@@ -551,6 +579,7 @@ async fn create<S: KeyStore>(
                 "scopes",
                 "expires_in_seconds",
                 "rate_limit",
+                "allowed_ips",
             ],
         )?;
         let consumer = text(&map, "consumer", true)?.unwrap_or_default();
@@ -562,10 +591,12 @@ async fn create<S: KeyStore>(
             .expires_in(asked.map(Duration::from_secs))
             .map_err(|e| invalid("expires_in_seconds", e.to_string()))?;
         let limits = rate_limit(&map)?;
+        let networks = allowed_ips(&map)?;
         let mut new = NewKey::new(consumer)
             .with_name(name)
             .with_scopes(scopes)
-            .with_rate_limits(limits);
+            .with_rate_limits(limits)
+            .with_allowed_ips(networks);
         if let Some(life) = expires {
             new = new.with_expires_at(SystemTime::now() + life);
         }

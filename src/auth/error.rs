@@ -43,6 +43,11 @@ pub enum AuthError {
         /// The scope that was required.
         scope: Cow<'static, str>,
     },
+    /// The key is valid but may not be used from the client's address (its record's
+    /// [`allowed_ips`](crate::KeyRecord::allowed_ips)), or the address is not known. HTTP
+    /// 403; gRPC `PERMISSION_DENIED`.
+    #[error("the API key may not be used from this address")]
+    AddressNotAllowed,
     /// A rate limit or quota is spent. HTTP 429 with `Retry-After` and an RFC 9457 body
     /// of type `https://iana.org/assignments/http-problem-types#quota-exceeded` naming the
     /// `violated-policies`; gRPC `RESOURCE_EXHAUSTED`.
@@ -65,7 +70,7 @@ impl AuthError {
         match self {
             Self::MissingKey | Self::InvalidKey | Self::ExpiredKey => StatusCode::UNAUTHORIZED,
             Self::ConflictingKeys => StatusCode::BAD_REQUEST,
-            Self::InsufficientScope { .. } => StatusCode::FORBIDDEN,
+            Self::InsufficientScope { .. } | Self::AddressNotAllowed => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -75,7 +80,7 @@ impl AuthError {
     pub fn grpc_code(&self) -> i32 {
         match self {
             Self::MissingKey | Self::InvalidKey | Self::ExpiredKey | Self::ConflictingKeys => 16,
-            Self::InsufficientScope { .. } => 7,
+            Self::InsufficientScope { .. } | Self::AddressNotAllowed => 7,
             Self::RateLimited { .. } => 8,
             Self::Unavailable(_) => 14,
         }
@@ -88,6 +93,7 @@ impl AuthError {
             Self::ExpiredKey => "variant.ExpiredKey",
             Self::ConflictingKeys => "variant.ConflictingKeys",
             Self::InsufficientScope { .. } => "variant.InsufficientScope",
+            Self::AddressNotAllowed => "variant.AddressNotAllowed",
             Self::RateLimited { .. } => "variant.RateLimited",
             Self::Unavailable(_) => "variant.Unavailable",
         }
@@ -100,6 +106,7 @@ impl AuthError {
             Self::ExpiredKey => "Expired API key",
             Self::ConflictingKeys => "Conflicting API keys",
             Self::InsufficientScope { .. } => "Insufficient scope",
+            Self::AddressNotAllowed => "Address not allowed",
             Self::RateLimited { .. } => {
                 "Request cannot be satisfied as assigned quota has been exceeded"
             }
@@ -117,6 +124,9 @@ impl AuthError {
             Self::ConflictingKeys => "The request carries more than one different API key.".into(),
             Self::InsufficientScope { scope } => {
                 format!("The API key lacks the scope {scope}.").into()
+            }
+            Self::AddressNotAllowed => {
+                "The API key may not be used from this network address.".into()
             }
             Self::RateLimited {
                 retry_after,
@@ -206,6 +216,7 @@ impl Realm {
             AuthError::ExpiredKey => Some(self.expired.clone()),
             AuthError::ConflictingKeys => Some(self.bad_request.clone()),
             AuthError::InsufficientScope { .. }
+            | AuthError::AddressNotAllowed
             | AuthError::RateLimited { .. }
             | AuthError::Unavailable(_) => None,
         }

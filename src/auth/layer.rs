@@ -51,6 +51,8 @@ pub(crate) struct Config {
     pub(crate) allow_anonymous: bool,
     pub(crate) hide_credentials: bool,
     pub(crate) retry_after: Duration,
+    /// Proxies whose `X-Forwarded-For` names the client (for keys with an allowlist).
+    pub(crate) trusted_proxies: Arc<[ipnet::IpNet]>,
 }
 
 /// Why [`ApiKeyLayer::realm`] refused a realm.
@@ -78,6 +80,7 @@ impl<R: KeyResolver> ApiKeyLayer<R> {
                     allow_anonymous: false,
                     hide_credentials: false,
                     retry_after: DEFAULT_RETRY_AFTER,
+                    trusted_proxies: Arc::new([]),
                 },
                 responder: DefaultResponder,
             }),
@@ -108,6 +111,19 @@ impl<R: KeyResolver, P: Responder> ApiKeyLayer<R, P> {
     /// in their extensions (off by default). A request with a bad key is still refused.
     pub fn allow_anonymous(mut self, allow: bool) -> Self {
         self.config_mut().allow_anonymous = allow;
+        self
+    }
+
+    /// The proxies (CIDRs) trusted to name the client in `X-Forwarded-For` (default:
+    /// none). A key whose record has [`allowed_ips`](crate::KeyRecord::allowed_ips) is
+    /// accepted only from those networks: the client's address is the connection's
+    /// peer (axum's `ConnectInfo`, or a [`PeerAddr`](super::PeerAddr) extension) or,
+    /// when the peer is one of these proxies, the right-most `X-Forwarded-For` entry
+    /// that is not one of them. Elsewhere, or when the address is not known, the request
+    /// gets 403 ([`AuthError::AddressNotAllowed`](super::AuthError::AddressNotAllowed))
+    /// and never reaches the inner service.
+    pub fn trusted_proxies(mut self, proxies: impl IntoIterator<Item = ipnet::IpNet>) -> Self {
+        self.config_mut().trusted_proxies = proxies.into_iter().collect();
         self
     }
 

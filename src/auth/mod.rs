@@ -56,6 +56,7 @@
 //! ```
 
 mod body;
+mod client_ip;
 mod error;
 mod future;
 mod layer;
@@ -65,6 +66,7 @@ mod service;
 mod source;
 
 pub use body::{RejectionBody, ResponseBody};
+pub use client_ip::PeerAddr;
 pub use error::{AuthError, Rejection};
 pub(crate) use error::{is_grpc, retry_after_secs};
 pub(crate) use future::BoxFuture;

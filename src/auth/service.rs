@@ -108,6 +108,9 @@ where
             .lookup_cached(&hash, crate::clock::mono_nanos())
         {
             return match found {
+                Ok(auth) if !address_allowed(config, &auth, &req) => {
+                    self.reject(AuthError::AddressNotAllowed, &req)
+                }
                 Ok(auth) => {
                     let extensions = req.extensions_mut();
                     if extensions.is_empty() {
@@ -129,6 +132,9 @@ where
             let mut this = this;
             let error = match this.shared.cache.lookup_slow(&hash).await {
                 Ok(slot) => match slot.into_admitted() {
+                    Ok(auth) if !address_allowed(&this.shared.config, &auth, &req) => {
+                        AuthError::AddressNotAllowed
+                    }
                     Ok(auth) => {
                         req.extensions_mut().insert(auth);
                         let response = this.inner.call(req).await?;
@@ -144,6 +150,19 @@ where
             Ok(this.rejection(error, grpc))
         }))
     }
+}
+
+/// May `auth`'s key be used from where `req` comes from? (Always, without an allowlist:
+/// one length check on the hit path.)
+fn address_allowed<B>(
+    config: &super::layer::Config,
+    auth: &crate::Authenticated,
+    req: &Request<B>,
+) -> bool {
+    let record = auth.record();
+    record.allowed_ips.is_empty()
+        || super::client_ip::client_ip(req, &config.trusted_proxies)
+            .is_some_and(|ip| record.allows_ip(ip))
 }
 
 impl<S, R, P: Responder> ApiKeyService<S, R, P> {

@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use tower_api_key::lifetime::{KeyLifetimes, parse_lifetime};
 use tower_api_key::ratelimit::{Limit, QuotaWindow};
+use tower_api_key::record::parse_network;
 
 use tower_api_key::store::{ListQuery, NewKey, PostgresStore, SqliteStore};
 use tower_api_key::{
@@ -71,6 +72,10 @@ enum Command {
         /// A rate limit such as 100/60s or a quota such as 10000/1d (repeatable).
         #[arg(long = "rate-limit")]
         rate_limits: Vec<String>,
+        /// A network the key may be used from, such as 10.0.0.0/8, 2001:db8::/32 or one
+        /// address (repeatable; without it, anywhere).
+        #[arg(long = "allow-ip")]
+        allowed_ips: Vec<String>,
     },
     /// List keys, oldest first.
     List {
@@ -172,6 +177,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             scopes,
             expires_in,
             rate_limits,
+            allowed_ips,
         } => {
             if consumer.trim().is_empty() {
                 return Err("--consumer must not be empty".to_owned());
@@ -185,13 +191,18 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let limits = RateLimits::new(policies).map_err(|e| format!("--rate-limit: {e}"))?;
+            let networks = allowed_ips
+                .iter()
+                .map(|s| parse_network(s).map_err(|e| format!("--allow-ip {s:?}: {e}")))
+                .collect::<Result<Vec<_>, _>>()?;
             let life = lifetimes
                 .expires_in(expires_in.map(Duration::from_secs))
                 .map_err(|e| format!("--expires-in: {e}"))?;
             let mut new = NewKey::new(consumer)
                 .with_name(name)
                 .with_scopes(scopes)
-                .with_rate_limits(limits);
+                .with_rate_limits(limits)
+                .with_allowed_ips(networks);
             if let Some(life) = life {
                 new = new.with_expires_at(SystemTime::now() + life);
             }
@@ -359,6 +370,7 @@ fn record_json(r: &KeyRecord) -> Value {
         "scopes": r.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
         "created_at": secs(r.created_at),
         "expires_at": r.expires_at.map(secs),
+        "allowed_ips": r.allowed_ips.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "revoked_at": r.revoked_at.map(secs),
         "status": status_name(r.status(SystemTime::now())),
         "rate_limits": limits,

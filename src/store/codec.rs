@@ -41,6 +41,17 @@ pub(crate) fn scopes_from_sql(text: &str) -> Result<Scopes, StoreError> {
         .collect()
 }
 
+pub(crate) fn ips_to_sql(networks: &[ipnet::IpNet]) -> String {
+    Value::from(networks.iter().map(|n| n.to_string()).collect::<Vec<_>>()).to_string()
+}
+
+pub(crate) fn ips_from_sql(text: &str) -> Result<Vec<ipnet::IpNet>, StoreError> {
+    let list: Vec<String> = serde_json::from_str(text).map_err(|_| corrupt("allowlist"))?;
+    list.iter()
+        .map(|s| s.parse().map_err(|_| corrupt("allowlist network")))
+        .collect()
+}
+
 pub(crate) fn metadata_to_sql(metadata: &BTreeMap<String, String>) -> String {
     json!(metadata).to_string()
 }

@@ -68,6 +68,8 @@ pub struct NewKey {
     pub rate_limits: RateLimits,
     /// Free-form metadata.
     pub metadata: BTreeMap<String, String>,
+    /// The networks it may be used from (empty: anywhere).
+    pub allowed_ips: Vec<ipnet::IpNet>,
 }
 
 impl NewKey {
@@ -80,7 +82,14 @@ impl NewKey {
             expires_at: None,
             rate_limits: RateLimits::default(),
             metadata: BTreeMap::new(),
+            allowed_ips: Vec::new(),
         }
+    }
+
+    /// Sets the networks the key may be used from (empty: anywhere).
+    pub fn with_allowed_ips(mut self, networks: impl IntoIterator<Item = ipnet::IpNet>) -> Self {
+        self.allowed_ips = networks.into_iter().collect();
+        self
     }
 
     /// Sets the name.
@@ -114,7 +123,7 @@ impl NewKey {
     }
 
     /// What rotating `old` issues: a key with its consumer, name, scopes, expiry,
-    /// policies and metadata.
+    /// policies, metadata and allowlist.
     pub(crate) fn successor_of(old: &KeyRecord) -> Self {
         Self {
             consumer: old.consumer.clone(),
@@ -123,6 +132,7 @@ impl NewKey {
             expires_at: old.expires_at,
             rate_limits: old.rate_limits.clone(),
             metadata: old.metadata.clone(),
+            allowed_ips: old.allowed_ips.clone(),
         }
     }
 
@@ -134,6 +144,7 @@ impl NewKey {
             .with_rate_limits(self.rate_limits);
         record.expires_at = self.expires_at;
         record.metadata = self.metadata;
+        record.allowed_ips = self.allowed_ips;
         record
     }
 }

@@ -7,7 +7,7 @@
 macro_rules! sql_key_store {
     ($store:ident, $db:ty, $row:ty) => {
         const COLUMNS: &str = "id, hash, start, consumer, name, scopes, created_at, expires_at, \
-                               revoked_at, rate_limits, metadata";
+                               revoked_at, rate_limits, metadata, allowed_ips";
 
         fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
             StoreError::Backend(Box::new(e))
@@ -43,8 +43,9 @@ macro_rules! sql_key_store {
         loop {
             let result = sqlx::query(
                 "INSERT INTO api_keys (id, hash, start, consumer, name, scopes, created_at, \
-                 expires_at, revoked_at, rate_limits, metadata) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (id) DO NOTHING",
+                 expires_at, revoked_at, rate_limits, metadata, allowed_ips) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                 ON CONFLICT (id) DO NOTHING",
             )
             .bind(&record.id)
             .bind(&record.hash.as_bytes()[..])
@@ -57,6 +58,7 @@ macro_rules! sql_key_store {
             .bind(record.revoked_at.map(time_to_sql))
             .bind(limits_to_sql(&record.rate_limits))
             .bind(metadata_to_sql(&record.metadata))
+            .bind(ips_to_sql(&record.allowed_ips))
             .execute(&mut **tx)
             .await
             .map_err(backend)?;
@@ -230,6 +232,7 @@ fn record_from_row(row: &$row) -> Result<KeyRecord, StoreError> {
         revoked_at: get_time("revoked_at")?,
         rate_limits: limits_from_sql(&get_str("rate_limits")?)?,
         metadata: metadata_from_sql(&get_str("metadata")?)?,
+        allowed_ips: ips_from_sql(&get_str("allowed_ips")?)?,
     })
 }
 

@@ -9,8 +9,8 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::codec::{
-    limits_from_sql, limits_to_sql, metadata_from_sql, metadata_to_sql, scopes_from_sql,
-    scopes_to_sql, time_from_sql, time_to_sql,
+    ips_from_sql, ips_to_sql, limits_from_sql, limits_to_sql, metadata_from_sql, metadata_to_sql,
+    scopes_from_sql, scopes_to_sql, time_from_sql, time_to_sql,
 };
 use super::{
     AuditEntry, AuditEvent, ChangeFeed, ChangeKind, Changes, CreatedKey, DEFAULT_CHANGE_RETENTION,

@@ -49,7 +49,10 @@ async fn create_get_resolve_round_trip<S: KeyStore>(store: &S, secrets: &mut Vec
         .with_expires_at(expires)
         .with_rate_limits(limits())
         .with_metadata("team", "payments")
-        .with_metadata("ticket", "OPS-1\u{e9}");
+        .with_metadata("ticket", "OPS-1\u{e9}")
+        .with_allowed_ips(
+            ["10.0.0.0/8", "2001:db8::/32", "203.0.113.7/32"].map(|n| n.parse().unwrap()),
+        );
     let created = store.create(new, "admin-key").await.unwrap();
     let secret = created.key.expose_secret().to_owned();
     secrets.push(secret.clone());
@@ -61,6 +64,9 @@ async fn create_get_resolve_round_trip<S: KeyStore>(store: &S, secrets: &mut Vec
     assert_eq!(record.expires_at, Some(expires));
     assert_eq!(record.rate_limits, limits());
     assert_eq!(record.metadata["ticket"], "OPS-1\u{e9}");
+    assert_eq!(record.allowed_ips.len(), 3);
+    assert!(record.allows_ip("10.20.30.40".parse().unwrap()));
+    assert!(!record.allows_ip("11.0.0.1".parse().unwrap()));
     assert!(record.revoked_at.is_none());
     // What comes back is exactly what went in.
     assert_eq!(store.get(&record.id).await.unwrap().as_ref(), Some(record));

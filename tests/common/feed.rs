@@ -192,7 +192,8 @@ where
 
 /// What takes a database back to the schema of the first release (before the log).
 #[allow(dead_code)] // for the SQL stores' tests; the memory store's has no schema
-pub(crate) const BACK_TO_THE_FIRST_SCHEMA: [&str; 3] = [
+pub(crate) const BACK_TO_THE_FIRST_SCHEMA: [&str; 4] = [
+    "ALTER TABLE api_keys DROP COLUMN allowed_ips",
     "DROP TABLE api_key_changes",
     "DROP TABLE api_key_changes_pruned",
     "DELETE FROM _sqlx_migrations WHERE version > 20261123000001",
