@@ -28,6 +28,11 @@
 //! - Keys are read from `Authorization: Bearer …` and from `X-API-Key`.
 //! - `/admin/*` is the admin API (scope `admin`): create, list, show, revoke, rotate,
 //!   usage and audit.
+//! - `GITHUB_SECRET_SCANNING_KEYS=<path>` (unset by default): a file holding GitHub's
+//!   secret-scanning public keys (`GET https://api.github.com/meta/public_keys/secret_scanning`)
+//!   mounts `POST /github/secret-scanning`, GitHub's secret scanning partner endpoint.
+//!   `SECRET_SCANNING_ACTION` (default `revoke`; or `notify`) says what happens to a key
+//!   of ours that GitHub found; either way the audit log gets a `leaked` entry.
 //! - `GET /healthz` (liveness) and `GET /readyz` (readiness: 200 or 503 with
 //!   `{"store","changes","redis"}`) need no key; `GET /v1/whoami` needs any valid key;
 //!   `GET /v1/orders` needs `orders:read`, `POST /v1/orders` needs `orders:write`.
@@ -47,6 +52,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::Mutex as AsyncMutex;
+use tower_api_key::admin::{LeakAction, PublicKeys, SecretScanning};
 use tower_api_key::lifetime::{KeyLifetimes, parse_lifetime};
 use tower_api_key::ratelimit::{RateLimitStore, RedisMode, RedisRateLimitStore};
 use tower_api_key::record::parse_network;
@@ -105,6 +111,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let stale = duration_var("CACHE_STALE", "10m")?;
     let store_timeout = duration_var("STORE_TIMEOUT", "2s")?;
     let poll = duration_var("CHANGES_POLL", "250ms")?;
+    let scanning = secret_scanning_config()?;
 
     let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "sqlite://keys.db".to_owned());
     let store: Arc<dyn Store> = if url.starts_with("postgres:") || url.starts_with("postgresql:") {
@@ -144,7 +151,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .read_timeout(probe_timeout);
     let follower = Arc::new(cache.follow_with(store.clone(), options));
     let config = tower_api_key::admin::AdminConfig::new().lifetimes(key_lifetimes()?);
-    let admin = tower_api_key::admin::router_with(cache.clone(), config);
+    let mut admin = tower_api_key::admin::router_with(cache.clone(), config);
+    if let Some((keys, action)) = scanning {
+        eprintln!(
+            "secret scanning: POST {} ({} GitHub key(s), action {action})",
+            tower_api_key::admin::secret_scanning::DEFAULT_PATH,
+            keys.len()
+        );
+        admin = admin.merge(
+            SecretScanning::new(cache.clone(), keys)
+                .action(action)
+                .router(),
+        );
+    }
     let usage = UsageRecorder::spawn(store.clone(), Duration::from_secs(5));
 
     let auth = ApiKeyLayer::from_cache(cache)
@@ -245,6 +264,28 @@ impl Readiness {
         });
         (status, Json(body)).into_response()
     }
+}
+
+/// GitHub's public keys from `GITHUB_SECRET_SCANNING_KEYS` and the action from
+/// `SECRET_SCANNING_ACTION`, or `None` when no key file is set. Any mistake stops the
+/// start with a message that says which variable is wrong.
+fn secret_scanning_config() -> Result<Option<(PublicKeys, LeakAction)>, String> {
+    let action = match std::env::var("SECRET_SCANNING_ACTION") {
+        Err(_) => LeakAction::default(),
+        Ok(text) if text.is_empty() => LeakAction::default(),
+        Ok(text) => text
+            .parse()
+            .map_err(|e| format!("SECRET_SCANNING_ACTION: {e}"))?,
+    };
+    let path = match std::env::var("GITHUB_SECRET_SCANNING_KEYS") {
+        Ok(path) if !path.is_empty() => path,
+        _ => return Ok(None),
+    };
+    let document = std::fs::read(&path)
+        .map_err(|e| format!("GITHUB_SECRET_SCANNING_KEYS: cannot read {path}: {e}"))?;
+    let keys = PublicKeys::parse(&document)
+        .map_err(|e| format!("GITHUB_SECRET_SCANNING_KEYS ({path}): {e}"))?;
+    Ok(Some((keys, action)))
 }
 
 /// A duration from the environment, written like `250ms`, `2s`, `10m`, `1h` or `0`.

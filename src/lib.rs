@@ -48,7 +48,8 @@
 //! - `sqlite`, `postgres`: key storage ([`store::SqliteStore`], [`store::PostgresStore`]).
 //! - `redis`: rate limits shared by many instances
 //!   ([`ratelimit::RedisRateLimitStore`]).
-//! - `admin`: the admin HTTP API and dashboard ([`admin::router`]).
+//! - `admin`: the admin HTTP API and dashboard ([`admin::router`]), and GitHub's secret
+//!   scanning partner endpoint ([`admin::SecretScanning`]).
 //! - `cli`: the `apikey` tool.
 //! - `full`: all of them.
 //!

@@ -946,3 +946,120 @@ async fn allowlists_use_the_peer_and_trusted_proxies_only() {
         "{stderr}"
     );
 }
+
+/// `GITHUB_SECRET_SCANNING_KEYS` mounts GitHub's endpoint: a signed report revokes the
+/// key it names and the audit list shows where it was found; bad settings stop the start.
+#[tokio::test]
+async fn github_secret_scanning() {
+    use base64::Engine as _;
+    use p256::ecdsa::signature::Signer as _;
+    use p256::pkcs8::EncodePublicKey as _;
+
+    let github = p256::ecdsa::SigningKey::from_slice(&[0x42; 32]).unwrap();
+    let pem = github
+        .verifying_key()
+        .to_public_key_pem(p256::pkcs8::LineEnding::LF)
+        .unwrap();
+    let keys = std::env::temp_dir().join(format!("{}.json", unique::unique_name("gh-keys")));
+    let document = serde_json::json!({"public_keys": [{"key_identifier": "k1", "key": pem, "is_current": true}]});
+    std::fs::write(&keys, document.to_string()).unwrap();
+    let keys_path = keys.to_str().unwrap();
+
+    let stderr = refuses_to_start(&[
+        ("GITHUB_SECRET_SCANNING_KEYS", keys_path),
+        ("SECRET_SCANNING_ACTION", "delete"),
+    ]);
+    assert!(stderr.contains("SECRET_SCANNING_ACTION"), "{stderr}");
+    let stderr = refuses_to_start(&[("GITHUB_SECRET_SCANNING_KEYS", "/nonexistent/keys.json")]);
+    assert!(stderr.contains("GITHUB_SECRET_SCANNING_KEYS"), "{stderr}");
+
+    let server = start_sqlite(&[("GITHUB_SECRET_SCANNING_KEYS", keys_path)]);
+    let addr = server.addr.as_str();
+    let bearer = format!("Bearer {}", server.admin_key.clone().unwrap());
+    let (status, body) = http(
+        addr,
+        "POST",
+        "/admin/keys",
+        &[
+            ("authorization", &bearer),
+            ("content-type", "application/json"),
+        ],
+        r#"{"consumer":"acme"}"#,
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let created: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let key = created["key"].as_str().unwrap();
+    let key_bearer = format!("Bearer {key}");
+    assert_eq!(
+        http(
+            addr,
+            "GET",
+            "/v1/whoami",
+            &[("authorization", &key_bearer)],
+            ""
+        )
+        .await
+        .0,
+        200
+    );
+
+    let url = "https://github.com/octo/repo/blob/abc/.env";
+    let report =
+        serde_json::json!([{"token": key, "type": "acme_key", "url": url, "source": "content"}])
+            .to_string();
+    let signature: p256::ecdsa::Signature = github.sign(report.as_bytes());
+    let signature = base64::engine::general_purpose::STANDARD.encode(signature.to_der().as_bytes());
+    let headers = [
+        ("content-type", "application/json"),
+        ("github-public-key-identifier", "k1"),
+        ("github-public-key-signature", signature.as_str()),
+    ];
+    let (status, body) = http(addr, "POST", "/github/secret-scanning", &headers, &report).await;
+    assert_eq!(status, 200, "{body}");
+    let feedback: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(feedback[0]["label"], "true_positive");
+    assert_eq!(feedback[0]["token_type"], "acme_key");
+    assert_eq!(
+        http(
+            addr,
+            "GET",
+            "/v1/whoami",
+            &[("authorization", &key_bearer)],
+            ""
+        )
+        .await
+        .0,
+        401
+    );
+
+    let path = format!("/admin/audit?key_id={}", created["id"].as_str().unwrap());
+    let (status, body) = http(addr, "GET", &path, &[("authorization", &bearer)], "").await;
+    assert_eq!(status, 200);
+    let audit: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let leaked = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event"] == "leaked")
+        .unwrap_or_else(|| panic!("no leaked entry: {body}"));
+    assert_eq!(leaked["url"], url);
+    assert_eq!(leaked["source"], "content");
+    assert!(
+        !server.stderr().iter().any(|l| l.contains(key)),
+        "a token was logged"
+    );
+
+    // Tampered: refused, as problem+json.
+    let (status, _) = http(
+        addr,
+        "POST",
+        "/github/secret-scanning",
+        &headers,
+        &report.replace("content", "commit"),
+    )
+    .await;
+    assert_eq!(status, 401);
+    server.stop();
+    let _ = std::fs::remove_file(&keys);
+}

@@ -67,6 +67,7 @@ async fn postgres_change_feed() {
         .unwrap();
     feed::logs_every_change(&store).await;
     feed::a_reader_never_skips_a_change(&store).await;
+    feed::a_leak_revocation_is_logged(&store).await;
     let pruning = PostgresStore::builder_with(db.options())
         .change_retention(std::time::Duration::ZERO)
         .connect()
@@ -122,4 +123,59 @@ async fn a_database_from_before_the_change_log_migrates_forward() {
     let store = connect().await.unwrap();
     feed::migrated_forward(&store, &created.record).await;
     store.pool().close().await;
+}
+
+/// A leak report and its audit entry (with URL and source) are seen by a second
+/// instance; audit entries written before the leak columns existed stay readable.
+#[tokio::test]
+async fn leak_reports_persist_and_older_audit_rows_stay_readable() {
+    use tower_api_key::KeyStatus;
+    use tower_api_key::store::AuditEvent;
+
+    let Some(server) = pg::test_url() else { return };
+    let db = FreshDb::new(&server, "leak").await;
+    let connect = || PostgresStore::builder_with(db.options()).connect();
+    let store = connect().await.unwrap();
+    let created = store.create(NewKey::new("acme"), "cli").await.unwrap();
+    let id = created.record.id.clone();
+    for sql in [
+        "ALTER TABLE api_key_audit DROP COLUMN url",
+        "ALTER TABLE api_key_audit DROP COLUMN source",
+        "DELETE FROM _sqlx_migrations WHERE version = 20261202000020",
+    ] {
+        sqlx::query(sql).execute(store.pool()).await.unwrap();
+    }
+    store.pool().close().await;
+
+    let store = connect().await.unwrap();
+    let old = store.audit(Some(&id)).await.unwrap();
+    assert_eq!(old.len(), 1);
+    assert_eq!(old[0].event, AuditEvent::Created);
+    let leak_url = "https://github.com/octo/repo/commit/0123abc";
+    store
+        .report_leak(&id, leak_url, "commit", true, "github-secret-scanning")
+        .await
+        .unwrap();
+    store.pool().close().await;
+
+    let other = connect().await.unwrap();
+    let log = other.audit(Some(&id)).await.unwrap();
+    let events: Vec<_> = log.iter().map(|e| e.event.clone()).collect();
+    assert_eq!(
+        events,
+        [
+            AuditEvent::Created,
+            AuditEvent::Leaked {
+                url: leak_url.to_owned(),
+                source: "commit".to_owned()
+            },
+            AuditEvent::Revoked,
+        ]
+    );
+    let record = other.resolve(&created.record.hash).await.unwrap().unwrap();
+    assert_eq!(
+        record.status(std::time::SystemTime::now()),
+        KeyStatus::Revoked
+    );
+    other.pool().close().await;
 }

@@ -73,6 +73,7 @@ async fn sqlite_change_feed() {
     let store = SqliteStore::connect(&url).await.unwrap();
     feed::logs_every_change(&store).await;
     feed::a_reader_never_skips_a_change(&store).await;
+    feed::a_leak_revocation_is_logged(&store).await;
     store.pool().close().await;
     // A second handle on the same file, as a second process would have, that keeps no
     // change.
@@ -134,4 +135,64 @@ async fn keys_survive_a_reopen_and_migrations_run_once() {
     bare.pool().close().await;
     cleanup(&path);
     cleanup(&empty);
+}
+
+/// A leak report and its audit entry (with URL and source) outlive a reopen; audit
+/// entries written before the leak columns existed stay readable after the migration.
+#[tokio::test]
+async fn leak_reports_persist_and_older_audit_rows_stay_readable() {
+    use tower_api_key::KeyStatus;
+    use tower_api_key::store::AuditEvent;
+
+    let path = db_path("leak");
+    let url = format!("sqlite://{}", path.display());
+    let store = SqliteStore::connect(&url).await.unwrap();
+    let created = store.create(NewKey::new("acme"), "cli").await.unwrap();
+    let id = created.record.id.clone();
+    // Back to the schema before the leak columns: the `created` entry is an old row.
+    for sql in [
+        "ALTER TABLE api_key_audit DROP COLUMN url",
+        "ALTER TABLE api_key_audit DROP COLUMN source",
+        "DELETE FROM _sqlx_migrations WHERE version = 20261202000020",
+    ] {
+        sqlx::query(sql).execute(store.pool()).await.unwrap();
+    }
+    store.pool().close().await;
+
+    let store = SqliteStore::connect(&url).await.unwrap();
+    let old = store.audit(Some(&id)).await.unwrap();
+    assert_eq!(old.len(), 1);
+    assert_eq!(old[0].event, AuditEvent::Created);
+    let leak_url = "https://github.com/octo/repo/commit/0123abc";
+    store
+        .report_leak(&id, leak_url, "commit", true, "github-secret-scanning")
+        .await
+        .unwrap();
+    store.pool().close().await;
+
+    let store = SqliteStore::connect(&url).await.unwrap();
+    let log = store.audit(Some(&id)).await.unwrap();
+    let events: Vec<_> = log.iter().map(|e| e.event.clone()).collect();
+    assert_eq!(
+        events,
+        [
+            AuditEvent::Created,
+            AuditEvent::Leaked {
+                url: leak_url.to_owned(),
+                source: "commit".to_owned()
+            },
+            AuditEvent::Revoked,
+        ]
+    );
+    assert_eq!(log[1].actor, "github-secret-scanning");
+    let record = store.resolve(&created.record.hash).await.unwrap().unwrap();
+    assert_eq!(
+        record.status(std::time::SystemTime::now()),
+        KeyStatus::Revoked
+    );
+    store.pool().close().await;
+    // The key's text is nowhere in the file.
+    let text = raw_text(path.clone()).await;
+    assert!(!text.contains(&created.key.expose_secret()[10..]));
+    cleanup(&path);
 }

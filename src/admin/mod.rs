@@ -10,9 +10,12 @@
 //! | `DELETE /admin/keys/{id}` | revoke | 204; the key fails from the next request on |
 //! | `POST /admin/keys/{id}/rotate` `{"grace_seconds"}` | rotate | 201 with the new key |
 //! | `GET /admin/keys/{id}/usage` | usage | 200 `{"requests","rejected","last_used_at"}` |
-//! | `GET /admin/audit[?key_id=…]` | audit log | 200 `[{"at","event","key_id","actor"}]` |
+//! | `GET /admin/audit[?key_id=…]` | audit log | 200 `[{"at","event","key_id","actor"}]`, `leaked` entries with `url` and `source` |
 //! | `GET /admin/` | the web dashboard (asks for an admin key) | 200 HTML |
 //! | `GET /admin/openapi.json` | this API's OpenAPI 3.1 document | 200 JSON |
+//!
+//! [`secret_scanning`] is a router of its own: GitHub's secret scanning partner endpoint,
+//! which revokes (or records) keys found leaked in public code.
 //!
 //! Input is strict: bad JSON is 400; unknown fields, empty strings, negative or absurd
 //! numbers and too many scopes are 422. Both are RFC 9457 problem+json naming the field.
@@ -46,7 +49,11 @@ use crate::lifetime::KeyLifetimes;
 use crate::ratelimit::{RateLimitPolicy, RateLimits};
 use crate::record::{Authenticated, KeyRecord, Scope, Scopes};
 use crate::resolve::CachedResolver;
-use crate::store::{AuditEntry, KeyStore, ListQuery, NewKey, StoreError};
+use crate::store::{AuditEntry, AuditEvent, KeyStore, ListQuery, NewKey, StoreError};
+
+pub mod secret_scanning;
+
+pub use secret_scanning::{LeakAction, PublicKeys, SecretScanning};
 
 /// The most scopes one key may carry through the admin API.
 const MAX_SCOPES: usize = 64;
@@ -304,10 +311,17 @@ struct UsageBody {
 #[derive(Serialize, ToSchema)]
 struct AuditEntryBody {
     at: String,
-    /// `created`, `rotated`, `expired_by_rotation`, `revoked`, `expiry_changed`, `scopes_changed`.
+    /// `created`, `rotated`, `expired_by_rotation`, `revoked`, `expiry_changed`,
+    /// `scopes_changed`, `leaked`.
     event: String,
     key_id: String,
     actor: String,
+    /// For `leaked`: where the key was found (never the key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url: Option<String>,
+    /// For `leaked`: what kind of place that is (`content`, `commit`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<String>,
 }
 
 /// RFC 9457 problem details.
@@ -795,11 +809,17 @@ async fn audit<S: KeyStore>(
 }
 
 fn audit_body(e: &AuditEntry) -> AuditEntryBody {
+    let (url, source) = match &e.event {
+        AuditEvent::Leaked { url, source } => (Some(url.clone()), Some(source.clone())),
+        _ => (None, None),
+    };
     AuditEntryBody {
         at: rfc3339(e.at),
         event: e.event.name().to_owned(),
         key_id: e.key_id.clone(),
         actor: e.actor.clone(),
+        url,
+        source,
     }
 }
 

@@ -342,6 +342,34 @@ impl KeyStore for MemoryStore {
         entries.sort_by_key(|e| e.at);
         Ok(entries)
     }
+
+    async fn report_leak(
+        &self,
+        id: &str,
+        url: &str,
+        source: &str,
+        revoke: bool,
+        actor: &str,
+    ) -> Result<KeyRecord, StoreError> {
+        let now = SystemTime::now();
+        let mut records = self.write();
+        let record = records.record_mut(id)?;
+        let revokes = revoke && record.revoked_at.is_none();
+        if revokes {
+            record.revoked_at = Some(now);
+        }
+        let record = record.clone();
+        let leaked = AuditEvent::Leaked {
+            url: url.to_owned(),
+            source: source.to_owned(),
+        };
+        records.log(now, leaked, id, actor);
+        if revokes {
+            records.log(now, AuditEvent::Revoked, id, actor);
+            records.changed(now, &record, ChangeKind::Revoked);
+        }
+        Ok(record)
+    }
 }
 
 #[async_trait::async_trait]

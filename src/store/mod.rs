@@ -268,11 +268,22 @@ pub enum AuditEvent {
     ExpiryChanged,
     /// The key's scopes were changed.
     ScopesChanged,
+    /// The key was reported leaked (by a secret scanner, such as GitHub's): where it
+    /// was found. Never the key itself. When the report revoked the key, a
+    /// [`Revoked`](Self::Revoked) entry follows.
+    Leaked {
+        /// Where the key was found (for GitHub, the URL of the commit, issue, …);
+        /// may be empty.
+        url: String,
+        /// What kind of place that is (for GitHub: `content`, `commit`, `pull_request`, …);
+        /// may be empty.
+        source: String,
+    },
 }
 
 impl AuditEvent {
     /// A stable snake_case name: `created`, `rotated`, `expired_by_rotation`, `revoked`,
-    /// `expiry_changed`, `scopes_changed`.
+    /// `expiry_changed`, `scopes_changed`, `leaked`.
     pub fn name(&self) -> &'static str {
         match self {
             Self::Created => "created",
@@ -281,6 +292,7 @@ impl AuditEvent {
             Self::Revoked => "revoked",
             Self::ExpiryChanged => "expiry_changed",
             Self::ScopesChanged => "scopes_changed",
+            Self::Leaked { .. } => "leaked",
         }
     }
 }
@@ -371,6 +383,20 @@ pub trait KeyStore: KeyResolver {
 
     /// The audit log, oldest first, of one key or of all.
     async fn audit(&self, key_id: Option<&str>) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Records that the key was found leaked at `url` (a place of kind `source`), as an
+    /// [`AuditEvent::Leaked`] entry, and, if `revoke`, revokes it, in one transaction.
+    /// The revocation is logged and reaches the change feed as
+    /// [`revoke`](Self::revoke)'s does; a key already revoked stays as it was. Returns
+    /// the record as it is afterwards.
+    async fn report_leak(
+        &self,
+        id: &str,
+        url: &str,
+        source: &str,
+        revoke: bool,
+        actor: &str,
+    ) -> Result<KeyRecord, StoreError>;
 }
 
 #[async_trait::async_trait]
@@ -419,6 +445,16 @@ impl<T: KeyStore + ?Sized> KeyStore for std::sync::Arc<T> {
     }
     async fn audit(&self, key_id: Option<&str>) -> Result<Vec<AuditEntry>, StoreError> {
         (**self).audit(key_id).await
+    }
+    async fn report_leak(
+        &self,
+        id: &str,
+        url: &str,
+        source: &str,
+        revoke: bool,
+        actor: &str,
+    ) -> Result<KeyRecord, StoreError> {
+        (**self).report_leak(id, url, source, revoke, actor).await
     }
 }
 
@@ -494,6 +530,24 @@ impl<S: KeyStore> KeyStore for CachedResolver<S> {
 
     async fn audit(&self, key_id: Option<&str>) -> Result<Vec<AuditEntry>, StoreError> {
         self.resolver().audit(key_id).await
+    }
+
+    async fn report_leak(
+        &self,
+        id: &str,
+        url: &str,
+        source: &str,
+        revoke: bool,
+        actor: &str,
+    ) -> Result<KeyRecord, StoreError> {
+        let record = self
+            .resolver()
+            .report_leak(id, url, source, revoke, actor)
+            .await?;
+        if revoke {
+            self.invalidate(&record.hash).await;
+        }
+        Ok(record)
     }
 }
 

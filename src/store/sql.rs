@@ -81,14 +81,21 @@ macro_rules! sql_key_store {
             AuditEvent::Rotated { new_key_id } => Some(new_key_id.as_str()),
             _ => None,
         };
+        let (url, source) = match event {
+            AuditEvent::Leaked { url, source } => (Some(url.as_str()), Some(source.as_str())),
+            _ => (None, None),
+        };
         sqlx::query(
-            "INSERT INTO api_key_audit (at, event, key_id, actor, detail) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO api_key_audit (at, event, key_id, actor, detail, url, source) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(time_to_sql(at))
         .bind(event.name())
         .bind(key_id)
         .bind(actor)
         .bind(detail)
+        .bind(url)
+        .bind(source)
         .execute(&mut **tx)
         .await
         .map_err(backend)?;
@@ -452,9 +459,44 @@ impl KeyStore for $store {
         .transpose()
     }
 
+    async fn report_leak(
+        &self,
+        id: &str,
+        url: &str,
+        source: &str,
+        revoke: bool,
+        actor: &str,
+    ) -> Result<KeyRecord, StoreError> {
+        let now = SystemTime::now();
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let changed = if revoke {
+            sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+                .bind(time_to_sql(now))
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?
+                .rows_affected()
+        } else {
+            0
+        };
+        let record = Self::fetch_in(&mut tx, id).await?;
+        let leaked = AuditEvent::Leaked {
+            url: url.to_owned(),
+            source: source.to_owned(),
+        };
+        Self::log_in(&mut tx, now, &leaked, id, actor).await?;
+        if changed == 1 {
+            Self::log_in(&mut tx, now, &AuditEvent::Revoked, id, actor).await?;
+            Self::changed_in(&mut tx, self.retention, now, &record, ChangeKind::Revoked).await?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(record)
+    }
+
     async fn audit(&self, key_id: Option<&str>) -> Result<Vec<AuditEntry>, StoreError> {
         let rows = sqlx::query(
-            "SELECT at, event, key_id, actor, detail FROM api_key_audit \
+            "SELECT at, event, key_id, actor, detail, url, source FROM api_key_audit \
              WHERE (CAST($1 AS TEXT) IS NULL OR key_id = $1) ORDER BY at, seq",
         )
         .bind(key_id)
@@ -472,6 +514,16 @@ impl KeyStore for $store {
                     ("revoked", _) => AuditEvent::Revoked,
                     ("expiry_changed", _) => AuditEvent::ExpiryChanged,
                     ("scopes_changed", _) => AuditEvent::ScopesChanged,
+                    ("leaked", _) => AuditEvent::Leaked {
+                        url: row
+                            .try_get::<Option<String>, _>("url")
+                            .map_err(backend)?
+                            .unwrap_or_default(),
+                        source: row
+                            .try_get::<Option<String>, _>("source")
+                            .map_err(backend)?
+                            .unwrap_or_default(),
+                    },
                     _ => {
                         return Err(StoreError::Backend(
                             "an audit entry has an unknown event".into(),

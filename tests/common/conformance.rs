@@ -23,6 +23,7 @@ where
     rotate_with_grace(&store, &mut secrets).await;
     expiry_scopes_usage_and_audit(&store, &mut secrets).await;
     concurrent_creates_get_unique_ids(&store, &mut secrets).await;
+    leak_reports(&store, &mut secrets).await;
     let everything = dump().await;
     for secret in &secrets {
         let body = &secret[secret.len() - 40..];
@@ -295,4 +296,83 @@ async fn concurrent_creates_get_unique_ids<S: KeyStore + Clone>(
         .await
         .unwrap();
     assert_eq!(listed.records.len(), 50);
+}
+
+/// A leak report is audited with where the key was found; with `revoke` it revokes
+/// (once), without it the key keeps working; an unknown id changes nothing.
+async fn leak_reports<S: KeyStore>(store: &S, secrets: &mut Vec<String>) {
+    let url = "https://github.com/octo/repo/blob/abc/config.yml";
+    let notified = store.create(NewKey::new("acme"), "cli").await.unwrap();
+    let revoked = store.create(NewKey::new("acme"), "cli").await.unwrap();
+    secrets.push(notified.key.expose_secret().to_owned());
+    secrets.push(revoked.key.expose_secret().to_owned());
+
+    let r = store
+        .report_leak(&notified.record.id, url, "content", false, "github")
+        .await
+        .unwrap();
+    assert_eq!(r.status(SystemTime::now()), KeyStatus::Active);
+    assert_eq!(
+        store
+            .resolve(&notified.record.hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .status(SystemTime::now()),
+        KeyStatus::Active,
+        "notify leaves the key working"
+    );
+    let log = store.audit(Some(&notified.record.id)).await.unwrap();
+    let events: Vec<&str> = log.iter().map(|e| e.event.name()).collect();
+    assert_eq!(events, ["created", "leaked"]);
+    assert_eq!(
+        log[1].event,
+        AuditEvent::Leaked {
+            url: url.to_owned(),
+            source: "content".to_owned()
+        }
+    );
+    assert_eq!(log[1].actor, "github");
+
+    let r = store
+        .report_leak(&revoked.record.id, "", "", true, "github")
+        .await
+        .unwrap();
+    assert_eq!(r.status(SystemTime::now()), KeyStatus::Revoked);
+    assert_eq!(
+        store
+            .resolve(&revoked.record.hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .status(SystemTime::now()),
+        KeyStatus::Revoked
+    );
+    // A second report of a revoked key is audited, and revokes nothing again.
+    let again = store
+        .report_leak(&revoked.record.id, url, "commit", true, "github")
+        .await
+        .unwrap();
+    assert_eq!(again.revoked_at, r.revoked_at);
+    let log = store.audit(Some(&revoked.record.id)).await.unwrap();
+    let events: Vec<&str> = log.iter().map(|e| e.event.name()).collect();
+    assert_eq!(events, ["created", "leaked", "revoked", "leaked"]);
+    assert_eq!(
+        log[1].event,
+        AuditEvent::Leaked {
+            url: String::new(),
+            source: String::new()
+        }
+    );
+
+    assert!(matches!(
+        store
+            .report_leak("key_missing", url, "content", true, "github")
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(
+        store.audit(Some("key_missing")).await.unwrap().is_empty(),
+        "a failed report leaves no trace"
+    );
 }

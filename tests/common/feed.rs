@@ -192,10 +192,12 @@ where
 
 /// What takes a database back to the schema of the first release (before the log).
 #[allow(dead_code)] // for the SQL stores' tests; the memory store's has no schema
-pub(crate) const BACK_TO_THE_FIRST_SCHEMA: [&str; 4] = [
+pub(crate) const BACK_TO_THE_FIRST_SCHEMA: [&str; 6] = [
     "ALTER TABLE api_keys DROP COLUMN allowed_ips",
     "DROP TABLE api_key_changes",
     "DROP TABLE api_key_changes_pruned",
+    "ALTER TABLE api_key_audit DROP COLUMN url",
+    "ALTER TABLE api_key_audit DROP COLUMN source",
     "DELETE FROM _sqlx_migrations WHERE version > 20261123000001",
 ];
 
@@ -215,5 +217,51 @@ pub(crate) async fn migrated_forward<S: KeyStore + ChangeFeed>(
     assert_eq!(
         kinds(&after(store, 0).await),
         [(ChangeKind::Revoked, before.hash)]
+    );
+}
+
+/// A leak report that revokes reaches the feed as a revocation does; one that only
+/// notifies, or that finds the key revoked already, logs no change.
+#[allow(dead_code)] // not every including crate calls it
+pub(crate) async fn a_leak_revocation_is_logged<S: KeyStore + ChangeFeed>(store: &S) {
+    let a = store.create(NewKey::new("acme"), "admin").await.unwrap();
+    let start = store.last_seq().await.unwrap();
+    store
+        .report_leak(
+            &a.record.id,
+            "https://example.com",
+            "content",
+            false,
+            "github",
+        )
+        .await
+        .unwrap();
+    assert!(
+        after(store, start).await.is_empty(),
+        "notify changes no record"
+    );
+    store
+        .report_leak(
+            &a.record.id,
+            "https://example.com",
+            "content",
+            true,
+            "github",
+        )
+        .await
+        .unwrap();
+    store
+        .report_leak(
+            &a.record.id,
+            "https://example.com",
+            "content",
+            true,
+            "github",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        kinds(&after(store, start).await),
+        [(ChangeKind::Revoked, a.record.hash)]
     );
 }
