@@ -747,6 +747,9 @@ async fn the_dashboard_in_a_real_browser() {
     browser.type_into("#new-consumer", "acme").await;
     browser.type_into("#new-name", "from the browser").await;
     browser.type_into("#new-scopes", "orders:read").await;
+    browser
+        .type_into("#new-networks", "127.0.0.0/8 2001:db8::/32")
+        .await;
     browser.click("#create").await;
     let secret = browser
         .wait_text(
@@ -832,6 +835,28 @@ async fn the_dashboard_in_a_real_browser() {
             "the rotated entry",
         )
         .await;
+    browser
+        .wait_text(
+            "#details-networks",
+            |t| t == "Allowed from: anywhere",
+            "the admin key's networks",
+        )
+        .await;
+    // The key made through the form carries the networks typed into it.
+    let (_, listed) = http(
+        &server.addr,
+        "GET",
+        "/admin/keys?consumer=acme",
+        &[("authorization", admin.as_str())],
+        "",
+    )
+    .await;
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(
+        listed[0]["allowed_ips"],
+        serde_json::json!(["127.0.0.0/8", "2001:db8::/32"]),
+        "{listed}"
+    );
 
     // With the one-time secret dismissed: the picture for the README.
     browser.click("#dismiss").await;
