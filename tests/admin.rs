@@ -432,6 +432,25 @@ async fn openapi_document_describes_the_api_and_its_key_schemes() {
     ] {
         assert!(paths[path].get(method).is_some(), "{method} {path} missing");
     }
+    // GitHub's endpoint: signed by GitHub, so no admin key; its headers are declared.
+    let github = &paths["/github/secret-scanning"]["post"];
+    assert_eq!(github["security"], json!([{}]), "{github}");
+    let headers: Vec<&str> = github["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        headers,
+        [
+            "Github-Public-Key-Identifier",
+            "Github-Public-Key-Signature"
+        ]
+    );
+    for status in ["200", "400", "401", "413"] {
+        assert!(github["responses"].get(status).is_some(), "{status}");
+    }
     let schemes = &doc["components"]["securitySchemes"];
     assert_eq!(schemes["bearer"]["type"], "http");
     assert_eq!(schemes["bearer"]["scheme"], "bearer");

@@ -168,10 +168,10 @@ async fn openapi_json() -> Response {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "tower-api-key admin API", description = "Manage API keys: create, list, revoke, rotate, usage, audit."),
-    paths(create, list, show, update, revoke, rotate, usage, audit),
+    paths(create, list, show, update, revoke, rotate, usage, audit, secret_scanning::report),
     components(schemas(
         CreateKeyRequest, RateLimitRequest, UpdateKeyRequest, RotateRequest, KeyBody, KeyDetail, CreatedKeyBody,
-        UsageBody, AuditEntryBody, ProblemBody
+        UsageBody, AuditEntryBody, ProblemBody, secret_scanning::LeakReportItem, secret_scanning::LeakFeedbackItem
     )),
     modifiers(&KeySchemes),
     security(("bearer" = []), ("api_key" = []))

@@ -345,7 +345,7 @@ impl<S: KeyStore> SecretScanning<S> {
 }
 
 /// What the handler needs.
-struct Endpoint<S> {
+pub(super) struct Endpoint<S> {
     cache: CachedResolver<S>,
     keys: PublicKeys,
     action: LeakAction,
@@ -392,7 +392,44 @@ fn too_large() -> Problem {
     )
 }
 
-async fn report<S: KeyStore>(
+/// One token of GitHub's report (documents the body; the handler reads the raw bytes).
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+pub(super) struct LeakReportItem {
+    /// The text GitHub found.
+    token: String,
+    /// The secret type GitHub matched (echoed back as `token_type`).
+    r#type: String,
+    /// Where it was found.
+    url: String,
+    /// What kind of place it was found in (`content`, `commit`, …).
+    source: String,
+}
+
+/// One label of the answer.
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+pub(super) struct LeakFeedbackItem {
+    /// The SHA-256 hex of the token.
+    token_hash: String,
+    /// The reported `type`.
+    token_type: String,
+    /// `true_positive` (a key of this service) or `false_positive`.
+    label: String,
+}
+
+/// GitHub's secret-scanning partner endpoint: mounted only when configured (the example
+/// server: `GITHUB_SECRET_SCANNING_KEYS`), and authenticated by GitHub's signature, not by
+/// an admin key.
+#[utoipa::path(post, path = "/github/secret-scanning", request_body = Vec<LeakReportItem>,
+    params(
+        ("Github-Public-Key-Identifier" = String, Header, description = "Which of GitHub's keys signed the body"),
+        ("Github-Public-Key-Signature" = String, Header, description = "Base64 DER ECDSA P-256 / SHA-256 signature of the raw body")),
+    responses((status = 200, body = Vec<LeakFeedbackItem>),
+        (status = 400, body = super::ProblemBody), (status = 401, body = super::ProblemBody),
+        (status = 413, body = super::ProblemBody)),
+    security(()))]
+pub(super) async fn report<S: KeyStore>(
     State(endpoint): State<Arc<Endpoint<S>>>,
     request: Request,
 ) -> Response {
