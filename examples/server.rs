@@ -150,7 +150,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .poll_interval(poll)
         .read_timeout(probe_timeout);
     let follower = Arc::new(cache.follow_with(store.clone(), options));
-    let config = tower_api_key::admin::AdminConfig::new().lifetimes(key_lifetimes()?);
+    let proxies = trusted_proxies()?;
+    let config = tower_api_key::admin::AdminConfig::new()
+        .lifetimes(key_lifetimes()?)
+        .trusted_proxies(proxies.iter().copied());
     let mut admin = tower_api_key::admin::router_with(cache.clone(), config);
     if let Some((keys, action)) = scanning {
         eprintln!(
@@ -168,7 +171,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let auth = ApiKeyLayer::from_cache(cache)
         .source(KeySource::bearer().or(KeySource::header(HeaderName::from_static("x-api-key"))))
-        .trusted_proxies(trusted_proxies()?);
+        .trusted_proxies(proxies);
 
     let (limit_store, redis) = rate_limit_store().await?;
     let limits = RateLimitLayer::new(limit_store, rate_limit);
@@ -335,7 +338,9 @@ fn key_lifetimes() -> Result<KeyLifetimes, Box<dyn std::error::Error>> {
     };
     let mut lifetimes = KeyLifetimes::new();
     if let Some(default) = var("DEFAULT_KEY_TTL")? {
-        lifetimes = lifetimes.with_default(default);
+        lifetimes = lifetimes
+            .with_default(default)
+            .map_err(|e| format!("DEFAULT_KEY_TTL, MAX_KEY_TTL: {e}"))?;
     }
     if let Some(max) = var("MAX_KEY_TTL")? {
         lifetimes = lifetimes

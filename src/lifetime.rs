@@ -11,6 +11,7 @@
 //!
 //! let lifetimes = KeyLifetimes::new()
 //!     .with_default(parse_lifetime("90d").unwrap())
+//!     .unwrap()
 //!     .with_max(parse_lifetime("365d").unwrap())
 //!     .unwrap();
 //! // No expiry asked for: the default.
@@ -72,10 +73,13 @@ impl KeyLifetimes {
         Self::default()
     }
 
-    /// The lifetime of a key created without an expiry.
-    pub fn with_default(mut self, default: Duration) -> Self {
+    /// The lifetime of a key created without an expiry. Fails if the maximum is shorter.
+    pub fn with_default(mut self, default: Duration) -> Result<Self, DefaultAboveMax> {
+        if let Some(max) = self.max.filter(|max| default > *max) {
+            return Err(DefaultAboveMax { default, max });
+        }
         self.default = Some(default);
-        self
+        Ok(self)
     }
 
     /// The longest lifetime a new key may have. Fails if the default is longer.
@@ -198,6 +202,7 @@ mod tests {
 
         let both = KeyLifetimes::new()
             .with_default(days(90))
+            .unwrap()
             .with_max(days(365))
             .unwrap();
         assert_eq!(both.expires_in(None), Ok(Some(days(90))));
@@ -220,8 +225,16 @@ mod tests {
     fn a_default_above_the_maximum_is_refused() {
         let err = KeyLifetimes::new()
             .with_default(days(400))
+            .unwrap()
             .with_max(days(365))
             .unwrap_err();
+        // In either order.
+        let other = KeyLifetimes::new()
+            .with_max(days(365))
+            .unwrap()
+            .with_default(days(400))
+            .unwrap_err();
+        assert_eq!(other, err);
         assert_eq!(
             err.to_string(),
             "the default key lifetime (400d) is longer than the maximum (365d)"

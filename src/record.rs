@@ -252,12 +252,40 @@ pub struct InvalidNetwork(());
 /// Host bits are cleared: `10.1.2.3/8` is `10.0.0.0/8`.
 pub fn parse_network(text: &str) -> Result<ipnet::IpNet, InvalidNetwork> {
     let text = text.trim();
-    if let Ok(net) = text.parse::<ipnet::IpNet>() {
-        return Ok(net.trunc());
+    let net = match text.parse::<ipnet::IpNet>() {
+        Ok(net) => net,
+        Err(_) => text
+            .parse::<std::net::IpAddr>()
+            .map(ipnet::IpNet::from)
+            .map_err(|_| InvalidNetwork(()))?,
+    };
+    // Client addresses are compared as IPv4 when IPv4-mapped: so are such networks.
+    if let ipnet::IpNet::V6(v6) = net
+        && let Some(v4) = v6.addr().to_ipv4_mapped()
+        && v6.prefix_len() >= 96
+    {
+        let v4 = ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_err(|_| InvalidNetwork(()))?;
+        return Ok(ipnet::IpNet::V4(v4.trunc()));
     }
-    text.parse::<std::net::IpAddr>()
-        .map(ipnet::IpNet::from)
-        .map_err(|_| InvalidNetwork(()))
+    Ok(net.trunc())
+}
+
+#[cfg(test)]
+mod network_tests {
+    use super::parse_network;
+
+    #[test]
+    fn networks_parse_with_host_bits_cleared_and_mapped_ipv4_as_ipv4() {
+        let net = |s: &str| parse_network(s).map(|n| n.to_string());
+        assert_eq!(net("10.1.2.3/8").as_deref(), Ok("10.0.0.0/8"));
+        assert_eq!(net(" 203.0.113.7 ").as_deref(), Ok("203.0.113.7/32"));
+        assert_eq!(net("2001:db8::1").as_deref(), Ok("2001:db8::1/128"));
+        assert_eq!(net("::ffff:10.0.0.0/104").as_deref(), Ok("10.0.0.0/8"));
+        assert_eq!(net("::ffff:192.0.2.1").as_deref(), Ok("192.0.2.1/32"));
+        for bad in ["", "10.0.0.0/33", "localhost", "10.0.0", "::/129"] {
+            assert!(parse_network(bad).is_err(), "{bad:?}");
+        }
+    }
 }
 
 /// What a store keeps about one key. It never holds the key itself, only its

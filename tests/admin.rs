@@ -503,6 +503,7 @@ async fn lifetimes_give_a_default_and_refuse_longer_keys() {
     use tower_api_key::lifetime::{KeyLifetimes, parse_lifetime};
     let lifetimes = KeyLifetimes::new()
         .with_default(parse_lifetime("90d").unwrap())
+        .unwrap()
         .with_max(parse_lifetime("365d").unwrap())
         .unwrap();
     let a = setup_with(tower_api_key::admin::AdminConfig::new().lifetimes(lifetimes)).await;

@@ -208,3 +208,41 @@ async fn grpc_gets_permission_denied_and_other_servers_give_a_peer_addr() {
         .insert(PeerAddr("198.51.100.20:9".parse().unwrap()));
     assert_eq!(call(&f.app, req).await.0.status(), StatusCode::OK);
 }
+
+/// The admin API checks its own keys' lists with the same trusted proxies.
+#[cfg(feature = "admin")]
+#[tokio::test]
+async fn admin_keys_with_a_list_see_the_client_behind_a_trusted_proxy() {
+    use tower_api_key::admin::{self, AdminConfig};
+    use tower_api_key::store::NewKey;
+    use tower_api_key::{CachedResolver, KeyStore, Scopes};
+    let cache = CachedResolver::new(MemoryStore::new());
+    let new = NewKey::new("ops")
+        .with_scopes(Scopes::parse(["admin"]).unwrap())
+        .with_allowed_ips([parse_network("198.51.100.0/24").unwrap()]);
+    let admin_key = cache.create(new, "test").await.unwrap().key;
+    let config = AdminConfig::new().trusted_proxies([parse_network("10.0.0.0/8").unwrap()]);
+    let app = admin::router_with(cache, config);
+    let get = |xff: &str| {
+        let mut req = Request::get("/admin/keys")
+            .header(
+                "authorization",
+                format!("Bearer {}", admin_key.expose_secret()),
+            )
+            .header("x-forwarded-for", xff)
+            .body(Body::empty())
+            .unwrap();
+        let peer: SocketAddr = "10.0.0.5:4000".parse().unwrap();
+        req.extensions_mut().insert(ConnectInfo(peer));
+        req
+    };
+    assert_eq!(
+        call(&app, get("198.51.100.9")).await.0.status(),
+        StatusCode::OK
+    );
+    // The load balancer itself is not the client: outside the list.
+    assert_eq!(
+        call(&app, get("203.0.113.1")).await.0.status(),
+        StatusCode::FORBIDDEN
+    );
+}

@@ -71,6 +71,7 @@ const MAX_GRACE: u64 = 30 * 86_400;
 #[non_exhaustive]
 pub struct AdminConfig {
     lifetimes: KeyLifetimes,
+    trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl AdminConfig {
@@ -84,6 +85,13 @@ impl AdminConfig {
     /// expiry or to none, is refused with 422 naming `expires_in_seconds`.
     pub fn lifetimes(mut self, lifetimes: KeyLifetimes) -> Self {
         self.lifetimes = lifetimes;
+        self
+    }
+
+    /// The proxies trusted to name the client in `X-Forwarded-For`, for admin keys with
+    /// an allowlist: as [`ApiKeyLayer::trusted_proxies`] (give the API's the same).
+    pub fn trusted_proxies(mut self, proxies: impl IntoIterator<Item = ipnet::IpNet>) -> Self {
+        self.trusted_proxies = proxies.into_iter().collect();
         self
     }
 }
@@ -103,6 +111,7 @@ pub fn router<S: KeyStore>(cache: CachedResolver<S>) -> Router {
 ///
 /// let lifetimes = KeyLifetimes::new()
 ///     .with_default(parse_lifetime("90d").unwrap())
+///     .unwrap()
 ///     .with_max(parse_lifetime("365d").unwrap())
 ///     .unwrap();
 /// let cache = CachedResolver::new(MemoryStore::new());
@@ -111,7 +120,8 @@ pub fn router<S: KeyStore>(cache: CachedResolver<S>) -> Router {
 /// ```
 pub fn router_with<S: KeyStore>(cache: CachedResolver<S>, config: AdminConfig) -> Router {
     let auth = ApiKeyLayer::from_cache(cache.clone())
-        .source(KeySource::bearer().or(KeySource::header(HeaderName::from_static("x-api-key"))));
+        .source(KeySource::bearer().or(KeySource::header(HeaderName::from_static("x-api-key"))))
+        .trusted_proxies(config.trusted_proxies.iter().copied());
     let protected = Router::new()
         .route("/admin/keys", post(create::<S>).get(list::<S>))
         .route(

@@ -40,12 +40,13 @@ struct Cli {
     )]
     database_url: String,
     /// The lifetime of a key created without --expires-in, such as 90d; also read from
-    /// DEFAULT_KEY_TTL.
-    #[arg(long, env = "DEFAULT_KEY_TTL", global = true, value_parser = lifetime)]
-    default_ttl: Option<Duration>,
+    /// DEFAULT_KEY_TTL. (Read by `create` only, so that a bad value never stops a
+    /// revocation.)
+    #[arg(long, env = "DEFAULT_KEY_TTL", global = true)]
+    default_ttl: Option<String>,
     /// The longest lifetime a new key may have, such as 365d; also read from MAX_KEY_TTL.
-    #[arg(long, env = "MAX_KEY_TTL", global = true, value_parser = lifetime)]
-    max_ttl: Option<Duration>,
+    #[arg(long, env = "MAX_KEY_TTL", global = true)]
+    max_ttl: Option<String>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -142,19 +143,19 @@ async fn open(url: &str) -> Result<Store, String> {
     }
 }
 
-fn lifetime(text: &str) -> Result<Duration, String> {
-    parse_lifetime(text).map_err(|e| e.to_string())
-}
-
-/// The lifetimes the options give.
-fn lifetimes(cli: &Cli) -> Result<KeyLifetimes, String> {
+/// The lifetimes `--default-ttl` and `--max-ttl` give.
+fn lifetimes(default: Option<&str>, max: Option<&str>) -> Result<KeyLifetimes, String> {
+    let parse =
+        |flag: &str, text: &str| parse_lifetime(text).map_err(|e| format!("{flag} {text:?}: {e}"));
     let mut lifetimes = KeyLifetimes::new();
-    if let Some(default) = cli.default_ttl {
-        lifetimes = lifetimes.with_default(default);
-    }
-    if let Some(max) = cli.max_ttl {
+    if let Some(default) = default {
         lifetimes = lifetimes
-            .with_max(max)
+            .with_default(parse("--default-ttl", default)?)
+            .map_err(|e| format!("--default-ttl / --max-ttl: {e}"))?;
+    }
+    if let Some(max) = max {
+        lifetimes = lifetimes
+            .with_max(parse("--max-ttl", max)?)
             .map_err(|e| format!("--default-ttl / --max-ttl: {e}"))?;
     }
     Ok(lifetimes)
@@ -167,7 +168,7 @@ fn scheme_of(url: &str) -> &str {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, String> {
-    let lifetimes = lifetimes(&cli)?;
+    let (default_ttl, max_ttl) = (cli.default_ttl.clone(), cli.max_ttl.clone());
     let store = open(&cli.database_url).await?;
     let json_out = cli.json;
     match cli.command {
@@ -195,7 +196,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 .iter()
                 .map(|s| parse_network(s).map_err(|e| format!("--allow-ip {s:?}: {e}")))
                 .collect::<Result<Vec<_>, _>>()?;
-            let life = lifetimes
+            let life = lifetimes(default_ttl.as_deref(), max_ttl.as_deref())?
                 .expires_in(expires_in.map(Duration::from_secs))
                 .map_err(|e| format!("--expires-in: {e}"))?;
             let mut new = NewKey::new(consumer)

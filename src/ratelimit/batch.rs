@@ -244,14 +244,29 @@ pub(crate) struct Ticket<'a> {
     now_us: u64,
     /// Did this ticket mark the subject in flight?
     marked: bool,
+    /// A background call for slices only: no request waits for its decision.
+    prefetch: bool,
+    /// Answered (else dropped: Redis failed, or the request was cancelled).
     settled: bool,
 }
 
 #[derive(Clone, Copy)]
 enum Back {
     None,
-    Rate { end: u64, tat: u64 },
-    Quota { window: u64, units: u64 },
+    Rate {
+        end: u64,
+        tat: u64,
+    },
+    Quota {
+        window: u64,
+        units: u64,
+    },
+    /// A quota the slice pays itself: `units` taken from it for this request, charged
+    /// nothing in Redis, and put back unless every policy allows.
+    Paid {
+        window: u64,
+        units: u64,
+    },
 }
 
 /// What [`Slices::begin`] says.
@@ -435,6 +450,7 @@ impl Slices {
             cost,
             now_us,
             marked,
+            prefetch,
             settled: false,
         };
         for policy in policies {
@@ -448,11 +464,23 @@ impl Slices {
             if let Some(slice) = slice
                 && !prefetch
             {
-                back = slice.take_back(&limit, now);
+                back = match slice.pay_quota(&limit, cost, now, now_us) {
+                    // Its own slice pays this quota: nothing of it goes back, so that a
+                    // lost answer loses nothing of it either.
+                    Some(window) => Back::Paid {
+                        window,
+                        units: u64::from(cost),
+                    },
+                    None => slice.take_back(&limit, now),
+                };
             }
             ticket.keys.push(key);
             ticket.back.push(back);
-            ticket.asks.push(ask(&limit, cost, cap, back, now));
+            let ask = match back {
+                Back::Paid { .. } => ask(&limit, 0, 0, Back::None, now),
+                _ => ask(&limit, cost, cap, back, now),
+            };
+            ticket.asks.push(ask);
         }
         ticket
     }
@@ -466,10 +494,10 @@ impl Slices {
         redis_keys: impl Fn(&RateLimitPolicy) -> String,
         reply: &[i64],
     ) -> Option<Decision> {
-        ticket.settled = true;
         if reply.len() != 7 * policies.len() {
             return None;
         }
+        ticket.settled = true;
         let (cost, now_us) = (ticket.cost, ticket.now_us);
         let now = now_us * 1_000;
         let all = reply.chunks_exact(7).all(|r| r[0] == 1);
@@ -507,7 +535,27 @@ impl Slices {
                     }
                 }
             };
-            if cost > 0 {
+            if let Back::Paid { .. } = ticket.back[i] {
+                // Its own slice paid this quota: kept spent if every policy allowed, put
+                // back otherwise; its status is the slice's.
+                let status = match shard.map.get_mut(&key) {
+                    Some(slice) => {
+                        slice.touched = now_us;
+                        if !all {
+                            slice.restore(ticket.back[i]);
+                        }
+                        slice.quota_status(&limit, now)
+                    }
+                    // Never forgotten while in flight; should it be, a bare status.
+                    None => PolicyStatus {
+                        allowed: true,
+                        ..PolicyStatus::default()
+                    },
+                };
+                statuses.push(status);
+                continue;
+            }
+            if !ticket.prefetch {
                 statuses.push(status);
             }
             let exists = shard
@@ -546,7 +594,10 @@ impl Slices {
                 slice.grant(&limit, cost, grant, now, now_us, self.config.lease_us);
             } else {
                 slice.restore(ticket.back[i]);
-                if !allowed && cost > 0 {
+                if allowed {
+                    // This policy allowed: a refusal it remembers is over.
+                    slice.refused = None;
+                } else if cost > 0 {
                     let until = now_us.saturating_add(self.config.lease_us);
                     slice.refused = Some(match limit {
                         Limit::Rate { .. } => Refused::Rate {
@@ -564,7 +615,7 @@ impl Slices {
         }
         drop(shard);
         ticket.release();
-        (cost > 0).then(|| Decision::new(statuses))
+        (!ticket.prefetch).then(|| Decision::new(statuses))
     }
 
     /// Takes the unspent requests of the quota slices left unused for the lease, for the
@@ -624,7 +675,16 @@ impl Ticket<'_> {
 impl Drop for Ticket<'_> {
     fn drop(&mut self) {
         // Unsettled (Redis failed, or the request was cancelled): whether the script ran
-        // is unknown, so what was given back stays given back. Only the mark goes.
+        // is unknown, so what was given back stays given back. What a slice paid for the
+        // request never left it, and goes back to it.
+        if !self.settled && self.back.iter().any(|b| matches!(b, Back::Paid { .. })) {
+            let mut shard = self.slices.shard(self.subject);
+            for (key, back) in self.keys.iter().zip(&self.back) {
+                if let (Back::Paid { .. }, Some(slice)) = (back, shard.map.get_mut(key)) {
+                    slice.restore(*back);
+                }
+            }
+        }
         self.release();
     }
 }
@@ -871,6 +931,56 @@ impl Slice {
         }
     }
 
+    /// Pays `cost` of a quota from this slice for a request that goes to Redis for its
+    /// other policies: the window paid in, or `None` (not a quota, or it cannot pay).
+    fn pay_quota(&mut self, limit: &Limit, cost: u32, now: u64, now_us: u64) -> Option<u64> {
+        if !matches!(limit, Limit::Quota { .. })
+            || self.refuses(limit, cost, now, now_us)
+            || !self.can_pay(limit, cost, now, now_us)
+        {
+            return None;
+        }
+        match &mut self.kind {
+            Kind::Quota {
+                window, unspent, ..
+            } => {
+                *unspent -= u64::from(cost);
+                Some(*window)
+            }
+            Kind::Rate { .. } => None,
+        }
+    }
+
+    /// A quota's status from the slice: what it has left, counting its own unspent
+    /// requests as remaining.
+    fn quota_status(&self, limit: &Limit, now: u64) -> PolicyStatus {
+        match (self.kind, *limit) {
+            (
+                Kind::Quota {
+                    unspent,
+                    used,
+                    window: held,
+                    ..
+                },
+                Limit::Quota { requests, window },
+            ) => {
+                let (number, end) = gcra::calendar_window(window, now);
+                let remaining = if held == number {
+                    (u64::from(requests) + unspent).saturating_sub(used)
+                } else {
+                    u64::from(requests)
+                };
+                PolicyStatus {
+                    allowed: true,
+                    remaining,
+                    reset: Duration::from_nanos(end - now),
+                    retry_after: Duration::ZERO,
+                }
+            }
+            _ => PolicyStatus::default(),
+        }
+    }
+
     /// Takes what the slice holds, to give it back in a call: the slice holds nothing
     /// until the answer comes.
     fn take_back(&mut self, limit: &Limit, now: u64) -> Back {
@@ -922,7 +1032,7 @@ impl Slice {
                 Kind::Quota {
                     window, unspent, ..
                 },
-                Back::Quota { window: w, units },
+                Back::Quota { window: w, units } | Back::Paid { window: w, units },
             ) if *window == w => {
                 *unspent += units;
             }

@@ -632,15 +632,20 @@ impl RedisRateLimitStore {
             };
             match self.call_batch(subject, policies, &ticket.asks, now).await {
                 Ok(reply) => {
-                    self.on_success();
                     let key = |p: &RateLimitPolicy| self.redis_key(subject, p);
-                    return slices.finish(ticket, policies, key, &reply).ok_or_else(|| {
-                        store_error(format!(
-                            "the batch script returned {} numbers for {} policies",
-                            reply.len(),
-                            policies.len()
-                        ))
-                    });
+                    let len = reply.len();
+                    if let Some(decision) = slices.finish(ticket, policies, key, &reply) {
+                        self.on_success();
+                        return Ok(decision);
+                    }
+                    // An answer that does not fit the call: as a failure of Redis.
+                    let e = store_error(format!(
+                        "the batch script returned {len} numbers for {} policies",
+                        policies.len()
+                    ));
+                    self.on_failure(&e);
+                    drop(probe);
+                    return self.without_redis(e, subject, policies, cost, now);
                 }
                 Err(e) => {
                     drop(ticket);
@@ -668,12 +673,16 @@ impl RedisRateLimitStore {
         let store = self.clone();
         let (kind, id, digest) = (subject.kind(), subject.id().to_owned(), subject.digest());
         let policies = policies.to_vec();
+        // Clears the mark should the task be dropped before it runs (the runtime shutting
+        // down); once it runs, its ticket holds the mark.
+        let unmark = Unmark(Some((store.clone(), digest)));
         runtime.spawn(async move {
             let subject = Subject::custom(kind, &id).with_digest(digest);
             let Some(slices) = &store.inner.batch else {
                 return;
             };
             let ticket = slices.begin_prefetch(subject, &policies, now);
+            unmark.disarm();
             if store.is_degraded() {
                 return;
             }
@@ -785,6 +794,12 @@ impl RedisRateLimitStore {
         let now = self.now_estimate();
         let mut back = slices.sweep(now);
         back.sort_by_key(|b| b.subject);
+        // Every subject swept is marked: each mark goes when its call is over, or however
+        // this ends (the task may be dropped with the runtime).
+        let mut marks: std::collections::HashMap<u64, Release<'_>> = back
+            .chunk_by(|a, b| a.subject == b.subject)
+            .map(|group| (group[0].subject, Release(slices, group[0].subject)))
+            .collect();
         for group in back.chunk_by(|a, b| a.subject == b.subject) {
             let (keys, asks): (Vec<String>, Vec<Ask>) = group
                 .iter()
@@ -793,15 +808,46 @@ impl RedisRateLimitStore {
                     Some((b.redis_key.to_string(), ask))
                 })
                 .unzip();
-            // Released however this ends (the task may be dropped with the runtime).
-            let _release = Release(slices, group[0].subject);
+            let _done = marks.remove(&group[0].subject);
             if asks.is_empty() {
                 continue;
             }
             let keys = keys.into_iter();
             if let Err(e) = self.invoke_batch(keys, &asks, now).await {
-                tracing::debug!(error = %e, "could not give unused quota slices back to Redis");
+                // Left counted in Redis until their window ends: never too many allowed,
+                // but budget lost, so it is said.
+                tracing::warn!(error = %e, "could not give unused quota slices back to Redis");
             }
+        }
+    }
+}
+
+/// Clears a prefetch's in-flight mark when dropped, unless disarmed.
+struct Unmark(Option<(RedisRateLimitStore, u64)>);
+
+impl Unmark {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Unmark {
+    fn drop(&mut self) {
+        if let Some((store, digest)) = self.0.take()
+            && let Some(slices) = &store.inner.batch
+        {
+            slices.release(digest);
+        }
+    }
+}
+
+/// Says the give-back task is gone when dropped, so that the next call starts another.
+struct Sweeping(std::sync::Weak<Inner>);
+
+impl Drop for Sweeping {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.upgrade() {
+            inner.sweeping.store(false, Ordering::Relaxed);
         }
     }
 }
@@ -817,6 +863,7 @@ impl Drop for Release<'_> {
 
 /// The background give-back, every half lease while the store lives.
 async fn give_back_unused(store: std::sync::Weak<Inner>) {
+    let _sweeping = Sweeping(store.clone());
     loop {
         let Some(inner) = store.upgrade() else { return };
         let Some(lease_us) = inner.batch.as_ref().map(|b| b.config.lease_us) else {
