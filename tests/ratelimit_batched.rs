@@ -1114,3 +1114,28 @@ async fn the_give_back_of_the_day_before_leaves_the_new_days_count() {
         .unwrap();
     assert_eq!(d.statuses()[0].remaining, 1000 - 10 - 1);
 }
+
+/// A request of cost 0 (free, but still shown its headers) that has to ask Redis is
+/// answered as the exact mode answers it, not as a store error.
+#[tokio::test]
+async fn a_free_request_is_answered_as_in_the_exact_mode() {
+    let Some(url) = redis_url() else { return };
+    let batched = batched(&url, &unique_prefix("free"));
+    let exact = exact(&url, &unique_prefix("free-exact"));
+    let policies = [
+        rate("burst", 5, Duration::from_secs(60), 5),
+        quota("daily", 10, QuotaWindow::Day),
+    ];
+    let now = MIDNIGHT + 3600 * S;
+    for (cost, subject) in [(0, "fresh"), (1, "fresh"), (0, "fresh"), (0, "other")] {
+        let want = exact
+            .check(Subject::key(subject), &policies, cost, now)
+            .await
+            .unwrap();
+        let got = batched
+            .check(Subject::key(subject), &policies, cost, now)
+            .await;
+        assert_eq!(got.unwrap(), want, "cost {cost} for {subject}");
+    }
+    assert!(!batched.is_degraded());
+}
