@@ -29,6 +29,8 @@
 pub mod changes;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod codec;
+#[cfg(any(feature = "admin", feature = "cli"))]
+mod import;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
@@ -37,6 +39,8 @@ mod sql;
 mod sqlite;
 
 pub use changes::{ChangeFeed, ChangeKind, Changes, DEFAULT_CHANGE_RETENTION, KeyChange, Wakeups};
+#[cfg(any(feature = "admin", feature = "cli"))]
+pub use import::{IMPORT_FIELDS, InvalidImportRow};
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresStore, PostgresStoreBuilder};
 #[cfg(feature = "sqlite")]
