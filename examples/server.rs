@@ -16,6 +16,9 @@
 //! - `TRUSTED_PROXIES` (comma-separated CIDRs; unset: none): proxies whose
 //!   `X-Forwarded-For` names the client, for keys with an allowlist (`allowed_ips`); a
 //!   request from outside a key's list gets 403.
+//! - `ACCEPT_FOREIGN_KEYS` (`true` or `false`, default `false`): also accept keys not in
+//!   this server's format, minted elsewhere and imported by hash through
+//!   `POST /admin/keys/import`; keys of our format keep their checksum check.
 //! - `CACHE_TTL` (default `30s`), `CACHE_STALE` (default `10m`; `0` turns it off) and
 //!   `STORE_TIMEOUT` (default `2s`): how long a cached key is fresh, how long past that it
 //!   is still served while the store fails, and how long a store call may take
@@ -27,7 +30,7 @@
 //!   `admin key: <key>`.
 //! - Keys are read from `Authorization: Bearer …` and from `X-API-Key`.
 //! - `/admin/*` is the admin API (scope `admin`): create, list, show, revoke, rotate,
-//!   usage and audit.
+//!   usage, audit and import.
 //! - `GITHUB_SECRET_SCANNING_KEYS=<path>` (unset by default): a file holding GitHub's
 //!   secret-scanning public keys (`GET https://api.github.com/meta/public_keys/secret_scanning`)
 //!   mounts `POST /github/secret-scanning`, GitHub's secret scanning partner endpoint.
@@ -98,6 +101,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_writer(std::io::stderr)
         .with_max_level(tracing::Level::INFO)
         .init();
+    let accept_foreign = accept_foreign_keys()?;
     let bind: SocketAddr = std::env::var("BIND")
         .unwrap_or_else(|_| "127.0.0.1:3000".to_owned())
         .parse()
@@ -171,7 +175,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let auth = ApiKeyLayer::from_cache(cache)
         .source(KeySource::bearer().or(KeySource::header(HeaderName::from_static("x-api-key"))))
-        .trusted_proxies(proxies);
+        .trusted_proxies(proxies)
+        .accept_foreign_keys(accept_foreign);
 
     let (limit_store, redis) = rate_limit_store().await?;
     let limits = RateLimitLayer::new(limit_store, rate_limit);
@@ -313,6 +318,17 @@ fn parse_duration(text: &str) -> Option<Duration> {
         _ => return None,
     };
     Some(Duration::from_millis(millis))
+}
+
+/// `ACCEPT_FOREIGN_KEYS`: `true` or `false` (default); anything else stops the start.
+fn accept_foreign_keys() -> Result<bool, String> {
+    match std::env::var("ACCEPT_FOREIGN_KEYS").as_deref() {
+        Err(_) | Ok("") | Ok("false") => Ok(false),
+        Ok("true") => Ok(true),
+        Ok(other) => Err(format!(
+            "ACCEPT_FOREIGN_KEYS must be true or false, not {other:?}"
+        )),
+    }
 }
 
 /// `TRUSTED_PROXIES`: comma-separated CIDRs whose `X-Forwarded-For` names the client.

@@ -48,6 +48,11 @@ const MAX_ENTROPY: usize = 64;
 /// Default entropy: 256 bits.
 const DEFAULT_ENTROPY: usize = 32;
 
+/// The longest key not of this crate's format that
+/// [`ApiKeyLayer::accept_foreign_keys`](crate::ApiKeyLayer::accept_foreign_keys) hashes
+/// and looks up, in bytes.
+pub const MAX_FOREIGN_KEY_LEN: usize = 512;
+
 /// Why a [`KeyFormat`] could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -213,6 +218,23 @@ impl KeyFormat {
             }
         }
         Ok(())
+    }
+
+    /// Does `bytes` claim to be a key of this format, by starting with its prefix and
+    /// `_`? Such a key is judged by [`validate_bytes`](Self::validate_bytes) alone, even
+    /// where foreign keys are accepted: a typo in one of ours never costs a lookup.
+    pub fn claims_bytes(&self, bytes: &[u8]) -> bool {
+        let p = self.prefix.len();
+        bytes.len() > p && &bytes[..p] == self.prefix.as_bytes() && bytes[p] == b'_'
+    }
+
+    /// May `bytes`, which failed [`validate_bytes`](Self::validate_bytes), be looked up as
+    /// a key minted elsewhere? Only if it does not [claim](Self::claims_bytes) this
+    /// format and is 1 to [`MAX_FOREIGN_KEY_LEN`] bytes of visible ASCII.
+    pub(crate) fn may_be_foreign(&self, bytes: &[u8]) -> bool {
+        (1..=MAX_FOREIGN_KEY_LEN).contains(&bytes.len())
+            && bytes.iter().all(|b| b.is_ascii_graphic())
+            && !self.claims_bytes(bytes)
     }
 
     /// Validates `key` and takes a copy of it as an [`ApiKey`].
@@ -595,6 +617,34 @@ mod tests {
         assert_eq!(KeyHash::from_hex("zz"), None);
         assert_eq!(h.to_string().chars().count(), 9);
         assert!(h.to_hex().starts_with(h.to_string().trim_end_matches('…')));
+    }
+
+    #[test]
+    fn what_may_be_looked_up_as_a_foreign_key() {
+        let f = KeyFormat::default();
+        let ours = f.generate();
+        assert!(f.claims_bytes(ours.expose_secret().as_bytes()));
+        // Ours, with a typo or cut short: still ours, never looked up as foreign.
+        let cut = &ours.expose_secret()[..20];
+        assert!(f.claims_bytes(cut.as_bytes()) && !f.may_be_foreign(cut.as_bytes()));
+        assert!(!f.may_be_foreign(b"sk_live_"));
+        for foreign in [
+            "doda_0123456789abcdef",
+            "sk_test_51H8abc",
+            "sk-proj-abc123",
+            "sk_live",
+            "sk_liveX",
+            "0b9c6e1e-5e37-4b7e-9f0e-8d4a0f3c2a11",
+        ] {
+            assert!(!f.claims_bytes(foreign.as_bytes()), "{foreign}");
+            assert!(f.may_be_foreign(foreign.as_bytes()), "{foreign}");
+        }
+        assert!(!f.may_be_foreign(b""));
+        assert!(f.may_be_foreign("a".repeat(MAX_FOREIGN_KEY_LEN).as_bytes()));
+        assert!(!f.may_be_foreign("a".repeat(MAX_FOREIGN_KEY_LEN + 1).as_bytes()));
+        assert!(!f.may_be_foreign(b"with space"));
+        assert!(!f.may_be_foreign("caf\u{e9}".as_bytes()));
+        assert!(!f.may_be_foreign(b"tab\there"));
     }
 
     fn formats() -> impl Strategy<Value = KeyFormat> {

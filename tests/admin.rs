@@ -428,6 +428,7 @@ async fn openapi_document_describes_the_api_and_its_key_schemes() {
         ("/admin/keys/{id}", "delete"),
         ("/admin/keys/{id}/rotate", "post"),
         ("/admin/keys/{id}/usage", "get"),
+        ("/admin/keys/import", "post"),
         ("/admin/audit", "get"),
     ] {
         assert!(paths[path].get(method).is_some(), "{method} {path} missing");
@@ -458,6 +459,9 @@ async fn openapi_document_describes_the_api_and_its_key_schemes() {
     assert_eq!(schemes["api_key"]["in"], "header");
     assert_eq!(schemes["api_key"]["name"], "X-API-Key");
     assert_eq!(doc["security"], json!([{"bearer": []}, {"api_key": []}]));
+    let import = &doc["components"]["schemas"]["ImportKeyRequest"];
+    assert_eq!(import["additionalProperties"], false);
+    assert_eq!(import["required"], json!(["hash", "consumer"]));
     let create = &doc["components"]["schemas"]["CreateKeyRequest"];
     assert_eq!(create["additionalProperties"], false);
     assert_eq!(create["required"], json!(["consumer"]));
@@ -614,4 +618,187 @@ async fn allowlists_are_set_on_create_and_shown() {
         assert_eq!(problem["field"], "allowed_ips", "{problem}");
     }
     assert_eq!(a.cache.resolver().len(), before);
+}
+
+fn sha256_hex(key: &str) -> String {
+    tower_api_key::KeyHash::of(key).to_hex()
+}
+
+const UUID_KEY: &str = "0b9c6e1e-5e37-4b7e-9f0e-8d4a0f3c2a11";
+const DODA_KEY: &str = "doda_5f3c9a1e7b2d4c6e8f0a1b3c5d7e9f21";
+
+#[tokio::test]
+async fn import_stores_keys_by_hash_and_they_authenticate_where_foreign_keys_are_accepted() {
+    let a = setup().await;
+    let body = json!([
+        {"hash": sha256_hex(UUID_KEY), "consumer": "legacy", "name": "old billing",
+         "scopes": ["orders:read"], "expires_at": "2099-01-01T00:00:00Z",
+         "rate_limit": {"requests": 10, "per_seconds": 60, "burst": 20},
+         "allowed_ips": ["10.0.0.0/8"]},
+        {"hash": sha256_hex(DODA_KEY).to_uppercase(), "consumer": "legacy"},
+    ]);
+    let (status, v, _) = a
+        .admin("POST", "/admin/keys/import", Some(&body.to_string()))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    assert_eq!(v["imported"], 2);
+    let ids: Vec<String> = serde_json::from_value(v["ids"].clone()).unwrap();
+    assert_eq!(ids.len(), 2);
+    let (_, first, _) = a
+        .admin("GET", &format!("/admin/keys/{}", ids[0]), None)
+        .await;
+    assert_eq!(first["consumer"], "legacy");
+    assert_eq!(first["name"], "old billing");
+    assert_eq!(first["start"], "imported");
+    assert_eq!(first["scopes"], json!(["orders:read"]));
+    assert_eq!(first["expires_at"], "2099-01-01T00:00:00Z");
+    assert_eq!(first["allowed_ips"], json!(["10.0.0.0/8"]));
+    assert_eq!(first["status"], "active");
+    let (_, log, _) = a
+        .admin("GET", &format!("/admin/audit?key_id={}", ids[1]), None)
+        .await;
+    assert_eq!(log[0]["event"], "imported");
+    assert_eq!(log[0]["actor"], a.admin_id);
+
+    // The keys themselves work on an API that accepts foreign keys, and only there.
+    let foreign = Router::new()
+        .route("/v1/ping", get(|| async { "pong" }))
+        .layer(ApiKeyLayer::from_cache(a.cache.clone()).accept_foreign_keys(true));
+    let ping = |app: Router| async move {
+        let req = Request::get("/v1/ping")
+            .header("authorization", format!("Bearer {DODA_KEY}"))
+            .body(Body::empty())
+            .unwrap();
+        app.oneshot(req).await.unwrap().status()
+    };
+    assert_eq!(ping(foreign).await, StatusCode::OK);
+    assert_eq!(ping(a.app.clone()).await, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_bad_or_duplicate_import_row_is_named_and_nothing_is_imported() {
+    let a = setup().await;
+    let good = |i: usize| json!({"hash": sha256_hex(&format!("legacy-{i}")), "consumer": "legacy"});
+    let with = |edit: Value| {
+        let mut row = good(99);
+        for (k, v) in edit.as_object().unwrap() {
+            row[k] = v.clone();
+        }
+        row
+    };
+    let stored = sha256_hex(&a.admin_key);
+    let cases: Vec<(Value, &str)> = vec![
+        (with(json!({"hash": "abc"})), "hash"),
+        (with(json!({"hash": "z".repeat(64)})), "hash"),
+        (with(json!({"hash": 7})), "hash"),
+        (json!({"consumer": "legacy"}), "hash"),
+        (json!({"hash": sha256_hex("x")}), "consumer"),
+        (with(json!({"consumer": ""})), "consumer"),
+        (with(json!({"key": UUID_KEY})), "key"),
+        (with(json!({"scopes": ["bad scope"]})), "scopes"),
+        (with(json!({"expires_at": "2099-01-01"})), "expires_at"),
+        (
+            with(json!({"expires_at": "2001-01-01T00:00:00Z"})),
+            "expires_at",
+        ),
+        (
+            with(json!({"rate_limit": {"requests": -1, "per_seconds": 60}})),
+            "rate_limit.requests",
+        ),
+        (
+            with(json!({"rate_limit": {"requests": 1, "per_seconds": 60, "every": 1}})),
+            "rate_limit.every",
+        ),
+        (with(json!({"allowed_ips": ["10.0.0.0/40"]})), "allowed_ips"),
+        (json!("not an object"), ""),
+        (with(json!({"hash": stored})), "hash"),
+    ];
+    for (bad, field) in cases {
+        // Good rows first: none of them may be stored when row 3 fails.
+        let body = json!([good(0), good(1), good(2), bad, good(4)]);
+        let (status, v, ctype) = a
+            .admin("POST", "/admin/keys/import", Some(&body.to_string()))
+            .await;
+        let want = if field.is_empty() {
+            "[3]".to_owned()
+        } else {
+            format!("[3].{field}")
+        };
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{want}: {v}");
+        assert_eq!(ctype, "application/problem+json");
+        assert_eq!(v["field"], want, "{v}");
+        assert!(
+            !v.to_string().contains(UUID_KEY),
+            "a problem never repeats a key"
+        );
+    }
+    // A duplicate within the batch names the later row.
+    let body = json!([good(0), good(1), good(0)]);
+    let (status, v, _) = a
+        .admin("POST", "/admin/keys/import", Some(&body.to_string()))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(v["field"], "[2].hash");
+    assert!(v["detail"].as_str().unwrap().contains("row 0"), "{v}");
+
+    for (body, want) in [
+        ("{\"hash\": 1}", StatusCode::BAD_REQUEST),
+        ("[", StatusCode::BAD_REQUEST),
+    ] {
+        let (status, _, ctype) = a.admin("POST", "/admin/keys/import", Some(body)).await;
+        assert_eq!(status, want, "{body}");
+        assert_eq!(ctype, "application/problem+json");
+    }
+    let too_many = Value::from(
+        (0..=tower_api_key::admin::MAX_IMPORT_KEYS)
+            .map(|i| json!({"hash": format!("{i:064x}"), "consumer": "c"}))
+            .collect::<Vec<_>>(),
+    );
+    let (status, v, ctype) = a
+        .admin("POST", "/admin/keys/import", Some(&too_many.to_string()))
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+    assert_eq!(ctype, "application/problem+json");
+    let huge = format!("[{}]", " ".repeat(tower_api_key::admin::MAX_IMPORT_BYTES));
+    let (status, _, ctype) = a.admin("POST", "/admin/keys/import", Some(&huge)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(ctype, "application/problem+json");
+
+    // Nothing of any of this was stored: only the admin key exists.
+    let (_, all, _) = a.admin("GET", "/admin/keys", None).await;
+    assert_eq!(all.as_array().unwrap().len(), 1, "{all}");
+    let (status, _, _) = a.call("POST", "/admin/keys/import", None, Some("[]")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn imported_keys_get_the_lifetimes_of_new_keys() {
+    use tower_api_key::lifetime::{KeyLifetimes, parse_lifetime};
+    let lifetimes = KeyLifetimes::new()
+        .with_default(parse_lifetime("1d").unwrap())
+        .unwrap()
+        .with_max(parse_lifetime("30d").unwrap())
+        .unwrap();
+    let a = setup_with(tower_api_key::admin::AdminConfig::new().lifetimes(lifetimes)).await;
+    let body =
+        json!([{"hash": sha256_hex("a"), "consumer": "c", "expires_at": "2099-01-01T00:00:00Z"}]);
+    let (status, v, _) = a
+        .admin("POST", "/admin/keys/import", Some(&body.to_string()))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(v["field"], "[0].expires_at");
+    let body = json!([{"hash": sha256_hex("a"), "consumer": "c"}]);
+    let (status, v, _) = a
+        .admin("POST", "/admin/keys/import", Some(&body.to_string()))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let (_, record, _) = a
+        .admin(
+            "GET",
+            &format!("/admin/keys/{}", v["ids"][0].as_str().unwrap()),
+            None,
+        )
+        .await;
+    let left = secs_until(record["expires_at"].as_str().unwrap());
+    assert!((86_000..=86_400).contains(&left), "{left}");
 }

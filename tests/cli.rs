@@ -306,3 +306,102 @@ fn allowlists_from_the_command_line() {
         stderr(&out)
     );
 }
+
+fn sha256_hex(key: &str) -> String {
+    tower_api_key::KeyHash::of(key).to_hex()
+}
+
+/// Writes `lines` to a JSON lines file beside the database.
+fn write_lines(db: &Db, name: &str, lines: &[String]) -> std::path::PathBuf {
+    let path = db.0.with_extension(format!("{name}.jsonl"));
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
+#[test]
+fn import_reads_json_lines_all_or_nothing() {
+    let db = Db::new("import");
+    let row = |key: &str| format!(r#"{{"hash":"{}","consumer":"legacy"}}"#, sha256_hex(key));
+    let good = write_lines(
+        &db,
+        "good",
+        &[
+            row("legacy-1"),
+            String::new(),
+            format!(
+                r#"{{"hash":"{}","consumer":"legacy","name":"billing","scopes":["orders:read"],"expires_at":"2099-01-01T00:00:00Z","rate_limit":{{"requests":5,"per_seconds":1}},"allowed_ips":["10.0.0.0/8"]}}"#,
+                sha256_hex("legacy-2")
+            ),
+        ],
+    );
+    let out = db.run(&["import", good.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "imported 2 keys");
+    let listed = db.json(&["list", "--json", "--consumer", "legacy"]);
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().all(|r| r["start"] == "imported"));
+    assert!(
+        listed
+            .iter()
+            .any(|r| r["name"] == "billing" && r["allowed_ips"][0] == "10.0.0.0/8")
+    );
+
+    let more = write_lines(&db, "more", &[row("legacy-3")]);
+    let v = db.json(&["import", "--json", more.to_str().unwrap()]);
+    assert_eq!(v["imported"], 1);
+    let id = v["ids"][0].as_str().unwrap();
+    assert_eq!(db.json(&["show", "--json", id])["consumer"], "legacy");
+
+    // Each bad file names its line, exits 2 with one line, and imports nothing.
+    let fresh = |i: usize| row(&format!("fresh-{i}"));
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                fresh(1),
+                fresh(2),
+                r#"{"hash":"abc","consumer":"x"}"#.into(),
+            ],
+            "line 3: hash",
+        ),
+        (vec![fresh(1), "{not json".into()], "line 2: not valid JSON"),
+        (
+            vec![
+                fresh(1),
+                r#"{"hash":"00","consumer":"x","key":"sk"}"#
+                    .replace("\"00\"", &format!("\"{}\"", sha256_hex("k"))),
+                fresh(2),
+            ],
+            "line 2: key",
+        ),
+        (
+            vec![fresh(1), String::new(), fresh(2), fresh(1)],
+            "line 4: the same hash as line 1",
+        ),
+        (
+            vec![fresh(1), row("legacy-1")],
+            "line 2: a key with this hash is already stored",
+        ),
+    ];
+    for (lines, says) in cases {
+        let file = write_lines(&db, "bad", &lines);
+        let out = db.run(&["import", file.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{says}");
+        let err = stderr(&out);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(
+            err.starts_with("apikey: ") && err.contains(says),
+            "{says}: {err}"
+        );
+        assert!(err.contains("nothing was imported"), "{err}");
+    }
+    let all = db.json(&["list", "--json"]);
+    assert_eq!(
+        all.as_array().unwrap().len(),
+        3,
+        "no bad file imported anything"
+    );
+    for name in ["good", "more", "bad"] {
+        let _ = std::fs::remove_file(db.0.with_extension(format!("{name}.jsonl")));
+    }
+}

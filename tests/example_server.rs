@@ -1088,3 +1088,65 @@ async fn github_secret_scanning() {
     server.stop();
     let _ = std::fs::remove_file(&keys);
 }
+
+#[tokio::test]
+async fn with_accept_foreign_keys_an_imported_uuid_key_works() {
+    let uuid = "6f1c2b9e-8d4a-4e7b-a0c3-5d2f9e8b7a61";
+    let hash = tower_api_key::KeyHash::of(uuid).to_hex();
+    let import = format!(r#"[{{"hash":"{hash}","consumer":"legacy","scopes":["orders:read"]}}]"#);
+    for (accept, works) in [("true", true), ("false", false)] {
+        let server = start_sqlite(&[("ACCEPT_FOREIGN_KEYS", accept)]);
+        let admin = format!("Bearer {}", server.admin_key.clone().unwrap());
+        let json_admin = [
+            ("authorization", admin.as_str()),
+            ("content-type", "application/json"),
+        ];
+        let (status, body) = http(
+            &server.addr,
+            "POST",
+            "/admin/keys/import",
+            &json_admin,
+            &import,
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["imported"], 1);
+        let bearer = format!("Bearer {uuid}");
+        let auth = [("authorization", bearer.as_str())];
+        let (status, body) = http(&server.addr, "GET", "/v1/whoami", &auth, "").await;
+        if works {
+            assert_eq!(status, 200, "{body}");
+            let who: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(who["consumer"], "legacy");
+            assert_eq!(who["key_id"], v["ids"][0]);
+            let (status, _) = http(&server.addr, "GET", "/v1/orders", &auth, "").await;
+            assert_eq!(status, 200);
+            // Another UUID, never imported: 401 like any unknown key.
+            let other = "Bearer 00000000-0000-4000-8000-000000000000";
+            let (status, _) = http(
+                &server.addr,
+                "GET",
+                "/v1/whoami",
+                &[("authorization", other)],
+                "",
+            )
+            .await;
+            assert_eq!(status, 401);
+        } else {
+            assert_eq!(
+                status, 401,
+                "ACCEPT_FOREIGN_KEYS=false refuses foreign keys"
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_accept_foreign_keys_is_a_clear_error() {
+    let stderr = refuses_to_start(&[("ACCEPT_FOREIGN_KEYS", "yes")]);
+    assert!(
+        stderr.contains("ACCEPT_FOREIGN_KEYS must be true or false"),
+        "{stderr}"
+    );
+}

@@ -9,6 +9,7 @@
 //! | `PATCH /admin/keys/{id}` `{"scopes"?,"expires_in_seconds"?}` | change scopes or expiry (`null`: never) | 200 with the record |
 //! | `DELETE /admin/keys/{id}` | revoke | 204; the key fails from the next request on |
 //! | `POST /admin/keys/{id}/rotate` `{"grace_seconds"}` | rotate | 201 with the new key |
+//! | `POST /admin/keys/import` `[{"hash","consumer","name"?,"scopes"?,"expires_at"?,"rate_limit"?,"allowed_ips"?}]` | import keys minted elsewhere by their SHA-256 (hex), all or nothing | 201 `{"imported","ids"}`; 422 naming the row (`[3].hash`); 413 beyond 10 000 keys or 16 MiB |
 //! | `GET /admin/keys/{id}/usage` | usage | 200 `{"requests","rejected","last_used_at"}` |
 //! | `GET /admin/audit[?key_id=…]` | audit log | 200 `[{"at","event","key_id","actor"}]`, `leaked` entries with `url` and `source` |
 //! | `GET /admin/` | the web dashboard (asks for an admin key) | 200 HTML |
@@ -35,7 +36,8 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderName, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -49,7 +51,7 @@ use crate::lifetime::KeyLifetimes;
 use crate::ratelimit::{RateLimitPolicy, RateLimits};
 use crate::record::{Authenticated, KeyRecord, Scope, Scopes};
 use crate::resolve::CachedResolver;
-use crate::store::{AuditEntry, AuditEvent, KeyStore, ListQuery, NewKey, StoreError};
+use crate::store::{AuditEntry, AuditEvent, ImportedKey, KeyStore, ListQuery, NewKey, StoreError};
 
 pub mod secret_scanning;
 
@@ -65,6 +67,10 @@ const MAX_TEXT: usize = 200;
 const MAX_EXPIRES_IN: u64 = 10 * 365 * 86_400;
 /// The longest rotation grace period: thirty days.
 const MAX_GRACE: u64 = 30 * 86_400;
+/// The most keys one import may carry.
+pub const MAX_IMPORT_KEYS: usize = 10_000;
+/// The largest import body, in bytes: 16 MiB.
+pub const MAX_IMPORT_BYTES: usize = 16 << 20;
 
 /// Settings of the admin API: for now, the [lifetimes](KeyLifetimes) of new keys.
 #[derive(Debug, Clone, Default)]
@@ -129,6 +135,10 @@ pub fn router_with<S: KeyStore>(cache: CachedResolver<S>, config: AdminConfig) -
             get(show::<S>).patch(update::<S>).delete(revoke::<S>),
         )
         .route("/admin/keys/{id}/rotate", post(rotate::<S>))
+        .route(
+            "/admin/keys/import",
+            post(import::<S>).layer(DefaultBodyLimit::max(MAX_IMPORT_BYTES)),
+        )
         .route("/admin/keys/{id}/usage", get(usage::<S>))
         .route("/admin/audit", get(audit::<S>))
         .layer(Extension(config))
@@ -178,9 +188,9 @@ async fn openapi_json() -> Response {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "tower-api-key admin API", description = "Manage API keys: create, list, revoke, rotate, usage, audit."),
-    paths(create, list, show, update, revoke, rotate, usage, audit, secret_scanning::report),
+    paths(create, list, show, update, revoke, rotate, import, usage, audit, secret_scanning::report),
     components(schemas(
-        CreateKeyRequest, RateLimitRequest, UpdateKeyRequest, RotateRequest, KeyBody, KeyDetail, CreatedKeyBody,
+        CreateKeyRequest, ImportKeyRequest, ImportedBody, RateLimitRequest, UpdateKeyRequest, RotateRequest, KeyBody, KeyDetail, CreatedKeyBody,
         UsageBody, AuditEntryBody, ProblemBody, secret_scanning::LeakReportItem, secret_scanning::LeakFeedbackItem
     )),
     modifiers(&KeySchemes),
@@ -274,6 +284,37 @@ struct RotateRequest {
     grace_seconds: u64,
 }
 
+/// One key of `POST /admin/keys/import`: a key minted elsewhere, known by its hash.
+#[allow(dead_code)] // Documents the body; ImportedKey::from_json checks it.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ImportKeyRequest {
+    /// The SHA-256 of the whole key, 64 hex digits. Never the key itself.
+    #[schema(pattern = "^[0-9a-fA-F]{64}$")]
+    hash: String,
+    /// Who the key belongs to (1 to 200 characters).
+    consumer: String,
+    /// A name (1 to 200 characters).
+    name: Option<String>,
+    /// Scopes such as `orders:read` (at most 64).
+    scopes: Option<Vec<String>>,
+    /// When the key stops working: RFC 3339, in the future, within the maximum lifetime.
+    expires_at: Option<String>,
+    /// The key's rate limit; without one, the service's default applies.
+    rate_limit: Option<RateLimitRequest>,
+    /// Networks the key may be used from (at most 64); without them, anywhere.
+    allowed_ips: Option<Vec<String>>,
+}
+
+/// What `POST /admin/keys/import` stored.
+#[derive(Serialize, ToSchema)]
+struct ImportedBody {
+    /// How many keys were imported.
+    imported: usize,
+    /// Their new ids, in the order of the request.
+    ids: Vec<String>,
+}
+
 /// A key's record. Never the key.
 #[derive(Serialize, ToSchema)]
 struct KeyBody {
@@ -322,7 +363,7 @@ struct UsageBody {
 struct AuditEntryBody {
     at: String,
     /// `created`, `rotated`, `expired_by_rotation`, `revoked`, `expiry_changed`,
-    /// `scopes_changed`, `leaked`.
+    /// `scopes_changed`, `leaked`, `imported`.
     event: String,
     key_id: String,
     actor: String,
@@ -386,11 +427,18 @@ fn invalid(field: &str, detail: impl Into<String>) -> Problem {
 }
 
 fn store_error(e: StoreError) -> Problem {
-    match e {
+    match &e {
         StoreError::NotFound(_) => problem(StatusCode::NOT_FOUND, "no key with this id", None),
         StoreError::Invalid(detail) => problem(StatusCode::BAD_REQUEST, detail, None),
-        other => {
-            tracing::warn!(error = %other, "admin API: key store failed");
+        StoreError::DuplicateHash { index, .. } => {
+            let detail = e.to_string();
+            invalid(
+                &format!("[{index}].hash"),
+                format!("{detail}; nothing was imported"),
+            )
+        }
+        _ => {
+            tracing::warn!(error = %e, "admin API: key store failed");
             problem(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the key store is unavailable; try again shortly",
@@ -629,6 +677,81 @@ async fn create<S: KeyStore>(
             .await
             .map_err(store_error)?;
         Ok::<_, Problem>((StatusCode::CREATED, Json(created_body(&created))).into_response())
+    };
+    result.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+#[utoipa::path(post, path = "/admin/keys/import", request_body = Vec<ImportKeyRequest>,
+    description = "Imports keys minted elsewhere by their SHA-256, all or nothing: any bad or duplicate row (within the request or already stored) fails the whole import with 422 naming it, e.g. field `[3].hash`. At most 10 000 keys and 16 MiB.",
+    responses((status = 201, body = ImportedBody), (status = 400, body = ProblemBody), (status = 413, body = ProblemBody), (status = 422, body = ProblemBody)))]
+async fn import<S: KeyStore>(
+    State(store): State<CachedResolver<S>>,
+    Extension(admin): Extension<Authenticated>,
+    Extension(config): Extension<AdminConfig>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        let too_large = || {
+            problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "an import carries at most {MAX_IMPORT_KEYS} keys and {MAX_IMPORT_BYTES} bytes; \
+                     split it (each part is all or nothing)"
+                ),
+                None,
+            )
+        };
+        let body = body.map_err(|e| match e.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => too_large(),
+            status => problem(status, e.body_text(), None),
+        })?;
+        let value: Value = serde_json::from_slice(&body).map_err(|e| {
+            problem(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not valid JSON: {e}"),
+                None,
+            )
+        })?;
+        let Value::Array(rows) = value else {
+            return Err(problem(
+                StatusCode::BAD_REQUEST,
+                "the body must be a JSON array of keys",
+                None,
+            ));
+        };
+        if rows.len() > MAX_IMPORT_KEYS {
+            return Err(too_large());
+        }
+        let now = SystemTime::now();
+        let mut keys = Vec::with_capacity(rows.len());
+        for (index, row) in rows.iter().enumerate() {
+            let at = |field: &str| match field {
+                "" => format!("[{index}]"),
+                field => format!("[{index}].{field}"),
+            };
+            let mut key = ImportedKey::from_json(row)
+                .map_err(|e| invalid(&at(&e.field), format!("key {index}: {}", e.detail)))?;
+            // The lifetimes of new keys apply to imported ones: a default when none is
+            // given, and the maximum.
+            let asked = key
+                .expires_at
+                .map(|t| t.duration_since(now).unwrap_or_default());
+            let life = config
+                .lifetimes
+                .expires_in(asked)
+                .map_err(|e| invalid(&at("expires_at"), format!("key {index}: {e}")))?;
+            key.expires_at = life.map(|life| now + life);
+            keys.push(key);
+        }
+        let records = store
+            .import(keys, admin.key_id())
+            .await
+            .map_err(store_error)?;
+        let body = ImportedBody {
+            imported: records.len(),
+            ids: records.into_iter().map(|r| r.id).collect(),
+        };
+        Ok::<_, Problem>((StatusCode::CREATED, Json(body)).into_response())
     };
     result.await.unwrap_or_else(IntoResponse::into_response)
 }

@@ -50,6 +50,8 @@ pub(crate) struct Config {
     pub(crate) realm: Realm,
     pub(crate) allow_anonymous: bool,
     pub(crate) hide_credentials: bool,
+    /// Look up keys not of `format` too (see [`ApiKeyLayer::accept_foreign_keys`]).
+    pub(crate) accept_foreign_keys: bool,
     pub(crate) retry_after: Duration,
     /// Proxies whose `X-Forwarded-For` names the client (for keys with an allowlist).
     pub(crate) trusted_proxies: Arc<[ipnet::IpNet]>,
@@ -79,6 +81,7 @@ impl<R: KeyResolver> ApiKeyLayer<R> {
                     realm: Realm::default(),
                     allow_anonymous: false,
                     hide_credentials: false,
+                    accept_foreign_keys: false,
                     retry_after: DEFAULT_RETRY_AFTER,
                     trusted_proxies: Arc::new([]),
                 },
@@ -124,6 +127,34 @@ impl<R: KeyResolver, P: Responder> ApiKeyLayer<R, P> {
     /// and never reaches the inner service.
     pub fn trusted_proxies(mut self, proxies: impl IntoIterator<Item = ipnet::IpNet>) -> Self {
         self.config_mut().trusted_proxies = proxies.into_iter().collect();
+        self
+    }
+
+    /// Also accepts keys minted elsewhere and [imported](crate::KeyStore::import) by
+    /// their hash (off by default).
+    ///
+    /// With it, a presented key that does not [claim](KeyFormat::claims_bytes) this
+    /// layer's format (it does not start with the format's prefix and `_`) and is 1 to
+    /// [`MAX_FOREIGN_KEY_LEN`](crate::key::MAX_FOREIGN_KEY_LEN) bytes of visible ASCII is
+    /// hashed and looked up like any key; an unknown one is remembered as unknown by the
+    /// cache's negative TTL, like an unknown key of ours. A key that claims the format
+    /// is still checked by its checksum alone, with no lookup, and keys of the format
+    /// take exactly the path they take without this option. Choose a prefix that the
+    /// foreign keys do not start with.
+    ///
+    /// ```
+    /// use tower_api_key::{ApiKeyLayer, KeyHash, KeyStore, MemoryStore, store::ImportedKey};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let store = MemoryStore::new();
+    /// let legacy = "0b9c6e1e-5e37-4b7e-9f0e-8d4a0f3c2a11";
+    /// store.import(vec![ImportedKey::new(KeyHash::of(legacy), "acme")], "migration").await.unwrap();
+    /// let layer = ApiKeyLayer::new(store).accept_foreign_keys(true);
+    /// # let _ = layer;
+    /// # }
+    /// ```
+    pub fn accept_foreign_keys(mut self, accept: bool) -> Self {
+        self.config_mut().accept_foreign_keys = accept;
         self
     }
 

@@ -4,7 +4,9 @@
 //!
 //! 1. reads the key from the configured [`KeySource`] (default `Authorization: Bearer`);
 //! 2. checks its length, alphabet, prefix and checksum ([`KeyFormat::validate`](crate::KeyFormat::validate)),
-//!    with no allocation and no lookup, so garbage costs almost nothing;
+//!    with no allocation and no lookup, so garbage costs almost nothing (with
+//!    [`accept_foreign_keys`](ApiKeyLayer::accept_foreign_keys), a key that does not claim
+//!    the format is looked up as one minted elsewhere and imported by hash);
 //! 3. hashes it with SHA-256 and looks the hash up in the [`CachedResolver`](crate::CachedResolver)
 //!    (the only I/O on the path is a cache miss);
 //! 4. refuses revoked and expired records, whatever the cache says;

@@ -8,7 +8,12 @@
 //! apikey revoke <id>
 //! apikey rotate <id> [--grace 3600]
 //! apikey verify <key>
+//! apikey import keys.jsonl
 //! ```
+//!
+//! `import` reads keys minted elsewhere, one JSON object a line
+//! (`{"hash","consumer","name"?,"scopes"?,"expires_at"?,"rate_limit"?,"allowed_ips"?}`,
+//! `hash` being the hex SHA-256 of the key), and stores them all or none.
 //!
 //! Add `--json` for output that scripts read. Errors are one line on stderr and a
 //! non-zero exit code.
@@ -23,7 +28,8 @@ use tower_api_key::lifetime::{KeyLifetimes, parse_lifetime};
 use tower_api_key::ratelimit::{Limit, QuotaWindow};
 use tower_api_key::record::parse_network;
 
-use tower_api_key::store::{ListQuery, NewKey, PostgresStore, SqliteStore};
+use tower_api_key::StoreError;
+use tower_api_key::store::{ImportedKey, ListQuery, NewKey, PostgresStore, SqliteStore};
 use tower_api_key::{
     KeyFormat, KeyRecord, KeyResolver, KeyStatus, KeyStore, RateLimitPolicy, RateLimits, Scopes,
 };
@@ -109,6 +115,13 @@ enum Command {
     Verify {
         /// The key.
         key: String,
+    },
+    /// Import keys minted elsewhere by their SHA-256, all or none: FILE (`-`: standard
+    /// input) holds one JSON object a line, {"hash","consumer","name"?,"scopes"?,
+    /// "expires_at"?,"rate_limit"?,"allowed_ips"?}; blank lines are skipped.
+    Import {
+        /// The JSON lines file.
+        file: std::path::PathBuf,
     },
 }
 
@@ -296,6 +309,35 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 );
             }
         }
+        Command::Import { file } => {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())
+            } else {
+                std::fs::read_to_string(&file)
+            }
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+            let lifetimes = lifetimes(default_ttl.as_deref(), max_ttl.as_deref())?;
+            let (keys, lines) = import_rows(&text, &lifetimes)?;
+            let records = store.import(keys, "cli").await.map_err(|e| match e {
+                StoreError::DuplicateHash { index, earlier } => match earlier {
+                    Some(earlier) => format!(
+                        "line {}: the same hash as line {}; nothing was imported",
+                        lines[index], lines[earlier]
+                    ),
+                    None => format!(
+                        "line {}: a key with this hash is already stored; nothing was imported",
+                        lines[index]
+                    ),
+                },
+                other => other.to_string(),
+            })?;
+            if json_out {
+                let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
+                println!("{}", json!({ "imported": records.len(), "ids": ids }));
+            } else {
+                println!("imported {} keys", records.len());
+            }
+        }
         Command::Verify { key } => {
             let (valid, reason, record) = verify(&store, &key).await?;
             if json_out {
@@ -314,6 +356,37 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The keys of a JSON lines file, and the line number of each; the first bad line is
+/// an error naming it, and then nothing is imported.
+fn import_rows(
+    text: &str,
+    lifetimes: &KeyLifetimes,
+) -> Result<(Vec<ImportedKey>, Vec<usize>), String> {
+    let now = SystemTime::now();
+    let mut keys = Vec::new();
+    let mut lines = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let fail = |detail: String| format!("line {n}: {detail}; nothing was imported");
+        let value: Value =
+            serde_json::from_str(line).map_err(|e| fail(format!("not valid JSON ({e})")))?;
+        let mut key = ImportedKey::from_json(&value).map_err(|e| fail(e.to_string()))?;
+        let asked = key
+            .expires_at
+            .map(|t| t.duration_since(now).unwrap_or_default());
+        let life = lifetimes
+            .expires_in(asked)
+            .map_err(|e| fail(format!("expires_at: {e}")))?;
+        key.expires_at = life.map(|life| now + life);
+        keys.push(key);
+        lines.push(n);
+    }
+    Ok((keys, lines))
 }
 
 /// Whether `key` works, and if not, why.

@@ -8,9 +8,9 @@ use super::{KeyResolver, ResolveError};
 use crate::key::{KeyFormat, KeyHash};
 use crate::record::{KeyRecord, Scopes, generate_key_id};
 use crate::store::{
-    AuditEntry, AuditEvent, ChangeFeed, ChangeKind, Changes, CreatedKey, DEFAULT_CHANGE_RETENTION,
-    KeyChange, KeyStore, ListQuery, NewKey, Page, StoreError, Usage, UsageDelta, Wakeups,
-    cursor_of, grace_end, parse_cursor,
+    AuditEntry, AuditEvent, BatchHashes, ChangeFeed, ChangeKind, Changes, CreatedKey,
+    DEFAULT_CHANGE_RETENTION, ImportedKey, KeyChange, KeyStore, ListQuery, NewKey, Page,
+    StoreError, Usage, UsageDelta, Wakeups, cursor_of, grace_end, parse_cursor,
 };
 
 /// Key records, usage and the audit log in memory: for tests, examples and small
@@ -200,6 +200,34 @@ impl KeyStore for MemoryStore {
         records.log(record.created_at, AuditEvent::Created, &record.id, actor);
         records.changed(record.created_at, &record, ChangeKind::Created);
         Ok(CreatedKey { key, record })
+    }
+
+    async fn import(
+        &self,
+        keys: Vec<ImportedKey>,
+        actor: &str,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        let now = SystemTime::now();
+        // One write lock for the checks and the inserts: all or nothing.
+        let mut records = self.write();
+        let mut batch = BatchHashes::default();
+        for (index, key) in keys.iter().enumerate() {
+            if records.by_hash.contains_key(&key.hash) {
+                return Err(StoreError::DuplicateHash {
+                    index,
+                    earlier: None,
+                });
+            }
+            batch.add(index, key.hash)?;
+        }
+        let mut imported = Vec::with_capacity(keys.len());
+        for key in keys {
+            let record = records.add(key.into_record(now));
+            records.log(now, AuditEvent::Imported, &record.id, actor);
+            records.changed(now, &record, ChangeKind::Created);
+            imported.push(record);
+        }
+        Ok(imported)
     }
 
     async fn get(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {

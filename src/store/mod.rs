@@ -29,6 +29,8 @@
 pub mod changes;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod codec;
+#[cfg(any(feature = "admin", feature = "cli"))]
+mod import;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
@@ -37,6 +39,8 @@ mod sql;
 mod sqlite;
 
 pub use changes::{ChangeFeed, ChangeKind, Changes, DEFAULT_CHANGE_RETENTION, KeyChange, Wakeups};
+#[cfg(any(feature = "admin", feature = "cli"))]
+pub use import::{IMPORT_FIELDS, InvalidImportRow};
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresStore, PostgresStoreBuilder};
 #[cfg(feature = "sqlite")]
@@ -47,7 +51,7 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
-use crate::key::ApiKey;
+use crate::key::{ApiKey, KeyHash};
 use crate::ratelimit::RateLimits;
 use crate::record::{KeyRecord, Scopes};
 use crate::resolve::{CachedResolver, KeyResolver, ResolveError};
@@ -146,6 +150,133 @@ impl NewKey {
         record.metadata = self.metadata;
         record.allowed_ips = self.allowed_ips;
         record
+    }
+}
+
+/// The [`start`](KeyRecord::start) of an imported key unless one is given: no part of a
+/// key minted elsewhere is known, only its hash.
+pub const IMPORTED_START: &str = "imported";
+
+/// A key minted elsewhere, to [import](KeyStore::import) by its SHA-256 hash. The key
+/// itself is never known to the store; whoever holds it can use it as soon as it is
+/// imported (with [`ApiKeyLayer::accept_foreign_keys`](crate::ApiKeyLayer::accept_foreign_keys)
+/// if it is not in this crate's format).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ImportedKey {
+    /// SHA-256 of the whole key, as [`KeyHash::of`] computes it.
+    pub hash: KeyHash,
+    /// What lists show in place of the key's start (default [`IMPORTED_START`]).
+    pub start: String,
+    /// Who the key belongs to.
+    pub consumer: String,
+    /// A human-readable name.
+    pub name: String,
+    /// What it may do.
+    pub scopes: Scopes,
+    /// When it stops working, if ever.
+    pub expires_at: Option<SystemTime>,
+    /// Its rate-limit policies (empty: the layer's default).
+    pub rate_limits: RateLimits,
+    /// Free-form metadata.
+    pub metadata: BTreeMap<String, String>,
+    /// The networks it may be used from (empty: anywhere).
+    pub allowed_ips: Vec<ipnet::IpNet>,
+}
+
+impl ImportedKey {
+    /// The key with this hash, for `consumer`, with no name, scopes, expiry, policies,
+    /// metadata or allowlist, shown as [`IMPORTED_START`].
+    pub fn new(hash: KeyHash, consumer: impl Into<String>) -> Self {
+        Self {
+            hash,
+            start: IMPORTED_START.to_owned(),
+            consumer: consumer.into(),
+            name: String::new(),
+            scopes: Scopes::empty(),
+            expires_at: None,
+            rate_limits: RateLimits::default(),
+            metadata: BTreeMap::new(),
+            allowed_ips: Vec::new(),
+        }
+    }
+
+    /// Sets what lists show in place of the key's start. Give only what is public
+    /// about the key (its prefix, say), never the key.
+    pub fn with_start(mut self, start: impl Into<String>) -> Self {
+        self.start = start.into();
+        self
+    }
+
+    /// Sets the name.
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Sets the scopes.
+    pub fn with_scopes(mut self, scopes: Scopes) -> Self {
+        self.scopes = scopes;
+        self
+    }
+
+    /// Sets the expiry time.
+    pub fn with_expires_at(mut self, at: SystemTime) -> Self {
+        self.expires_at = Some(at);
+        self
+    }
+
+    /// Sets the rate-limit policies.
+    pub fn with_rate_limits(mut self, limits: impl Into<RateLimits>) -> Self {
+        self.rate_limits = limits.into();
+        self
+    }
+
+    /// Adds a metadata entry.
+    pub fn with_metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// Sets the networks the key may be used from (empty: anywhere).
+    pub fn with_allowed_ips(mut self, networks: impl IntoIterator<Item = ipnet::IpNet>) -> Self {
+        self.allowed_ips = networks.into_iter().collect();
+        self
+    }
+
+    /// The record for this key, with a fresh id, created at `now`.
+    pub(crate) fn into_record(self, now: SystemTime) -> KeyRecord {
+        KeyRecord {
+            id: crate::record::generate_key_id(),
+            hash: self.hash,
+            start: self.start,
+            consumer: self.consumer,
+            name: self.name,
+            scopes: self.scopes,
+            created_at: now,
+            expires_at: self.expires_at,
+            revoked_at: None,
+            metadata: self.metadata,
+            rate_limits: self.rate_limits,
+            allowed_ips: self.allowed_ips,
+        }
+    }
+}
+
+/// Remembers the hashes of an import batch: `Err` names the row whose hash an earlier
+/// row already has.
+#[derive(Default)]
+pub(crate) struct BatchHashes(std::collections::HashMap<KeyHash, usize>);
+
+impl BatchHashes {
+    pub(crate) fn add(&mut self, index: usize, hash: KeyHash) -> Result<(), StoreError> {
+        match self.0.insert(hash, index) {
+            Some(earlier) => Err(StoreError::DuplicateHash {
+                index,
+                earlier: Some(earlier),
+            }),
+            None => Ok(()),
+        }
     }
 }
 
@@ -268,6 +399,8 @@ pub enum AuditEvent {
     ExpiryChanged,
     /// The key's scopes were changed.
     ScopesChanged,
+    /// The key was minted elsewhere and imported by its hash ([`KeyStore::import`]).
+    Imported,
     /// The key was reported leaked (by a secret scanner, such as GitHub's): where it
     /// was found. Never the key itself. When the report revoked the key, a
     /// [`Revoked`](Self::Revoked) entry follows.
@@ -283,7 +416,7 @@ pub enum AuditEvent {
 
 impl AuditEvent {
     /// A stable snake_case name: `created`, `rotated`, `expired_by_rotation`, `revoked`,
-    /// `expiry_changed`, `scopes_changed`, `leaked`.
+    /// `expiry_changed`, `scopes_changed`, `leaked`, `imported`.
     pub fn name(&self) -> &'static str {
         match self {
             Self::Created => "created",
@@ -293,6 +426,7 @@ impl AuditEvent {
             Self::ExpiryChanged => "expiry_changed",
             Self::ScopesChanged => "scopes_changed",
             Self::Leaked { .. } => "leaked",
+            Self::Imported => "imported",
         }
     }
 }
@@ -320,9 +454,26 @@ pub enum StoreError {
     /// The request is not valid (for example a malformed cursor).
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// An [import](KeyStore::import) was refused, and nothing imported, because row
+    /// `index` (from 0) has a hash that is already stored or, with `earlier`, the hash
+    /// of an earlier row of the batch.
+    #[error("{}", duplicate_message(*.index, *.earlier))]
+    DuplicateHash {
+        /// The row, from 0.
+        index: usize,
+        /// The earlier row with the same hash, if the duplicate is within the batch.
+        earlier: Option<usize>,
+    },
     /// The backend failed.
     #[error("key store error: {0}")]
     Backend(#[source] Box<dyn StdError + Send + Sync>),
+}
+
+fn duplicate_message(index: usize, earlier: Option<usize>) -> String {
+    match earlier {
+        Some(earlier) => format!("import row {index}: the same key hash as row {earlier}"),
+        None => format!("import row {index}: a key with this hash is already stored"),
+    }
 }
 
 impl From<StoreError> for ResolveError {
@@ -397,6 +548,17 @@ pub trait KeyStore: KeyResolver {
         revoke: bool,
         actor: &str,
     ) -> Result<KeyRecord, StoreError>;
+
+    /// Stores keys minted elsewhere, by their hashes, all or nothing: if any row's hash
+    /// is already stored or repeats an earlier row's, nothing is imported and the error
+    /// ([`StoreError::DuplicateHash`]) names the row. Each imported key gets a fresh id,
+    /// an [`AuditEvent::Imported`] entry by `actor` and a
+    /// [`ChangeKind::Created`] change. Returns the records in the order of `keys`.
+    async fn import(
+        &self,
+        keys: Vec<ImportedKey>,
+        actor: &str,
+    ) -> Result<Vec<KeyRecord>, StoreError>;
 }
 
 #[async_trait::async_trait]
@@ -455,6 +617,13 @@ impl<T: KeyStore + ?Sized> KeyStore for std::sync::Arc<T> {
         actor: &str,
     ) -> Result<KeyRecord, StoreError> {
         (**self).report_leak(id, url, source, revoke, actor).await
+    }
+    async fn import(
+        &self,
+        keys: Vec<ImportedKey>,
+        actor: &str,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        (**self).import(keys, actor).await
     }
 }
 
@@ -548,6 +717,20 @@ impl<S: KeyStore> KeyStore for CachedResolver<S> {
             self.invalidate(&record.hash).await;
         }
         Ok(record)
+    }
+
+    async fn import(
+        &self,
+        keys: Vec<ImportedKey>,
+        actor: &str,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        let records = self.resolver().import(keys, actor).await?;
+        // A request may have cached "unknown" for these hashes: a key used before it
+        // was imported must work the moment the import returns.
+        for record in &records {
+            self.invalidate(&record.hash).await;
+        }
+        Ok(records)
     }
 }
 

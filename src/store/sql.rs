@@ -36,16 +36,18 @@ macro_rules! sql_key_store {
         record_from_row(&row)
     }
 
+    /// Inserts `record`, drawing another id on an id collision. `Ok(false)`: a record
+    /// with its hash is already stored, and nothing was inserted.
     async fn insert_in(
         tx: &mut Transaction<'_, $db>,
         record: &mut KeyRecord,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         loop {
             let result = sqlx::query(
                 "INSERT INTO api_keys (id, hash, start, consumer, name, scopes, created_at, \
                  expires_at, revoked_at, rate_limits, metadata, allowed_ips) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-                 ON CONFLICT (id) DO NOTHING",
+                 ON CONFLICT DO NOTHING",
             )
             .bind(&record.id)
             .bind(&record.hash.as_bytes()[..])
@@ -63,7 +65,16 @@ macro_rules! sql_key_store {
             .await
             .map_err(backend)?;
             if result.rows_affected() == 1 {
-                return Ok(());
+                return Ok(true);
+            }
+            let hash_taken: Option<i64> =
+                sqlx::query_scalar("SELECT CAST(1 AS BIGINT) FROM api_keys WHERE hash = $1")
+                    .bind(&record.hash.as_bytes()[..])
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .map_err(backend)?;
+            if hash_taken.is_some() {
+                return Ok(false);
             }
             // An id collision (128 random bits: in theory only): draw another.
             record.id = generate_key_id();
@@ -111,10 +122,24 @@ macro_rules! sql_key_store {
         record: &KeyRecord,
         kind: ChangeKind,
     ) -> Result<(), StoreError> {
+        Self::changed_many_in(tx, retention, at, std::slice::from_ref(record), kind).await
+    }
+
+    /// `changed_in` for several records, pruning and waking once.
+    async fn changed_many_in(
+        tx: &mut Transaction<'_, $db>,
+        retention: Duration,
+        at: SystemTime,
+        records: &[KeyRecord],
+        kind: ChangeKind,
+    ) -> Result<(), StoreError> {
         // From here to the commit, no other writer appends: sequences become visible
         // in the order they were handed out, so a reader never skips one.
         Self::serialize_changes_in(tx).await?;
-        sqlx::query("INSERT INTO api_key_changes (at, key_id, hash, kind) VALUES ($1, $2, $3, $4)")
+        for record in records {
+            sqlx::query(
+                "INSERT INTO api_key_changes (at, key_id, hash, kind) VALUES ($1, $2, $3, $4)",
+            )
             .bind(time_to_sql(at))
             .bind(&record.id)
             .bind(&record.hash.as_bytes()[..])
@@ -122,6 +147,7 @@ macro_rules! sql_key_store {
             .execute(&mut **tx)
             .await
             .map_err(backend)?;
+        }
         if let Some(cutoff) = SystemTime::now().checked_sub(retention) {
             let through: Option<i64> =
                 sqlx::query_scalar("SELECT MAX(seq) FROM api_key_changes WHERE at < $1")
@@ -147,6 +173,12 @@ macro_rules! sql_key_store {
         Self::wake_in(tx).await
     }
         }
+
+/// A freshly generated key whose hash is already stored: 256 random bits make it
+/// impossible in practice; a broken random source would make it happen.
+fn generated_hash_taken() -> StoreError {
+    StoreError::Backend("a newly generated key's hash is already stored".into())
+}
 
 fn change_from_row(row: &$row) -> Result<KeyChange, StoreError> {
     let hash: Vec<u8> = row.try_get("hash").map_err(backend)?;
@@ -262,7 +294,9 @@ impl KeyStore for $store {
         let key = self.format.generate();
         let mut record = new.into_record(&key);
         let mut tx = self.pool.begin().await.map_err(backend)?;
-        Self::insert_in(&mut tx, &mut record).await?;
+        if !Self::insert_in(&mut tx, &mut record).await? {
+            return Err(generated_hash_taken());
+        }
         Self::log_in(
             &mut tx,
             record.created_at,
@@ -359,7 +393,9 @@ impl KeyStore for $store {
             .await
             .map_err(backend)?;
         let mut record = new.into_record(&key);
-        Self::insert_in(&mut tx, &mut record).await?;
+        if !Self::insert_in(&mut tx, &mut record).await? {
+            return Err(generated_hash_taken());
+        }
         let rotated = AuditEvent::Rotated {
             new_key_id: record.id.clone(),
         };
@@ -494,6 +530,36 @@ impl KeyStore for $store {
         Ok(record)
     }
 
+    async fn import(
+        &self,
+        keys: Vec<$crate::store::ImportedKey>,
+        actor: &str,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        let now = SystemTime::now();
+        let mut batch = $crate::store::BatchHashes::default();
+        let mut records = Vec::with_capacity(keys.len());
+        // One transaction: any error drops it, and with it every row inserted so far.
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        for (index, key) in keys.into_iter().enumerate() {
+            batch.add(index, key.hash)?;
+            let mut record = key.into_record(now);
+            if !Self::insert_in(&mut tx, &mut record).await? {
+                return Err(StoreError::DuplicateHash {
+                    index,
+                    earlier: None,
+                });
+            }
+            Self::log_in(&mut tx, now, &AuditEvent::Imported, &record.id, actor).await?;
+            records.push(record);
+        }
+        if !records.is_empty() {
+            Self::changed_many_in(&mut tx, self.retention, now, &records, ChangeKind::Created)
+                .await?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(records)
+    }
+
     async fn audit(&self, key_id: Option<&str>) -> Result<Vec<AuditEntry>, StoreError> {
         let rows = sqlx::query(
             "SELECT at, event, key_id, actor, detail, url, source FROM api_key_audit \
@@ -514,6 +580,7 @@ impl KeyStore for $store {
                     ("revoked", _) => AuditEvent::Revoked,
                     ("expiry_changed", _) => AuditEvent::ExpiryChanged,
                     ("scopes_changed", _) => AuditEvent::ScopesChanged,
+                    ("imported", _) => AuditEvent::Imported,
                     ("leaked", _) => AuditEvent::Leaked {
                         url: row
                             .try_get::<Option<String>, _>("url")

@@ -3,7 +3,9 @@
 use std::time::{Duration, SystemTime};
 
 use tower_api_key::ratelimit::QuotaWindow;
-use tower_api_key::store::{AuditEvent, ListQuery, NewKey, UsageDelta};
+use tower_api_key::store::{
+    AuditEvent, IMPORTED_START, ImportedKey, ListQuery, NewKey, UsageDelta,
+};
 use tower_api_key::{
     KeyHash, KeyStatus, KeyStore, RateLimitPolicy, RateLimits, Scopes, StoreError,
 };
@@ -24,6 +26,8 @@ where
     expiry_scopes_usage_and_audit(&store, &mut secrets).await;
     concurrent_creates_get_unique_ids(&store, &mut secrets).await;
     leak_reports(&store, &mut secrets).await;
+    imports_by_hash(&store).await;
+    imports_all_or_nothing(&store).await;
     let everything = dump().await;
     for secret in &secrets {
         let body = &secret[secret.len() - 40..];
@@ -375,4 +379,156 @@ async fn leak_reports<S: KeyStore>(store: &S, secrets: &mut Vec<String>) {
         store.audit(Some("key_missing")).await.unwrap().is_empty(),
         "a failed report leaves no trace"
     );
+}
+
+/// A random foreign key (a UUID-like text), never seen before.
+fn foreign_key() -> String {
+    let id = tower_api_key::record::generate_key_id();
+    format!("doda_{}", &id[4..])
+}
+
+/// Imported keys resolve by their hash, with what went in, a fresh id each, the
+/// `imported` start and an `imported` audit entry by the actor.
+async fn imports_by_hash<S: KeyStore>(store: &S) {
+    let (a, b) = (foreign_key(), foreign_key());
+    let expires = SystemTime::UNIX_EPOCH + Duration::from_secs(4_000_000_000);
+    // Asked for before the import: unknown (and, through a cache, remembered so).
+    assert!(store.resolve(&KeyHash::of(&a)).await.unwrap().is_none());
+    let imported = store
+        .import(
+            vec![
+                ImportedKey::new(KeyHash::of(&a), "legacy")
+                    .with_name("old system")
+                    .with_scopes(Scopes::parse(["orders:read"]).unwrap())
+                    .with_expires_at(expires)
+                    .with_rate_limits(limits())
+                    .with_allowed_ips(["10.0.0.0/8".parse().unwrap()]),
+                ImportedKey::new(KeyHash::of(&b), "legacy").with_start("doda_"),
+            ],
+            "admin-key",
+        )
+        .await
+        .unwrap();
+    assert_eq!(imported.len(), 2);
+    assert_ne!(imported[0].id, imported[1].id);
+    let first = &imported[0];
+    assert_eq!(first.hash, KeyHash::of(&a));
+    assert_eq!(first.start, IMPORTED_START);
+    assert_eq!(first.consumer, "legacy");
+    assert_eq!(first.name, "old system");
+    assert!(first.scopes.grants("orders:read"));
+    assert_eq!(first.expires_at, Some(expires));
+    assert_eq!(first.rate_limits, limits());
+    assert_eq!(
+        first.allowed_ips,
+        ["10.0.0.0/8".parse::<ipnet::IpNet>().unwrap()]
+    );
+    assert_eq!(first.status(SystemTime::now()), KeyStatus::Active);
+    assert_eq!(imported[1].start, "doda_");
+    assert_eq!(
+        store.resolve(&KeyHash::of(&a)).await.unwrap().as_ref(),
+        Some(first),
+        "an imported key resolves by its hash at once"
+    );
+    assert_eq!(
+        store.get(&imported[1].id).await.unwrap().as_ref(),
+        Some(&imported[1])
+    );
+    for record in &imported {
+        let log = store.audit(Some(&record.id)).await.unwrap();
+        assert_eq!(log.len(), 1);
+        assert_eq!(log[0].event, AuditEvent::Imported);
+        assert_eq!(log[0].event.name(), "imported");
+        assert_eq!(log[0].actor, "admin-key");
+    }
+    // An imported key is managed like any other.
+    store.revoke(&first.id, "admin-key").await.unwrap();
+    assert_eq!(
+        store
+            .resolve(&first.hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .status(SystemTime::now()),
+        KeyStatus::Revoked
+    );
+    // An empty import imports nothing and is no error.
+    assert!(
+        store
+            .import(Vec::new(), "admin-key")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// A hash already stored, or twice in the batch, fails the whole import, naming the row.
+async fn imports_all_or_nothing<S: KeyStore>(store: &S) {
+    let stored = store.create(NewKey::new("acme"), "cli").await.unwrap();
+    let consumer = format!("atomic-{}", &tower_api_key::record::generate_key_id()[4..]);
+    let (a, b, c) = (foreign_key(), foreign_key(), foreign_key());
+    let row = |k: &str| ImportedKey::new(KeyHash::of(k), consumer.as_str());
+    let audit_before = store.audit(None).await.unwrap().len();
+
+    let err = store
+        .import(
+            vec![row(&a), row(&b), ImportedKey::new(stored.record.hash, "x")],
+            "admin-key",
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::DuplicateHash {
+                index: 2,
+                earlier: None
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("row 2"), "{err}");
+
+    let err = store
+        .import(vec![row(&a), row(&b), row(&c), row(&b)], "admin-key")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::DuplicateHash {
+                index: 3,
+                earlier: Some(1)
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("row 3"), "{err}");
+
+    for k in [&a, &b, &c] {
+        assert!(
+            store.resolve(&KeyHash::of(k)).await.unwrap().is_none(),
+            "a failed import leaves nothing behind"
+        );
+    }
+    let page = store
+        .list(&ListQuery::default().consumer(consumer.as_str()))
+        .await
+        .unwrap();
+    assert!(page.records.is_empty());
+    assert_eq!(store.audit(None).await.unwrap().len(), audit_before);
+    // The same rows, without the duplicate, import.
+    let ok = store
+        .import(vec![row(&a), row(&b), row(&c)], "admin-key")
+        .await
+        .unwrap();
+    assert_eq!(ok.len(), 3);
+    // And now they are stored: importing one again fails.
+    assert!(matches!(
+        store.import(vec![row(&c)], "admin-key").await,
+        Err(StoreError::DuplicateHash {
+            index: 0,
+            earlier: None
+        })
+    ));
 }

@@ -3,7 +3,9 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use tower_api_key::store::{ChangeFeed, ChangeKind, Changes, KeyChange, NewKey, UsageDelta};
+use tower_api_key::store::{
+    ChangeFeed, ChangeKind, Changes, ImportedKey, KeyChange, NewKey, UsageDelta,
+};
 use tower_api_key::{CachedResolver, KeyHash, KeyStore, Scopes, StoreError};
 
 /// The changes after `after`, which must not be a gap.
@@ -263,5 +265,39 @@ pub(crate) async fn a_leak_revocation_is_logged<S: KeyStore + ChangeFeed>(store:
     assert_eq!(
         kinds(&after(store, start).await),
         [(ChangeKind::Revoked, a.record.hash)]
+    );
+}
+
+/// An import logs a `created` change for each imported key, in the order of the rows;
+/// a failed import logs nothing.
+pub(crate) async fn an_import_is_logged<S: KeyStore + ChangeFeed>(store: &S) {
+    let start = store.last_seq().await.unwrap();
+    let hashes: Vec<KeyHash> = (0..3)
+        .map(|i| KeyHash::of(&format!("doda_feed_{i}_{start}")))
+        .collect();
+    let rows = |h: &[KeyHash]| h.iter().map(|&h| ImportedKey::new(h, "legacy")).collect();
+    let records = store.import(rows(&hashes), "admin").await.unwrap();
+    let changes = after(store, start).await;
+    assert_eq!(
+        kinds(&changes),
+        hashes
+            .iter()
+            .map(|&h| (ChangeKind::Created, h))
+            .collect::<Vec<_>>()
+    );
+    let ids: Vec<&str> = changes.iter().map(|c| c.key_id.as_str()).collect();
+    let want: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, want);
+    let seq = store.last_seq().await.unwrap();
+    let fresh = KeyHash::of(&format!("doda_feed_fresh_{start}"));
+    assert!(
+        store
+            .import(rows(&[fresh, hashes[0]]), "admin")
+            .await
+            .is_err()
+    );
+    assert!(
+        after(store, seq).await.is_empty(),
+        "a failed import logs nothing"
     );
 }
