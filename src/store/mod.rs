@@ -29,6 +29,7 @@
 pub mod changes;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod codec;
+pub mod outbox;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
@@ -37,6 +38,10 @@ mod sql;
 mod sqlite;
 
 pub use changes::{ChangeFeed, ChangeKind, Changes, DEFAULT_CHANGE_RETENTION, KeyChange, Wakeups};
+pub use outbox::{
+    Attempt, DEFAULT_OUTBOX_RETENTION, Delivery, DeliveryState, EventData, EventType, KeyEvent,
+    WebhookOutbox,
+};
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresStore, PostgresStoreBuilder};
 #[cfg(feature = "sqlite")]
