@@ -546,6 +546,9 @@ impl WebhookOutbox for MemoryStore {
                 entry.last_attempt_at = Some(*at);
                 entry.delivered_at = Some(*at);
             }
+            // A late failure (its lease ran out and another attempt settled the event)
+            // changes nothing.
+            Attempt::Failed { .. } if entry.state != DeliveryState::Pending => {}
             Attempt::Failed {
                 at,
                 status,
