@@ -11,6 +11,7 @@
 //! | `POST /admin/keys/{id}/rotate` `{"grace_seconds"}` | rotate | 201 with the new key |
 //! | `GET /admin/keys/{id}/usage` | usage | 200 `{"requests","rejected","last_used_at"}` |
 //! | `GET /admin/audit[?key_id=…]` | audit log | 200 `[{"at","event","key_id","actor"}]`, `leaked` entries with `url` and `source` |
+//! | `GET /admin/webhooks/deliveries[?limit=…]` | the webhook delivery log, newest first (with [`AdminConfig::webhook_deliveries`]) | 200 `[{"id","type","key_id","state","attempts",…}]`, 404 without webhooks |
 //! | `GET /admin/` | the web dashboard (asks for an admin key) | 200 HTML |
 //! | `GET /admin/openapi.json` | this API's OpenAPI 3.1 document | 200 JSON |
 //!
@@ -49,7 +50,9 @@ use crate::lifetime::KeyLifetimes;
 use crate::ratelimit::{RateLimitPolicy, RateLimits};
 use crate::record::{Authenticated, KeyRecord, Scope, Scopes};
 use crate::resolve::CachedResolver;
-use crate::store::{AuditEntry, AuditEvent, KeyStore, ListQuery, NewKey, StoreError};
+use crate::store::{
+    AuditEntry, AuditEvent, Delivery, KeyStore, ListQuery, NewKey, StoreError, WebhookOutbox,
+};
 
 pub mod secret_scanning;
 
@@ -66,11 +69,23 @@ const MAX_EXPIRES_IN: u64 = 10 * 365 * 86_400;
 /// The longest rotation grace period: thirty days.
 const MAX_GRACE: u64 = 30 * 86_400;
 
-/// Settings of the admin API: for now, the [lifetimes](KeyLifetimes) of new keys.
+/// Settings of the admin API: the [lifetimes](KeyLifetimes) of new keys, and the
+/// webhook outbox whose delivery log it shows.
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct AdminConfig {
     lifetimes: KeyLifetimes,
+    deliveries: Option<Outbox>,
+}
+
+/// The outbox behind `GET /admin/webhooks/deliveries`.
+#[derive(Clone)]
+struct Outbox(std::sync::Arc<dyn WebhookOutbox>);
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WebhookOutbox")
+    }
 }
 
 impl AdminConfig {
@@ -84,6 +99,13 @@ impl AdminConfig {
     /// expiry or to none, is refused with 422 naming `expires_in_seconds`.
     pub fn lifetimes(mut self, lifetimes: KeyLifetimes) -> Self {
         self.lifetimes = lifetimes;
+        self
+    }
+
+    /// Shows `outbox`'s delivery log at `GET /admin/webhooks/deliveries` (without it,
+    /// that path answers 404). Pass the store the webhook deliverer reads.
+    pub fn webhook_deliveries(mut self, outbox: impl WebhookOutbox) -> Self {
+        self.deliveries = Some(Outbox(std::sync::Arc::new(outbox)));
         self
     }
 }
@@ -121,6 +143,7 @@ pub fn router_with<S: KeyStore>(cache: CachedResolver<S>, config: AdminConfig) -
         .route("/admin/keys/{id}/rotate", post(rotate::<S>))
         .route("/admin/keys/{id}/usage", get(usage::<S>))
         .route("/admin/audit", get(audit::<S>))
+        .route("/admin/webhooks/deliveries", get(deliveries))
         .layer(Extension(config))
         .layer(RequireScopeLayer::new([Scope::from_static("admin")]))
         .layer(auth)
@@ -168,10 +191,10 @@ async fn openapi_json() -> Response {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "tower-api-key admin API", description = "Manage API keys: create, list, revoke, rotate, usage, audit."),
-    paths(create, list, show, update, revoke, rotate, usage, audit, secret_scanning::report),
+    paths(create, list, show, update, revoke, rotate, usage, audit, deliveries, secret_scanning::report),
     components(schemas(
         CreateKeyRequest, RateLimitRequest, UpdateKeyRequest, RotateRequest, KeyBody, KeyDetail, CreatedKeyBody,
-        UsageBody, AuditEntryBody, ProblemBody, secret_scanning::LeakReportItem, secret_scanning::LeakFeedbackItem
+        UsageBody, AuditEntryBody, DeliveryBody, ProblemBody, secret_scanning::LeakReportItem, secret_scanning::LeakFeedbackItem
     )),
     modifiers(&KeySchemes),
     security(("bearer" = []), ("api_key" = []))
@@ -820,6 +843,80 @@ fn audit_body(e: &AuditEntry) -> AuditEntryBody {
         actor: e.actor.clone(),
         url,
         source,
+    }
+}
+
+/// One webhook event of the delivery log.
+#[derive(Serialize, ToSchema)]
+struct DeliveryBody {
+    /// The message id: the `webhook-id` header, the same on every attempt.
+    id: String,
+    /// `key.created`, `key.rotated`, `key.revoked`, `key.expiring`, `key.expired`,
+    /// `key.leaked`.
+    r#type: String,
+    key_id: String,
+    /// When the event happened.
+    at: String,
+    /// `pending`, `delivered` or `failed` (given up after the retry window).
+    state: String,
+    attempts: u32,
+    /// The receiver's last status, if it answered.
+    last_status: Option<u16>,
+    /// Why the last attempt failed.
+    last_error: Option<String>,
+    last_attempt_at: Option<String>,
+    /// When a pending event is tried next.
+    next_attempt_at: Option<String>,
+    delivered_at: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeliveriesParams {
+    limit: Option<usize>,
+}
+
+#[utoipa::path(get, path = "/admin/webhooks/deliveries",
+    params(("limit" = Option<usize>, Query, description = "At most this many (1 to 1000, default 100)")),
+    responses((status = 200, body = Vec<DeliveryBody>), (status = 404, description = "Webhooks are not configured", body = ProblemBody)))]
+async fn deliveries(
+    Extension(config): Extension<AdminConfig>,
+    params: Result<Query<DeliveriesParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(params)) = params else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "the only query parameter is limit, a number",
+            None,
+        )
+        .into_response();
+    };
+    let limit = params.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return invalid("limit", "limit must be between 1 and 1000").into_response();
+    }
+    let Some(Outbox(outbox)) = &config.deliveries else {
+        return problem(StatusCode::NOT_FOUND, "webhooks are not configured", None).into_response();
+    };
+    match outbox.deliveries(limit).await {
+        Ok(log) => Json(log.iter().map(delivery_body).collect::<Vec<_>>()).into_response(),
+        Err(e) => store_error(e).into_response(),
+    }
+}
+
+fn delivery_body(d: &Delivery) -> DeliveryBody {
+    DeliveryBody {
+        id: d.id.clone(),
+        r#type: d.event_type.name().to_owned(),
+        key_id: d.key_id.clone(),
+        at: rfc3339(d.at),
+        state: d.state.name().to_owned(),
+        attempts: d.attempts,
+        last_status: d.last_status,
+        last_error: d.last_error.clone(),
+        last_attempt_at: d.last_attempt_at.map(rfc3339),
+        next_attempt_at: d.next_attempt_at.map(rfc3339),
+        delivered_at: d.delivered_at.map(rfc3339),
     }
 }
 
