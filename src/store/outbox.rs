@@ -396,6 +396,7 @@ pub(crate) fn data_from_json(text: &str) -> Result<EventData, StoreError> {
 
 /// RFC 3339 UTC with nanoseconds, `1970-01-01T00:00:00.000000000Z` (times before 1970
 /// read as 1970).
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "webhooks", test))]
 pub(crate) fn rfc3339(t: SystemTime) -> String {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
@@ -433,6 +434,7 @@ pub(crate) fn parse_rfc3339(s: &str) -> Option<SystemTime> {
 }
 
 /// Howard Hinnant's `civil_from_days`: the proleptic Gregorian date of a day number.
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "webhooks", test))]
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
