@@ -19,6 +19,10 @@
 //! - `ACCEPT_FOREIGN_KEYS` (`true` or `false`, default `false`): also accept keys not in
 //!   this server's format, minted elsewhere and imported by hash through
 //!   `POST /admin/keys/import`; keys of our format keep their checksum check.
+//! - `WEBHOOK_URL` (an `http://` URL) and `WEBHOOK_SECRET` (`whsec_<base64>`; both or
+//!   neither): Standard Webhooks deliveries of `key.created`, `key.rotated`,
+//!   `key.revoked`, `key.expiring` (`KEY_EXPIRING_NOTICE` ahead, default `7d`),
+//!   `key.expired` and `key.leaked`; `GET /admin/webhooks/deliveries` shows them.
 //! - `CACHE_TTL` (default `30s`), `CACHE_STALE` (default `10m`; `0` turns it off) and
 //!   `STORE_TIMEOUT` (default `2s`): how long a cached key is fresh, how long past that it
 //!   is still served while the store fails, and how long a store call may take
@@ -60,8 +64,10 @@ use tower_api_key::lifetime::{KeyLifetimes, parse_lifetime};
 use tower_api_key::ratelimit::{RateLimitStore, RedisMode, RedisRateLimitStore};
 use tower_api_key::record::parse_network;
 use tower_api_key::resolve::{ChangeFollower, FeedHealth, FollowOptions};
+use tower_api_key::store::WebhookOutbox;
 use tower_api_key::store::{ChangeFeed, ListQuery, NewKey, PostgresStore, SqliteStore};
 use tower_api_key::usage::{UsageLayer, UsageRecorder};
+use tower_api_key::webhook::{WebhookConfig, WebhookDeliverer, WebhookSecret};
 use tower_api_key::{
     ApiKeyLayer, Authenticated, CachedResolver, KeySource, KeyStatus, KeyStore,
     MemoryRateLimitStore, RateLimitLayer, RateLimitPolicy, RequireScope, Scopes, scope,
@@ -91,8 +97,8 @@ struct NewOrder {
 }
 
 /// A key store with a change log: what every instance shares.
-trait Store: KeyStore + ChangeFeed {}
-impl<T: KeyStore + ChangeFeed> Store for T {}
+trait Store: KeyStore + ChangeFeed + WebhookOutbox {}
+impl<T: KeyStore + ChangeFeed + WebhookOutbox> Store for T {}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -116,6 +122,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let store_timeout = duration_var("STORE_TIMEOUT", "2s")?;
     let poll = duration_var("CHANGES_POLL", "250ms")?;
     let scanning = secret_scanning_config()?;
+    let webhooks = webhook_config()?;
 
     let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "sqlite://keys.db".to_owned());
     let store: Arc<dyn Store> = if url.starts_with("postgres:") || url.starts_with("postgresql:") {
@@ -155,9 +162,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .read_timeout(probe_timeout);
     let follower = Arc::new(cache.follow_with(store.clone(), options));
     let proxies = trusted_proxies()?;
-    let config = tower_api_key::admin::AdminConfig::new()
+    let mut config = tower_api_key::admin::AdminConfig::new()
         .lifetimes(key_lifetimes()?)
         .trusted_proxies(proxies.iter().copied());
+    // Events are written to the store's outbox whether or not a receiver is set; with
+    // one, this instance delivers them (several instances may: each event is leased).
+    let _deliverer = webhooks.map(|webhooks| {
+        eprintln!("webhooks: delivering key events");
+        config = config.clone().webhook_deliveries(store.clone());
+        WebhookDeliverer::spawn(store.clone(), webhooks)
+    });
     let mut admin = tower_api_key::admin::router_with(cache.clone(), config);
     if let Some((keys, action)) = scanning {
         eprintln!(
@@ -343,6 +357,23 @@ fn trusted_proxies() -> Result<Vec<ipnet::IpNet>, Box<dyn std::error::Error>> {
 }
 
 /// `DEFAULT_KEY_TTL` and `MAX_KEY_TTL` (such as `90d` and `365d`; unset: none).
+/// `WEBHOOK_URL` and `WEBHOOK_SECRET` (`whsec_<base64>`), both or neither, and
+/// `KEY_EXPIRING_NOTICE` (default `7d`). The secret never appears in an error.
+fn webhook_config() -> Result<Option<WebhookConfig>, Box<dyn std::error::Error>> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let (url, secret) = match (var("WEBHOOK_URL"), var("WEBHOOK_SECRET")) {
+        (None, None) => return Ok(None),
+        (Some(url), Some(secret)) => (url, secret),
+        _ => return Err("WEBHOOK_URL and WEBHOOK_SECRET must be set together".into()),
+    };
+    let secret = WebhookSecret::parse(&secret).map_err(|e| format!("WEBHOOK_SECRET: {e}"))?;
+    let notice_text = var("KEY_EXPIRING_NOTICE").unwrap_or_else(|| "7d".to_owned());
+    let notice = parse_lifetime(&notice_text)
+        .map_err(|e| format!("KEY_EXPIRING_NOTICE={notice_text:?}: {e}"))?;
+    let config = WebhookConfig::new(&url, secret).map_err(|e| format!("WEBHOOK_URL: {e}"))?;
+    Ok(Some(config.expiring_notice(notice)))
+}
+
 fn key_lifetimes() -> Result<KeyLifetimes, Box<dyn std::error::Error>> {
     let var = |name: &str| -> Result<Option<Duration>, String> {
         match std::env::var(name) {

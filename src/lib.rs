@@ -50,6 +50,8 @@
 //!   ([`ratelimit::RedisRateLimitStore`]).
 //! - `admin`: the admin HTTP API and dashboard ([`admin::router`]), and GitHub's secret
 //!   scanning partner endpoint ([`admin::SecretScanning`]).
+//! - `webhooks`: Standard Webhooks of key events, from the stores' outbox
+//!   ([`webhook`]).
 //! - `cli`: the `apikey` tool.
 //! - `full`: all of them.
 //!
@@ -77,6 +79,8 @@ pub mod resolve;
 mod seeded;
 pub mod store;
 pub mod usage;
+#[cfg(feature = "webhooks")]
+pub mod webhook;
 
 pub use auth::{
     ApiKeyLayer, ApiKeyService, AuthError, DefaultResponder, KeySource, PeerAddr, Rejection,

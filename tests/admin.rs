@@ -802,3 +802,112 @@ async fn imported_keys_get_the_lifetimes_of_new_keys() {
     let left = secs_until(record["expires_at"].as_str().unwrap());
     assert!((86_000..=86_400).contains(&left), "{left}");
 }
+
+#[tokio::test]
+async fn the_webhook_delivery_log_lists_events_and_is_documented() {
+    // Without webhooks, the log is not there.
+    let a = setup().await;
+    let (status, body, _) = a
+        .call(
+            "GET",
+            "/admin/webhooks/deliveries",
+            Some(&a.admin_key),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["detail"], "webhooks are not configured");
+
+    let cache = CachedResolver::new(MemoryStore::new());
+    let admin = cache
+        .create(
+            NewKey::new("ops").with_scopes(Scopes::parse(["admin"]).unwrap()),
+            "test",
+        )
+        .await
+        .unwrap();
+    let config = tower_api_key::admin::AdminConfig::new().webhook_deliveries(cache.clone());
+    let a = Admin {
+        app: tower_api_key::admin::router_with(cache.clone(), config),
+        admin_key: admin.key.expose_secret().to_owned(),
+        admin_id: admin.record.id.clone(),
+        cache,
+    };
+    let (status, created, _) = a
+        .call(
+            "POST",
+            "/admin/keys",
+            Some(&a.admin_key),
+            Some(r#"{"consumer":"acme","name":"ci","scopes":["orders:read"]}"#),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let id = created["id"].as_str().unwrap();
+    let path = format!("/admin/keys/{id}");
+    assert_eq!(
+        a.call("DELETE", &path, Some(&a.admin_key), None).await.0,
+        StatusCode::NO_CONTENT
+    );
+
+    let (status, log, _) = a
+        .call(
+            "GET",
+            "/admin/webhooks/deliveries",
+            Some(&a.admin_key),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let log = log.as_array().unwrap();
+    assert_eq!(
+        log.len(),
+        3,
+        "the admin key's creation, then the key's two events"
+    );
+    assert_eq!(log[0]["type"], "key.revoked");
+    assert_eq!(log[0]["key_id"], id);
+    assert_eq!(log[1]["type"], "key.created");
+    assert_eq!(log[2]["key_id"], a.admin_id.as_str());
+    assert_eq!(log[0]["state"], "pending");
+    assert_eq!(log[0]["attempts"], 0);
+    assert!(log[0]["id"].as_str().unwrap().starts_with("msg_"));
+    assert!(log[0]["next_attempt_at"].as_str().unwrap().ends_with('Z'));
+    assert!(log[0]["last_status"].is_null() && log[0]["delivered_at"].is_null());
+    let secret = created["key"].as_str().unwrap();
+    assert!(!serde_json::to_string(&log).unwrap().contains(secret));
+
+    let (_, one, _) = a
+        .call(
+            "GET",
+            "/admin/webhooks/deliveries?limit=1",
+            Some(&a.admin_key),
+            None,
+        )
+        .await;
+    assert_eq!(one.as_array().unwrap().len(), 1);
+    for bad in ["?limit=0", "?limit=1001"] {
+        let path = format!("/admin/webhooks/deliveries{bad}");
+        assert_eq!(
+            a.call("GET", &path, Some(&a.admin_key), None).await.0,
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+    }
+    for bad in ["?limit=x", "?state=failed"] {
+        let path = format!("/admin/webhooks/deliveries{bad}");
+        assert_eq!(
+            a.call("GET", &path, Some(&a.admin_key), None).await.0,
+            StatusCode::BAD_REQUEST
+        );
+    }
+    assert_eq!(
+        a.call("GET", "/admin/webhooks/deliveries", None, None)
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+
+    let (_, doc, _) = a.call("GET", "/admin/openapi.json", None, None).await;
+    let op = &doc["paths"]["/admin/webhooks/deliveries"]["get"];
+    assert!(op.is_object(), "the path is in the OpenAPI document");
+    assert!(doc["components"]["schemas"]["DeliveryBody"].is_object());
+}

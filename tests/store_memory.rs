@@ -9,6 +9,8 @@ use tower_api_key::{CachedResolver, KeyStatus, KeyStore, MemoryStore};
 mod conformance;
 #[path = "common/feed.rs"]
 mod feed;
+#[path = "common/outbox.rs"]
+mod outbox;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_change_feed() {
@@ -53,4 +55,9 @@ async fn a_cached_store_sees_its_own_revocation_at_once() {
     cache.revoke(&created.record.id, "admin").await.unwrap();
     let after = cache.lookup(&hash).await.unwrap().unwrap();
     assert_eq!(after.record().status(SystemTime::now()), KeyStatus::Revoked);
+}
+
+#[tokio::test]
+async fn memory_outbox() {
+    outbox::run(&MemoryStore::new()).await;
 }

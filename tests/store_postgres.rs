@@ -13,6 +13,8 @@ use tower_api_key::{CachedResolver, KeyResolver, KeyStore};
 mod conformance;
 #[path = "common/feed.rs"]
 mod feed;
+#[path = "common/outbox.rs"]
+mod outbox;
 #[path = "common/pg.rs"]
 mod pg;
 #[path = "common/unique.rs"]
@@ -179,4 +181,16 @@ async fn leak_reports_persist_and_older_audit_rows_stay_readable() {
         KeyStatus::Revoked
     );
     other.pool().close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outbox() {
+    let Some(server) = pg::test_url() else { return };
+    let db = FreshDb::new(&server, "outbox").await;
+    let store = PostgresStore::builder_with(db.options())
+        .connect()
+        .await
+        .unwrap();
+    outbox::run(&store).await;
+    store.pool().close().await;
 }

@@ -10,6 +10,8 @@ use tower_api_key::{CachedResolver, KeyResolver, KeyStore};
 mod conformance;
 #[path = "common/feed.rs"]
 mod feed;
+#[path = "common/outbox.rs"]
+mod outbox;
 
 /// A fresh database path under the system's temporary directory.
 fn db_path(name: &str) -> PathBuf {
@@ -195,5 +197,15 @@ async fn leak_reports_persist_and_older_audit_rows_stay_readable() {
     // The key's text is nowhere in the file.
     let text = raw_text(path.clone()).await;
     assert!(!text.contains(&created.key.expose_secret()[10..]));
+    cleanup(&path);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_outbox() {
+    let path = db_path("outbox");
+    let store = SqliteStore::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    outbox::run(&store).await;
     cleanup(&path);
 }

@@ -12,6 +12,7 @@
 //! | `POST /admin/keys/import` `[{"hash","consumer","name"?,"scopes"?,"expires_at"?,"rate_limit"?,"allowed_ips"?}]` | import keys minted elsewhere by their SHA-256 (hex), all or nothing | 201 `{"imported","ids"}`; 422 naming the row (`[3].hash`); 413 beyond 10 000 keys or 16 MiB |
 //! | `GET /admin/keys/{id}/usage` | usage | 200 `{"requests","rejected","last_used_at"}` |
 //! | `GET /admin/audit[?key_id=…]` | audit log | 200 `[{"at","event","key_id","actor"}]`, `leaked` entries with `url` and `source` |
+//! | `GET /admin/webhooks/deliveries[?limit=…]` | the webhook delivery log, newest first (with [`AdminConfig::webhook_deliveries`]) | 200 `[{"id","type","key_id","state","attempts",…}]`, 404 without webhooks |
 //! | `GET /admin/` | the web dashboard (asks for an admin key) | 200 HTML |
 //! | `GET /admin/openapi.json` | this API's OpenAPI 3.1 document | 200 JSON |
 //!
@@ -51,7 +52,10 @@ use crate::lifetime::KeyLifetimes;
 use crate::ratelimit::{RateLimitPolicy, RateLimits};
 use crate::record::{Authenticated, KeyRecord, Scope, Scopes};
 use crate::resolve::CachedResolver;
-use crate::store::{AuditEntry, AuditEvent, ImportedKey, KeyStore, ListQuery, NewKey, StoreError};
+use crate::store::{
+    AuditEntry, AuditEvent, Delivery, ImportedKey, KeyStore, ListQuery, NewKey, StoreError,
+    WebhookOutbox,
+};
 
 pub mod secret_scanning;
 
@@ -72,12 +76,24 @@ pub const MAX_IMPORT_KEYS: usize = 10_000;
 /// The largest import body, in bytes: 16 MiB.
 pub const MAX_IMPORT_BYTES: usize = 16 << 20;
 
-/// Settings of the admin API: for now, the [lifetimes](KeyLifetimes) of new keys.
+/// Settings of the admin API: the [lifetimes](KeyLifetimes) of new keys, and the
+/// webhook outbox whose delivery log it shows.
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct AdminConfig {
     lifetimes: KeyLifetimes,
     trusted_proxies: Vec<ipnet::IpNet>,
+    deliveries: Option<Outbox>,
+}
+
+/// The outbox behind `GET /admin/webhooks/deliveries`.
+#[derive(Clone)]
+struct Outbox(std::sync::Arc<dyn WebhookOutbox>);
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WebhookOutbox")
+    }
 }
 
 impl AdminConfig {
@@ -98,6 +114,13 @@ impl AdminConfig {
     /// an allowlist: as [`ApiKeyLayer::trusted_proxies`] (give the API's the same).
     pub fn trusted_proxies(mut self, proxies: impl IntoIterator<Item = ipnet::IpNet>) -> Self {
         self.trusted_proxies = proxies.into_iter().collect();
+        self
+    }
+
+    /// Shows `outbox`'s delivery log at `GET /admin/webhooks/deliveries` (without it,
+    /// that path answers 404). Pass the store the webhook deliverer reads.
+    pub fn webhook_deliveries(mut self, outbox: impl WebhookOutbox) -> Self {
+        self.deliveries = Some(Outbox(std::sync::Arc::new(outbox)));
         self
     }
 }
@@ -141,6 +164,7 @@ pub fn router_with<S: KeyStore>(cache: CachedResolver<S>, config: AdminConfig) -
         )
         .route("/admin/keys/{id}/usage", get(usage::<S>))
         .route("/admin/audit", get(audit::<S>))
+        .route("/admin/webhooks/deliveries", get(deliveries))
         .layer(Extension(config))
         .layer(RequireScopeLayer::new([Scope::from_static("admin")]))
         .layer(auth)
@@ -188,10 +212,10 @@ async fn openapi_json() -> Response {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "tower-api-key admin API", description = "Manage API keys: create, list, revoke, rotate, usage, audit."),
-    paths(create, list, show, update, revoke, rotate, import, usage, audit, secret_scanning::report),
+    paths(create, list, show, update, revoke, rotate, import, usage, audit, deliveries, secret_scanning::report),
     components(schemas(
         CreateKeyRequest, ImportKeyRequest, ImportedBody, RateLimitRequest, UpdateKeyRequest, RotateRequest, KeyBody, KeyDetail, CreatedKeyBody,
-        UsageBody, AuditEntryBody, ProblemBody, secret_scanning::LeakReportItem, secret_scanning::LeakFeedbackItem
+        UsageBody, AuditEntryBody, DeliveryBody, ProblemBody, secret_scanning::LeakReportItem, secret_scanning::LeakFeedbackItem
     )),
     modifiers(&KeySchemes),
     security(("bearer" = []), ("api_key" = []))
@@ -953,6 +977,80 @@ fn audit_body(e: &AuditEntry) -> AuditEntryBody {
         actor: e.actor.clone(),
         url,
         source,
+    }
+}
+
+/// One webhook event of the delivery log.
+#[derive(Serialize, ToSchema)]
+struct DeliveryBody {
+    /// The message id: the `webhook-id` header, the same on every attempt.
+    id: String,
+    /// `key.created`, `key.rotated`, `key.revoked`, `key.expiring`, `key.expired`,
+    /// `key.leaked`.
+    r#type: String,
+    key_id: String,
+    /// When the event happened.
+    at: String,
+    /// `pending`, `delivered` or `failed` (given up after the retry window).
+    state: String,
+    attempts: u32,
+    /// The receiver's last status, if it answered.
+    last_status: Option<u16>,
+    /// Why the last attempt failed.
+    last_error: Option<String>,
+    last_attempt_at: Option<String>,
+    /// When a pending event is tried next.
+    next_attempt_at: Option<String>,
+    delivered_at: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeliveriesParams {
+    limit: Option<usize>,
+}
+
+#[utoipa::path(get, path = "/admin/webhooks/deliveries",
+    params(("limit" = Option<usize>, Query, description = "At most this many (1 to 1000, default 100)")),
+    responses((status = 200, body = Vec<DeliveryBody>), (status = 404, description = "Webhooks are not configured", body = ProblemBody)))]
+async fn deliveries(
+    Extension(config): Extension<AdminConfig>,
+    params: Result<Query<DeliveriesParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(params)) = params else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "the only query parameter is limit, a number",
+            None,
+        )
+        .into_response();
+    };
+    let limit = params.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return invalid("limit", "limit must be between 1 and 1000").into_response();
+    }
+    let Some(Outbox(outbox)) = &config.deliveries else {
+        return problem(StatusCode::NOT_FOUND, "webhooks are not configured", None).into_response();
+    };
+    match outbox.deliveries(limit).await {
+        Ok(log) => Json(log.iter().map(delivery_body).collect::<Vec<_>>()).into_response(),
+        Err(e) => store_error(e).into_response(),
+    }
+}
+
+fn delivery_body(d: &Delivery) -> DeliveryBody {
+    DeliveryBody {
+        id: d.id.clone(),
+        r#type: d.event_type.name().to_owned(),
+        key_id: d.key_id.clone(),
+        at: rfc3339(d.at),
+        state: d.state.name().to_owned(),
+        attempts: d.attempts,
+        last_status: d.last_status,
+        last_error: d.last_error.clone(),
+        last_attempt_at: d.last_attempt_at.map(rfc3339),
+        next_attempt_at: d.next_attempt_at.map(rfc3339),
+        delivered_at: d.delivered_at.map(rfc3339),
     }
 }
 

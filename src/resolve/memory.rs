@@ -7,6 +7,10 @@ use tokio::sync::watch;
 use super::{KeyResolver, ResolveError};
 use crate::key::{KeyFormat, KeyHash};
 use crate::record::{KeyRecord, Scopes, generate_key_id};
+use crate::store::outbox::{
+    Attempt, DEFAULT_OUTBOX_RETENTION, Delivery, DeliveryState, EventData, EventType, KeyEvent,
+    WebhookOutbox,
+};
 use crate::store::{
     AuditEntry, AuditEvent, BatchHashes, ChangeFeed, ChangeKind, Changes, CreatedKey,
     DEFAULT_CHANGE_RETENTION, ImportedKey, KeyChange, KeyStore, ListQuery, NewKey, Page,
@@ -47,6 +51,23 @@ struct Records {
     retention: Duration,
     /// Tells subscribers the newest sequence.
     wake: watch::Sender<u64>,
+    /// The webhook outbox, oldest first.
+    outbox: VecDeque<OutboxEntry>,
+    outbox_retention: Duration,
+    /// Per key id: the expiry times announced as `key.expiring` and as `key.expired`.
+    announced: HashMap<String, (Option<SystemTime>, Option<SystemTime>)>,
+}
+
+/// An event of the outbox and its delivery state.
+#[derive(Debug)]
+struct OutboxEntry {
+    event: KeyEvent,
+    state: DeliveryState,
+    next_attempt_at: SystemTime,
+    last_status: Option<u16>,
+    last_error: Option<String>,
+    last_attempt_at: Option<SystemTime>,
+    delivered_at: Option<SystemTime>,
 }
 
 impl Default for Records {
@@ -61,6 +82,9 @@ impl Default for Records {
             pruned_through: 0,
             retention: DEFAULT_CHANGE_RETENTION,
             wake: watch::Sender::new(0),
+            outbox: VecDeque::new(),
+            outbox_retention: DEFAULT_OUTBOX_RETENTION,
+            announced: HashMap::new(),
         }
     }
 }
@@ -104,6 +128,25 @@ impl Records {
             }
         }
         self.wake.send_replace(self.last_seq);
+    }
+
+    /// Appends an event to the webhook outbox (under the same lock as the change it
+    /// announces), and prunes what is past the retention window.
+    fn announce(&mut self, at: SystemTime, event_type: EventType, data: EventData) {
+        if let Some(cutoff) = SystemTime::now().checked_sub(self.outbox_retention) {
+            while self.outbox.front().is_some_and(|e| e.event.at < cutoff) {
+                self.outbox.pop_front();
+            }
+        }
+        self.outbox.push_back(OutboxEntry {
+            event: KeyEvent::new(event_type, at, data),
+            state: DeliveryState::Pending,
+            next_attempt_at: at,
+            last_status: None,
+            last_error: None,
+            last_attempt_at: None,
+            delivered_at: None,
+        });
     }
 
     /// Stores a new record under a fresh, unused id.
@@ -158,6 +201,13 @@ impl MemoryStore {
         self
     }
 
+    /// Keeps webhook events in the outbox for `retention` (default seven days),
+    /// delivered or not.
+    pub fn with_outbox_retention(self, retention: Duration) -> Self {
+        self.write().outbox_retention = retention;
+        self
+    }
+
     /// Every record.
     pub fn records(&self) -> Vec<KeyRecord> {
         self.read().by_hash.values().cloned().collect()
@@ -199,6 +249,8 @@ impl KeyStore for MemoryStore {
         let record = records.add(new.into_record(&key));
         records.log(record.created_at, AuditEvent::Created, &record.id, actor);
         records.changed(record.created_at, &record, ChangeKind::Created);
+        let data = EventData::of(&record);
+        records.announce(record.created_at, EventType::KeyCreated, data);
         Ok(CreatedKey { key, record })
     }
 
@@ -278,6 +330,7 @@ impl KeyStore for MemoryStore {
         let record = record.clone();
         records.log(now, AuditEvent::Revoked, id, actor);
         records.changed(now, &record, ChangeKind::Revoked);
+        records.announce(now, EventType::KeyRevoked, EventData::of(&record));
         Ok(record)
     }
 
@@ -302,6 +355,10 @@ impl KeyStore for MemoryStore {
         records.log(stops, AuditEvent::ExpiredByRotation, id, actor);
         records.changed(now, &old, ChangeKind::Rotated);
         records.changed(now, &record, ChangeKind::Created);
+        let mut rotated = EventData::of(&old);
+        rotated.new_key_id = Some(record.id.clone());
+        records.announce(now, EventType::KeyRotated, rotated);
+        records.announce(now, EventType::KeyCreated, EventData::of(&record));
         Ok(CreatedKey { key, record })
     }
 
@@ -392,9 +449,14 @@ impl KeyStore for MemoryStore {
             source: source.to_owned(),
         };
         records.log(now, leaked, id, actor);
+        let mut data = EventData::of(&record);
+        data.url = Some(url.to_owned());
+        data.source = Some(source.to_owned());
+        records.announce(now, EventType::KeyLeaked, data);
         if revokes {
             records.log(now, AuditEvent::Revoked, id, actor);
             records.changed(now, &record, ChangeKind::Revoked);
+            records.announce(now, EventType::KeyRevoked, EventData::of(&record));
         }
         Ok(record)
     }
@@ -432,6 +494,128 @@ impl ChangeFeed for MemoryStore {
         let mut receiver = self.read().wake.subscribe();
         receiver.mark_changed();
         Ok(Some(Box::new(MemoryWakeups(receiver))))
+    }
+}
+
+#[async_trait::async_trait]
+impl WebhookOutbox for MemoryStore {
+    async fn announce_expiries(
+        &self,
+        now: SystemTime,
+        notice: Duration,
+    ) -> Result<usize, StoreError> {
+        let horizon = now.checked_add(notice).unwrap_or(now);
+        let mut records = self.write();
+        let mut due = Vec::new();
+        for record in records.by_hash.values() {
+            let (Some(expires), None) = (record.expires_at, record.revoked_at) else {
+                continue;
+            };
+            let (expiring, expired) = records
+                .announced
+                .get(&record.id)
+                .copied()
+                .unwrap_or_default();
+            if expires <= now {
+                if expired != Some(expires) {
+                    due.push((EventType::KeyExpired, EventData::of(record)));
+                }
+            } else if expires <= horizon && expiring != Some(expires) {
+                due.push((EventType::KeyExpiring, EventData::of(record)));
+            }
+        }
+        let count = due.len();
+        for (event_type, data) in due {
+            let marks = records.announced.entry(data.key_id.clone()).or_default();
+            if event_type == EventType::KeyExpired {
+                marks.1 = data.expires_at;
+            } else {
+                marks.0 = data.expires_at;
+            }
+            records.announce(now, event_type, data);
+        }
+        Ok(count)
+    }
+
+    async fn claim_due(
+        &self,
+        now: SystemTime,
+        lease_until: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<KeyEvent>, StoreError> {
+        let mut records = self.write();
+        let mut due: Vec<&mut OutboxEntry> = records
+            .outbox
+            .iter_mut()
+            .filter(|e| e.state == DeliveryState::Pending && e.next_attempt_at <= now)
+            .collect();
+        due.sort_by_key(|e| (e.next_attempt_at, e.event.at));
+        Ok(due
+            .into_iter()
+            .take(limit)
+            .map(|e| {
+                e.event.attempts = e.event.attempts.saturating_add(1);
+                e.next_attempt_at = lease_until;
+                e.event.clone()
+            })
+            .collect())
+    }
+
+    async fn record_attempt(&self, id: &str, attempt: &Attempt) -> Result<(), StoreError> {
+        let mut records = self.write();
+        let Some(entry) = records.outbox.iter_mut().find(|e| e.event.id == id) else {
+            return Ok(());
+        };
+        match attempt {
+            Attempt::Delivered { at, status } => {
+                entry.state = DeliveryState::Delivered;
+                entry.last_status = Some(*status);
+                entry.last_error = None;
+                entry.last_attempt_at = Some(*at);
+                entry.delivered_at = Some(*at);
+            }
+            // A late failure (its lease ran out and another attempt settled the event)
+            // changes nothing.
+            Attempt::Failed { .. } if entry.state != DeliveryState::Pending => {}
+            Attempt::Failed {
+                at,
+                status,
+                error,
+                retry_at,
+            } => {
+                entry.last_status = *status;
+                entry.last_error = Some(error.clone());
+                entry.last_attempt_at = Some(*at);
+                match retry_at {
+                    Some(retry) => entry.next_attempt_at = *retry,
+                    None => entry.state = DeliveryState::Failed,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn deliveries(&self, limit: usize) -> Result<Vec<Delivery>, StoreError> {
+        let records = self.read();
+        Ok(records
+            .outbox
+            .iter()
+            .rev()
+            .take(limit)
+            .map(|e| Delivery {
+                id: e.event.id.clone(),
+                event_type: e.event.event_type,
+                key_id: e.event.data.key_id.clone(),
+                at: e.event.at,
+                state: e.state,
+                attempts: e.event.attempts,
+                last_status: e.last_status,
+                last_error: e.last_error.clone(),
+                last_attempt_at: e.last_attempt_at,
+                next_attempt_at: (e.state == DeliveryState::Pending).then_some(e.next_attempt_at),
+                delivered_at: e.delivered_at,
+            })
+            .collect())
     }
 }
 

@@ -31,6 +31,7 @@ pub mod changes;
 mod codec;
 #[cfg(any(feature = "admin", feature = "cli"))]
 mod import;
+pub mod outbox;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
@@ -41,6 +42,10 @@ mod sqlite;
 pub use changes::{ChangeFeed, ChangeKind, Changes, DEFAULT_CHANGE_RETENTION, KeyChange, Wakeups};
 #[cfg(any(feature = "admin", feature = "cli"))]
 pub use import::{IMPORT_FIELDS, InvalidImportRow};
+pub use outbox::{
+    Attempt, DEFAULT_OUTBOX_RETENTION, Delivery, DeliveryState, EventData, EventType, KeyEvent,
+    WebhookOutbox,
+};
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresStore, PostgresStoreBuilder};
 #[cfg(feature = "sqlite")]

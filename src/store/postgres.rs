@@ -10,6 +10,10 @@ use super::codec::{
     ips_from_sql, ips_to_sql, limits_from_sql, limits_to_sql, metadata_from_sql, metadata_to_sql,
     scopes_from_sql, scopes_to_sql, time_from_sql, time_to_sql,
 };
+use super::outbox::{
+    Attempt, DEFAULT_OUTBOX_RETENTION, Delivery, DeliveryState, EventData, EventType, KeyEvent,
+    WebhookOutbox, data_from_json, data_to_json,
+};
 use super::{
     AuditEntry, AuditEvent, ChangeFeed, ChangeKind, Changes, CreatedKey, DEFAULT_CHANGE_RETENTION,
     KeyChange, KeyStore, ListQuery, NewKey, Page, StoreError, Usage, UsageDelta, Wakeups,
@@ -46,6 +50,7 @@ pub struct PostgresStore {
     pool: PgPool,
     format: KeyFormat,
     retention: Duration,
+    outbox_retention: Duration,
 }
 
 /// Configures a [`PostgresStore`]; from [`PostgresStore::builder`].
@@ -57,6 +62,7 @@ pub struct PostgresStoreBuilder {
     format: KeyFormat,
     max_connections: u32,
     retention: Duration,
+    outbox_retention: Duration,
 }
 
 impl PostgresStoreBuilder {
@@ -76,6 +82,13 @@ impl PostgresStoreBuilder {
     /// behind flushes its whole cache.
     pub fn change_retention(mut self, retention: Duration) -> Self {
         self.retention = retention;
+        self
+    }
+
+    /// How long the webhook outbox keeps an event, delivered or not (default seven
+    /// days); it should outlast the deliverer's retry window.
+    pub fn outbox_retention(mut self, retention: Duration) -> Self {
+        self.outbox_retention = retention;
         self
     }
 
@@ -101,6 +114,7 @@ impl PostgresStoreBuilder {
             pool,
             format: self.format,
             retention: self.retention,
+            outbox_retention: self.outbox_retention,
         };
         if self.migrate {
             store.migrate().await?;
@@ -124,6 +138,7 @@ impl PostgresStore {
             format: KeyFormat::default(),
             max_connections: 8,
             retention: DEFAULT_CHANGE_RETENTION,
+            outbox_retention: DEFAULT_OUTBOX_RETENTION,
         }
     }
 
@@ -136,6 +151,7 @@ impl PostgresStore {
             format: KeyFormat::default(),
             max_connections: 8,
             retention: DEFAULT_CHANGE_RETENTION,
+            outbox_retention: DEFAULT_OUTBOX_RETENTION,
         }
     }
 

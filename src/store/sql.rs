@@ -1,8 +1,8 @@
 //! The `KeyStore` implementation shared by the SQL stores: one body of portable SQL
 //! (numbered `$N` parameters, `CAST`, `CASE`), instantiated for each sqlx driver.
 
-/// Implements `KeyResolver`, `KeyStore` and `ChangeFeed` for `$store` (which has `pool`,
-/// `format` and `retention` fields, and the dialect's `serialize_changes_in`,
+/// Implements `KeyResolver`, `KeyStore`, `ChangeFeed` and `WebhookOutbox` for `$store`
+/// (which has `pool`, `format`, `retention` and `outbox_retention` fields, and the dialect's `serialize_changes_in`,
 /// `wake_in` and `subscribe_changes`) on the sqlx database `$db` with row type `$row`.
 macro_rules! sql_key_store {
     ($store:ident, $db:ty, $row:ty) => {
@@ -172,7 +172,235 @@ macro_rules! sql_key_store {
         }
         Self::wake_in(tx).await
     }
+
+    /// Appends an event to the webhook outbox, in `tx`, and prunes what is past the
+    /// outbox's retention window.
+    async fn announce_in(
+        tx: &mut Transaction<'_, $db>,
+        retention: Duration,
+        at: SystemTime,
+        event_type: EventType,
+        data: &EventData,
+    ) -> Result<(), StoreError> {
+        if let Some(cutoff) = SystemTime::now().checked_sub(retention) {
+            sqlx::query("DELETE FROM api_key_events WHERE at < $1")
+                .bind(time_to_sql(cutoff))
+                .execute(&mut **tx)
+                .await
+                .map_err(backend)?;
         }
+        let event = KeyEvent::new(event_type, at, data.clone());
+        sqlx::query(
+            "INSERT INTO api_key_events (id, event_type, key_id, data, at, next_attempt_at) \
+             VALUES ($1, $2, $3, $4, $5, $5)",
+        )
+        .bind(&event.id)
+        .bind(event_type.name())
+        .bind(&data.key_id)
+        .bind(data_to_json(data).to_string())
+        .bind(time_to_sql(at))
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+        }
+
+#[async_trait::async_trait]
+impl WebhookOutbox for $store {
+    async fn announce_expiries(
+        &self,
+        now: SystemTime,
+        notice: Duration,
+    ) -> Result<usize, StoreError> {
+        const BATCH: i64 = 500;
+        let now_sql = time_to_sql(now);
+        let horizon = time_to_sql(now.checked_add(notice).unwrap_or(now));
+        let mut queued = 0;
+        loop {
+            let sql = format!(
+                "SELECT {COLUMNS} FROM api_keys WHERE revoked_at IS NULL AND expires_at IS NOT NULL \
+                 AND ((expires_at <= $1 AND (expired_announced_for IS NULL \
+                       OR expired_announced_for <> expires_at)) \
+                   OR (expires_at > $1 AND expires_at <= $2 AND (expiring_announced_for IS NULL \
+                       OR expiring_announced_for <> expires_at))) \
+                 ORDER BY expires_at, id LIMIT $3"
+            );
+            let rows = sqlx::query(&sql)
+                .bind(now_sql)
+                .bind(horizon)
+                .bind(BATCH)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(backend)?;
+            let records = rows
+                .iter()
+                .map(record_from_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut tx = self.pool.begin().await.map_err(backend)?;
+            let mut marked = 0;
+            for record in &records {
+                let Some(expires) = record.expires_at else { continue };
+                let (event_type, column) = if expires <= now {
+                    (EventType::KeyExpired, "expired_announced_for")
+                } else {
+                    (EventType::KeyExpiring, "expiring_announced_for")
+                };
+                // Marks the key unless another instance did since the read: each expiry
+                // time is announced once.
+                let sql = format!(
+                    "UPDATE api_keys SET {column} = expires_at WHERE id = $1 AND expires_at = $2 \
+                     AND revoked_at IS NULL AND ({column} IS NULL OR {column} <> expires_at)"
+                );
+                let changed = sqlx::query(&sql)
+                    .bind(&record.id)
+                    .bind(time_to_sql(expires))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?
+                    .rows_affected();
+                if changed == 1 {
+                    let data = EventData::of(record);
+                    Self::announce_in(&mut tx, self.outbox_retention, now, event_type, &data)
+                        .await?;
+                    marked += 1;
+                }
+            }
+            tx.commit().await.map_err(backend)?;
+            queued += marked;
+            if i64::try_from(records.len()).unwrap_or(i64::MAX) < BATCH || marked == 0 {
+                return Ok(queued);
+            }
+        }
+    }
+
+    async fn claim_due(
+        &self,
+        now: SystemTime,
+        lease_until: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<KeyEvent>, StoreError> {
+        let candidates = sqlx::query(
+            "SELECT id, next_attempt_at FROM api_key_events \
+             WHERE state = 'pending' AND next_attempt_at <= $1 \
+             ORDER BY next_attempt_at, seq LIMIT $2",
+        )
+        .bind(time_to_sql(now))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        let mut claimed = Vec::with_capacity(candidates.len());
+        for candidate in &candidates {
+            let id: String = candidate.try_get("id").map_err(backend)?;
+            let due: i64 = candidate.try_get("next_attempt_at").map_err(backend)?;
+            // Takes the lease unless another deliverer took it since the read.
+            let row = sqlx::query(
+                "UPDATE api_key_events SET next_attempt_at = $1, attempts = attempts + 1 \
+                 WHERE id = $2 AND state = 'pending' AND next_attempt_at = $3 \
+                 RETURNING id, event_type, data, at, attempts",
+            )
+            .bind(time_to_sql(lease_until))
+            .bind(&id)
+            .bind(due)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+            let Some(row) = row else { continue };
+            let event_type: String = row.try_get("event_type").map_err(backend)?;
+            let event_type = EventType::from_name(&event_type).ok_or_else(|| {
+                StoreError::Backend("a stored webhook event has an unknown type".into())
+            })?;
+            let data: String = row.try_get("data").map_err(backend)?;
+            let attempts: i32 = row.try_get("attempts").map_err(backend)?;
+            let mut event = KeyEvent::new(
+                event_type,
+                time_from_sql(row.try_get("at").map_err(backend)?),
+                data_from_json(&data)?,
+            );
+            event.id = row.try_get("id").map_err(backend)?;
+            event.attempts = attempts.max(0).unsigned_abs();
+            claimed.push(event);
+        }
+        Ok(claimed)
+    }
+
+    async fn record_attempt(&self, id: &str, attempt: &Attempt) -> Result<(), StoreError> {
+        let query = match attempt {
+            Attempt::Delivered { at, status } => sqlx::query(
+                "UPDATE api_key_events SET state = 'delivered', last_status = $2, \
+                 last_error = NULL, last_attempt_at = $3, delivered_at = $3 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(i32::from(*status))
+            .bind(time_to_sql(*at)),
+            Attempt::Failed {
+                at,
+                status,
+                error,
+                retry_at,
+            } => sqlx::query(
+                "UPDATE api_key_events SET last_status = $2, last_error = $3, \
+                 last_attempt_at = $4, \
+                 state = CASE WHEN CAST($5 AS BIGINT) IS NULL THEN 'failed' ELSE state END, \
+                 next_attempt_at = COALESCE(CAST($5 AS BIGINT), next_attempt_at) \
+                 WHERE id = $1 AND state = 'pending'",
+            )
+            .bind(id)
+            .bind(status.map(i32::from))
+            .bind(error.as_str())
+            .bind(time_to_sql(*at))
+            .bind(retry_at.map(time_to_sql)),
+        };
+        query.execute(&self.pool).await.map_err(backend)?;
+        Ok(())
+    }
+
+    async fn deliveries(&self, limit: usize) -> Result<Vec<Delivery>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, event_type, key_id, at, state, attempts, last_status, last_error, \
+             last_attempt_at, next_attempt_at, delivered_at FROM api_key_events \
+             ORDER BY seq DESC LIMIT $1",
+        )
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|row| {
+                let corrupt =
+                    || StoreError::Backend("a stored webhook event is malformed".into());
+                let time = |c: &str| {
+                    row.try_get::<Option<i64>, _>(c)
+                        .map(|t| t.map(time_from_sql))
+                        .map_err(backend)
+                };
+                let event_type: String = row.try_get("event_type").map_err(backend)?;
+                let state: String = row.try_get("state").map_err(backend)?;
+                let state = DeliveryState::from_name(&state).ok_or_else(corrupt)?;
+                let attempts: i32 = row.try_get("attempts").map_err(backend)?;
+                let status: Option<i32> = row.try_get("last_status").map_err(backend)?;
+                Ok(Delivery {
+                    id: row.try_get("id").map_err(backend)?,
+                    event_type: EventType::from_name(&event_type).ok_or_else(corrupt)?,
+                    key_id: row.try_get("key_id").map_err(backend)?,
+                    at: time_from_sql(row.try_get("at").map_err(backend)?),
+                    state,
+                    attempts: attempts.max(0).unsigned_abs(),
+                    last_status: status.and_then(|s| u16::try_from(s).ok()),
+                    last_error: row.try_get("last_error").map_err(backend)?,
+                    last_attempt_at: time("last_attempt_at")?,
+                    next_attempt_at: if state == DeliveryState::Pending {
+                        time("next_attempt_at")?
+                    } else {
+                        None
+                    },
+                    delivered_at: time("delivered_at")?,
+                })
+            })
+            .collect()
+    }
+}
 
 /// A freshly generated key whose hash is already stored: 256 random bits make it
 /// impossible in practice; a broken random source would make it happen.
@@ -306,6 +534,9 @@ impl KeyStore for $store {
         )
         .await?;
         let at = record.created_at;
+        let data = EventData::of(&record);
+        Self::announce_in(&mut tx, self.outbox_retention, at, EventType::KeyCreated, &data)
+            .await?;
         Self::changed_in(&mut tx, self.retention, at, &record, ChangeKind::Created).await?;
         tx.commit().await.map_err(backend)?;
         Ok(CreatedKey { key, record })
@@ -368,6 +599,9 @@ impl KeyStore for $store {
         let record = Self::fetch_in(&mut tx, id).await?;
         if changed == 1 {
             Self::log_in(&mut tx, now, &AuditEvent::Revoked, id, actor).await?;
+            let data = EventData::of(&record);
+            Self::announce_in(&mut tx, self.outbox_retention, now, EventType::KeyRevoked, &data)
+                .await?;
             Self::changed_in(&mut tx, self.retention, now, &record, ChangeKind::Revoked).await?;
         }
         tx.commit().await.map_err(backend)?;
@@ -402,6 +636,13 @@ impl KeyStore for $store {
         Self::log_in(&mut tx, now, &rotated, id, actor).await?;
         Self::log_in(&mut tx, now, &AuditEvent::Created, &record.id, actor).await?;
         Self::log_in(&mut tx, stops, &AuditEvent::ExpiredByRotation, id, actor).await?;
+        let mut rotated = EventData::of(&old);
+        rotated.expires_at = Some(stops);
+        rotated.new_key_id = Some(record.id.clone());
+        let outbox = self.outbox_retention;
+        Self::announce_in(&mut tx, outbox, now, EventType::KeyRotated, &rotated).await?;
+        let created = EventData::of(&record);
+        Self::announce_in(&mut tx, outbox, now, EventType::KeyCreated, &created).await?;
         Self::changed_in(&mut tx, self.retention, now, &old, ChangeKind::Rotated).await?;
         Self::changed_in(&mut tx, self.retention, now, &record, ChangeKind::Created).await?;
         tx.commit().await.map_err(backend)?;
@@ -522,8 +763,15 @@ impl KeyStore for $store {
             source: source.to_owned(),
         };
         Self::log_in(&mut tx, now, &leaked, id, actor).await?;
+        let mut data = EventData::of(&record);
+        data.url = Some(url.to_owned());
+        data.source = Some(source.to_owned());
+        let outbox = self.outbox_retention;
+        Self::announce_in(&mut tx, outbox, now, EventType::KeyLeaked, &data).await?;
         if changed == 1 {
             Self::log_in(&mut tx, now, &AuditEvent::Revoked, id, actor).await?;
+            let data = EventData::of(&record);
+            Self::announce_in(&mut tx, outbox, now, EventType::KeyRevoked, &data).await?;
             Self::changed_in(&mut tx, self.retention, now, &record, ChangeKind::Revoked).await?;
         }
         tx.commit().await.map_err(backend)?;

@@ -194,7 +194,11 @@ where
 
 /// What takes a database back to the schema of the first release (before the log).
 #[allow(dead_code)] // for the SQL stores' tests; the memory store's has no schema
-pub(crate) const BACK_TO_THE_FIRST_SCHEMA: [&str; 6] = [
+pub(crate) const BACK_TO_THE_FIRST_SCHEMA: [&str; 10] = [
+    "DROP INDEX api_keys_by_expiry",
+    "ALTER TABLE api_keys DROP COLUMN expiring_announced_for",
+    "ALTER TABLE api_keys DROP COLUMN expired_announced_for",
+    "DROP TABLE api_key_events",
     "ALTER TABLE api_keys DROP COLUMN allowed_ips",
     "DROP TABLE api_key_changes",
     "DROP TABLE api_key_changes_pruned",

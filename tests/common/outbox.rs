@@ -1,0 +1,260 @@
+//! The webhook outbox every store must keep: one test body, run against each store.
+
+use std::time::{Duration, SystemTime};
+
+use tower_api_key::store::{Attempt, DeliveryState, EventType, KeyEvent, NewKey, WebhookOutbox};
+use tower_api_key::{KeyStore, StoreError};
+
+/// Runs every check against `store`, which must be empty.
+pub(crate) async fn run<S: KeyStore + WebhookOutbox>(store: &S) {
+    changes_write_their_events(store).await;
+    claims_lease_and_attempts_are_recorded(store).await;
+    expiries_are_announced_once(store).await;
+}
+
+fn types(events: &[KeyEvent]) -> Vec<EventType> {
+    events.iter().map(|e| e.event_type).collect()
+}
+
+/// Claims everything due within a year (the expiry checks announce at times ahead),
+/// and settles it, so that later checks start clean.
+async fn drain<S: WebhookOutbox>(store: &S) -> Vec<KeyEvent> {
+    let now = SystemTime::now() + Duration::from_secs(365 * 86_400);
+    let events = store
+        .claim_due(now, now + Duration::from_secs(60), 1000)
+        .await
+        .unwrap();
+    for e in &events {
+        let done = Attempt::Delivered {
+            at: now,
+            status: 200,
+        };
+        store.record_attempt(&e.id, &done).await.unwrap();
+    }
+    events
+}
+
+async fn changes_write_their_events<S: KeyStore + WebhookOutbox>(store: &S) {
+    let created = store
+        .create(NewKey::new("acme").with_name("ci"), "admin")
+        .await
+        .unwrap();
+    let id = created.record.id.clone();
+    let events = drain(store).await;
+    assert_eq!(types(&events), [EventType::KeyCreated]);
+    let data = &events[0].data;
+    assert_eq!(
+        (
+            data.key_id.as_str(),
+            data.consumer.as_str(),
+            data.name.as_str()
+        ),
+        (id.as_str(), "acme", "ci")
+    );
+    assert_eq!(data.start, created.record.start);
+    assert!(events[0].id.starts_with("msg_"));
+
+    let successor = store
+        .rotate(&id, Duration::from_secs(60), "admin")
+        .await
+        .unwrap();
+    let events = drain(store).await;
+    assert_eq!(
+        types(&events),
+        [EventType::KeyRotated, EventType::KeyCreated]
+    );
+    assert_eq!(events[0].data.key_id, id);
+    assert_eq!(
+        events[0].data.new_key_id.as_deref(),
+        Some(successor.record.id.as_str())
+    );
+    assert!(events[0].data.expires_at.is_some(), "the end of the grace");
+    assert_eq!(events[1].data.key_id, successor.record.id);
+
+    store.revoke(&id, "admin").await.unwrap();
+    // Revoking again changes nothing, and announces nothing.
+    store.revoke(&id, "admin").await.unwrap();
+    // A change that fails announces nothing.
+    assert!(matches!(
+        store.revoke("key_missing", "admin").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(
+        store
+            .rotate("key_missing", Duration::ZERO, "admin")
+            .await
+            .is_err()
+    );
+    assert!(
+        store
+            .report_leak("key_missing", "u", "s", true, "github")
+            .await
+            .is_err()
+    );
+    let events = drain(store).await;
+    assert_eq!(types(&events), [EventType::KeyRevoked]);
+    assert!(events[0].data.revoked_at.is_some());
+
+    let sid = &successor.record.id;
+    store
+        .report_leak(sid, "https://x/y", "commit", false, "github")
+        .await
+        .unwrap();
+    store
+        .report_leak(sid, "https://x/z", "content", true, "github")
+        .await
+        .unwrap();
+    let events = drain(store).await;
+    assert_eq!(
+        types(&events),
+        [
+            EventType::KeyLeaked,
+            EventType::KeyLeaked,
+            EventType::KeyRevoked
+        ]
+    );
+    assert_eq!(events[0].data.url.as_deref(), Some("https://x/y"));
+    assert_eq!(events[1].data.source.as_deref(), Some("content"));
+    assert!(events[0].data.revoked_at.is_none() && events[1].data.revoked_at.is_some());
+}
+
+async fn claims_lease_and_attempts_are_recorded<S: KeyStore + WebhookOutbox>(store: &S) {
+    store.create(NewKey::new("a"), "admin").await.unwrap();
+    store.create(NewKey::new("b"), "admin").await.unwrap();
+    let now = SystemTime::now() + Duration::from_millis(1);
+    let lease = now + Duration::from_secs(30);
+    let first = store.claim_due(now, lease, 1).await.unwrap();
+    assert_eq!(first.len(), 1, "no more than the limit");
+    assert_eq!(first[0].attempts, 1);
+    assert_eq!(first[0].data.consumer, "a", "oldest first");
+    let second = store.claim_due(now, lease, 10).await.unwrap();
+    assert_eq!(second.len(), 1, "a leased event is not claimed twice");
+    assert_ne!(second[0].id, first[0].id);
+    assert!(store.claim_due(now, lease, 10).await.unwrap().is_empty());
+
+    // A failure with a retry time makes it due then; the lease's end makes the other due.
+    let retry = now + Duration::from_secs(5);
+    let failed = Attempt::Failed {
+        at: now,
+        status: Some(503),
+        error: "the receiver answered 503".into(),
+        retry_at: Some(retry),
+    };
+    store.record_attempt(&first[0].id, &failed).await.unwrap();
+    let log = store.deliveries(2).await.unwrap();
+    let entry = log.iter().find(|d| d.id == first[0].id).unwrap();
+    assert_eq!(entry.state, DeliveryState::Pending);
+    assert_eq!(entry.last_status, Some(503));
+    assert_eq!(entry.next_attempt_at, Some(retry));
+    assert_eq!(entry.last_attempt_at, Some(now));
+    assert!(
+        store
+            .claim_due(retry - Duration::from_millis(1), lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let again = store
+        .claim_due(retry, lease + Duration::from_secs(60), 10)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        (again[0].id.as_str(), again[0].attempts),
+        (first[0].id.as_str(), 2)
+    );
+    let after_lease = store.claim_due(lease, lease, 10).await.unwrap();
+    assert_eq!(
+        after_lease.len(),
+        1,
+        "a lease that ran out is claimed again"
+    );
+    assert_eq!(after_lease[0].id, second[0].id);
+
+    // Giving up, and delivering.
+    let give_up = Attempt::Failed {
+        at: now,
+        status: None,
+        error: "connection refused".into(),
+        retry_at: None,
+    };
+    store.record_attempt(&first[0].id, &give_up).await.unwrap();
+    let done = Attempt::Delivered {
+        at: now,
+        status: 204,
+    };
+    store.record_attempt(&second[0].id, &done).await.unwrap();
+    // A late failure of an event already delivered (a lease that ran out) changes nothing.
+    store.record_attempt(&second[0].id, &failed).await.unwrap();
+    store.record_attempt("msg_unknown", &done).await.unwrap();
+    let log = store.deliveries(2).await.unwrap();
+    assert_eq!(log[0].id, second[0].id, "newest first");
+    assert_eq!(log[0].state, DeliveryState::Delivered);
+    assert_eq!(log[0].last_status, Some(204));
+    assert_eq!(log[0].delivered_at, Some(now));
+    assert_eq!(log[0].next_attempt_at, None);
+    assert_eq!(log[1].state, DeliveryState::Failed);
+    assert_eq!(log[1].last_error.as_deref(), Some("connection refused"));
+    assert_eq!(log[1].last_status, None);
+    assert_eq!(log[1].next_attempt_at, None);
+    assert_eq!(log[1].attempts, 2);
+    assert!(
+        store
+            .claim_due(lease + Duration::from_secs(3600), lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn expiries_are_announced_once<S: KeyStore + WebhookOutbox>(store: &S) {
+    let now = SystemTime::now();
+    let day = Duration::from_secs(86_400);
+    let notice = 7 * day;
+    let soon = store
+        .create(NewKey::new("e").with_expires_at(now + day), "admin")
+        .await
+        .unwrap();
+    let far = store
+        .create(NewKey::new("e").with_expires_at(now + 30 * day), "admin")
+        .await
+        .unwrap();
+    let revoked = store
+        .create(NewKey::new("e").with_expires_at(now + day), "admin")
+        .await
+        .unwrap();
+    store.revoke(&revoked.record.id, "admin").await.unwrap();
+    drain(store).await;
+
+    assert_eq!(store.announce_expiries(now, notice).await.unwrap(), 1);
+    assert_eq!(
+        store.announce_expiries(now, notice).await.unwrap(),
+        0,
+        "once"
+    );
+    let events = drain(store).await;
+    assert_eq!(types(&events), [EventType::KeyExpiring]);
+    assert_eq!(events[0].data.key_id, soon.record.id);
+
+    // Past the expiry: expired, once. The far key comes into its notice.
+    let later = now + 2 * day;
+    assert_eq!(store.announce_expiries(later, 29 * day).await.unwrap(), 2);
+    assert_eq!(store.announce_expiries(later, 29 * day).await.unwrap(), 0);
+    let mut events = drain(store).await;
+    events.sort_by_key(|e| e.event_type.name());
+    assert_eq!(
+        types(&events),
+        [EventType::KeyExpired, EventType::KeyExpiring]
+    );
+    assert_eq!(events[0].data.key_id, soon.record.id);
+    assert_eq!(events[1].data.key_id, far.record.id);
+
+    // A new expiry time is a new announcement.
+    store
+        .set_expiry(&soon.record.id, Some(now + 3 * day), "admin")
+        .await
+        .unwrap();
+    drain(store).await;
+    assert_eq!(store.announce_expiries(later, notice).await.unwrap(), 1);
+    assert_eq!(types(&drain(store).await), [EventType::KeyExpiring]);
+}
