@@ -911,3 +911,25 @@ async fn the_webhook_delivery_log_lists_events_and_is_documented() {
     assert!(op.is_object(), "the path is in the OpenAPI document");
     assert!(doc["components"]["schemas"]["DeliveryBody"].is_object());
 }
+
+#[tokio::test]
+async fn settings_tell_the_dashboard_the_lifetimes_and_whether_webhooks_are_on() {
+    use tower_api_key::lifetime::{KeyLifetimes, parse_lifetime};
+    let a = setup().await;
+    let (status, v, _) = a.admin("GET", "/admin/settings", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        v,
+        json!({"default_key_ttl_seconds": null, "max_key_ttl_seconds": null, "webhooks": false})
+    );
+    let lifetimes = KeyLifetimes::new()
+        .with_max(parse_lifetime("30d").unwrap())
+        .unwrap();
+    let a = setup_with(tower_api_key::admin::AdminConfig::new().lifetimes(lifetimes)).await;
+    let (_, v, _) = a.admin("GET", "/admin/settings", None).await;
+    assert_eq!(v["max_key_ttl_seconds"], 30 * 86_400);
+    assert_eq!(
+        a.call("GET", "/admin/settings", None, None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+}

@@ -21,6 +21,15 @@ mod unique;
 
 use server::{TempDb, refuses_to_start, start_on, start_sqlite};
 
+/// A loopback port nothing listens on (bound, then let go).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// The id of the first key of `consumer`, through the admin API.
 async fn first_key_id(addr: &str, admin: &str, consumer: &str) -> String {
     let path = format!("/admin/keys?consumer={consumer}");
@@ -721,7 +730,15 @@ async fn the_dashboard_in_a_real_browser() {
     let Some(browser) = Browser::start().await else {
         return;
     };
-    let server = start_sqlite(&[]);
+    // Lifetimes for the create form to show, and webhooks to a receiver that is not
+    // there, so that the deliveries list has pending events to show.
+    let nowhere = format!("http://127.0.0.1:{}/hooks", free_port());
+    let server = start_sqlite(&[
+        ("DEFAULT_KEY_TTL", "90d"),
+        ("MAX_KEY_TTL", "365d"),
+        ("WEBHOOK_URL", &nowhere),
+        ("WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+    ]);
     let admin_key = server.admin_key.clone().unwrap();
     browser
         .session(
@@ -833,6 +850,20 @@ async fn the_dashboard_in_a_real_browser() {
             "#details-audit",
             |t| t.contains("rotated"),
             "the rotated entry",
+        )
+        .await;
+    browser
+        .wait_text(
+            "#lifetimes",
+            |t| t.contains("live 90 days") && t.contains("at most 365 days"),
+            "the lifetimes of new keys",
+        )
+        .await;
+    browser
+        .wait_text(
+            "#deliveries",
+            |t| t.contains("key.created") && t.contains("pending"),
+            "the pending deliveries",
         )
         .await;
     browser

@@ -12,6 +12,7 @@
 //! | `POST /admin/keys/import` `[{"hash","consumer","name"?,"scopes"?,"expires_at"?,"rate_limit"?,"allowed_ips"?}]` | import keys minted elsewhere by their SHA-256 (hex), all or nothing | 201 `{"imported","ids"}`; 422 naming the row (`[3].hash`); 413 beyond 10 000 keys or 16 MiB |
 //! | `GET /admin/keys/{id}/usage` | usage | 200 `{"requests","rejected","last_used_at"}` |
 //! | `GET /admin/audit[?key_id=…]` | audit log | 200 `[{"at","event","key_id","actor"}]`, `leaked` entries with `url` and `source` |
+//! | `GET /admin/settings` | the lifetimes of new keys, and whether webhooks are on (for the dashboard) | 200 `{"default_key_ttl_seconds","max_key_ttl_seconds","webhooks"}` |
 //! | `GET /admin/webhooks/deliveries[?limit=…]` | the webhook delivery log, newest first (with [`AdminConfig::webhook_deliveries`]) | 200 `[{"id","type","key_id","state","attempts",…}]`, 404 without webhooks |
 //! | `GET /admin/` | the web dashboard (asks for an admin key) | 200 HTML |
 //! | `GET /admin/openapi.json` | this API's OpenAPI 3.1 document | 200 JSON |
@@ -165,6 +166,7 @@ pub fn router_with<S: KeyStore>(cache: CachedResolver<S>, config: AdminConfig) -
         .route("/admin/keys/{id}/usage", get(usage::<S>))
         .route("/admin/audit", get(audit::<S>))
         .route("/admin/webhooks/deliveries", get(deliveries))
+        .route("/admin/settings", get(settings))
         .layer(Extension(config))
         .layer(RequireScopeLayer::new([Scope::from_static("admin")]))
         .layer(auth)
@@ -212,10 +214,10 @@ async fn openapi_json() -> Response {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "tower-api-key admin API", description = "Manage API keys: create, list, revoke, rotate, usage, audit."),
-    paths(create, list, show, update, revoke, rotate, import, usage, audit, deliveries, secret_scanning::report),
+    paths(create, list, show, update, revoke, rotate, import, usage, audit, deliveries, settings, secret_scanning::report),
     components(schemas(
         CreateKeyRequest, ImportKeyRequest, ImportedBody, RateLimitRequest, UpdateKeyRequest, RotateRequest, KeyBody, KeyDetail, CreatedKeyBody,
-        UsageBody, AuditEntryBody, DeliveryBody, ProblemBody, secret_scanning::LeakReportItem, secret_scanning::LeakFeedbackItem
+        UsageBody, AuditEntryBody, DeliveryBody, SettingsBody, ProblemBody, secret_scanning::LeakReportItem, secret_scanning::LeakFeedbackItem
     )),
     modifiers(&KeySchemes),
     security(("bearer" = []), ("api_key" = []))
@@ -1002,6 +1004,28 @@ struct DeliveryBody {
     /// When a pending event is tried next.
     next_attempt_at: Option<String>,
     delivered_at: Option<String>,
+}
+
+/// What the dashboard needs to know of the API's settings.
+#[derive(Serialize, ToSchema)]
+struct SettingsBody {
+    /// The lifetime of a key created without `expires_in_seconds`, if there is one.
+    default_key_ttl_seconds: Option<u64>,
+    /// The longest lifetime a new key may have, if there is a maximum.
+    max_key_ttl_seconds: Option<u64>,
+    /// Is `GET /admin/webhooks/deliveries` there?
+    webhooks: bool,
+}
+
+#[utoipa::path(get, path = "/admin/settings", responses((status = 200, body = SettingsBody)))]
+async fn settings(Extension(config): Extension<AdminConfig>) -> Response {
+    let lifetimes = &config.lifetimes;
+    Json(SettingsBody {
+        default_key_ttl_seconds: lifetimes.default_lifetime().map(|d| d.as_secs()),
+        max_key_ttl_seconds: lifetimes.max().map(|d| d.as_secs()),
+        webhooks: config.deliveries.is_some(),
+    })
+    .into_response()
 }
 
 #[derive(Deserialize)]
