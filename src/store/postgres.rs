@@ -237,4 +237,10 @@ impl Wakeups for PgWakeups {
     }
 }
 
+/// How a write transaction begins. PostgreSQL: an ordinary transaction (rows are locked as they are written).
+const BEGIN_WRITE: &str = "BEGIN";
+
+/// Whether the webhook outbox is pruned inside each change's transaction (else after it).
+const PRUNE_EVENTS_IN_TRANSACTION: bool = false;
+
 super::sql::sql_key_store!(PostgresStore, Postgres, PgRow);

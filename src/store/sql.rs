@@ -173,8 +173,28 @@ macro_rules! sql_key_store {
         Self::wake_in(tx).await
     }
 
-    /// Appends an event to the webhook outbox, in `tx`, and prunes what is past the
-    /// outbox's retention window.
+    /// Drops the outbox's events past its retention window after the change's own
+    /// transaction, in a statement of its own, where the dialect says so (PostgreSQL:
+    /// pruning inside a transaction that had locked key rows made a lock cycle with the
+    /// expiry scan). Best effort: what is left now goes next time.
+    async fn prune_events(&self) {
+        if PRUNE_EVENTS_IN_TRANSACTION {
+            return;
+        }
+        let Some(cutoff) = SystemTime::now().checked_sub(self.outbox_retention) else {
+            return;
+        };
+        if let Err(e) = sqlx::query("DELETE FROM api_key_events WHERE at < $1")
+            .bind(time_to_sql(cutoff))
+            .execute(&self.pool)
+            .await
+        {
+            tracing::debug!(error = %e, "could not prune the webhook outbox");
+        }
+    }
+
+    /// Appends an event to the webhook outbox, in `tx`, and (where the dialect prunes in
+    /// the transaction) prunes what is past the outbox's retention window.
     async fn announce_in(
         tx: &mut Transaction<'_, $db>,
         retention: Duration,
@@ -182,7 +202,12 @@ macro_rules! sql_key_store {
         event_type: EventType,
         data: &EventData,
     ) -> Result<(), StoreError> {
-        if let Some(cutoff) = SystemTime::now().checked_sub(retention) {
+        // SQLite has one writer, so no lock cycle: prune here, in the change's own
+        // write transaction (a statement after it would be one more write to wait for).
+        if let Some(cutoff) = SystemTime::now()
+            .checked_sub(retention)
+            .filter(|_| PRUNE_EVENTS_IN_TRANSACTION)
+        {
             sqlx::query("DELETE FROM api_key_events WHERE at < $1")
                 .bind(time_to_sql(cutoff))
                 .execute(&mut **tx)
@@ -237,7 +262,7 @@ impl WebhookOutbox for $store {
                 .iter()
                 .map(record_from_row)
                 .collect::<Result<Vec<_>, _>>()?;
-            let mut tx = self.pool.begin().await.map_err(backend)?;
+            let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(backend)?;
             let mut marked = 0;
             for record in &records {
                 let Some(expires) = record.expires_at else { continue };
@@ -267,6 +292,7 @@ impl WebhookOutbox for $store {
                 }
             }
             tx.commit().await.map_err(backend)?;
+            self.prune_events().await;
             queued += marked;
             if i64::try_from(records.len()).unwrap_or(i64::MAX) < BATCH || marked == 0 {
                 return Ok(queued);
@@ -521,7 +547,7 @@ impl KeyStore for $store {
     async fn create(&self, new: NewKey, actor: &str) -> Result<CreatedKey, StoreError> {
         let key = self.format.generate();
         let mut record = new.into_record(&key);
-        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(backend)?;
         if !Self::insert_in(&mut tx, &mut record).await? {
             return Err(generated_hash_taken());
         }
@@ -539,6 +565,7 @@ impl KeyStore for $store {
             .await?;
         Self::changed_in(&mut tx, self.retention, at, &record, ChangeKind::Created).await?;
         tx.commit().await.map_err(backend)?;
+        self.prune_events().await;
         Ok(CreatedKey { key, record })
     }
 
@@ -587,7 +614,7 @@ impl KeyStore for $store {
 
     async fn revoke(&self, id: &str, actor: &str) -> Result<KeyRecord, StoreError> {
         let now = SystemTime::now();
-        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(backend)?;
         let changed =
             sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
                 .bind(time_to_sql(now))
@@ -605,6 +632,7 @@ impl KeyStore for $store {
             Self::changed_in(&mut tx, self.retention, now, &record, ChangeKind::Revoked).await?;
         }
         tx.commit().await.map_err(backend)?;
+        self.prune_events().await;
         Ok(record)
     }
 
@@ -616,7 +644,7 @@ impl KeyStore for $store {
     ) -> Result<CreatedKey, StoreError> {
         let now = SystemTime::now();
         let key = self.format.generate();
-        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(backend)?;
         let old = Self::fetch_in(&mut tx, id).await?;
         let new = NewKey::successor_of(&old);
         let stops = $crate::store::grace_end(&old, now, grace)?;
@@ -646,6 +674,7 @@ impl KeyStore for $store {
         Self::changed_in(&mut tx, self.retention, now, &old, ChangeKind::Rotated).await?;
         Self::changed_in(&mut tx, self.retention, now, &record, ChangeKind::Created).await?;
         tx.commit().await.map_err(backend)?;
+        self.prune_events().await;
         Ok(CreatedKey { key, record })
     }
 
@@ -656,7 +685,7 @@ impl KeyStore for $store {
         actor: &str,
     ) -> Result<KeyRecord, StoreError> {
         let now = SystemTime::now();
-        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(backend)?;
         sqlx::query("UPDATE api_keys SET expires_at = $1 WHERE id = $2")
             .bind(at.map(time_to_sql))
             .bind(id)
@@ -678,7 +707,7 @@ impl KeyStore for $store {
         actor: &str,
     ) -> Result<KeyRecord, StoreError> {
         let now = SystemTime::now();
-        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(backend)?;
         sqlx::query("UPDATE api_keys SET scopes = $1 WHERE id = $2")
             .bind(scopes_to_sql(&scopes))
             .bind(id)
@@ -694,7 +723,7 @@ impl KeyStore for $store {
     }
 
     async fn record_usage(&self, deltas: &[UsageDelta]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(backend)?;
         for d in deltas {
             sqlx::query(
                 "UPDATE api_keys SET requests = requests + $1, rejected = rejected + $2, \
@@ -745,7 +774,7 @@ impl KeyStore for $store {
         actor: &str,
     ) -> Result<KeyRecord, StoreError> {
         let now = SystemTime::now();
-        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(backend)?;
         let changed = if revoke {
             sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
                 .bind(time_to_sql(now))
@@ -775,6 +804,7 @@ impl KeyStore for $store {
             Self::changed_in(&mut tx, self.retention, now, &record, ChangeKind::Revoked).await?;
         }
         tx.commit().await.map_err(backend)?;
+        self.prune_events().await;
         Ok(record)
     }
 
@@ -787,7 +817,7 @@ impl KeyStore for $store {
         let mut batch = $crate::store::BatchHashes::default();
         let mut records = Vec::with_capacity(keys.len());
         // One transaction: any error drops it, and with it every row inserted so far.
-        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(backend)?;
         for (index, key) in keys.into_iter().enumerate() {
             batch.add(index, key.hash)?;
             let mut record = key.into_record(now);

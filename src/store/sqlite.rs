@@ -184,4 +184,12 @@ impl SqliteStore {
     }
 }
 
+/// How a write transaction begins. SQLite: take the write lock at once, so that a transaction waits (busy timeout) for
+/// another writer instead of failing with "database is locked" when it upgrades from
+/// reading to writing.
+const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
+
+/// Whether the webhook outbox is pruned inside each change's transaction (else after it).
+const PRUNE_EVENTS_IN_TRANSACTION: bool = true;
+
 super::sql::sql_key_store!(SqliteStore, Sqlite, SqliteRow);

@@ -61,6 +61,16 @@ impl WebhookConfig {
         if endpoint.host().is_none_or(str::is_empty) {
             return Err(WebhookError::BadUrl("there is no host"));
         }
+        // A user and password in the URL would be shown wherever the endpoint is (its
+        // Debug, a log line): the receiver authenticates the sender by the signature.
+        if endpoint
+            .authority()
+            .is_some_and(|a| a.as_str().contains('@'))
+        {
+            return Err(WebhookError::BadUrl(
+                "a user or password in the URL is not supported (the signature authenticates)",
+            ));
+        }
         Ok(Self {
             endpoint,
             secret,
@@ -90,7 +100,8 @@ impl WebhookConfig {
     }
 
     /// How long after an event happened failures are still retried (default 24 h);
-    /// the first failure after that marks it failed.
+    /// the first failure after that marks it failed. Keep it shorter than the store's
+    /// outbox retention (7 days by default): older events are pruned, delivered or not.
     pub fn retry_for(mut self, window: Duration) -> Self {
         self.retry_for = window;
         self
@@ -330,6 +341,18 @@ mod tests {
 
     fn config() -> WebhookConfig {
         WebhookConfig::new("http://127.0.0.1:9/hooks", WebhookSecret::generate()).unwrap()
+    }
+
+    #[test]
+    fn a_url_with_a_user_or_password_is_refused() {
+        let secret = || WebhookSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        for url in [
+            "http://user:pass@127.0.0.1/hooks",
+            "http://user@127.0.0.1/hooks",
+        ] {
+            assert!(WebhookConfig::new(url, secret()).is_err(), "{url}");
+        }
+        assert!(WebhookConfig::new("http://127.0.0.1:9/hooks", secret()).is_ok());
     }
 
     #[test]
