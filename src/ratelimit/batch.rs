@@ -24,12 +24,16 @@
 //! doubles while the instance keeps spending its slices). A key far from its limit gets
 //! large slices; as its budget runs low they shrink, and at the edge the grant is the
 //! request's cost alone: one exact check per request, as the exact mode does. A refusal
-//! is remembered for the subject until the refused request could be allowed (at most the
-//! lease), so a key at its limit costs no round trip per refused request.
+//! is remembered, with the state Redis reported, for at most the lease: a request that
+//! state refuses is refused here. (With one instance a key at its limit so costs no round
+//! trip per refused request; with several moving the budget the state goes stale at once
+//! and most requests at the edge are calls, as in the exact mode.)
 //!
 //! **Giving back.** When an instance asks again for a subject it gives back what it still
 //! holds: a rate's unspent segment when no other instance took budget after it (the
-//! segment is then still the tail of the timeline), a quota's unspent requests always.
+//! segment is then still the tail of the timeline), a quota's unspent requests when they
+//! cannot pay the request (when they can, they pay it, and the call charges that quota
+//! nothing).
 //! So one instance alone decides exactly as the exact mode does, request by request.
 //!
 //! **All or nothing.** Locally, a request is allowed only if every one of its policies'
@@ -905,28 +909,7 @@ impl Slice {
                     retry_after: Duration::ZERO,
                 }
             }
-            (
-                Kind::Quota {
-                    unspent,
-                    used,
-                    window: held,
-                    ..
-                },
-                Limit::Quota { requests, window },
-            ) => {
-                let (number, end) = gcra::calendar_window(window, now);
-                let remaining = if held == number {
-                    (u64::from(requests) + unspent).saturating_sub(used)
-                } else {
-                    u64::from(requests)
-                };
-                PolicyStatus {
-                    allowed: true,
-                    remaining,
-                    reset: Duration::from_nanos(end - now),
-                    retry_after: Duration::ZERO,
-                }
-            }
+            (Kind::Quota { .. }, Limit::Quota { .. }) => self.quota_status(limit, now),
             _ => PolicyStatus::default(),
         }
     }

@@ -13,20 +13,7 @@
 -- Returns four integers per policy: allowed (1/0), remaining, reset (µs, rates only)
 -- and retry-after (µs, rates only).
 
--- A quota's count in the window `tag` (such as d20780) from its stored `tag:count`, and
--- whether the stored window is a later one (a call from an earlier window, with a clock
--- behind or late, must not write over it).
-local function quota_used(state, tag)
-  if not state then return 0, false end
-  local sep = string.find(state, ':', 1, true)
-  if not sep then return 0, false end
-  local stored = string.sub(state, 1, sep - 1)
-  if stored == tag then return tonumber(string.sub(state, sep + 1)) or 0, false end
-  local later = string.sub(stored, 1, 1) == string.sub(tag, 1, 1)
-    and (tonumber(string.sub(stored, 2)) or 0) > (tonumber(string.sub(tag, 2)) or 0)
-  return 0, later
-end
-
+-- quota_used: see redis_quota.lua, prepended to this script.
 local now = tonumber(ARGV[1])
 local out = {}
 local writes = {}

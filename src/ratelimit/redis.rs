@@ -15,9 +15,12 @@ use super::policy::{Limit, RateLimitPolicy, RateLimits};
 use super::store::{Decision, PolicyStatus, RateLimitStore, RateLimitStoreError, Subject};
 
 /// The GCRA and quota check as one Lua script, run atomically by the server.
-const SCRIPT: &str = include_str!("redis.lua");
+const SCRIPT: &str = concat!(include_str!("redis_quota.lua"), include_str!("redis.lua"));
 /// The same check, granting slices of the budget (the batched mode).
-const BATCH_SCRIPT: &str = include_str!("redis_batch.lua");
+const BATCH_SCRIPT: &str = concat!(
+    include_str!("redis_quota.lua"),
+    include_str!("redis_batch.lua")
+);
 
 /// How a [`RedisRateLimitStore`] asks Redis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
