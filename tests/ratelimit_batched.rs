@@ -15,10 +15,11 @@
 //! and a quota slice that went back is no longer counted as spent.
 #![cfg(feature = "redis")]
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+#[path = "common/redis.rs"]
+mod common_redis;
+use common_redis::{OwnRedis, XorShift, poll_until, redis_url, unique_prefix};
+
+use std::time::{Duration, Instant};
 
 use tower_api_key::ratelimit::{
     QuotaWindow, RateLimitStore, RedisMode, RedisRateLimitStore, Subject,
@@ -33,44 +34,6 @@ const DAY: u64 = 86_400 * S;
 const MIDNIGHT: u64 = 1_795_392_000 * S;
 /// 2026-11-30T23:00:00Z: an hour before a month (and a day) ends.
 const BEFORE_MONTH_END: u64 = MIDNIGHT + 7 * DAY + 23 * 3600 * S;
-
-fn require_services() -> bool {
-    std::env::var("TOWER_API_KEY_REQUIRE_SERVICES").as_deref() == Ok("1")
-}
-
-fn redis_url() -> Option<String> {
-    match std::env::var("TEST_REDIS_URL") {
-        Ok(url) if !url.is_empty() => {
-            // A store would quietly limit locally without Redis: fail loudly instead.
-            let mut conn = redis::Client::open(url.as_str())
-                .and_then(|c| c.get_connection())
-                .unwrap_or_else(|e| panic!("TEST_REDIS_URL is set but Redis does not answer: {e}"));
-            let pong: String = redis::cmd("PING").query(&mut conn).unwrap();
-            assert_eq!(pong, "PONG");
-            Some(url)
-        }
-        _ => {
-            assert!(
-                !require_services(),
-                "TEST_REDIS_URL is not set and TOWER_API_KEY_REQUIRE_SERVICES=1 requires Redis"
-            );
-            eprintln!("skipped: TEST_REDIS_URL is not set");
-            None
-        }
-    }
-}
-
-/// A key prefix of this test's own: pid, a counter and the time, so that tests sharing
-/// the server (in parallel, or in other runs) never meet.
-fn unique_prefix(label: &str) -> String {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("test:{label}:{}:{n}:{nanos}:", std::process::id())
-}
 
 fn store_in(mode: RedisMode, url: &str, prefix: &str) -> RedisRateLimitStore {
     RedisRateLimitStore::open(url)
@@ -97,35 +60,6 @@ fn rate(name: &str, requests: u32, per: Duration, burst: u32) -> RateLimitPolicy
 
 fn quota(name: &str, requests: u32, window: QuotaWindow) -> RateLimitPolicy {
     RateLimitPolicy::quota(name, requests, window).unwrap()
-}
-
-/// A small deterministic generator, so that a failure can be replayed from its seed.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-/// Polls `check` until `done` holds, for at most 20 s.
-async fn poll_until<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting: {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -651,108 +585,6 @@ async fn three_batched_stores_allow_only_what_the_exact_limiter_allows() {
 // ---------------------------------------------------------------------------------
 // A redis-server of the test's own (for exact command counts, and for outages).
 // ---------------------------------------------------------------------------------
-
-/// A port nothing listens on.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct OwnRedis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl OwnRedis {
-    fn start() -> Option<Self> {
-        let found = Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok();
-        if !found {
-            assert!(
-                !require_services(),
-                "redis-server is not on the PATH and TOWER_API_KEY_REQUIRE_SERVICES=1 requires it"
-            );
-            eprintln!("skipped: redis-server is not on the PATH");
-            return None;
-        }
-        let mut redis = Self {
-            port: free_port(),
-            child: None,
-        };
-        redis.restart();
-        Some(redis)
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let client = redis::Client::open(self.url()).unwrap();
-        loop {
-            if let Ok(mut c) = client.get_connection()
-                && redis::cmd("PING").query::<String>(&mut c).is_ok()
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().unwrap();
-            child.wait().unwrap();
-        }
-    }
-
-    /// Script runs the server has counted (`EVALSHA` and `EVAL`, less the calls that
-    /// failed: the `NOSCRIPT` answer before a script is loaded).
-    fn script_runs(&self) -> u64 {
-        let mut conn = redis::Client::open(self.url())
-            .unwrap()
-            .get_connection()
-            .unwrap();
-        let info: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query(&mut conn)
-            .unwrap();
-        let field = |stats: &str, name: &str| -> u64 {
-            stats
-                .split(',')
-                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-                .map_or(0, |v| v.parse().unwrap())
-        };
-        info.lines()
-            .filter_map(|line| {
-                line.strip_prefix("cmdstat_evalsha:")
-                    .or_else(|| line.strip_prefix("cmdstat_eval:"))
-            })
-            .map(|stats| field(stats, "calls") - field(stats, "failed_calls"))
-            .sum()
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 // ---------------------------------------------------------------------------------
 // 3. Round trips.

@@ -7,11 +7,14 @@
 //! missing service a failure.
 #![cfg(all(feature = "redis", feature = "axum"))]
 
+#[path = "common/redis.rs"]
+mod common_redis;
+use common_redis::{OwnRedis, XorShift, free_port, poll_until, redis_url, unique_prefix};
+
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Body;
@@ -29,41 +32,6 @@ use tower_api_key::{
 #[path = "common/http.rs"]
 mod common_http;
 use common_http::{call, header};
-
-fn require_services() -> bool {
-    std::env::var("TOWER_API_KEY_REQUIRE_SERVICES").as_deref() == Ok("1")
-}
-
-fn redis_url() -> Option<String> {
-    match std::env::var("TEST_REDIS_URL") {
-        Ok(url) if !url.is_empty() => {
-            // A store would quietly limit locally without Redis: fail loudly instead.
-            let mut conn = redis::Client::open(url.as_str())
-                .and_then(|c| c.get_connection())
-                .unwrap_or_else(|e| panic!("TEST_REDIS_URL is set but Redis does not answer: {e}"));
-            let pong: String = redis::cmd("PING").query(&mut conn).unwrap();
-            assert_eq!(pong, "PONG");
-            Some(url)
-        }
-        _ => {
-            assert!(
-                !require_services(),
-                "TEST_REDIS_URL is not set and TOWER_API_KEY_REQUIRE_SERVICES=1 requires Redis"
-            );
-            eprintln!("skipped: TEST_REDIS_URL is not set");
-            None
-        }
-    }
-}
-
-/// A key prefix of this test's own, so that tests sharing the server never meet.
-fn unique_prefix(label: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("test:{label}:{}:{nanos}:", std::process::id())
-}
 
 /// A store in the exact mode, whose answers (headers included) are exact across
 /// instances.
@@ -276,18 +244,6 @@ async fn two_batched_instances_allow_exactly_ten_of_twenty() {
         1,
         "{statuses:?}"
     );
-}
-
-/// A small deterministic generator, so that a failure can be replayed.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
 }
 
 /// The Lua script and the Rust algorithm give the same answers for the same requests
@@ -508,15 +464,6 @@ async fn the_password_never_shows() {
     assert!(!format!("{err} {err:?}").contains("s3cretpw"), "{err:?}");
 }
 
-/// A port nothing listens on.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn without_fallback_the_layer_fails_open_or_closed() {
     let url = format!("redis://127.0.0.1:{}/", free_port());
@@ -628,87 +575,6 @@ async fn a_redis_that_never_answers_holds_one_request_at_a_time() {
         "the probe gave up before the store's own timeout"
     );
     probe.abort();
-}
-
-/// A `redis-server` of this test's own, on a port of its own.
-struct OwnRedis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl OwnRedis {
-    fn start() -> Option<Self> {
-        let found = Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok();
-        if !found {
-            assert!(
-                !require_services(),
-                "redis-server is not on the PATH and TOWER_API_KEY_REQUIRE_SERVICES=1 requires it"
-            );
-            eprintln!("skipped: redis-server is not on the PATH");
-            return None;
-        }
-        let mut redis = Self {
-            port: free_port(),
-            child: None,
-        };
-        redis.restart();
-        Some(redis)
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let client = redis::Client::open(self.url()).unwrap();
-        loop {
-            if let Ok(mut c) = client.get_connection()
-                && redis::cmd("PING").query::<String>(&mut c).is_ok()
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().unwrap();
-            child.wait().unwrap();
-        }
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Polls `check` until `done` holds, for at most 20 s.
-async fn poll_until<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
