@@ -101,6 +101,9 @@ impl<T: RequiredScope, S: Send + Sync> FromRequestParts<S> for RequireScope<T> {
 
 impl IntoResponse for Rejection {
     fn into_response(self) -> Response {
-        self.render().map(axum::body::Body::from)
+        let mut response = self.render().map(axum::body::Body::from);
+        // Seen by the ApiKeyLayer outside, which counts the request as refused.
+        crate::auth::mark(&mut response, crate::auth::Outcome::of(self.error()));
+        response
     }
 }

@@ -52,6 +52,8 @@
 //!   scanning partner endpoint ([`admin::SecretScanning`]).
 //! - `webhooks`: Standard Webhooks of key events, from the stores' outbox
 //!   ([`webhook`]).
+//! - `metrics`: request outcomes, cache, store and change-feed metrics through the
+//!   `metrics` facade ([`metrics`]).
 //! - `cli`: the `apikey` tool.
 //! - `full`: all of them.
 //!
@@ -69,10 +71,12 @@ pub mod auth;
 mod clock;
 #[cfg(feature = "axum")]
 pub mod extract;
+mod failure_log;
 #[cfg(feature = "tonic")]
 pub mod grpc;
 pub mod key;
 pub mod lifetime;
+pub mod metrics;
 pub mod ratelimit;
 pub mod record;
 pub mod resolve;

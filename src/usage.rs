@@ -138,6 +138,7 @@ impl UsageRecorder {
         if map.len() >= self.shared.max_per_shard {
             drop(map);
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::usage_dropped();
             return;
         }
         let mut counts = Counts::default();

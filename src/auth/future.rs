@@ -1,9 +1,11 @@
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use http::Response;
 use pin_project_lite::pin_project;
+
+use super::Report;
 
 pub(crate) type BoxFuture<B, E> = Pin<Box<dyn Future<Output = Result<Response<B>, E>> + Send>>;
 
@@ -15,6 +17,8 @@ pin_project! {
     pub struct ResponseFuture<F, B, E> {
         #[pin]
         kind: Kind<F, B, E>,
+        // The request's span, entered while the inner service runs, and its count.
+        report: Report,
     }
 }
 
@@ -34,12 +38,20 @@ impl<F, B, E> ResponseFuture<F, B, E> {
     pub(crate) fn inner(future: F) -> Self {
         Self {
             kind: Kind::Inner { future },
+            report: Report::NONE,
         }
+    }
+
+    /// Reports the request with `report` when the inner service has answered.
+    pub(crate) fn reporting(mut self, report: Report) -> Self {
+        self.report = report;
+        self
     }
 
     pub(crate) fn resolving(future: BoxFuture<B, E>) -> Self {
         Self {
             kind: Kind::Resolving { future },
+            report: Report::NONE,
         }
     }
 
@@ -48,6 +60,7 @@ impl<F, B, E> ResponseFuture<F, B, E> {
             kind: Kind::Rejected {
                 response: Some(response),
             },
+            report: Report::NONE,
         }
     }
 }
@@ -59,8 +72,16 @@ where
     type Output = Result<Response<B>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Inner { future } => future.poll(cx),
+        let this = self.project();
+        match this.kind.project() {
+            KindProj::Inner { future } => {
+                let output = {
+                    let _entered = this.report.span().enter();
+                    ready!(future.poll(cx))
+                };
+                this.report.finish_with(&output);
+                Poll::Ready(output)
+            }
             KindProj::Resolving { future } => future.as_mut().poll(cx),
             KindProj::Rejected { response } => Poll::Ready(Ok(response
                 .take()

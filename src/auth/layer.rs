@@ -31,6 +31,9 @@ pub(crate) struct Shared<R, P> {
     pub(crate) cache: CachedResolver<R>,
     pub(crate) config: Config,
     pub(crate) responder: P,
+    pub(crate) metrics: crate::metrics::Requests,
+    /// Key store failures since the last log line.
+    pub(crate) failures: Arc<crate::failure_log::StoreFailures>,
 }
 
 impl<R, P: Clone> Clone for Shared<R, P> {
@@ -39,6 +42,8 @@ impl<R, P: Clone> Clone for Shared<R, P> {
             cache: self.cache.clone(),
             config: self.config.clone(),
             responder: self.responder.clone(),
+            metrics: self.metrics.clone(),
+            failures: Arc::clone(&self.failures),
         }
     }
 }
@@ -86,6 +91,8 @@ impl<R: KeyResolver> ApiKeyLayer<R> {
                     trusted_proxies: Arc::new([]),
                 },
                 responder: DefaultResponder,
+                metrics: Default::default(),
+                failures: Default::default(),
             }),
         }
     }
@@ -179,6 +186,8 @@ impl<R: KeyResolver, P: Responder> ApiKeyLayer<R, P> {
                 cache: self.shared.cache.clone(),
                 config: self.shared.config.clone(),
                 responder,
+                metrics: Default::default(),
+                failures: Default::default(),
             }),
         }
     }

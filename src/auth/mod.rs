@@ -62,6 +62,7 @@ mod client_ip;
 mod error;
 mod future;
 mod layer;
+mod outcome;
 mod require_scope;
 mod responder;
 mod service;
@@ -74,6 +75,7 @@ pub(crate) use error::{is_grpc, retry_after_secs};
 pub(crate) use future::BoxFuture;
 pub use future::ResponseFuture;
 pub use layer::{ApiKeyLayer, InvalidRealm};
+pub(crate) use outcome::{Outcome, Report, mark};
 #[cfg(any(feature = "axum", feature = "tonic"))]
 pub(crate) use require_scope::check_scopes;
 pub use require_scope::{RequireScopeLayer, RequireScopeService};

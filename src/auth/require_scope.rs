@@ -9,7 +9,10 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::error::is_grpc;
-use super::{AuthError, DefaultResponder, Rejection, RejectionBody, Responder, ResponseFuture};
+use super::{
+    AuthError, DefaultResponder, Outcome, Rejection, RejectionBody, Responder, ResponseFuture,
+    mark,
+};
 use crate::record::{Authenticated, Scope};
 
 /// Refuses requests whose [`Authenticated`] caller lacks any of the given scopes:
@@ -110,12 +113,13 @@ where
             Ok(()) => ResponseFuture::inner(self.inner.call(req)),
             Err(error) => {
                 let grpc = is_grpc(req.headers());
-                let rejection = Rejection::new(error, grpc);
-                ResponseFuture::rejected(
-                    self.responder
-                        .respond(rejection)
-                        .map(ResBody::from_rejection),
-                )
+                let outcome = Outcome::of(&error);
+                let mut response = self
+                    .responder
+                    .respond(Rejection::new(error, grpc))
+                    .map(ResBody::from_rejection);
+                mark(&mut response, outcome);
+                ResponseFuture::rejected(response)
             }
         }
     }

@@ -3,11 +3,15 @@ use std::task::{Context, Poll};
 
 use http::{Extensions, Request, Response};
 use tower_service::Service;
+use tracing::Instrument;
 
 use super::error::is_grpc;
 use super::layer::Shared;
 use super::source::Conflicting;
-use super::{AuthError, DefaultResponder, Rejection, RejectionBody, Responder, ResponseFuture};
+use super::{
+    AuthError, DefaultResponder, Outcome, Rejection, RejectionBody, Report, Responder,
+    ResponseFuture,
+};
 use crate::key::KeyHash;
 use crate::resolve::KeyResolver;
 
@@ -95,7 +99,8 @@ where
                 Err(_) => return self.reject(AuthError::InvalidKey, &req),
             },
             Ok(None) if config.allow_anonymous => {
-                return ResponseFuture::inner(self.inner.call(req));
+                let report = Report::anonymous(&self.shared.metrics);
+                return ResponseFuture::inner(self.inner.call(req)).reporting(report);
             }
             Ok(None) => return self.reject(AuthError::MissingKey, &req),
             Err(Conflicting) => return self.reject(AuthError::ConflictingKeys, &req),
@@ -114,15 +119,17 @@ where
         {
             return match found {
                 Ok(auth) if !address_allowed(config, &auth, &req) => {
-                    self.reject(AuthError::AddressNotAllowed, &req)
+                    let report = Report::of_caller(&self.shared.metrics, &auth);
+                    self.refuse(report, AuthError::AddressNotAllowed, &req)
                 }
                 Ok(auth) => {
+                    let report = Report::of_caller(&self.shared.metrics, &auth);
                     let extensions = req.extensions_mut();
                     if extensions.is_empty() {
                         *extensions = ROOMY.clone();
                     }
                     extensions.insert(auth);
-                    ResponseFuture::inner(self.inner.call(req))
+                    ResponseFuture::inner(self.inner.call(req)).reporting(report)
                 }
                 Err(error) => self.reject(error, &req),
             };
@@ -133,27 +140,40 @@ where
         let ready = std::mem::replace(&mut self.inner, clone);
         let this = self.with_inner(ready);
         let grpc = is_grpc(req.headers());
-        ResponseFuture::resolving(Box::pin(async move {
-            let mut this = this;
-            let error = match this.shared.cache.lookup_slow(&hash).await {
-                Ok(slot) => match slot.into_admitted() {
-                    Ok(auth) if !address_allowed(&this.shared.config, &auth, &req) => {
-                        AuthError::AddressNotAllowed
+        let mut report = Report::start(&self.shared.metrics);
+        let span = report.span().clone();
+        ResponseFuture::resolving(Box::pin(
+            async move {
+                let mut this = this;
+                let error = match this.shared.cache.lookup_slow(&hash).await {
+                    Ok(slot) => match slot.into_admitted() {
+                        Ok(auth) if !address_allowed(&this.shared.config, &auth, &req) => {
+                            report.caller(&auth);
+                            AuthError::AddressNotAllowed
+                        }
+                        Ok(auth) => {
+                            report.caller(&auth);
+                            req.extensions_mut().insert(auth);
+                            let response = this.inner.call(req).await;
+                            report.finish_with(&response);
+                            return response;
+                        }
+                        Err(error) => error,
+                    },
+                    Err(error) => {
+                        // Not the key, nor its hash: the key is not known, and its hash
+                        // is derived from it. Once per interval, with how many.
+                        if let Some(failures) = this.shared.failures.record(crate::clock::wall_nanos()) {
+                            tracing::warn!(%error, failures, "API keys could not be resolved: answering 503 (failures since the last such line)");
+                        }
+                        AuthError::Unavailable(error)
                     }
-                    Ok(auth) => {
-                        req.extensions_mut().insert(auth);
-                        let response = this.inner.call(req).await?;
-                        return Ok(response);
-                    }
-                    Err(error) => error,
-                },
-                Err(error) => {
-                    tracing::warn!(key_hash = %hash, %error, "API key could not be resolved");
-                    AuthError::Unavailable(error)
-                }
-            };
-            Ok(this.rejection(error, grpc))
-        }))
+                };
+                report.finish(Outcome::of(&error));
+                Ok(this.rejection(error, grpc))
+            }
+            .instrument(span),
+        ))
     }
 }
 
@@ -192,6 +212,16 @@ impl<S, R, P: Responder> ApiKeyService<S, R, P> {
         error: AuthError,
         req: &Request<T>,
     ) -> ResponseFuture<F, B, E> {
+        self.refuse(Report::start(&self.shared.metrics), error, req)
+    }
+
+    fn refuse<F, B: RejectionBody, E, T>(
+        &self,
+        mut report: Report,
+        error: AuthError,
+        req: &Request<T>,
+    ) -> ResponseFuture<F, B, E> {
+        report.finish(Outcome::of(&error));
         ResponseFuture::rejected(self.rejection(error, is_grpc(req.headers())))
     }
 }

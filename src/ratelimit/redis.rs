@@ -177,6 +177,7 @@ impl RedisRateLimitStore {
 
     fn build(client: redis::Client, timeout: Duration) -> Result<Self, InvalidRedisUrl> {
         let conn = connection(client.clone(), timeout).map_err(|_| InvalidRedisUrl(()))?;
+        crate::metrics::redis_fallback(false);
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
@@ -473,6 +474,7 @@ impl RedisRateLimitStore {
             Ordering::Relaxed,
         );
         if !inner.degraded.swap(true, Ordering::Relaxed) {
+            crate::metrics::redis_fallback(true);
             if inner.fallback.is_some() {
                 tracing::warn!(
                     error = %error,
@@ -490,6 +492,7 @@ impl RedisRateLimitStore {
     fn on_success(&self) {
         let inner = &*self.inner;
         if inner.degraded.swap(false, Ordering::Relaxed) {
+            crate::metrics::redis_fallback(false);
             let missed = inner.missed.swap(0, Ordering::Relaxed);
             tracing::info!(
                 missed,

@@ -10,7 +10,7 @@ use super::headers::Headers;
 use super::layer::{Anonymous, By, Cost, OnStoreError, RequestInfo, Shared};
 use super::policy::RateLimits;
 use super::store::{Decision, RateLimitStore, RateLimitStoreError, Subject};
-use crate::auth::{AuthError, Rejection, RejectionBody, is_grpc};
+use crate::auth::{AuthError, Outcome, Rejection, RejectionBody, is_grpc, mark};
 use crate::record::Authenticated;
 use crate::resolve::ResolveError;
 
@@ -218,11 +218,14 @@ impl<S, St> RateLimitService<S, St> {
                 }
                 return match config.on_store_error {
                     OnStoreError::Allow => Verdict::Pass(None),
-                    OnStoreError::Deny => Verdict::Reject(
-                        Rejection::new(AuthError::Unavailable(ResolveError::new(error)), grpc())
+                    OnStoreError::Deny => {
+                        let error = AuthError::Unavailable(ResolveError::new(error));
+                        let mut response = Rejection::new(error, grpc())
                             .render()
-                            .map(B::from_rejection),
-                    ),
+                            .map(B::from_rejection);
+                        mark(&mut response, Outcome::Unavailable);
+                        Verdict::Reject(response)
+                    }
                 };
             }
         };
@@ -244,6 +247,7 @@ impl<S, St> RateLimitService<S, St> {
         let mut response = Rejection::new(error, grpc())
             .render()
             .map(B::from_rejection);
+        mark(&mut response, Outcome::RateLimited);
         headers.apply(response.headers_mut());
         Verdict::Reject(response)
     }

@@ -115,6 +115,8 @@ pub(super) struct Inner<R> {
     pub(super) generation: AtomicU64,
     /// Tells this cache's entries in the threads' tables from other caches'.
     id: u64,
+    /// Hits, stale hits and misses, with the `metrics` feature.
+    pub(super) metrics: crate::metrics::CacheLookups,
 }
 
 /// Builds a [`CachedResolver`]; from [`CachedResolver::builder`].
@@ -198,6 +200,7 @@ impl<R: KeyResolver> CachedResolverBuilder<R> {
                     static NEXT_ID: AtomicU64 = AtomicU64::new(0);
                     NEXT_ID.fetch_add(1, Ordering::Relaxed)
                 },
+                metrics: Default::default(),
             }),
         }
     }
@@ -237,6 +240,7 @@ impl<R: KeyResolver> CachedResolver<R> {
 
     async fn lookup_slot(&self, hash: &KeyHash) -> Result<Slot, ResolveError> {
         if let Some(slot) = self.cached(hash, clock::mono_nanos()) {
+            self.inner.metrics.hit();
             return Ok(slot);
         }
         self.lookup_slow(hash).await
@@ -256,6 +260,7 @@ impl<R: KeyResolver> CachedResolver<R> {
         if touch_due() {
             return None;
         }
+        self.inner.metrics.hit();
         Some(slot.into_admitted())
     }
 

@@ -281,6 +281,7 @@ impl Shared {
     }
 
     fn read_ok(&self, last_seq: u64) {
+        crate::metrics::change_log_read();
         let mut status = self.status();
         let now = Instant::now();
         status.last_read = Some(now);
@@ -485,6 +486,7 @@ impl<R: KeyResolver, F: ChangeFeed> Follow<R, F> {
             match self.timed(self.feed.changes_after(self.last, BATCH)).await {
                 Ok(Changes::Next(changes)) => {
                     for change in &changes {
+                        crate::metrics::change_applied(change.at);
                         // A revoked record the cache already holds (this instance
                         // revoked it, or loaded it since) stays as it is: dropping it
                         // would turn the key's 401 into a 503 should the store fail
@@ -535,9 +537,12 @@ impl<R: KeyResolver, F: ChangeFeed> Follow<R, F> {
         call: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         let limit = self.shared.options.read_timeout;
-        tokio::time::timeout(limit, call)
+        let timer = crate::metrics::StoreTimer::start();
+        let result = tokio::time::timeout(limit, call)
             .await
-            .unwrap_or_else(|_| Err(StoreError::Backend(Box::new(TimedOut(limit)))))
+            .unwrap_or_else(|_| Err(StoreError::Backend(Box::new(TimedOut(limit)))));
+        timer.finish(crate::metrics::StoreCall::Changes, result.is_ok());
+        result
     }
 }
 

@@ -11,6 +11,7 @@ use super::cache::Slot;
 use super::{CachedResolver, KeyResolver, ResolveError, TimedOut};
 use crate::clock;
 use crate::key::KeyHash;
+use crate::metrics;
 use crate::record::KeyRecord;
 
 /// After a failed refresh, the stale entry is served from the fast tables this long
@@ -62,9 +63,13 @@ impl<R: KeyResolver> CachedResolver<R> {
         // has begun since.
         let epoch = self.inner.epoch.load(Ordering::Acquire);
         let stale = match self.inner.moka.get(hash).await {
-            Some(slot) if slot.is_fresh(now) => return Ok(slot),
+            Some(slot) if slot.is_fresh(now) => {
+                self.inner.metrics.hit();
+                return Ok(slot);
+            }
             Some(slot) if slot.is_servable_stale(now) => {
                 if self.refresh_in_background(hash, &slot, epoch) {
+                    self.inner.metrics.stale();
                     return Ok(slot);
                 }
                 // No runtime to refresh in: refresh here, then read the tables again.
@@ -78,6 +83,7 @@ impl<R: KeyResolver> CachedResolver<R> {
             }
             None => None,
         };
+        self.inner.metrics.miss();
         let loaded = match self.load_through_moka(hash).await {
             Ok(slot) if slot.is_fresh(clock::mono_nanos()) => Ok(slot),
             // Not kept (invalidated while loading), or moka handed back an entry that
@@ -157,7 +163,8 @@ impl<R: KeyResolver> CachedResolver<R> {
         let slot = match result {
             Ok(record) => self.slot_for(hash, now, generation, record),
             Err(error) => {
-                tracing::debug!(key_hash = %hash, %error, "a cached key could not be refreshed");
+                let key_id = stale.auth().map(crate::Authenticated::key_id);
+                tracing::debug!(key_id, %error, "a cached key could not be refreshed");
                 let retry = now.saturating_add(clock::duration_nanos(RETRY_INTERVAL));
                 stale.restamped(retry.min(stale.stamp().stale_until), generation)
             }
@@ -180,15 +187,18 @@ impl<R: KeyResolver> CachedResolver<R> {
 
     /// The resolver's answer for `hash`, within the deadline.
     async fn load_record(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, ResolveError> {
+        let timer = metrics::StoreTimer::start();
         let call = self.inner.resolver.resolve(hash);
-        match self.inner.load_timeout {
+        let result = match self.inner.load_timeout {
             Some(limit) if tokio::runtime::Handle::try_current().is_ok() => {
                 tokio::time::timeout(limit, call)
                     .await
                     .unwrap_or_else(|_| Err(ResolveError::new(TimedOut(limit))))
             }
             _ => call.await,
-        }
+        };
+        timer.finish(metrics::StoreCall::Resolve, result.is_ok());
+        result
     }
 
     /// The entry for what the resolver answered at `now`: fresh for the TTL, then (for
