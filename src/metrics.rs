@@ -174,7 +174,6 @@ mod enabled {
     }
 
     impl<T> Registered<T> {
-
         #[inline]
         fn get(&self, register: impl FnOnce() -> T) -> Option<&T> {
             if let Some(handles) = self.0.get() {
@@ -272,7 +271,8 @@ mod enabled {
         #[inline]
         fn count(&self, i: usize) {
             let register = || {
-                ["hit", "stale", "miss"].map(|result| counter!(CACHE_LOOKUPS_TOTAL, "result" => result))
+                ["hit", "stale", "miss"]
+                    .map(|result| counter!(CACHE_LOOKUPS_TOTAL, "result" => result))
             };
             if let Some(counters) = self.0.get(register) {
                 counters[i].increment(1);
@@ -347,6 +347,7 @@ mod enabled {
     }
 
     /// The Redis rate-limit store falls back (`true`), or reaches Redis again.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn redis_fallback(on: bool) {
         gauge!(REDIS_FALLBACK).set(if on { 1.0 } else { 0.0 });
     }
@@ -418,6 +419,7 @@ mod disabled {
     #[inline(always)]
     pub(crate) fn change_log_read() {}
     #[inline(always)]
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn redis_fallback(_: bool) {}
     #[inline(always)]
     pub(crate) fn usage_dropped() {}

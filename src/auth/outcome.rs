@@ -41,6 +41,7 @@ macro_rules! outcomes {
 
         impl Outcome {
             /// Every outcome, in the order of their indices.
+            #[cfg_attr(not(any(test, feature = "metrics")), allow(dead_code))]
             pub(crate) const ALL: [Self; [$(Self::$variant),*].len()] = [$(Self::$variant),*];
 
             /// The outcome's name: a label value.
@@ -82,6 +83,7 @@ outcomes! {
 
 impl Outcome {
     /// How many outcomes there are.
+    #[cfg_attr(not(any(test, feature = "metrics")), allow(dead_code))]
     pub(crate) const COUNT: usize = Self::ALL.len();
 
     /// The outcome of a request refused with `error`.
@@ -117,6 +119,8 @@ pub(crate) struct Report {
     tally: Tally,
     /// The outcome of a response that carries no refusal mark.
     passed: Outcome,
+    /// Is the key's record known (its caller recorded)?
+    known: bool,
 }
 
 impl Report {
@@ -125,6 +129,7 @@ impl Report {
         span: Span::none(),
         tally: Tally::OFF,
         passed: Outcome::Allowed,
+        known: false,
     };
 
     /// A new request's report: its span (when a subscriber wants it) and, with the
@@ -140,13 +145,23 @@ impl Report {
             ),
             tally: requests.tally(),
             passed: Outcome::Allowed,
+            known: false,
         }
     }
 
     /// The report of a request whose key belongs to `auth`.
     pub(crate) fn of_caller(requests: &Requests, auth: &Authenticated) -> Self {
-        let report = Self::start(requests);
+        let mut report = Self::start(requests);
         report.caller(auth);
+        report
+    }
+
+    /// The report of a request whose key belongs to `known`, if its record is known.
+    pub(crate) fn of_key(requests: &Requests, known: Option<&Authenticated>) -> Self {
+        let mut report = Self::start(requests);
+        if let Some(auth) = known {
+            report.caller(auth);
+        }
         report
     }
 
@@ -164,7 +179,8 @@ impl Report {
     }
 
     /// Records whose key the request carries.
-    pub(crate) fn caller(&self, auth: &Authenticated) {
+    pub(crate) fn caller(&mut self, auth: &Authenticated) {
+        self.known = true;
         if !self.span.is_disabled() {
             self.span.record("key_id", auth.key_id());
             self.span.record("consumer", auth.consumer());
@@ -179,6 +195,15 @@ impl Report {
             // Recorded once: a second finish must not overwrite it.
             self.span = Span::none();
         }
+    }
+
+    /// Finishes with the outcome of a refusal with `error`: a key whose record is known
+    /// but that is refused as invalid is a revoked key.
+    pub(crate) fn refused(&mut self, error: &AuthError) {
+        self.finish(match Outcome::of(error) {
+            Outcome::Invalid if self.known => Outcome::Revoked,
+            outcome => outcome,
+        });
     }
 
     /// Finishes with the outcome of what came back from inside the service: a refusal
@@ -201,17 +226,23 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
+    use std::convert::Infallible;
     use std::sync::{Arc, Mutex};
+    use std::time::{Duration, SystemTime};
 
     use http::Request;
     use tower::{ServiceExt, service_fn};
+    use tower_layer::Layer;
+    use tracing::field::{Field, Visit};
     use tracing::span::{Attributes, Id, Record};
     use tracing::subscriber::Interest;
-    use tracing::{Metadata, Subscriber};
+    use tracing::{Event, Metadata, Subscriber};
 
     use super::*;
-    use crate::auth::Rejection;
-    use crate::{ApiKeyLayer, KeyFormat, KeyRecord, MemoryStore, RateLimitLayer, RateLimitPolicy};
+    use crate::{
+        ApiKeyLayer, KeyFormat, KeyRecord, MemoryRateLimitStore, MemoryStore, RateLimitLayer,
+        RateLimitPolicy, RequireScopeLayer, Scope,
+    };
 
     #[test]
     fn names_are_distinct_label_values() {
@@ -219,61 +250,66 @@ mod tests {
         assert_eq!(names.len(), Outcome::COUNT);
         for (i, outcome) in Outcome::ALL.iter().enumerate() {
             assert_eq!(*outcome as usize, i);
+            let name = outcome.name();
             assert!(
-                outcome
-                    .name()
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b == b'_'),
-                "{}",
-                outcome.name()
+                name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{name}"
             );
         }
     }
 
-    /// Spans and their fields as a subscriber saw them, and every field written.
-    #[derive(Default, Clone)]
-    struct Captured {
-        spans: Arc<Mutex<Vec<CapturedSpan>>>,
-        /// Every value any span or event recorded, as text.
-        text: Arc<Mutex<String>>,
-    }
-
-    #[derive(Debug, Default, Clone)]
-    struct CapturedSpan {
+    /// A span as the subscriber saw it: name, target, level and every field recorded.
+    #[derive(Debug, Clone)]
+    struct Seen {
         name: &'static str,
         target: String,
-        level: Option<tracing::Level>,
+        level: tracing::Level,
         fields: Vec<(String, String)>,
     }
 
-    impl CapturedSpan {
+    impl Seen {
         fn field(&self, name: &str) -> Option<&str> {
+            let mut found = self.fields.iter().filter(|(k, _)| k == name);
+            let value = found.next().map(|(_, v)| v.as_str());
+            assert!(found.next().is_none(), "{name} recorded twice: {self:?}");
+            value
+        }
+    }
+
+    /// Collects spans, the span each event happened in, and all text written.
+    #[derive(Default, Clone)]
+    struct Capture(Arc<Mutex<Captured>>);
+
+    #[derive(Default)]
+    struct Captured {
+        spans: Vec<Seen>,
+        /// Spans entered and not yet exited (one thread: the test's runtime).
+        stack: Vec<u64>,
+        /// For each event, its message and the span it happened in.
+        events: Vec<(String, Option<u64>)>,
+        /// Every value recorded by any span or event.
+        text: String,
+    }
+
+    struct Fields<'a> {
+        fields: &'a mut Vec<(String, String)>,
+        text: &'a mut String,
+    }
+
+    impl Visit for Fields<'_> {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            self.record_str(field, &format!("{value:?}"));
+        }
+
+        fn record_str(&mut self, field: &Field, value: &str) {
+            self.text.push_str(value);
+            self.text.push('\n');
             self.fields
-                .iter()
-                .rev()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.as_str())
+                .push((field.name().to_owned(), value.to_owned()));
         }
     }
 
-    struct Fields<'a>(&'a mut Vec<(String, String)>, &'a mut String);
-
-    impl tracing::field::Visit for Fields<'_> {
-        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-            let value = format!("{value:?}");
-            self.1.push_str(&value);
-            self.1.push('\n');
-            self.0.push((field.name().to_owned(), value));
-        }
-
-        fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-            self.1.push_str(value);
-            self.1.push('\n');
-            self.0.push((field.name().to_owned(), value.to_owned()));
-        }
-    }
-
-    impl Subscriber for Captured {
+    impl Subscriber for Capture {
         fn register_callsite(&self, _: &'static Metadata<'static>) -> Interest {
             Interest::always()
         }
@@ -283,38 +319,64 @@ mod tests {
         }
 
         fn new_span(&self, attrs: &Attributes<'_>) -> Id {
-            let mut spans = self.spans.lock().unwrap();
-            let mut span = CapturedSpan {
-                name: attrs.metadata().name(),
-                target: attrs.metadata().target().to_owned(),
-                level: Some(*attrs.metadata().level()),
-                fields: Vec::new(),
-            };
-            let mut text = self.text.lock().unwrap();
-            attrs.record(&mut Fields(&mut span.fields, &mut text));
-            spans.push(span);
+            let mut captured = self.0.lock().unwrap();
+            let Captured { spans, text, .. } = &mut *captured;
+            let mut fields = Vec::new();
+            attrs.record(&mut Fields {
+                fields: &mut fields,
+                text,
+            });
+            let metadata = attrs.metadata();
+            spans.push(Seen {
+                name: metadata.name(),
+                target: metadata.target().to_owned(),
+                level: *metadata.level(),
+                fields,
+            });
             Id::from_u64(spans.len() as u64)
         }
 
         fn record(&self, id: &Id, values: &Record<'_>) {
-            let mut spans = self.spans.lock().unwrap();
+            let mut captured = self.0.lock().unwrap();
+            let Captured { spans, text, .. } = &mut *captured;
             let span = &mut spans[id.into_u64() as usize - 1];
-            let mut text = self.text.lock().unwrap();
-            values.record(&mut Fields(&mut span.fields, &mut text));
+            values.record(&mut Fields {
+                fields: &mut span.fields,
+                text,
+            });
         }
 
         fn record_follows_from(&self, _: &Id, _: &Id) {}
 
-        fn event(&self, event: &tracing::Event<'_>) {
-            let mut ignored = Vec::new();
-            let mut text = self.text.lock().unwrap();
-            text.push_str(event.metadata().name());
-            event.record(&mut Fields(&mut ignored, &mut text));
+        fn event(&self, event: &Event<'_>) {
+            let mut captured = self.0.lock().unwrap();
+            let Captured {
+                events,
+                stack,
+                text,
+                ..
+            } = &mut *captured;
+            let mut fields = Vec::new();
+            event.record(&mut Fields {
+                fields: &mut fields,
+                text,
+            });
+            let message = fields
+                .into_iter()
+                .find(|(k, _)| k == "message")
+                .map(|(_, v)| v)
+                .unwrap_or_default();
+            events.push((message, stack.last().copied()));
         }
 
-        fn enter(&self, _: &Id) {}
+        fn enter(&self, id: &Id) {
+            self.0.lock().unwrap().stack.push(id.into_u64());
+        }
 
-        fn exit(&self, _: &Id) {}
+        fn exit(&self, id: &Id) {
+            let mut captured = self.0.lock().unwrap();
+            assert_eq!(captured.stack.pop(), Some(id.into_u64()));
+        }
     }
 
     fn get(key: Option<&str>) -> Request<String> {
@@ -325,99 +387,153 @@ mod tests {
         req.body(String::new()).unwrap()
     }
 
-    #[tokio::test(flavor = "current_thread")]
-    async fn each_request_has_one_span_with_key_id_consumer_and_outcome_and_never_the_key() {
-        let store = MemoryStore::new();
-        let key = KeyFormat::default().generate();
-        let record = KeyRecord::new(&key, "acme-corp");
-        let id = record.id.clone();
-        let hash = record.hash.to_string();
-        store.insert(record);
-        let ok = |_req: Request<String>| async { Ok::<_, std::convert::Infallible>(Response::new(String::from("ok"))) };
-        let limits = RateLimitLayer::new(
-            crate::MemoryRateLimitStore::new(),
-            RateLimitPolicy::per_second(1).burst(1),
-        );
-        let service = ApiKeyLayer::new(store).layer_around(limits.layer_around(service_fn(ok)));
-        let captured = Captured::default();
-        let dispatch = tracing::Dispatch::new(captured.clone());
-        let _guard = tracing::dispatcher::set_default(&dispatch);
-
-        let secret = key.expose_secret();
-        let mut malformed = secret.to_owned();
-        malformed.pop();
-        for req in [
-            get(Some(secret)),     // a miss: the slow path
-            get(Some(secret)),     // a hit, but over the limit of one a second
-            get(None),             // missing
-            get(Some(&malformed)), // invalid
-        ] {
-            service.clone().oneshot(req).await.unwrap();
-        }
-
-        let spans: Vec<_> = captured
-            .spans
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|s| s.name == "api_key")
-            .cloned()
-            .collect();
-        assert_eq!(spans.len(), 4, "{spans:#?}");
-        for span in &spans {
-            assert_eq!(span.target, "tower_api_key::auth");
-            assert_eq!(span.level, Some(tracing::Level::DEBUG));
-        }
-        let fields = |span: &CapturedSpan| {
-            (
-                span.field("key_id").map(str::to_owned),
-                span.field("consumer").map(str::to_owned),
-                span.field("outcome").map(str::to_owned),
-            )
-        };
-        let known = (Some(id.clone()), Some("acme-corp".to_owned()));
-        let outcomes: Vec<_> = spans.iter().map(fields).collect();
-        assert_eq!(
-            outcomes,
-            [
-                (known.0.clone(), known.1.clone(), Some("allowed".to_owned())),
-                (known.0.clone(), known.1.clone(), Some("rate_limited".to_owned())),
-                (None, None, Some("missing".to_owned())),
-                (None, None, Some("invalid".to_owned())),
-            ]
-        );
-        let text = captured.text.lock().unwrap();
-        assert!(text.contains(&id), "the capture saw the key id");
-        assert!(!text.contains(secret), "the key was recorded");
-        assert!(!text.contains(&malformed), "the malformed key was recorded");
-        assert!(!text.contains(&hash[..16]), "the key's hash was recorded");
+    async fn handler(_: Request<String>) -> Result<Response<String>, Infallible> {
+        tracing::info!("in the handler");
+        Ok(Response::new("ok".to_owned()))
     }
 
     #[tokio::test(flavor = "current_thread")]
-    async fn a_refusal_made_inside_is_its_outcome_and_an_answer_is_allowed() {
-        let refusal = |_req: Request<String>| async {
-            let mut response = Rejection::new(
-                AuthError::InsufficientScope {
-                    scope: "orders:read".into(),
-                },
-                false,
-            )
-            .render()
-            .map(|b| String::from_utf8(b.to_vec()).unwrap());
-            mark(
-                &mut response,
-                &AuthError::InsufficientScope {
-                    scope: "orders:read".into(),
-                },
+    async fn one_span_per_request_with_key_id_consumer_and_outcome_and_never_the_key() {
+        let store = MemoryStore::new();
+        let format = KeyFormat::default();
+        let (active, revoked) = (format.generate(), format.generate());
+        let active_record = KeyRecord::new(&active, "acme-corp");
+        let revoked_record = KeyRecord::new(&revoked, "umbrella")
+            .with_revoked_at(SystemTime::now() - Duration::from_secs(1));
+        let (active_id, revoked_id) = (active_record.id.clone(), revoked_record.id.clone());
+        let hashes = [active.hash(), revoked.hash()];
+        store.insert(active_record);
+        store.insert(revoked_record);
+        let auth = ApiKeyLayer::new(store);
+        // One request a minute: the second is refused inside the layer.
+        let limits = RateLimitLayer::new(
+            MemoryRateLimitStore::new(),
+            RateLimitPolicy::rate("per-minute", 1, Duration::from_secs(60)).unwrap(),
+        );
+        let limited = auth.layer(limits.layer(service_fn(handler)));
+        let scoped = auth.layer(
+            RequireScopeLayer::new([Scope::from_static("orders:read")]).layer(service_fn(handler)),
+        );
+
+        let capture = Capture::default();
+        let _default = tracing::subscriber::set_default(capture.clone());
+        let (active_key, revoked_key) = (active.expose_secret(), revoked.expose_secret());
+        let mut malformed = active_key.to_owned();
+        malformed.pop();
+        for key in [
+            Some(active_key),  // a miss (the slow path), allowed
+            Some(active_key),  // a hit, over the limit
+            None,              // no key
+            Some(&malformed),  // not a key
+            Some(revoked_key), // a miss, revoked
+            Some(revoked_key), // a hit, revoked
+        ] {
+            limited.clone().oneshot(get(key)).await.unwrap();
+        }
+        // A hit, without the scope.
+        scoped.oneshot(get(Some(active_key))).await.unwrap();
+        drop(_default);
+
+        let captured = capture.0.lock().unwrap();
+        let spans: Vec<_> = captured
+            .spans
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.name == "api_key")
+            .collect();
+        let seen: Vec<_> = spans
+            .iter()
+            .map(|(_, s)| {
+                assert_eq!(s.target, "tower_api_key::auth");
+                assert_eq!(s.level, tracing::Level::DEBUG);
+                (s.field("key_id"), s.field("consumer"), s.field("outcome"))
+            })
+            .collect();
+        let active = (Some(active_id.as_str()), Some("acme-corp"));
+        let revoked = (Some(revoked_id.as_str()), Some("umbrella"));
+        assert_eq!(
+            seen,
+            [
+                (active.0, active.1, Some("allowed")),
+                (active.0, active.1, Some("rate_limited")),
+                (None, None, Some("missing")),
+                (None, None, Some("invalid")),
+                (revoked.0, revoked.1, Some("revoked")),
+                (revoked.0, revoked.1, Some("revoked")),
+                (active.0, active.1, Some("forbidden")),
+            ]
+        );
+        // The handler ran inside the request's span.
+        let in_handler: Vec<_> = captured
+            .events
+            .iter()
+            .filter(|(message, _)| message == "in the handler")
+            .collect();
+        assert_eq!(in_handler.len(), 1, "{:?}", captured.events);
+        assert_eq!(in_handler[0].1, Some(spans[0].0 as u64 + 1));
+        assert!(captured.stack.is_empty());
+        // Nothing written holds a key or a key's hash.
+        assert!(captured.text.contains(&active_id));
+        for secret in [active_key, revoked_key, &malformed] {
+            assert!(!captured.text.contains(secret), "a key was recorded");
+            assert!(
+                !captured.text.contains(&secret[..20]),
+                "part of a key was recorded"
             );
-            Ok::<_, std::convert::Infallible>(response)
-        };
-        let mut report = Report::start(&Requests::default());
-        let response = refusal(get(None)).await;
-        let outcome = response.as_ref().unwrap().extensions().get::<Marked>().unwrap().0;
-        assert_eq!(outcome, Outcome::Forbidden);
-        report.finish_with(&response);
-        let answer: Result<Response<String>, ()> = Ok(Response::new(String::new()));
-        assert!(answer.as_ref().unwrap().extensions().get::<Marked>().is_none());
+        }
+        for hash in hashes {
+            assert!(
+                !captured.text.contains(&hash.to_hex()[..16]),
+                "a key's hash was recorded"
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_store_failure_is_logged_once_without_the_key_or_its_hash() {
+        #[derive(Clone)]
+        struct Down;
+        #[async_trait::async_trait]
+        impl crate::KeyResolver for Down {
+            async fn resolve(
+                &self,
+                _: &crate::KeyHash,
+            ) -> Result<Option<KeyRecord>, crate::ResolveError> {
+                Err(crate::ResolveError::new("the database is down"))
+            }
+        }
+        let service = ApiKeyLayer::new(Down).layer(service_fn(handler));
+        let capture = Capture::default();
+        let _default = tracing::subscriber::set_default(capture.clone());
+        let key = KeyFormat::default().generate();
+        for _ in 0..20 {
+            let response = service
+                .clone()
+                .oneshot(get(Some(key.expose_secret())))
+                .await;
+            assert_eq!(
+                response.unwrap().status(),
+                http::StatusCode::SERVICE_UNAVAILABLE
+            );
+        }
+        drop(_default);
+        let captured = capture.0.lock().unwrap();
+        let warnings: Vec<_> = captured
+            .events
+            .iter()
+            .filter(|(m, _)| m.starts_with("API keys could not be resolved"))
+            .collect();
+        assert_eq!(warnings.len(), 1, "{:?}", captured.events);
+        let outcomes: Vec<_> = captured
+            .spans
+            .iter()
+            .filter(|s| s.name == "api_key")
+            .map(|s| s.field("outcome"))
+            .collect();
+        assert_eq!(outcomes, vec![Some("unavailable"); 20]);
+        assert!(captured.text.contains("the database is down"));
+        assert!(!captured.text.contains(&key.expose_secret()[..20]));
+        assert!(!captured.text.contains(&key.hash().to_hex()[..16]));
+        assert!(!captured.text.contains(&key.hash().to_string()));
     }
 }

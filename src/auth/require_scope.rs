@@ -10,8 +10,7 @@ use tower_service::Service;
 
 use super::error::is_grpc;
 use super::{
-    AuthError, DefaultResponder, Outcome, Rejection, RejectionBody, Responder, ResponseFuture,
-    mark,
+    AuthError, DefaultResponder, Outcome, Rejection, RejectionBody, Responder, ResponseFuture, mark,
 };
 use crate::record::{Authenticated, Scope};
 

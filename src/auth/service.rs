@@ -9,8 +9,7 @@ use super::error::is_grpc;
 use super::layer::Shared;
 use super::source::Conflicting;
 use super::{
-    AuthError, DefaultResponder, Outcome, Rejection, RejectionBody, Report, Responder,
-    ResponseFuture,
+    AuthError, DefaultResponder, Rejection, RejectionBody, Report, Responder, ResponseFuture,
 };
 use crate::key::KeyHash;
 use crate::resolve::KeyResolver;
@@ -119,6 +118,7 @@ where
         {
             return match found {
                 Ok(auth) if !address_allowed(config, &auth, &req) => {
+                    self.refused(Some(&auth));
                     let report = Report::of_caller(&self.shared.metrics, &auth);
                     self.refuse(report, AuthError::AddressNotAllowed, &req)
                 }
@@ -131,7 +131,11 @@ where
                     extensions.insert(auth);
                     ResponseFuture::inner(self.inner.call(req)).reporting(report)
                 }
-                Err(error) => self.reject(error, &req),
+                Err(refused) => {
+                    self.refused(refused.known.as_ref());
+                    let report = Report::of_key(&self.shared.metrics, refused.known.as_ref());
+                    self.refuse(report, refused.error, &req)
+                }
             };
         }
 
@@ -146,8 +150,9 @@ where
             async move {
                 let mut this = this;
                 let error = match this.shared.cache.lookup_slow(&hash).await {
-                    Ok(slot) => match slot.into_admitted() {
+                    Ok(slot) => match slot.into_verdict() {
                         Ok(auth) if !address_allowed(&this.shared.config, &auth, &req) => {
+                            this.refused(Some(&auth));
                             report.caller(&auth);
                             AuthError::AddressNotAllowed
                         }
@@ -158,18 +163,30 @@ where
                             report.finish_with(&response);
                             return response;
                         }
-                        Err(error) => error,
+                        Err(refused) => {
+                            this.refused(refused.known.as_ref());
+                            if let Some(auth) = &refused.known {
+                                report.caller(auth);
+                            }
+                            refused.error
+                        }
                     },
                     Err(error) => {
-                        // Not the key, nor its hash: the key is not known, and its hash
-                        // is derived from it. Once per interval, with how many.
-                        if let Some(failures) = this.shared.failures.record(crate::clock::wall_nanos()) {
-                            tracing::warn!(%error, failures, "API keys could not be resolved: answering 503 (failures since the last such line)");
+                        // Neither the key nor its hash (derived from the key); the key's
+                        // id is not known. One line per interval, with how many.
+                        let now = crate::clock::wall_nanos();
+                        if let Some(failures) = this.shared.failures.record(now) {
+                            tracing::warn!(
+                                %error,
+                                failures,
+                                "API keys could not be resolved: answering 503 \
+                                 (failures since the last such line)"
+                            );
                         }
                         AuthError::Unavailable(error)
                     }
                 };
-                report.finish(Outcome::of(&error));
+                report.refused(&error);
                 Ok(this.rejection(error, grpc))
             }
             .instrument(span),
@@ -198,6 +215,18 @@ impl<S, R, P: Responder> ApiKeyService<S, R, P> {
         }
     }
 
+    /// A key was refused; counts it for its key when the key is known (revoked,
+    /// expired, outside its allowlist) and refusals are counted.
+    fn refused(&self, known: Option<&crate::Authenticated>) {
+        if let (Some(auth), Some(recorder)) = (known, &self.shared.config.refusals) {
+            recorder.record(
+                auth.key_id(),
+                crate::store::Outcome::Unauthorized,
+                std::time::SystemTime::now(),
+            );
+        }
+    }
+
     fn rejection<B: RejectionBody>(&self, error: AuthError, grpc: bool) -> Response<B> {
         let config = &self.shared.config;
         let rejection = Rejection::with_settings(error, grpc, &config.realm, config.retry_after);
@@ -221,7 +250,7 @@ impl<S, R, P: Responder> ApiKeyService<S, R, P> {
         error: AuthError,
         req: &Request<T>,
     ) -> ResponseFuture<F, B, E> {
-        report.finish(Outcome::of(&error));
+        report.refused(&error);
         ResponseFuture::rejected(self.rejection(error, is_grpc(req.headers())))
     }
 }
