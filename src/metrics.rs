@@ -424,3 +424,322 @@ mod disabled {
     #[inline(always)]
     pub(crate) fn usage_dropped() {}
 }
+
+#[cfg(all(test, feature = "metrics"))]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::convert::Infallible;
+    use std::time::{Duration, SystemTime};
+
+    use ::metrics::Unit;
+    use http::{Request, Response};
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+    use tower::{ServiceExt, service_fn};
+    use tower_layer::Layer;
+
+    use super::*;
+    use crate::auth::Outcome;
+    use crate::store::{ChangeFeed, NewKey};
+    use crate::usage::UsageRecorder;
+    use crate::{
+        ApiKeyLayer, CachedResolver, KeyFormat, KeyRecord, KeyStore, MemoryRateLimitStore,
+        MemoryStore, RateLimitLayer, RateLimitPolicy, RequireScopeLayer, Scope,
+    };
+
+    /// Every metric the recorder saw since the last snapshot, as `name{k=v,…}` (labels
+    /// sorted), with its value, unit and description.
+    fn snapshot(
+        snapshotter: &Snapshotter,
+    ) -> BTreeMap<String, (DebugValue, Option<Unit>, Option<String>)> {
+        snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .map(|(key, unit, description, value)| {
+                let key = key.key();
+                let mut labels: Vec<_> = key
+                    .labels()
+                    .map(|l| format!("{}={}", l.key(), l.value()))
+                    .collect();
+                labels.sort();
+                let name = format!("{}{{{}}}", key.name(), labels.join(","));
+                (name, (value, unit, description.map(|d| d.to_string())))
+            })
+            .collect()
+    }
+
+    fn counter(
+        seen: &BTreeMap<String, (DebugValue, Option<Unit>, Option<String>)>,
+        name: &str,
+    ) -> u64 {
+        match seen.get(name) {
+            Some((DebugValue::Counter(n), ..)) => *n,
+            other => panic!("{name}: {other:?} in {seen:#?}"),
+        }
+    }
+
+    fn get(key: Option<&str>) -> Request<String> {
+        let mut req = Request::get("/");
+        if let Some(key) = key {
+            req = req.header("x-api-key", key);
+        }
+        req.body(String::new()).unwrap()
+    }
+
+    async fn ok(_: Request<String>) -> Result<Response<String>, Infallible> {
+        Ok(Response::new("ok".to_owned()))
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn each_request_is_counted_once_by_outcome_with_no_key_in_any_label() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let _local = ::metrics::set_default_local_recorder(&recorder);
+
+        let store = MemoryStore::new();
+        let format = KeyFormat::default();
+        let (active, revoked) = (format.generate(), format.generate());
+        let active_record = KeyRecord::new(&active, "acme");
+        let revoked_record = KeyRecord::new(&revoked, "acme")
+            .with_revoked_at(SystemTime::now() - Duration::from_secs(1));
+        let ids = [active_record.id.clone(), revoked_record.id.clone()];
+        store.insert(active_record);
+        store.insert(revoked_record);
+        let auth = ApiKeyLayer::new(store).source(crate::KeySource::header(
+            http::HeaderName::from_static("x-api-key"),
+        ));
+        let limits = RateLimitLayer::new(
+            MemoryRateLimitStore::new(),
+            RateLimitPolicy::rate("per-minute", 2, Duration::from_secs(60)).unwrap(),
+        );
+        let limited = auth.layer(limits.layer(service_fn(ok)));
+        let scoped = auth.layer(
+            RequireScopeLayer::new([Scope::from_static("orders:read")]).layer(service_fn(ok)),
+        );
+
+        let (active_key, revoked_key) = (active.expose_secret(), revoked.expose_secret());
+        let malformed = &active_key[..active_key.len() - 1];
+        let requests = [
+            (&limited, Some(active_key)),  // allowed (a miss)
+            (&limited, Some(active_key)),  // allowed (a hit)
+            (&limited, Some(active_key)),  // rate_limited (a hit)
+            (&limited, None),              // missing
+            (&limited, Some(malformed)),   // invalid
+            (&limited, Some("sk_live_x")), // invalid
+            (&limited, Some(revoked_key)), // revoked (a miss)
+            (&limited, Some(revoked_key)), // revoked (a hit)
+        ];
+        for (service, key) in requests {
+            service.clone().oneshot(get(key)).await.unwrap();
+        }
+        scoped.oneshot(get(Some(active_key))).await.unwrap(); // forbidden (a hit)
+
+        let seen = snapshot(&snapshotter);
+        let expected = [
+            ("allowed", 2),
+            ("rate_limited", 1),
+            ("missing", 1),
+            ("invalid", 2),
+            ("revoked", 2),
+            ("forbidden", 1),
+        ];
+        for outcome in Outcome::ALL {
+            let name = format!("{REQUESTS_TOTAL}{{outcome={}}}", outcome.name());
+            let want = expected
+                .iter()
+                .find(|(o, _)| *o == outcome.name())
+                .map_or(0, |(_, n)| *n);
+            assert_eq!(counter(&seen, &name), want, "{name}");
+        }
+        let (_, unit, description) = &seen[&format!("{REQUESTS_TOTAL}{{outcome=allowed}}")];
+        assert_eq!(*unit, Some(Unit::Count));
+        assert!(description.as_deref().unwrap().contains("by outcome"));
+        let lookups =
+            |result: &str| counter(&seen, &format!("{CACHE_LOOKUPS_TOTAL}{{result={result}}}"));
+        assert_eq!(
+            (lookups("hit"), lookups("stale"), lookups("miss")),
+            (4, 0, 2),
+            "two keys loaded, then hit"
+        );
+        match &seen[&format!("{STORE_CALL_DURATION_SECONDS}{{operation=resolve,result=ok}}")].0 {
+            DebugValue::Histogram(samples) => {
+                assert_eq!(samples.len(), 2, "one load a key");
+                assert!(
+                    samples.iter().all(|s| s.0 >= 0.0 && s.0 < 10.0),
+                    "{samples:?}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        for name in seen.keys() {
+            assert!(name.starts_with("tower_api_key_"), "{name}");
+            assert!(
+                ALL.iter().any(|n| name.starts_with(&format!("{n}{{"))),
+                "{name}"
+            );
+            for secret in [active_key, revoked_key, &ids[0], &ids[1], "key_id"] {
+                assert!(!name.contains(secret), "{name}");
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_layer_used_before_a_recorder_was_installed_counts_once_there_is_one() {
+        let store = MemoryStore::new();
+        let key = KeyFormat::default().generate();
+        store.insert(KeyRecord::new(&key, "acme"));
+        let service = ApiKeyLayer::new(store).layer(service_fn(ok));
+        let header = || {
+            Request::get("/")
+                .header("authorization", format!("Bearer {}", key.expose_secret()))
+                .body(String::new())
+                .unwrap()
+        };
+        // No recorder: nothing is registered, and nothing kept that would stay a no-op.
+        service.clone().oneshot(header()).await.unwrap();
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let _local = ::metrics::set_default_local_recorder(&recorder);
+        service.clone().oneshot(header()).await.unwrap();
+        service.oneshot(header()).await.unwrap();
+        let seen = snapshot(&snapshotter);
+        assert_eq!(
+            counter(&seen, &format!("{REQUESTS_TOTAL}{{outcome=allowed}}")),
+            2
+        );
+        assert_eq!(
+            counter(&seen, &format!("{CACHE_LOOKUPS_TOTAL}{{result=hit}}")),
+            2
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn stale_hits_failed_loads_and_the_change_feed_are_measured() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let _local = ::metrics::set_default_local_recorder(&recorder);
+
+        let store = MemoryStore::new();
+        let ttl = Duration::from_millis(1);
+        let cache = CachedResolver::builder(store.clone()).ttl(ttl).build();
+        let follower = cache.follow(store.clone());
+        // The follower starts from where the log stands when it first reads it: after
+        // one change has been applied, the next one is surely read as a change.
+        store.create(NewKey::new("first"), "admin").await.unwrap();
+        follower.applied(store.last_seq().await.unwrap()).await;
+        let _ = snapshotter.snapshot();
+        let before = SystemTime::now();
+        let created = store.create(NewKey::new("acme"), "admin").await.unwrap();
+        follower.applied(store.last_seq().await.unwrap()).await;
+        let hash = created.record.hash;
+        cache.lookup(&hash).await.unwrap().unwrap();
+        // Past the TTL, within the stale window: served stale while refreshed.
+        tokio::time::sleep(ttl * 5).await;
+        cache.lookup(&hash).await.unwrap().unwrap();
+        let seen = snapshot(&snapshotter);
+        let lookups =
+            |result: &str| counter(&seen, &format!("{CACHE_LOOKUPS_TOTAL}{{result={result}}}"));
+        assert_eq!((lookups("stale"), lookups("miss")), (1, 1));
+        match &seen[&format!("{CHANGE_FEED_LAG_SECONDS}{{}}")].0 {
+            DebugValue::Histogram(lags) => {
+                assert_eq!(lags.len(), 1, "one change applied");
+                assert!(lags[0].0 >= 0.0 && lags[0].0 < 10.0, "{lags:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        match &seen[&format!("{CHANGE_FEED_LAST_READ_TIMESTAMP_SECONDS}{{}}")].0 {
+            DebugValue::Gauge(at) => {
+                let before = before.duration_since(SystemTime::UNIX_EPOCH).unwrap();
+                assert!((at.0 - before.as_secs_f64()).abs() < 10.0, "{at}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(seen.contains_key(&format!(
+            "{STORE_CALL_DURATION_SECONDS}{{operation=changes,result=ok}}"
+        )));
+
+        // A store that fails: the load is measured as an error.
+        #[derive(Clone)]
+        struct Down;
+        #[async_trait::async_trait]
+        impl crate::KeyResolver for Down {
+            async fn resolve(
+                &self,
+                _: &crate::KeyHash,
+            ) -> Result<Option<KeyRecord>, crate::ResolveError> {
+                Err(crate::ResolveError::new("down"))
+            }
+        }
+        let down = CachedResolver::new(Down);
+        assert!(down.lookup(&hash).await.is_err());
+        let seen = snapshot(&snapshotter);
+        match &seen[&format!("{STORE_CALL_DURATION_SECONDS}{{operation=resolve,result=error}}")].0 {
+            DebugValue::Histogram(samples) => assert_eq!(samples.len(), 1),
+            other => panic!("{other:?}"),
+        }
+        drop(follower);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn usage_drops_and_the_redis_fallback_are_reported() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let _local = ::metrics::set_default_local_recorder(&recorder);
+        // Room for one key a shard: of 40 keys, some share a shard and are dropped.
+        let usage =
+            UsageRecorder::spawn_with_max_keys(MemoryStore::new(), Duration::from_secs(3600), 1);
+        for i in 0..40 {
+            usage.record(
+                &format!("key_{i}"),
+                crate::store::Outcome::Allowed,
+                SystemTime::now(),
+            );
+        }
+        assert!(usage.dropped() > 0);
+        redis_fallback(true);
+        let seen = snapshot(&snapshotter);
+        assert_eq!(
+            counter(&seen, &format!("{USAGE_DROPPED_TOTAL}{{}}")),
+            usage.dropped()
+        );
+        assert_eq!(
+            seen[&format!("{REDIS_FALLBACK}{{}}")].0,
+            DebugValue::Gauge(1.0.into())
+        );
+        redis_fallback(false);
+        assert_eq!(
+            snapshot(&snapshotter)[&format!("{REDIS_FALLBACK}{{}}")].0,
+            DebugValue::Gauge(0.0.into())
+        );
+        usage.shutdown().await;
+    }
+
+    #[test]
+    fn every_metric_is_described_and_named_for_prometheus() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        ::metrics::with_local_recorder(&recorder, || {
+            describe();
+            // Described metrics appear once they are registered.
+            for name in ALL {
+                let _ = ::metrics::counter!(name);
+                let _ = ::metrics::gauge!(name);
+                let _ = ::metrics::histogram!(name);
+            }
+        });
+        let seen = snapshotter.snapshot().into_vec();
+        for name in ALL {
+            assert!(name.starts_with("tower_api_key_"));
+            assert!(
+                name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{name}"
+            );
+            assert!(
+                seen.iter()
+                    .any(|(key, _, description, _)| key.key().name() == name
+                        && description.is_some()),
+                "{name} has no description"
+            );
+        }
+    }
+}
