@@ -1,31 +1,4 @@
 //! Failed authentications per client address: [`FailureLimit`].
-//!
-//! The key checksum is public, so anyone can mint well-formed keys that pass it; each
-//! distinct one is a cache miss and a store query. With
-//! [`ApiKeyLayer::limit_failures`](super::ApiKeyLayer::limit_failures), a client (an
-//! IPv4 address, or an IPv6 /64: one host's share) that fails to authenticate
-//! `failures` times within `window` gets 429 with `Retry-After`
-//! ([`AuthError::TooManyFailures`](super::AuthError::TooManyFailures)) for the rest of
-//! the window, before any store work, for every key that is not already cached as
-//! valid: its flood stops reaching the store, while valid keys it holds in the cache
-//! keep working (several users behind one address are not locked out by one of them).
-//!
-//! Failures are malformed keys, unknown, revoked and expired keys. The client's address
-//! is found as for allowlists (the peer, or behind
-//! [trusted proxies](super::ApiKeyLayer::trusted_proxies) `X-Forwarded-For`); a request
-//! whose address is not known is not limited. At most `max_clients` addresses are
-//! tracked (default 100 000, about 10 MB); past that the least used are forgotten
-//! first.
-//!
-//! ```
-//! use std::time::Duration;
-//! use tower_api_key::{ApiKeyLayer, MemoryStore, auth::FailureLimit};
-//!
-//! let limit: FailureLimit = "20/60s".parse().unwrap();
-//! assert_eq!(limit, FailureLimit::new(20, Duration::from_secs(60)).unwrap());
-//! let layer = ApiKeyLayer::new(MemoryStore::new()).limit_failures(limit);
-//! # let _ = layer;
-//! ```
 
 use std::fmt;
 use std::net::IpAddr;
@@ -38,8 +11,33 @@ use crate::clock;
 /// The default bound on tracked client addresses.
 pub const DEFAULT_MAX_CLIENTS: u64 = 100_000;
 
-/// How many failed authentications a client may have in a window; see the
-/// [module docs](self).
+/// How many failed authentications a client may have in a window.
+///
+/// The key checksum is public, so anyone can mint well-formed keys that pass it; each
+/// distinct one is a cache miss and a store query. With
+/// [`ApiKeyLayer::limit_failures`](super::ApiKeyLayer::limit_failures), a client (an
+/// IPv4 address, or an IPv6 /64: one host's share) that fails to authenticate
+/// `failures` times within `window` gets 429 with `Retry-After`
+/// ([`AuthError::TooManyFailures`](super::AuthError::TooManyFailures)) for the rest of
+/// the window, before any store work, for every key that is not already cached as
+/// valid: its flood stops reaching the store, while valid keys it holds in the cache
+/// keep working (several users behind one address are not locked out by one of them).
+///
+/// Failures are malformed keys, unknown, revoked and expired keys. The client's address
+/// is found as for allowlists (the peer, or behind
+/// [trusted proxies](super::ApiKeyLayer::trusted_proxies) `X-Forwarded-For`); a request
+/// whose address is not known is not limited. At most `max_clients` addresses are
+/// tracked (default 100 000); past that the least used are forgotten first.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_api_key::{ApiKeyLayer, MemoryStore, auth::FailureLimit};
+///
+/// let limit: FailureLimit = "20/60s".parse().unwrap();
+/// assert_eq!(limit, FailureLimit::new(20, Duration::from_secs(60)).unwrap());
+/// let layer = ApiKeyLayer::new(MemoryStore::new()).limit_failures(limit);
+/// # let _ = layer;
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FailureLimit {
     failures: u32,
