@@ -31,6 +31,7 @@
 //! | `address_not_allowed` | used a key from outside its allowed networks: 403 |
 //! | `forbidden` | was refused by a scope check inside the layer ([`RequireScopeLayer`](crate::RequireScopeLayer), the axum extractors): 403 |
 //! | `rate_limited` | was refused by a [`RateLimitLayer`](crate::RateLimitLayer) inside the layer: 429 |
+//! | `too_many_failures` | came from a client that failed to authenticate too often ([`limit_failures`](crate::ApiKeyLayer::limit_failures)): 429 |
 //! | `unavailable` | could not be checked: the key store (or, with `OnStoreError::Deny`, the rate-limit store) did not answer: 503 |
 //! | `error` | made the inner service fail (an error, not a response) |
 //!

@@ -34,7 +34,7 @@ pub(crate) struct Shared<R, P> {
     pub(crate) responder: P,
     pub(crate) metrics: crate::metrics::Requests,
     /// Key store failures since the last log line.
-    pub(crate) failures: Arc<crate::failure_log::StoreFailures>,
+    pub(crate) store_failures: Arc<crate::failure_log::StoreFailures>,
 }
 
 impl<R, P: Clone> Clone for Shared<R, P> {
@@ -44,7 +44,7 @@ impl<R, P: Clone> Clone for Shared<R, P> {
             config: self.config.clone(),
             responder: self.responder.clone(),
             metrics: self.metrics.clone(),
-            failures: Arc::clone(&self.failures),
+            store_failures: Arc::clone(&self.store_failures),
         }
     }
 }
@@ -63,6 +63,8 @@ pub(crate) struct Config {
     pub(crate) trusted_proxies: Arc<[ipnet::IpNet]>,
     /// Where refusals of known keys are counted (see [`ApiKeyLayer::count_refusals`]).
     pub(crate) refusals: Option<UsageRecorder>,
+    /// Failed authentications per client (see [`ApiKeyLayer::limit_failures`]).
+    pub(crate) failures: Option<super::FailureLimiter>,
 }
 
 /// Why [`ApiKeyLayer::realm`] refused a realm.
@@ -93,10 +95,11 @@ impl<R: KeyResolver> ApiKeyLayer<R> {
                     retry_after: DEFAULT_RETRY_AFTER,
                     trusted_proxies: Arc::new([]),
                     refusals: None,
+                    failures: None,
                 },
                 responder: DefaultResponder,
                 metrics: Default::default(),
-                failures: Default::default(),
+                store_failures: Default::default(),
             }),
         }
     }
@@ -192,6 +195,17 @@ impl<R: KeyResolver, P: Responder> ApiKeyLayer<R, P> {
         self
     }
 
+    /// Limits failed authentications per client address (off by default): a client
+    /// that fails `limit.failures()` times within `limit.window()` gets 429 with
+    /// `Retry-After` ([`AuthError::TooManyFailures`](super::AuthError::TooManyFailures))
+    /// for the rest of the window, before any lookup, unless its key is cached as valid.
+    /// See [`FailureLimit`](super::FailureLimit). The client's address is found as for
+    /// [`trusted_proxies`](Self::trusted_proxies).
+    pub fn limit_failures(mut self, limit: super::FailureLimit) -> Self {
+        self.config_mut().failures = Some(super::FailureLimiter::new(limit));
+        self
+    }
+
     /// Removes the key (its header or query parameter) before the inner service sees
     /// the request (off by default).
     pub fn hide_credentials(mut self, hide: bool) -> Self {
@@ -214,7 +228,7 @@ impl<R: KeyResolver, P: Responder> ApiKeyLayer<R, P> {
                 config: self.shared.config.clone(),
                 responder,
                 metrics: Default::default(),
-                failures: Default::default(),
+                store_failures: Default::default(),
             }),
         }
     }

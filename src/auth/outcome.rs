@@ -75,6 +75,9 @@ outcomes! {
     Forbidden = "forbidden",
     /// Refused by a rate limit or quota inside the layer.
     RateLimited = "rate_limited",
+    /// Refused before any lookup: the client failed to authenticate too often
+    /// ([`limit_failures`](crate::ApiKeyLayer::limit_failures)).
+    TooManyFailures = "too_many_failures",
     /// The key store (or the rate-limit store) could not answer: 503.
     Unavailable = "unavailable",
     /// The inner service failed (returned an error instead of a response).
@@ -96,6 +99,7 @@ impl Outcome {
             AuthError::InsufficientScope { .. } => Self::Forbidden,
             AuthError::AddressNotAllowed => Self::AddressNotAllowed,
             AuthError::RateLimited { .. } => Self::RateLimited,
+            AuthError::TooManyFailures { .. } => Self::TooManyFailures,
             AuthError::Unavailable(_) => Self::Unavailable,
         }
     }

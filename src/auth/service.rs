@@ -95,7 +95,7 @@ where
                 Err(_) if config.accept_foreign_keys && config.format.may_be_foreign(key) => {
                     KeyHash::of_bytes(key)
                 }
-                Err(_) => return self.reject(AuthError::InvalidKey, &req),
+                Err(_) => return self.fail(AuthError::InvalidKey, &req),
             },
             Ok(None) if config.allow_anonymous => {
                 let report = Report::anonymous(&self.shared.metrics);
@@ -110,12 +110,14 @@ where
             req = Request::from_parts(parts, body);
         }
 
-        // Hit path: no await, no boxing.
-        if let Some(found) = self
-            .shared
-            .cache
-            .lookup_cached(&hash, crate::clock::mono_nanos())
-        {
+        // Hit path: no await, no boxing. A client over its failure limit gets only
+        // what the tables hold, and no lookup.
+        let now = crate::clock::mono_nanos();
+        if let Some(found) = self.shared.cache.lookup_cached(&hash, now).or_else(|| {
+            let error = self.too_many_failures(&req)?;
+            let peeked = self.shared.cache.peek(&hash, now);
+            Some(peeked.unwrap_or(Err(crate::resolve::Refused { error, known: None })))
+        }) {
             return match found {
                 Ok(auth) if !address_allowed(config, &auth, &req) => {
                     self.refused(Some(&auth));
@@ -134,7 +136,7 @@ where
                 Err(refused) => {
                     self.refused(refused.known.as_ref());
                     let report = Report::of_key(&self.shared.metrics, refused.known.as_ref());
-                    self.refuse(report, refused.error, &req)
+                    self.fail_reported(report, refused.error, &req)
                 }
             };
         }
@@ -165,6 +167,7 @@ where
                         }
                         Err(refused) => {
                             this.refused(refused.known.as_ref());
+                            this.count_failure(&req);
                             if let Some(auth) = &refused.known {
                                 report.caller(auth);
                             }
@@ -175,7 +178,7 @@ where
                         // Neither the key nor its hash (derived from the key); the key's
                         // id is not known. One line per interval, with how many.
                         let now = crate::clock::wall_nanos();
-                        if let Some(failures) = this.shared.failures.record(now) {
+                        if let Some(failures) = this.shared.store_failures.record(now) {
                             tracing::warn!(
                                 %error,
                                 failures,
@@ -224,6 +227,55 @@ impl<S, R, P: Responder> ApiKeyService<S, R, P> {
                 crate::store::Outcome::Unauthorized,
                 std::time::SystemTime::now(),
             );
+        }
+    }
+
+    /// [`AuthError::TooManyFailures`] if failures are limited and the request's client
+    /// has used up its own.
+    fn too_many_failures<B>(&self, req: &Request<B>) -> Option<AuthError> {
+        let config = &self.shared.config;
+        let limiter = config.failures.as_ref()?;
+        let ip = super::client_ip::client_ip(req, &config.trusted_proxies)?;
+        let retry_after = limiter.blocked(ip)?;
+        Some(AuthError::TooManyFailures { retry_after })
+    }
+
+    /// Counts a failed authentication of the request's client, if failures are limited.
+    fn count_failure<B>(&self, req: &Request<B>) {
+        let config = &self.shared.config;
+        if let Some(limiter) = &config.failures
+            && let Some(ip) = super::client_ip::client_ip(req, &config.trusted_proxies)
+        {
+            limiter.failed(ip);
+        }
+    }
+
+    /// Refuses a key that failed: with `error`, or once the client has failed too often,
+    /// with [`AuthError::TooManyFailures`] (and without counting it again).
+    fn fail<F, B: RejectionBody, E, T>(
+        &self,
+        error: AuthError,
+        req: &Request<T>,
+    ) -> ResponseFuture<F, B, E> {
+        self.fail_reported(Report::start(&self.shared.metrics), error, req)
+    }
+
+    /// [`fail`](Self::fail), reported with `report`.
+    fn fail_reported<F, B: RejectionBody, E, T>(
+        &self,
+        report: Report,
+        error: AuthError,
+        req: &Request<T>,
+    ) -> ResponseFuture<F, B, E> {
+        if self.shared.config.failures.is_none() {
+            return self.refuse(report, error, req);
+        }
+        match self.too_many_failures(req) {
+            Some(too_many) => self.refuse(report, too_many, req),
+            None => {
+                self.count_failure(req);
+                self.refuse(report, error, req)
+            }
         }
     }
 
