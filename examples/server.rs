@@ -43,6 +43,8 @@
 //!   mounts `POST /github/secret-scanning`, GitHub's secret scanning partner endpoint.
 //!   `SECRET_SCANNING_ACTION` (default `revoke`; or `notify`) says what happens to a key
 //!   of ours that GitHub found; either way the audit log gets a `leaked` entry.
+//! - `GET /metrics`: the library's metrics in Prometheus' text format, for keys with
+//!   the scope `metrics` or `admin` (see `tower_api_key::metrics`).
 //! - `GET /healthz` (liveness) and `GET /readyz` (readiness: 200 or 503 with
 //!   `{"store","changes","redis"}`) need no key; `GET /v1/whoami` needs any valid key;
 //!   `GET /v1/orders` needs `orders:read`, `POST /v1/orders` needs `orders:write`.
@@ -55,10 +57,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use axum::extract::{FromRequest, Request, State};
-use axum::http::{HeaderName, StatusCode};
+use axum::http::{HeaderMap, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::Mutex as AsyncMutex;
@@ -73,8 +76,8 @@ use tower_api_key::store::{ChangeFeed, ListQuery, NewKey, PostgresStore, SqliteS
 use tower_api_key::usage::{UsageLayer, UsageRecorder};
 use tower_api_key::webhook::{WebhookConfig, WebhookDeliverer, WebhookSecret};
 use tower_api_key::{
-    ApiKeyLayer, Authenticated, CachedResolver, KeySource, KeyStatus, KeyStore,
-    MemoryRateLimitStore, RateLimitLayer, RateLimitPolicy, RequireScope, Scopes, scope,
+    ApiKeyLayer, AuthError, Authenticated, CachedResolver, KeySource, KeyStatus, KeyStore,
+    MemoryRateLimitStore, RateLimitLayer, RateLimitPolicy, Rejection, RequireScope, Scopes, scope,
 };
 
 scope!(OrdersRead = "orders:read");
@@ -111,6 +114,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_writer(std::io::stderr)
         .with_max_level(tracing::Level::INFO)
         .init();
+    // The library's metrics, for GET /metrics: the recorder goes in before anything is
+    // served. Durations get buckets (the exporter renders summaries without them).
+    let prometheus = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &SECONDS_BUCKETS)?
+        .install_recorder()?;
+    tower_api_key::metrics::describe();
+    let upkeep = prometheus.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            upkeep.run_upkeep();
+        }
+    });
     let accept_foreign = accept_foreign_keys()?;
     let failures = failure_limit()?;
     let bind: SocketAddr = std::env::var("BIND")
@@ -211,6 +227,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         last: Arc::new(AsyncMutex::new(None)),
     };
 
+    let metrics = Router::new()
+        .route(
+            "/metrics",
+            get(move |auth: Authenticated, headers: HeaderMap| {
+                let prometheus = prometheus.clone();
+                async move { metrics_text(&prometheus, &auth, &headers) }
+            }),
+        )
+        .layer(auth.clone());
     let v1 = Router::new()
         .route("/v1/whoami", get(whoami))
         .route("/v1/orders", get(list_orders).post(create_order))
@@ -228,7 +253,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .merge(v1)
         .with_state(AppState::default())
-        .merge(admin);
+        .merge(admin)
+        .merge(metrics);
 
     let shutdown = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(bind).await?;
@@ -244,6 +270,32 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     usage.shutdown().await;
     eprintln!("shut down");
     Ok(())
+}
+
+/// Buckets of the duration histograms, in seconds: from a cache miss served by a local
+/// store to a call that ran into its deadline.
+const SECONDS_BUCKETS: [f64; 13] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// `GET /metrics`: Prometheus' text format, for keys with the scope `metrics` or
+/// `admin` (403 for another key; the layer answers 401 without one).
+fn metrics_text(
+    prometheus: &PrometheusHandle,
+    auth: &Authenticated,
+    headers: &HeaderMap,
+) -> Response {
+    if !(auth.has_scope("metrics") || auth.has_scope("admin")) {
+        let scope = "metrics".into();
+        return Rejection::for_request(AuthError::InsufficientScope { scope }, headers)
+            .into_response();
+    }
+    let content_type = "text/plain; version=0.0.4; charset=utf-8";
+    (
+        [(axum::http::header::CONTENT_TYPE, content_type)],
+        prometheus.render(),
+    )
+        .into_response()
 }
 
 /// What `/readyz` reports: whether the store answers, whether changes made elsewhere
