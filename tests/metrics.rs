@@ -138,7 +138,7 @@ fn is_name(name: &str) -> bool {
 
 fn parse_sample(line: &str) -> Sample {
     let name_end = line
-        .find(|c: char| c == '{' || c == ' ')
+        .find(['{', ' '])
         .unwrap_or_else(|| panic!("{line:?}: no value"));
     let name = &line[..name_end];
     assert!(is_name(name), "{line:?}: bad metric name");
