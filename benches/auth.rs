@@ -14,6 +14,8 @@
 //! `cargo bench --bench auth`; `BENCH_PREFIX=sk cargo bench --bench auth` measures keys
 //! with another prefix (default `sk_live`: 57-byte keys, two SHA-256 blocks; a prefix of
 //! at most 5 characters gives keys of at most 55 bytes, one block).
+//! `BENCH_METRICS=prometheus cargo bench --bench auth --features metrics` measures with
+//! the layers counting into a Prometheus recorder.
 
 #![allow(missing_docs)] // criterion_group! generates an undocumented fn.
 
@@ -67,6 +69,14 @@ fn bearer(key: &str) -> String {
 }
 
 fn benches(c: &mut Criterion) {
+    // With the `metrics` feature, `BENCH_METRICS=prometheus` has the layers count into a
+    // Prometheus recorder, installed before anything is built or measured.
+    #[cfg(feature = "metrics")]
+    let _prometheus = (std::env::var("BENCH_METRICS").as_deref() == Ok("prometheus")).then(|| {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .unwrap()
+    });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -27,6 +27,20 @@
 //! starts with `application/grpc` gets HTTP 200 with `grpc-status` and `grpc-message`
 //! instead. A [`Responder`] replaces the rendering.
 //!
+//! # Tracing
+//!
+//! Each request gets one span, `api_key` (target `tower_api_key::auth`, level `DEBUG`),
+//! with the fields `key_id` and `consumer` once the key's record is known (never the
+//! key, never its hash) and `outcome`: how the request ended, one of the label values of
+//! `tower_api_key_requests_total` ([`metrics`](crate::metrics)): `allowed`, `missing`,
+//! `invalid`, `revoked`, `expired`, `forbidden`, `rate_limited`, `unavailable`, …. The
+//! inner service runs inside it, so that its spans and events are the span's children.
+//!
+//! `DEBUG`, as tower-http's `TraceLayer` makes its spans: a service that logs at `INFO`
+//! pays one level check per request for it, builds no span and allocates nothing. Turn
+//! it on with a filter such as `tower_api_key=debug`, for the whole subscriber or for one
+//! of its layers (an OpenTelemetry layer, say).
+//!
 //! ```
 //! use axum::{Router, routing::get};
 //! use http::{HeaderName, Request, StatusCode};

@@ -1,26 +1,7 @@
 //! How a request that reached an [`ApiKeyService`](crate::ApiKeyService) ended, and
 //! the reporting of it: one `tracing` span per request and, with the `metrics` feature,
-//! one count in `tower_api_key_requests_total` (see [`crate::metrics`]).
-//!
-//! # The span
-//!
-//! Each request gets one span, `api_key` (target `tower_api_key::auth`), at level
-//! `DEBUG`, with the fields
-//!
-//! - `key_id`: the id of the key the request carried, once known (never the key, never
-//!   its hash);
-//! - `consumer`: the key's consumer, once known;
-//! - `outcome`: how the request ended: one of the names of [`Outcome`], the same as the
-//!   metric's `outcome` label.
-//!
-//! The service's work and the inner service's future run inside it (it is entered
-//! while polling), so that spans and events of handlers are its children.
-//!
-//! `DEBUG`, as tower-http's `TraceLayer` makes its spans: a service that logs at `INFO`
-//! (the usual production setting) pays one level check per request and nothing else:
-//! no span is built and nothing is allocated. Turn it on with a filter such as
-//! `tower_api_key=debug`, for the subscriber or for one layer of it (an OpenTelemetry
-//! layer, say).
+//! one count in `tower_api_key_requests_total` (see [`crate::metrics`]). The span and
+//! its fields are described in the [`auth`](crate::auth) module's docs.
 
 use http::Response;
 use tracing::Span;
