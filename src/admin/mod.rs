@@ -58,6 +58,7 @@ use crate::store::{
     WebhookOutbox,
 };
 
+pub mod portal;
 pub mod secret_scanning;
 
 pub use secret_scanning::{LeakAction, PublicKeys, SecretScanning};
