@@ -10,6 +10,8 @@
     feature = "webhooks"
 ))]
 
+use std::time::{Duration, Instant};
+
 use serde_json::{Value, json};
 
 #[path = "common/browser.rs"]
@@ -220,6 +222,38 @@ async fn a_consumer_manages_its_own_keys_and_only_those() {
         None,
     );
 
+    // The new key's requests reach its usage series (written every 5 s): one bucket a
+    // minute for the last hour.
+    let series_path = format!("/portal/keys/{new_id}/usage/series?step=minute");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let series = p.call("GET", &series_path, &me.key, None).await;
+        assert_eq!(series.status, 200, "{}", series.body);
+        let series = series.json();
+        assert_eq!(series["step"], "minute");
+        let buckets = series["buckets"].as_array().unwrap();
+        assert_eq!(buckets.len(), 60);
+        let allowed: u64 = buckets.iter().map(|b| b["allowed"].as_u64().unwrap()).sum();
+        if allowed == 2 {
+            break;
+        }
+        assert!(allowed < 2, "{series}");
+        assert!(
+            Instant::now() < deadline,
+            "the usage did not arrive: {series}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let bad = p
+        .call(
+            "GET",
+            &format!("/portal/keys/{new_id}/usage/series?step=day"),
+            &me.key,
+            None,
+        )
+        .await;
+    assert_problem(&bad, 422, Some("step"));
+
     // One of acme's own keys, in detail.
     let shown = p
         .call("GET", &format!("/portal/keys/{}", plain.id), &me.key, None)
@@ -235,6 +269,8 @@ async fn a_consumer_manages_its_own_keys_and_only_those() {
         ("GET", "", None),
         ("DELETE", "", None),
         ("POST", "/rotate", Some(rotate.clone())),
+        ("GET", "/usage/series", None),
+        ("GET", "/usage/series?step=day", None),
     ] {
         let other = p
             .call(
@@ -589,6 +625,35 @@ async fn the_portal_in_a_real_browser() {
         .wait_text(&format!("{row} .status"), |t| t == "active", "the new row")
         .await;
     browser.click("#dismiss").await;
+    // Each row draws the last hour, a bar a minute; the new key's requests show there
+    // once the server has written them (every 5 s) and the list is refreshed.
+    let bars = browser
+        .find_all(&format!("{row} td.usage svg rect.bar"))
+        .await;
+    assert_eq!(bars.len(), 60);
+    for _ in 0..3 {
+        assert_eq!(p.whoami(&secret).await, 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        browser.click("#refresh").await;
+        let total = browser
+            .wait_text(
+                &format!("{row} td.usage .total"),
+                |_| true,
+                "the usage total",
+            )
+            .await;
+        // The three, and the one right after it was made.
+        if total == "4" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the usage did not show: {total:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     // A scope the signed-in key lacks: the page shows the server's reason.
     browser.type_into("#new-scopes", " orders:write").await;
     browser.click("#create").await;

@@ -9,6 +9,7 @@
 //! | `GET /portal/keys/{id}` | one record, with `last_used_at` | 200 or 404 |
 //! | `DELETE /portal/keys/{id}` | revoke | 204; 409 for the consumer's last active `keys:self` key |
 //! | `POST /portal/keys/{id}/rotate` `{"grace_seconds"}` | rotate | 201 with the new key |
+//! | `GET /portal/keys/{id}/usage/series?step=minute\|hour&from&to` | requests over time by outcome | 200 `{"step","buckets":[{"at","allowed","rate_limited","forbidden","unauthorized"}]}` |
 //! | `GET /portal/` | the portal page (asks for a key) | 200 HTML |
 //!
 //! The bodies and answers have the shapes of the [admin API](super)'s, and its strict
@@ -58,7 +59,8 @@
 use std::time::{Duration, SystemTime};
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderName, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -67,6 +69,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
+use super::series::{SeriesBody, SeriesParams, key_series, series_params};
 use super::{
     AdminConfig, CreatedKeyBody, KeyBody, KeyDetail, MAX_EXPIRES_IN, MAX_GRACE, Problem,
     ProblemBody, RateLimitRequest, RotateRequest, allowed_ips, created_body, invalid, key_body,
@@ -94,6 +97,7 @@ pub fn router<S: KeyStore>(cache: CachedResolver<S>, config: AdminConfig) -> Rou
         .route("/portal/keys", get(list::<S>).post(create::<S>))
         .route("/portal/keys/{id}", get(show::<S>).delete(revoke::<S>))
         .route("/portal/keys/{id}/rotate", post(rotate::<S>))
+        .route("/portal/keys/{id}/usage/series", get(series::<S>))
         .layer(Extension(config))
         .layer(RequireScopeLayer::new([Scope::from_static(SELF_SCOPE)]))
         .layer(auth)
@@ -510,6 +514,34 @@ async fn rotate<S: KeyStore>(
         Ok::<_, Problem>((StatusCode::CREATED, Json(created_body(&created))).into_response())
     };
     result.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+#[utoipa::path(get, path = "/portal/keys/{id}/usage/series", tag = "portal",
+    params(("id" = String, Path), SeriesParams),
+    description = "The key's requests over time by outcome, as GET /admin/keys/{id}/usage/series: one bucket per step from `from` up to `to`, zeros included.",
+    responses((status = 200, body = SeriesBody),
+        (status = 400, description = "A query parameter that is not one of step, from and to", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "No valid key", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "The key lacks the scope keys:self", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No key with this id for your consumer", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "A bad step or time, or more than 2880 buckets (field names it)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "The key store is unavailable", body = ProblemBody, content_type = "application/problem+json")))]
+async fn series<S: KeyStore>(
+    State(store): State<CachedResolver<S>>,
+    Extension(caller): Extension<Authenticated>,
+    Path(id): Path<String>,
+    params: Result<Query<SeriesParams>, QueryRejection>,
+) -> Response {
+    let result = async {
+        // Ownership first: another consumer's key answers 404 whatever the query.
+        owned(&store, &caller, &id).await?;
+        let params = series_params(params)?;
+        key_series(&store, &id, &params).await
+    };
+    match result.await {
+        Ok(body) => Json(body).into_response(),
+        Err(problem) => problem.into_response(),
+    }
 }
 
 #[cfg(test)]
