@@ -144,7 +144,9 @@ async fn main() -> Result<(), String> {
             let mut next = Instant::now();
             while Instant::now() < end {
                 let minted = format.generate();
-                *statuses.entry(conn.get(&path, minted.expose_secret()).await).or_default() += 1;
+                *statuses
+                    .entry(conn.get(&path, minted.expose_secret()).await)
+                    .or_default() += 1;
                 next += per_conn;
                 tokio::time::sleep_until(next.into()).await;
             }
