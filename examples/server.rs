@@ -190,7 +190,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let auth = ApiKeyLayer::from_cache(cache)
         .source(KeySource::bearer().or(KeySource::header(HeaderName::from_static("x-api-key"))))
         .trusted_proxies(proxies)
-        .accept_foreign_keys(accept_foreign);
+        .accept_foreign_keys(accept_foreign)
+        .count_refusals(usage.clone());
 
     let (limit_store, redis) = rate_limit_store().await?;
     let limits = RateLimitLayer::new(limit_store, rate_limit);

@@ -59,6 +59,7 @@ use crate::store::{
 };
 
 pub mod secret_scanning;
+mod series;
 
 pub use secret_scanning::{LeakAction, PublicKeys, SecretScanning};
 
@@ -164,6 +165,9 @@ pub fn router_with<S: KeyStore>(cache: CachedResolver<S>, config: AdminConfig) -
             post(import::<S>).layer(DefaultBodyLimit::max(MAX_IMPORT_BYTES)),
         )
         .route("/admin/keys/{id}/usage", get(usage::<S>))
+        .route("/admin/keys/{id}/usage/series", get(series::key::<S>))
+        .route("/admin/usage/series", get(series::all::<S>))
+        .route("/admin/usage/top", get(series::top::<S>))
         .route("/admin/audit", get(audit::<S>))
         .route("/admin/webhooks/deliveries", get(deliveries))
         .route("/admin/settings", get(settings))
@@ -214,10 +218,10 @@ async fn openapi_json() -> Response {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "tower-api-key admin API", description = "Manage API keys: create, list, revoke, rotate, usage, audit."),
-    paths(create, list, show, update, revoke, rotate, import, usage, audit, deliveries, settings, secret_scanning::report),
+    paths(create, list, show, update, revoke, rotate, import, usage, series::key, series::all, series::top, audit, deliveries, settings, secret_scanning::report),
     components(schemas(
         CreateKeyRequest, ImportKeyRequest, ImportedBody, RateLimitRequest, UpdateKeyRequest, RotateRequest, KeyBody, LimitBody, KeyDetail, CreatedKeyBody,
-        UsageBody, AuditEntryBody, DeliveryBody, SettingsBody, ProblemBody, secret_scanning::LeakReportItem, secret_scanning::LeakFeedbackItem
+        UsageBody, series::SeriesBody, series::BucketBody, series::TopBody, AuditEntryBody, DeliveryBody, SettingsBody, ProblemBody, secret_scanning::LeakReportItem, secret_scanning::LeakFeedbackItem
     )),
     modifiers(&KeySchemes),
     security(("bearer" = []), ("api_key" = []))
@@ -455,6 +459,7 @@ struct ProblemBody {
 }
 
 /// An RFC 9457 problem, naming the offending field when there is one.
+#[derive(Debug)]
 struct Problem {
     status: StatusCode,
     detail: String,

@@ -114,6 +114,7 @@ where
         {
             return match found {
                 Ok(auth) if !address_allowed(config, &auth, &req) => {
+                    self.refused(Some(&auth));
                     self.reject(AuthError::AddressNotAllowed, &req)
                 }
                 Ok(auth) => {
@@ -124,7 +125,10 @@ where
                     extensions.insert(auth);
                     ResponseFuture::inner(self.inner.call(req))
                 }
-                Err(error) => self.reject(error, &req),
+                Err(refused) => {
+                    self.refused(refused.known.as_ref());
+                    self.reject(refused.error, &req)
+                }
             };
         }
 
@@ -136,8 +140,9 @@ where
         ResponseFuture::resolving(Box::pin(async move {
             let mut this = this;
             let error = match this.shared.cache.lookup_slow(&hash).await {
-                Ok(slot) => match slot.into_admitted() {
+                Ok(slot) => match slot.into_verdict() {
                     Ok(auth) if !address_allowed(&this.shared.config, &auth, &req) => {
+                        this.refused(Some(&auth));
                         AuthError::AddressNotAllowed
                     }
                     Ok(auth) => {
@@ -145,7 +150,10 @@ where
                         let response = this.inner.call(req).await?;
                         return Ok(response);
                     }
-                    Err(error) => error,
+                    Err(refused) => {
+                        this.refused(refused.known.as_ref());
+                        refused.error
+                    }
                 },
                 Err(error) => {
                     tracing::warn!(key_hash = %hash, %error, "API key could not be resolved");
@@ -175,6 +183,18 @@ impl<S, R, P: Responder> ApiKeyService<S, R, P> {
         Self {
             inner,
             shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// A key was refused; counts it for its key when the key is known (revoked,
+    /// expired, outside its allowlist) and refusals are counted.
+    fn refused(&self, known: Option<&crate::Authenticated>) {
+        if let (Some(auth), Some(recorder)) = (known, &self.shared.config.refusals) {
+            recorder.record(
+                auth.key_id(),
+                crate::store::Outcome::Unauthorized,
+                std::time::SystemTime::now(),
+            );
         }
     }
 
