@@ -912,12 +912,12 @@ async fn seed_usage(url: &str) -> Seeded {
             let x = (hour_of_day as f64 - 8.0) / 24.0 * std::f64::consts::TAU;
             let mut b = UsageBucket::empty(at);
             b.allowed = wave(x, 900.0, 600.0);
-            b.rate_limited = if (h + k as u32) % 7 == 0 {
+            b.rate_limited = if (h + k as u32).is_multiple_of(7) {
                 40 + 10 * k as u64
             } else {
                 0
             };
-            b.forbidden = u64::from((h * 3 + k as u32) % 11 == 0) * 12;
+            b.forbidden = u64::from((h * 3 + k as u32).is_multiple_of(11)) * 12;
             b.unauthorized = u64::from(h % 17 == k as u32) * 5;
             seeded.last_week = add(
                 seeded.last_week,
@@ -929,12 +929,12 @@ async fn seed_usage(url: &str) -> Seeded {
             let at = minute - Duration::from_secs(u64::from(i) * 60);
             let mut b = UsageBucket::empty(at);
             b.allowed = wave(f64::from(i) / 6.0 + k as f64, 24.0, 12.0);
-            b.rate_limited = if (i + k as u32) % 9 == 0 {
+            b.rate_limited = if (i + k as u32).is_multiple_of(9) {
                 5 + k as u64
             } else {
                 0
             };
-            b.forbidden = u64::from((i * 3 + k as u32) % 13 == 0) * 2;
+            b.forbidden = u64::from((i * 3 + k as u32).is_multiple_of(13)) * 2;
             b.unauthorized = u64::from(i % 23 == k as u32);
             let counts = [b.allowed, b.rate_limited, b.forbidden, b.unauthorized];
             seeded.last_hour = add(seeded.last_hour, counts);
@@ -1046,6 +1046,14 @@ async fn the_dashboard_in_a_real_browser() {
     );
     let admin_key = server.admin_key.clone().unwrap();
     let mut api = server::Client::new(&server.addr);
+    let page = api.get("/admin/", None).await;
+    assert!(
+        page.body.contains("id=\"overview-chart\""),
+        "the example binary serves another dashboard than src/admin/dashboard.html: \
+         rebuild it (cargo build --features full --examples): {} {}",
+        page.status,
+        page.body.get(..300).unwrap_or(&page.body)
+    );
     let admin = Some(admin_key.as_str());
     let create = |consumer: &str, name: &str| serde_json::json!({"consumer": consumer, "name": name, "scopes": ["orders:read"]});
 
