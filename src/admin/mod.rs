@@ -58,6 +58,7 @@ use crate::store::{
     WebhookOutbox,
 };
 
+pub mod portal;
 pub mod secret_scanning;
 mod series;
 

@@ -58,6 +58,8 @@ pub(crate) struct Config {
     pub(crate) trusted_proxies: Arc<[ipnet::IpNet]>,
     /// Where refusals of known keys are counted (see [`ApiKeyLayer::count_refusals`]).
     pub(crate) refusals: Option<UsageRecorder>,
+    /// Failed authentications per client (see [`ApiKeyLayer::limit_failures`]).
+    pub(crate) failures: Option<super::FailureLimiter>,
 }
 
 /// Why [`ApiKeyLayer::realm`] refused a realm.
@@ -88,6 +90,7 @@ impl<R: KeyResolver> ApiKeyLayer<R> {
                     retry_after: DEFAULT_RETRY_AFTER,
                     trusted_proxies: Arc::new([]),
                     refusals: None,
+                    failures: None,
                 },
                 responder: DefaultResponder,
             }),
@@ -182,6 +185,17 @@ impl<R: KeyResolver, P: Responder> ApiKeyLayer<R, P> {
     /// ```
     pub fn count_refusals(mut self, recorder: UsageRecorder) -> Self {
         self.config_mut().refusals = Some(recorder);
+        self
+    }
+
+    /// Limits failed authentications per client address (off by default): a client
+    /// that fails `limit.failures()` times within `limit.window()` gets 429 with
+    /// `Retry-After` ([`AuthError::TooManyFailures`](super::AuthError::TooManyFailures))
+    /// for the rest of the window, before any lookup, unless its key is cached as valid.
+    /// See [`FailureLimit`](super::FailureLimit). The client's address is found as for
+    /// [`trusted_proxies`](Self::trusted_proxies).
+    pub fn limit_failures(mut self, limit: super::FailureLimit) -> Self {
+        self.config_mut().failures = Some(super::FailureLimiter::new(limit));
         self
     }
 

@@ -259,6 +259,13 @@ impl<R: KeyResolver> CachedResolver<R> {
         Some(slot.into_verdict())
     }
 
+    /// The tables' answer for `hash`, as [`lookup_cached`](Self::lookup_cached) gives
+    /// it but never declining a hit for moka's sake: for callers that must not reach
+    /// the resolver.
+    pub(crate) fn peek(&self, hash: &KeyHash, now: u64) -> Option<Result<Authenticated, Refused>> {
+        Some(self.cached(hash, now)?.into_verdict())
+    }
+
     /// A fresh entry for `hash` from the tables, if there is one.
     ///
     /// A key this thread looks up again and again is answered from the thread's own
