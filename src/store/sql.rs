@@ -635,6 +635,8 @@ impl KeyStore for $store {
             "SELECT {COLUMNS} FROM api_keys \
              WHERE (CAST($1 AS TEXT) IS NULL OR consumer = $1) \
                AND (CAST($2 AS BIGINT) IS NULL OR (created_at, id) > ($2, CAST($3 AS TEXT))) \
+               AND (CAST($5 AS TEXT) IS NULL OR LOWER(consumer) LIKE $5 ESCAPE '\\' \
+                    OR LOWER(name) LIKE $5 ESCAPE '\\') \
              ORDER BY created_at, id LIMIT $4"
         );
         let rows = sqlx::query(&sql)
@@ -642,6 +644,7 @@ impl KeyStore for $store {
             .bind(after_at)
             .bind(after_id)
             .bind(i64::try_from(limit + 1).unwrap_or(i64::MAX))
+            .bind(query.like_pattern())
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;

@@ -15,8 +15,13 @@ use tokio::net::TcpStream;
 // The including test crate declares `#[path = "common/unique.rs"] mod unique;` (see pg.rs).
 use crate::unique::unique_name;
 
-/// target/<profile>/examples/server, next to this test's target/<profile>/deps.
+/// target/<profile>/examples/server, next to this test's target/<profile>/deps; or
+/// `TOWER_API_KEY_EXAMPLE_SERVER`, when set (a copy kept apart from a target directory
+/// that other checkouts build into).
 pub(crate) fn example_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("TOWER_API_KEY_EXAMPLE_SERVER") {
+        return PathBuf::from(path);
+    }
     let mut path = std::env::current_exe().unwrap();
     path.pop();
     path.pop();
