@@ -1323,3 +1323,73 @@ fn rfc3339_of(t: std::time::SystemTime) -> String {
         s % 60
     )
 }
+
+/// A request body that fails to arrive, as one cut off on the wire does.
+struct Broken;
+
+impl http_body::Body for Broken {
+    type Data = axum::body::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::task::Poll::Ready(Some(Err(std::io::ErrorKind::UnexpectedEof.into())))
+    }
+}
+
+#[tokio::test]
+async fn unreadable_bodies_and_paths_are_problems_too() {
+    let a = setup().await;
+    let bearer = format!("Bearer {}", a.admin_key);
+    let send = |method: &str, path: &str, body: Body| {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", &bearer)
+            .header("content-type", "application/json")
+            .body(body)
+            .unwrap();
+        let app = a.app.clone();
+        async move {
+            let res = app.oneshot(req).await.unwrap();
+            let status = res.status();
+            let ctype = res.headers().get("content-type").cloned();
+            let bytes = res.into_body().collect().await.unwrap().to_bytes();
+            let problem: Value = serde_json::from_slice(&bytes)
+                .unwrap_or_else(|e| panic!("{status}: not JSON ({e}): {bytes:?}"));
+            assert_eq!(
+                ctype.as_ref().map(|v| v.to_str().unwrap()),
+                Some("application/problem+json"),
+                "{status}: {problem}"
+            );
+            assert_eq!(problem["status"], status.as_u16(), "{problem}");
+            status
+        }
+    };
+    let id = &a.admin_id;
+    // Past axum's 2 MiB default body limit.
+    let huge = || Body::from(vec![b' '; 3 << 20]);
+    for (method, path) in [
+        ("POST", "/admin/keys".to_owned()),
+        ("PATCH", format!("/admin/keys/{id}")),
+        ("POST", format!("/admin/keys/{id}/rotate")),
+    ] {
+        assert_eq!(send(method, &path, huge()).await, 413, "{method} {path}");
+        let broken = Body::new(Broken);
+        assert_eq!(send(method, &path, broken).await, 400, "{method} {path}");
+    }
+    // Percent-encoded bytes that are not UTF-8 cannot be an id.
+    for path in [
+        "/admin/keys/%FF%FE",
+        "/admin/keys/%FF%FE/usage",
+        "/admin/keys/%FF%FE/usage/series",
+    ] {
+        assert_eq!(send("GET", path, Body::empty()).await, 400, "{path}");
+    }
+    assert_eq!(
+        send("POST", "/admin/keys/%C0/rotate", Body::from("{}")).await,
+        400
+    );
+}

@@ -521,6 +521,30 @@ fn store_error(e: StoreError) -> Problem {
     }
 }
 
+/// The `{id}` of a key's path. One that cannot be read (percent-encoded bytes that
+/// are not UTF-8) is refused as a problem rather than axum's plain-text rejection.
+struct KeyId(String);
+
+impl<St: Send + Sync> axum::extract::FromRequestParts<St> for KeyId {
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &St,
+    ) -> Result<Self, Problem> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(id)| Self(id))
+            .map_err(|e| problem(e.status(), e.body_text(), None))
+    }
+}
+
+/// A body that could not be read (cut short, bad chunked framing, over the size limit),
+/// as a problem rather than axum's plain-text rejection.
+fn unread(e: BytesRejection) -> Problem {
+    problem(e.status(), e.body_text(), None)
+}
+
 /// Parses a JSON object, allowing only `allowed` members.
 fn object(body: &Bytes, allowed: &[&str]) -> Result<Map<String, Value>, Problem> {
     let value: Value = serde_json::from_slice(body).map_err(|e| {
@@ -714,11 +738,11 @@ async fn create<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
     Extension(admin): Extension<Authenticated>,
     Extension(config): Extension<AdminConfig>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
         let map = object(
-            &body,
+            &body.map_err(unread)?,
             &[
                 "consumer",
                 "name",
@@ -914,10 +938,7 @@ fn percent_encode(text: &str) -> String {
 
 #[utoipa::path(get, path = "/admin/keys/{id}", params(("id" = String, Path)),
     responses((status = 200, body = KeyDetail), (status = 404, body = ProblemBody)))]
-async fn show<S: KeyStore>(
-    State(store): State<CachedResolver<S>>,
-    Path(id): Path<String>,
-) -> Response {
+async fn show<S: KeyStore>(State(store): State<CachedResolver<S>>, KeyId(id): KeyId) -> Response {
     let record = match store.get(&id).await {
         Ok(Some(record)) => record,
         Ok(None) => {
@@ -939,11 +960,11 @@ async fn update<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
     Extension(admin): Extension<Authenticated>,
     Extension(config): Extension<AdminConfig>,
-    Path(id): Path<String>,
-    body: Bytes,
+    KeyId(id): KeyId,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
-        let map = object(&body, &["scopes", "expires_in_seconds"])?;
+        let map = object(&body.map_err(unread)?, &["scopes", "expires_in_seconds"])?;
         if map.is_empty() {
             return Err(invalid("scopes", "give scopes, expires_in_seconds or both"));
         }
@@ -994,7 +1015,7 @@ async fn update<S: KeyStore>(
 async fn revoke<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
     Extension(admin): Extension<Authenticated>,
-    Path(id): Path<String>,
+    KeyId(id): KeyId,
 ) -> Response {
     match store.revoke(&id, admin.key_id()).await {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
@@ -1007,11 +1028,11 @@ async fn revoke<S: KeyStore>(
 async fn rotate<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
     Extension(admin): Extension<Authenticated>,
-    Path(id): Path<String>,
-    body: Bytes,
+    KeyId(id): KeyId,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
-        let map = object(&body, &["grace_seconds"])?;
+        let map = object(&body.map_err(unread)?, &["grace_seconds"])?;
         let grace = number(&map, "grace_seconds", MAX_GRACE, true)?
             .ok_or_else(|| invalid("grace_seconds", "grace_seconds is required"))?;
         let created = store
@@ -1025,10 +1046,7 @@ async fn rotate<S: KeyStore>(
 
 #[utoipa::path(get, path = "/admin/keys/{id}/usage", params(("id" = String, Path)),
     responses((status = 200, body = UsageBody), (status = 404, body = ProblemBody)))]
-async fn usage<S: KeyStore>(
-    State(store): State<CachedResolver<S>>,
-    Path(id): Path<String>,
-) -> Response {
+async fn usage<S: KeyStore>(State(store): State<CachedResolver<S>>, KeyId(id): KeyId) -> Response {
     match store.usage(&id).await {
         Ok(Some(u)) => Json(UsageBody {
             requests: u.requests,

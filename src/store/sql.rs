@@ -10,6 +10,16 @@ macro_rules! sql_key_store {
                                revoked_at, rate_limits, metadata, allowed_ips";
 
         fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+            // PostgreSQL refuses text holding NUL (in `text` and in `jsonb`): the input
+            // is at fault, not the store (SQLSTATE 22021, 22P05).
+            if let Some(sqlx::Error::Database(db)) =
+                (&e as &dyn std::any::Any).downcast_ref::<sqlx::Error>()
+                && matches!(db.code().as_deref(), Some("22021" | "22P05"))
+            {
+                return StoreError::Invalid(
+                    "the text holds a character the key store cannot keep (NUL)".to_owned(),
+                );
+            }
             StoreError::Backend(Box::new(e))
         }
 

@@ -34,6 +34,7 @@ where
     imports_by_hash(&store).await;
     imports_all_or_nothing(&store).await;
     usage_over_time(&store).await;
+    nul_in_text_is_bad_input(&store, &mut secrets).await;
     let everything = dump().await;
     for secret in &secrets {
         let body = &secret[secret.len() - 40..];
@@ -973,4 +974,34 @@ async fn usage_over_time<S: KeyStore>(store: &S) {
     // The counters are the sum of all of it.
     let usage = store.usage(&a.id).await.unwrap().unwrap();
     assert_eq!((usage.requests, usage.rejected), (6, 3));
+}
+
+/// Text holding NUL (which PostgreSQL cannot keep) is the caller's mistake: each store
+/// keeps it or refuses it as invalid, never fails as if it were down.
+async fn nul_in_text_is_bad_input<S: KeyStore>(store: &S, secrets: &mut Vec<String>) {
+    fn not_down<T>(what: &str, result: &Result<T, StoreError>) {
+        assert!(
+            !matches!(result, Err(StoreError::Backend(_))),
+            "{what}: {:?}",
+            result.as_ref().err()
+        );
+    }
+    for new in [
+        NewKey::new("nul\0consumer"),
+        NewKey::new("acme").with_name("nul\0name"),
+        NewKey::new("acme").with_metadata("k", "nul\0value"),
+    ] {
+        let created = store.create(new, "test").await;
+        not_down("create", &created);
+        if let Ok(created) = created {
+            secrets.push(created.key.expose_secret().to_owned());
+        }
+    }
+    let id = "key_\0";
+    not_down("get", &store.get(id).await);
+    not_down("revoke", &store.revoke(id, "test").await);
+    not_down("usage", &store.usage(id).await);
+    not_down("audit", &store.audit(Some(id)).await);
+    let query = ListQuery::default().consumer("nul\0consumer");
+    not_down("list", &store.list(&query).await);
 }
