@@ -1071,7 +1071,7 @@ fn nul_in_text_on_postgres_is_bad_input() {
             "a NUL in the consumer filter",
             b"/admin/keys?consumer=a%00",
             b"",
-            Problem(400),
+            Problem(422),
         ),
         (
             "a NUL in the audit's key id",

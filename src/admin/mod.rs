@@ -894,6 +894,17 @@ async fn list<S: KeyStore>(
     {
         return invalid("q", format!("q is longer than {MAX_TEXT} characters")).into_response();
     }
+    // A store may not keep control characters (PostgreSQL refuses NUL): name the
+    // parameter here rather than leave the store's refusal to look like a bad cursor.
+    for (field, value) in [("consumer", &params.consumer), ("q", &params.q)] {
+        if value
+            .as_ref()
+            .is_some_and(|v| v.chars().any(char::is_control))
+        {
+            return invalid(field, format!("{field} must not hold control characters"))
+                .into_response();
+        }
+    }
     let mut query = ListQuery::default().limit(limit);
     query.consumer.clone_from(&params.consumer);
     query.search.clone_from(&params.q);
