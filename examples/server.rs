@@ -38,6 +38,9 @@
 //! - Keys are read from `Authorization: Bearer …` and from `X-API-Key`.
 //! - `/admin/*` is the admin API (scope `admin`): create, list, show, revoke, rotate,
 //!   usage, audit and import.
+//! - `/portal/*` is the self-service portal (scope `keys:self`): a consumer lists,
+//!   creates, rotates and revokes its own keys, never more than the calling key may do,
+//!   and never its last `keys:self` key; `GET /portal/` is its page.
 //! - `GITHUB_SECRET_SCANNING_KEYS=<path>` (unset by default): a file holding GitHub's
 //!   secret-scanning public keys (`GET https://api.github.com/meta/public_keys/secret_scanning`)
 //!   mounts `POST /github/secret-scanning`, GitHub's secret scanning partner endpoint.
@@ -45,6 +48,14 @@
 //!   of ours that GitHub found; either way the audit log gets a `leaked` entry.
 //! - `GET /metrics`: the library's metrics in Prometheus' text format, for keys with
 //!   the scope `metrics` or `admin` (see `tower_api_key::metrics`).
+//! - `HEADER_TIMEOUT` (default `30s`; `0` turns it off): how long a client may take to
+//!   send a request's head, counted from the first byte, and how long an idle
+//!   keep-alive connection is kept for the next one. Past it the connection is closed:
+//!   a client that sends half a head and waits holds nothing for longer.
+//! - `REQUEST_TIMEOUT` (default `30s`; `0` turns it off): how long a request may take
+//!   from its head to the head of its answer, reading its body included. Past it the
+//!   answer is 408 problem+json and the connection is closed: a body that stops short of
+//!   its `Content-Length` holds nothing for longer.
 //! - `GET /healthz` (liveness) and `GET /readyz` (readiness: 200 or 503 with
 //!   `{"store","changes","redis"}`) need no key; `GET /v1/whoami` needs any valid key;
 //!   `GET /v1/orders` needs `orders:read`, `POST /v1/orders` needs `orders:write`.
@@ -56,11 +67,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use axum::extract::{FromRequest, Request, State};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, FromRequest, Request, State};
 use axum::http::{HeaderMap, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use hyper::body::Incoming;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -138,6 +151,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .parse()
         .map_err(|e| format!("RATE_LIMIT: {e}"))?;
 
+    let header_timeout = duration_var("HEADER_TIMEOUT", "30s")?;
+    let request_timeout = duration_var("REQUEST_TIMEOUT", "30s")?;
     let fresh = duration_var("CACHE_TTL", "30s")?;
     let stale = duration_var("CACHE_STALE", "10m")?;
     let store_timeout = duration_var("STORE_TIMEOUT", "2s")?;
@@ -193,6 +208,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         config = config.clone().webhook_deliveries(store.clone());
         WebhookDeliverer::spawn(store.clone(), webhooks)
     });
+    // Self-service: keys with the scope `keys:self` manage their own consumer's keys.
+    let portal = tower_api_key::admin::portal::router(cache.clone(), config.clone());
     let mut admin = tower_api_key::admin::router_with(cache.clone(), config);
     if let Some((keys, action)) = scanning {
         eprintln!(
@@ -254,19 +271,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .merge(v1)
         .with_state(AppState::default())
         .merge(admin)
+        .merge(portal)
         .merge(metrics);
 
     let shutdown = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(bind).await?;
     // On stdout after the admin key line, so that readers see the two in order.
     println!("listening on http://{}", listener.local_addr()?);
-    // The peer address, for keys with an allowlist.
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await?;
+    let timeouts = Timeouts {
+        header: (!header_timeout.is_zero()).then_some(header_timeout),
+        request: (!request_timeout.is_zero()).then_some(request_timeout),
+    };
+    serve(listener, app, timeouts, shutdown).await;
     usage.shutdown().await;
     eprintln!("shut down");
     Ok(())
@@ -296,6 +312,106 @@ fn metrics_text(
         prometheus.render(),
     )
         .into_response()
+}
+
+/// How long a client may take; `None`: as long as it likes.
+#[derive(Clone, Copy)]
+struct Timeouts {
+    /// To send a request's head, and between requests on a kept connection.
+    header: Option<Duration>,
+    /// From a request's head to its answer's head, the request body included.
+    request: Option<Duration>,
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then lets the open connections
+/// finish their requests. What `axum::serve` does, plus the timeouts: `axum::serve`
+/// gives hyper no timer, so hyper's header read timeout never fires there, and a
+/// client that stops half way through a request holds its connection for good.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    timeouts: Timeouts,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::server::graceful::GracefulShutdown;
+
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeouts.header);
+    // HTTP/2 (with prior knowledge) has no header timeout; pings find peers that are gone.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(timeouts.header);
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) if is_connection_error(&e) => continue,
+                Err(e) => {
+                    // Such as too many open files: wait for some to close, as axum does.
+                    eprintln!("accept: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            // The peer address, for keys with an allowlist.
+            request.extensions_mut().insert(ConnectInfo(peer));
+            let answer = tower::ServiceExt::oneshot(app.clone(), request.map(Body::new));
+            async move {
+                let Some(limit) = timeouts.request else {
+                    return answer.await;
+                };
+                match tokio::time::timeout(limit, answer).await {
+                    Ok(answer) => answer,
+                    Err(_) => Ok(timed_out()),
+                }
+            }
+        });
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            // A client that goes away mid-request is no error of ours.
+            let _ = connection.await;
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// Errors of one connection that was being accepted; the listener is fine.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    )
+}
+
+/// 408 for a request that took longer than `REQUEST_TIMEOUT`; the connection is closed,
+/// since what is left of the request on it cannot be told from the next one.
+fn timed_out() -> Response {
+    let mut response = problem(
+        StatusCode::REQUEST_TIMEOUT,
+        "the request took longer than the server waits for one",
+    );
+    response.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 /// What `/readyz` reports: whether the store answers, whether changes made elsewhere

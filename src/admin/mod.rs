@@ -4,7 +4,7 @@
 //! | method and path | does | answers |
 //! | --- | --- | --- |
 //! | `POST /admin/keys` | create a key | 201 with `key`, shown only here |
-//! | `GET /admin/keys[?consumer=…]` | list keys | 200, never a key |
+//! | `GET /admin/keys[?consumer=…&q=…&limit=…&after=…]` | list keys, oldest first; `q` searches consumer and name | 200, never a key; `Link: <…?after=…>; rel="next"` when there are more |
 //! | `GET /admin/keys/{id}` | one record, with `last_used_at` and `revoked_at` | 200 or 404 |
 //! | `PATCH /admin/keys/{id}` `{"scopes"?,"expires_in_seconds"?}` | change scopes or expiry (`null`: never) | 200 with the record |
 //! | `DELETE /admin/keys/{id}` | revoke | 204; the key fails from the next request on |
@@ -50,7 +50,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::auth::{ApiKeyLayer, KeySource, RequireScopeLayer};
 use crate::lifetime::KeyLifetimes;
-use crate::ratelimit::{RateLimitPolicy, RateLimits};
+use crate::ratelimit::{Limit, QuotaWindow, RateLimitPolicy, RateLimits};
 use crate::record::{Authenticated, KeyRecord, Scope, Scopes};
 use crate::resolve::CachedResolver;
 use crate::store::{
@@ -58,6 +58,7 @@ use crate::store::{
     WebhookOutbox,
 };
 
+pub mod portal;
 pub mod secret_scanning;
 mod series;
 
@@ -220,7 +221,7 @@ async fn openapi_json() -> Response {
     info(title = "tower-api-key admin API", description = "Manage API keys: create, list, revoke, rotate, usage, audit."),
     paths(create, list, show, update, revoke, rotate, import, usage, series::key, series::all, series::top, audit, deliveries, settings, secret_scanning::report),
     components(schemas(
-        CreateKeyRequest, ImportKeyRequest, ImportedBody, RateLimitRequest, UpdateKeyRequest, RotateRequest, KeyBody, KeyDetail, CreatedKeyBody,
+        CreateKeyRequest, ImportKeyRequest, ImportedBody, RateLimitRequest, UpdateKeyRequest, RotateRequest, KeyBody, LimitBody, KeyDetail, CreatedKeyBody,
         UsageBody, series::SeriesBody, series::BucketBody, series::TopBody, AuditEntryBody, DeliveryBody, SettingsBody, ProblemBody, secret_scanning::LeakReportItem, secret_scanning::LeakFeedbackItem
     )),
     modifiers(&KeySchemes),
@@ -361,6 +362,47 @@ struct KeyBody {
     status: String,
     /// The networks the key may be used from (CIDRs); empty: anywhere.
     allowed_ips: Vec<String>,
+    /// The key's rate limits and quotas; empty: the service's default.
+    rate_limits: Vec<LimitBody>,
+}
+
+/// One rate limit (`per_seconds`, `burst`) or quota (`window`) of a key.
+#[derive(Serialize, ToSchema)]
+struct LimitBody {
+    /// The policy's name, as in the `RateLimit-Policy` header.
+    name: String,
+    /// Requests per period or per window.
+    requests: u32,
+    /// A rate's period, in seconds.
+    per_seconds: Option<f64>,
+    /// How many requests a rate lets through at once.
+    burst: Option<u32>,
+    /// A quota's UTC calendar window: `day` or `month`.
+    window: Option<String>,
+}
+
+fn limit_body(policy: &RateLimitPolicy) -> LimitBody {
+    let (per_seconds, burst, window, requests) = match policy.limit() {
+        Limit::Rate {
+            requests,
+            per,
+            burst,
+        } => (Some(per.as_secs_f64()), Some(burst), None, requests),
+        Limit::Quota { requests, window } => {
+            let window = match window {
+                QuotaWindow::Day => "day",
+                QuotaWindow::Month => "month",
+            };
+            (None, None, Some(window.to_owned()), requests)
+        }
+    };
+    LimitBody {
+        name: policy.name().to_owned(),
+        requests,
+        per_seconds,
+        burst,
+        window,
+    }
 }
 
 /// A key's record with its last use.
@@ -477,6 +519,30 @@ fn store_error(e: StoreError) -> Problem {
             )
         }
     }
+}
+
+/// The `{id}` of a key's path. One that cannot be read (percent-encoded bytes that
+/// are not UTF-8) is refused as a problem rather than axum's plain-text rejection.
+struct KeyId(String);
+
+impl<St: Send + Sync> axum::extract::FromRequestParts<St> for KeyId {
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &St,
+    ) -> Result<Self, Problem> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(id)| Self(id))
+            .map_err(|e| problem(e.status(), e.body_text(), None))
+    }
+}
+
+/// A body that could not be read (cut short, bad chunked framing, over the size limit),
+/// as a problem rather than axum's plain-text rejection.
+fn unread(e: BytesRejection) -> Problem {
+    problem(e.status(), e.body_text(), None)
 }
 
 /// Parses a JSON object, allowing only `allowed` members.
@@ -655,6 +721,7 @@ fn key_body(r: &KeyRecord) -> KeyBody {
         }
         .to_owned(),
         allowed_ips: r.allowed_ips.iter().map(ToString::to_string).collect(),
+        rate_limits: r.rate_limits.iter().map(limit_body).collect(),
     }
 }
 
@@ -671,11 +738,11 @@ async fn create<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
     Extension(admin): Extension<Authenticated>,
     Extension(config): Extension<AdminConfig>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
         let map = object(
-            &body,
+            &body.map_err(unread)?,
             &[
                 "consumer",
                 "name",
@@ -791,38 +858,98 @@ async fn import<S: KeyStore>(
 #[serde(deny_unknown_fields)]
 struct ListParams {
     consumer: Option<String>,
+    q: Option<String>,
+    limit: Option<String>,
+    after: Option<String>,
 }
 
-#[utoipa::path(get, path = "/admin/keys", params(("consumer" = Option<String>, Query, description = "Only this consumer's keys")),
-    responses((status = 200, body = Vec<KeyBody>)))]
+#[utoipa::path(get, path = "/admin/keys", params(
+        ("consumer" = Option<String>, Query, description = "Only this consumer's keys"),
+        ("q" = Option<String>, Query, max_length = 200, description = "Only keys whose consumer or name contains this text, ignoring case"),
+        ("limit" = Option<usize>, Query, minimum = 1, maximum = 1000, description = "At most this many (default 1000)"),
+        ("after" = Option<String>, Query, description = "The cursor of the next page, from the `Link` header of the previous one")),
+    description = "Keys, oldest first, a page at a time: when there are more, the `Link` header (RFC 8288) names the next page, `<…?after=…>; rel=\"next\"`.",
+    responses((status = 200, body = Vec<KeyBody>, headers(("Link" = String, description = "`<…>; rel=\"next\"` when there is a next page"))),
+        (status = 400, body = ProblemBody), (status = 422, body = ProblemBody)))]
 async fn list<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
     params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Ok(Query(params)) = params else {
-        return problem(
-            StatusCode::BAD_REQUEST,
-            "the only query parameter is consumer",
-            None,
-        )
-        .into_response();
+        let detail = "the query parameters are consumer, q, limit and after, each at most once";
+        return problem(StatusCode::BAD_REQUEST, detail, None).into_response();
     };
-    let mut query = ListQuery::default().limit(ListQuery::MAX_LIMIT);
-    if let Some(c) = params.consumer {
-        query = query.consumer(c);
+    let max = ListQuery::MAX_LIMIT;
+    let limit = match params.limit.as_deref().map(str::parse::<usize>) {
+        None => max,
+        Some(Ok(n)) if (1..=max).contains(&n) => n,
+        Some(_) => {
+            return invalid("limit", format!("limit must be from 1 to {max}")).into_response();
+        }
+    };
+    if params
+        .q
+        .as_ref()
+        .is_some_and(|q| q.chars().count() > MAX_TEXT)
+    {
+        return invalid("q", format!("q is longer than {MAX_TEXT} characters")).into_response();
     }
-    match store.list(&query).await {
-        Ok(page) => Json(page.records.iter().map(key_body).collect::<Vec<_>>()).into_response(),
-        Err(e) => store_error(e).into_response(),
+    // A store may not keep control characters (PostgreSQL refuses NUL): name the
+    // parameter here rather than leave the store's refusal to look like a bad cursor.
+    for (field, value) in [("consumer", &params.consumer), ("q", &params.q)] {
+        if value
+            .as_ref()
+            .is_some_and(|v| v.chars().any(char::is_control))
+        {
+            return invalid(field, format!("{field} must not hold control characters"))
+                .into_response();
+        }
     }
+    let mut query = ListQuery::default().limit(limit);
+    query.consumer.clone_from(&params.consumer);
+    query.search.clone_from(&params.q);
+    query.after.clone_from(&params.after);
+    let page = match store.list(&query).await {
+        Ok(page) => page,
+        Err(StoreError::Invalid(e)) => return invalid("after", e).into_response(),
+        Err(e) => return store_error(e).into_response(),
+    };
+    let body = Json(page.records.iter().map(key_body).collect::<Vec<_>>());
+    let Some(next) = page.next else {
+        return body.into_response();
+    };
+    // The same question, from the cursor on.
+    let mut link = String::from("</admin/keys?");
+    for (name, value) in [
+        ("consumer", &params.consumer),
+        ("q", &params.q),
+        ("limit", &params.limit),
+    ] {
+        if let Some(value) = value {
+            link.push_str(&format!("{name}={}&", percent_encode(value)));
+        }
+    }
+    link.push_str(&format!("after={}>; rel=\"next\"", percent_encode(&next)));
+    ([(header::LINK, link)], body).into_response()
+}
+
+/// `text` with every byte but the unreserved characters of RFC 3986 percent-encoded:
+/// safe in a query string and in a `Link` header.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 #[utoipa::path(get, path = "/admin/keys/{id}", params(("id" = String, Path)),
     responses((status = 200, body = KeyDetail), (status = 404, body = ProblemBody)))]
-async fn show<S: KeyStore>(
-    State(store): State<CachedResolver<S>>,
-    Path(id): Path<String>,
-) -> Response {
+async fn show<S: KeyStore>(State(store): State<CachedResolver<S>>, KeyId(id): KeyId) -> Response {
     let record = match store.get(&id).await {
         Ok(Some(record)) => record,
         Ok(None) => {
@@ -844,11 +971,11 @@ async fn update<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
     Extension(admin): Extension<Authenticated>,
     Extension(config): Extension<AdminConfig>,
-    Path(id): Path<String>,
-    body: Bytes,
+    KeyId(id): KeyId,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
-        let map = object(&body, &["scopes", "expires_in_seconds"])?;
+        let map = object(&body.map_err(unread)?, &["scopes", "expires_in_seconds"])?;
         if map.is_empty() {
             return Err(invalid("scopes", "give scopes, expires_in_seconds or both"));
         }
@@ -899,7 +1026,7 @@ async fn update<S: KeyStore>(
 async fn revoke<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
     Extension(admin): Extension<Authenticated>,
-    Path(id): Path<String>,
+    KeyId(id): KeyId,
 ) -> Response {
     match store.revoke(&id, admin.key_id()).await {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
@@ -912,11 +1039,11 @@ async fn revoke<S: KeyStore>(
 async fn rotate<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
     Extension(admin): Extension<Authenticated>,
-    Path(id): Path<String>,
-    body: Bytes,
+    KeyId(id): KeyId,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
-        let map = object(&body, &["grace_seconds"])?;
+        let map = object(&body.map_err(unread)?, &["grace_seconds"])?;
         let grace = number(&map, "grace_seconds", MAX_GRACE, true)?
             .ok_or_else(|| invalid("grace_seconds", "grace_seconds is required"))?;
         let created = store
@@ -930,10 +1057,7 @@ async fn rotate<S: KeyStore>(
 
 #[utoipa::path(get, path = "/admin/keys/{id}/usage", params(("id" = String, Path)),
     responses((status = 200, body = UsageBody), (status = 404, body = ProblemBody)))]
-async fn usage<S: KeyStore>(
-    State(store): State<CachedResolver<S>>,
-    Path(id): Path<String>,
-) -> Response {
+async fn usage<S: KeyStore>(State(store): State<CachedResolver<S>>, KeyId(id): KeyId) -> Response {
     match store.usage(&id).await {
         Ok(Some(u)) => Json(UsageBody {
             requests: u.requests,

@@ -5,13 +5,13 @@ use std::time::{Duration, SystemTime};
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{Problem, invalid, problem, rfc3339, store_error};
+use super::{KeyId, Problem, invalid, problem, rfc3339, store_error};
 use crate::resolve::CachedResolver;
 use crate::store::series::{bucket_start, fill};
 use crate::store::{KeyStore, UsageBucket, UsageStep, UsageTopBy};
@@ -213,7 +213,7 @@ pub(crate) fn series_params(
         (status = 404, body = super::ProblemBody), (status = 422, body = super::ProblemBody)))]
 pub(super) async fn key<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
-    Path(id): Path<String>,
+    KeyId(id): KeyId,
     params: Result<Query<SeriesParams>, QueryRejection>,
 ) -> Response {
     let result = async {
