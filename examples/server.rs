@@ -219,7 +219,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .merge(v1)
         .with_state(AppState::default())
-        .merge(admin);
+        .merge(admin)
+        .fallback(not_found);
 
     let shutdown = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(bind).await?;
@@ -235,6 +236,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     usage.shutdown().await;
     eprintln!("shut down");
     Ok(())
+}
+
+/// Any other path: 404 as problem+json, like every other error here.
+async fn not_found() -> Response {
+    let body = json!({
+        "type": "about:blank",
+        "title": "Not Found",
+        "status": 404,
+        "detail": "no such path",
+    });
+    (
+        StatusCode::NOT_FOUND,
+        [(axum::http::header::CONTENT_TYPE, "application/problem+json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 /// What `/readyz` reports: whether the store answers, whether changes made elsewhere

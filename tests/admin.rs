@@ -698,9 +698,10 @@ async fn a_bad_or_duplicate_import_row_is_named_and_nothing_is_imported() {
         (with(json!({"scopes": ["bad scope"]})), "scopes"),
         (with(json!({"expires_at": "2099-01-01"})), "expires_at"),
         (
-            with(json!({"expires_at": "2001-01-01T00:00:00Z"})),
+            with(json!({"expires_at": "1969-12-31T23:59:59Z"})),
             "expires_at",
         ),
+        (with(json!({"consumer": "line\nbreak"})), "consumer"),
         (
             with(json!({"rate_limit": {"requests": -1, "per_seconds": 60}})),
             "rate_limit.requests",
@@ -711,7 +712,6 @@ async fn a_bad_or_duplicate_import_row_is_named_and_nothing_is_imported() {
         ),
         (with(json!({"allowed_ips": ["10.0.0.0/40"]})), "allowed_ips"),
         (json!("not an object"), ""),
-        (with(json!({"hash": stored})), "hash"),
     ];
     for (bad, field) in cases {
         // Good rows first: none of them may be stored when row 3 fails.
@@ -732,12 +732,21 @@ async fn a_bad_or_duplicate_import_row_is_named_and_nothing_is_imported() {
             "a problem never repeats a key"
         );
     }
-    // A duplicate within the batch names the later row.
-    let body = json!([good(0), good(1), good(0)]);
+    // A hash already stored, or twice in the batch (in either case), conflicts: 409
+    // naming the later row.
+    let body = json!([good(0), good(1), with(json!({"hash": stored}))]);
+    let (status, v, ctype) = a
+        .admin("POST", "/admin/keys/import", Some(&body.to_string()))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{v}");
+    assert_eq!(ctype, "application/problem+json");
+    assert_eq!(v["field"], "[2].hash");
+    let upper = good(0)["hash"].as_str().unwrap().to_uppercase();
+    let body = json!([good(0), good(1), with(json!({"hash": upper}))]);
     let (status, v, _) = a
         .admin("POST", "/admin/keys/import", Some(&body.to_string()))
         .await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(status, StatusCode::CONFLICT, "{v}");
     assert_eq!(v["field"], "[2].hash");
     assert!(v["detail"].as_str().unwrap().contains("row 0"), "{v}");
 
@@ -757,7 +766,8 @@ async fn a_bad_or_duplicate_import_row_is_named_and_nothing_is_imported() {
     let (status, v, ctype) = a
         .admin("POST", "/admin/keys/import", Some(&too_many.to_string()))
         .await;
-    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+    // Too many keys is a body of the wrong shape (the schema's maxItems), not too large.
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
     assert_eq!(ctype, "application/problem+json");
     let huge = format!("[{}]", " ".repeat(tower_api_key::admin::MAX_IMPORT_BYTES));
     let (status, _, ctype) = a.admin("POST", "/admin/keys/import", Some(&huge)).await;

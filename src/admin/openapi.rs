@@ -1,0 +1,563 @@
+//! The admin API's OpenAPI 3.1 document, and the convention that keeps it true.
+//!
+//! `GET /admin/openapi.json` serves [`openapi`]. A client generator builds on it, so it
+//! must say what the server does: CI runs `schemathesis run … --checks all` against the
+//! example server with it (`.ci/schemathesis.sh`), and the tests at the end of this file
+//! check the same rules without Python.
+//!
+//! # Annotating an endpoint
+//!
+//! 1. **Register it.** Put `#[utoipa::path(…)]` on the handler and add the handler to
+//!    `paths(…)` of [`ApiDoc`]. A test fails for a route of `src/admin/` that the document
+//!    does not have, and for a documented method the router does not answer.
+//! 2. **Errors: a status and a description, no body.** List the success responses with
+//!    their `body`, then each error *the handler* answers, as
+//!    `(status = 404, description = "No key with this id")`. [`Conventions`] gives every
+//!    4xx and 5xx response the `application/problem+json` content with the `Problem`
+//!    schema (RFC 9457: `type`, `title`, `status`, `detail`, and `field` for a 422). The
+//!    usual ones: 400 the body is not JSON (or not the right JSON type), 413 the body is too
+//!    large, 422 a field is wrong (`field` names it), 409 a conflict with what is stored
+//!    (the caller's own key, a hash already stored), 404 no such key.
+//! 3. **Keys: say nothing.** An operation that declares no `security` sits behind the key
+//!    layer and the scope check, and [`Conventions`] adds to it the key schemes (`bearer`,
+//!    `api_key`) and what they answer: 400 (two different keys), 401 (no key, or a bad,
+//!    revoked or expired one; `WWW-Authenticate`), 403 (the scope is missing, or the key
+//!    may not be used from this address) and 503 (the key store is unavailable;
+//!    `Retry-After`) — which is also what a handler answers when its store call fails. A
+//!    route anyone may call declares `security(())`.
+//! 4. **Request bodies carry every rule the handler checks.** A type deriving
+//!    `Deserialize, ToSchema` with `#[serde(deny_unknown_fields)]` (that is
+//!    `additionalProperties: false`). Texts through the schemas here ([`consumer_schema`],
+//!    [`scopes_schema`], …: `minLength`, `maxLength`, `pattern`), lists with `maxItems`,
+//!    whole numbers as integers with `minimum` and `maximum`. A field the handler treats as
+//!    absent when `null` is an `Option` (nullable, not required). The handler checks the
+//!    same constants ([`MAX_TEXT`](super::MAX_TEXT), …); the tests here compare them.
+//! 5. **Responses say exactly what is sent.** A field that is always sent is required:
+//!    `#[schema(required = true)]` on an `Option` that is sent as `null`; one left out when
+//!    empty has `skip_serializing_if` and `nullable = false`; times are
+//!    `format = DateTime`; a fixed set of words is an `enum`.
+//! 6. **Parameters** are `IntoParams` structs, the same that the handler deserializes, with
+//!    the bounds it checks (`minimum`, `maximum`); a key id in the path is [`KeyIdPath`].
+
+use serde::Deserialize;
+use utoipa::openapi::content::Content;
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::path::{Operation, Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::response::ResponseBuilder;
+use utoipa::openapi::schema::{
+    AdditionalProperties, AllOfBuilder, AnyOfBuilder, ArrayBuilder, KnownFormat, ObjectBuilder,
+    Schema, SchemaFormat, SchemaType, Type,
+};
+use utoipa::openapi::security::{
+    ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+};
+use utoipa::openapi::{Ref, RefOr, Required, Response};
+use utoipa::{IntoParams, Modify, OpenApi, PartialSchema, ToSchema};
+
+use super::secret_scanning;
+use super::{
+    AuditEntryBody, CreatedKeyBody, DeliveryBody, ImportedBody, KeyBody, KeyDetail, MAX_EXPIRES_IN,
+    MAX_IMPORT_KEYS, MAX_NETWORKS, MAX_SCOPES, MAX_TEXT, SettingsBody, UsageBody,
+};
+
+/// The admin API's OpenAPI 3.1 document, generated from the handlers and body types.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "tower-api-key admin API",
+        description = "Manage API keys: create, list, change, revoke, rotate, import; usage, audit, webhook deliveries.\n\n\
+            Every error is RFC 9457 `application/problem+json`. A key never changes itself through this API: \
+            revoking, rotating or changing the key that makes the request answers 409 (use another admin key, or the `apikey` CLI), \
+            so the API always keeps an admin key that works."
+    ),
+    paths(
+        super::create, super::list, super::show, super::update, super::revoke, super::rotate,
+        super::import, super::usage, super::audit, super::deliveries, super::settings,
+        super::dashboard, super::openapi_json, secret_scanning::report
+    ),
+    components(schemas(
+        CreateKeyRequest, ImportKeyRequest, RateLimitRequest, UpdateKeyRequest, RotateRequest,
+        KeyBody, KeyDetail, CreatedKeyBody, ImportedBody, UsageBody, AuditEntryBody, DeliveryBody,
+        SettingsBody, secret_scanning::LeakReportItem, secret_scanning::LeakFeedbackItem
+    )),
+    modifiers(&Conventions)
+)]
+pub(super) struct ApiDoc;
+
+/// The media type of every error.
+pub(super) const PROBLEM_JSON: &str = "application/problem+json";
+
+/// What a key id looks like: `key_` and 22 base62 characters.
+pub(super) const KEY_ID_PATTERN: &str = "^key_[0-9A-Za-z]{22}$";
+
+/// A consumer or a name: no control characters, and something besides spaces (as the
+/// handler checks: `char::is_control` and `str::trim`, whose spaces are Unicode's
+/// `White_Space` characters, the control ones among them excluded here already).
+pub(super) const TEXT_PATTERN: &str = "^[^\\u0000-\\u001F\\u007F-\\u009F]*\
+    [^\\u0000-\\u0020\\u007F-\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000]\
+    [^\\u0000-\\u001F\\u007F-\\u009F]*$";
+
+/// A scope, as [`Scope::new`](crate::Scope::new) takes it: `*`, or letters, digits and
+/// `_ . : / -`, with `*` only last and right after a `:`.
+pub(super) const SCOPE_PATTERN: &str = "^(\\*|[0-9A-Za-z_.:/-]*:\\*|[0-9A-Za-z_.:/-]+)$";
+
+/// The longest scope, in characters (all ASCII).
+pub(super) const MAX_SCOPE_LEN: usize = 128;
+
+/// One network of an allowlist: an IPv4 or IPv6 address, with or without a prefix length
+/// (`10.0.0.0/8`, `2001:db8::/32`, `203.0.113.7`). IPv6 written with the usual
+/// abbreviations; an embedded IPv4 address only as `::ffff:a.b.c.d` or `::a.b.c.d`.
+pub(super) const NETWORK_PATTERN: &str = concat!(
+    "^(?:",
+    // IPv4, then an optional prefix of 0 to 32.
+    "(?:(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])",
+    "(?:/(?:3[0-2]|[12]?[0-9]))?",
+    "|",
+    // IPv6, then an optional prefix of 0 to 128.
+    "(?:",
+    "(?:[0-9a-fA-F]{1,4}:){7}[0-9a-fA-F]{1,4}",
+    "|(?:[0-9a-fA-F]{1,4}:){1,7}:",
+    "|(?:[0-9a-fA-F]{1,4}:){1,6}:[0-9a-fA-F]{1,4}",
+    "|(?:[0-9a-fA-F]{1,4}:){1,5}(?::[0-9a-fA-F]{1,4}){1,2}",
+    "|(?:[0-9a-fA-F]{1,4}:){1,4}(?::[0-9a-fA-F]{1,4}){1,3}",
+    "|(?:[0-9a-fA-F]{1,4}:){1,3}(?::[0-9a-fA-F]{1,4}){1,4}",
+    "|(?:[0-9a-fA-F]{1,4}:){1,2}(?::[0-9a-fA-F]{1,4}){1,5}",
+    "|[0-9a-fA-F]{1,4}:(?::[0-9a-fA-F]{1,4}){1,6}",
+    "|:(?:(?::[0-9a-fA-F]{1,4}){1,7}|:)",
+    "|::(?:ffff:)?(?:(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])",
+    ")",
+    "(?:/(?:12[0-8]|1[01][0-9]|[1-9]?[0-9]))?",
+    ")$"
+);
+
+/// An RFC 3339 time the server reads (`format: date-time`), from 1971 on (times before
+/// 1970 are refused).
+pub(super) const TIME_PATTERN: &str = "^(?:197[1-9]|19[89][0-9]|[2-9][0-9]{3})-";
+
+/// A key id in the path: `params(openapi::KeyIdPath)` on an operation with `{id}`.
+pub(super) struct KeyIdPath;
+
+impl IntoParams for KeyIdPath {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![
+            ParameterBuilder::new()
+                .name("id")
+                .parameter_in(ParameterIn::Path)
+                .required(Required::True)
+                .description(Some("The key's id (`key_…`)."))
+                .schema(Some(key_id_schema()))
+                .build(),
+        ]
+    }
+}
+
+/// A key id: `key_` and 22 base62 characters.
+pub(super) fn key_id_schema() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(KEY_ID_PATTERN))
+}
+
+/// `POST /admin/keys`.
+#[allow(dead_code)] // Documents the body; the handler checks it field by field.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CreateKeyRequest {
+    /// Who the key belongs to.
+    #[schema(schema_with = consumer_schema)]
+    consumer: String,
+    /// A name.
+    #[schema(schema_with = name_schema)]
+    name: Option<String>,
+    /// Scopes such as `orders:read`.
+    #[schema(schema_with = scopes_schema)]
+    scopes: Option<Vec<String>>,
+    /// Seconds until the key expires; without it, the server's default lifetime (if any).
+    #[schema(minimum = 1, maximum = 315_360_000)]
+    expires_in_seconds: Option<u64>,
+    /// The key's rate limit; without one, the service's default applies.
+    rate_limit: Option<RateLimitRequest>,
+    /// Networks the key may be used from; without them, anywhere.
+    #[schema(schema_with = networks_schema)]
+    allowed_ips: Option<Vec<String>>,
+}
+
+/// A rate limit: `requests` per `per_seconds`, up to `burst` at once.
+#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RateLimitRequest {
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
+    requests: u64,
+    #[schema(minimum = 1, maximum = 31_536_000)]
+    per_seconds: u64,
+    /// How many requests may come at once (default: `requests`).
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
+    burst: Option<u64>,
+}
+
+/// `PATCH /admin/keys/{id}`: `scopes`, `expires_in_seconds` or both.
+#[allow(dead_code)] // Documents the body; the handler checks it field by field.
+pub(super) struct UpdateKeyRequest {
+    scopes: Option<Vec<String>>,
+    expires_in_seconds: Option<Option<u64>>,
+}
+
+impl PartialSchema for UpdateKeyRequest {
+    fn schema() -> RefOr<Schema> {
+        let fields = ObjectBuilder::new()
+            .property(
+                "scopes",
+                scopes_schema().description(Some(
+                    "The key's scopes from now on (`[]`: none; `null`: unchanged).",
+                )),
+            )
+            .property(
+                "expires_in_seconds",
+                ObjectBuilder::new()
+                    .schema_type(nullable(Type::Integer))
+                    .minimum(Some(1))
+                    .maximum(Some(MAX_EXPIRES_IN))
+                    .description(Some(
+                        "Seconds from now until the key expires, or `null`: never.",
+                    )),
+            )
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+        // Something to change: an expiry (a number or `null`), or scopes that are a list.
+        let something = AnyOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(SchemaType::AnyValue)
+                    .required("expires_in_seconds"),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(SchemaType::AnyValue)
+                    .required("scopes")
+                    .property(
+                        "scopes",
+                        ObjectBuilder::new().schema_type(Type::Array).build(),
+                    ),
+            );
+        AllOfBuilder::new()
+            .item(fields)
+            .item(something)
+            .description(Some(
+                "`PATCH /admin/keys/{id}`: `scopes`, `expires_in_seconds` or both; \
+                 both are checked before either is changed.",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for UpdateKeyRequest {}
+
+/// `POST /admin/keys/{id}/rotate`.
+#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RotateRequest {
+    /// Seconds the old key keeps working (0: it stops at once).
+    #[schema(minimum = 0, maximum = 2_592_000)]
+    grace_seconds: u64,
+}
+
+/// One key of `POST /admin/keys/import`: a key minted elsewhere, known by its hash.
+#[allow(dead_code)] // Documents the body; ImportedKey::from_json checks it.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ImportKeyRequest {
+    /// The SHA-256 of the whole key, 64 hex digits. Never the key itself.
+    #[schema(pattern = "^[0-9a-fA-F]{64}$")]
+    hash: String,
+    /// Who the key belongs to.
+    #[schema(schema_with = consumer_schema)]
+    consumer: String,
+    /// A name.
+    #[schema(schema_with = name_schema)]
+    name: Option<String>,
+    /// Scopes such as `orders:read`.
+    #[schema(schema_with = scopes_schema)]
+    scopes: Option<Vec<String>>,
+    /// When the key stops working, within the server's maximum lifetime; a time past
+    /// imports the key as expired.
+    #[schema(schema_with = expires_at_schema)]
+    expires_at: Option<String>,
+    /// The key's rate limit; without one, the service's default applies.
+    rate_limit: Option<RateLimitRequest>,
+    /// Networks the key may be used from; without them, anywhere.
+    #[schema(schema_with = networks_schema)]
+    allowed_ips: Option<Vec<String>>,
+}
+
+/// The body of `POST /admin/keys/import`: the keys, all imported or none.
+pub(super) struct ImportRequest;
+
+impl PartialSchema for ImportRequest {
+    fn schema() -> RefOr<Schema> {
+        ArrayBuilder::new()
+            .items(Ref::from_schema_name(ImportKeyRequest::name()))
+            .max_items(Some(MAX_IMPORT_KEYS))
+            .into()
+    }
+}
+
+impl ToSchema for ImportRequest {}
+
+fn nullable(ty: Type) -> SchemaType {
+    SchemaType::from_iter([ty, Type::Null])
+}
+
+fn text(ty: SchemaType, description: &str) -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(ty)
+        .min_length(Some(1))
+        .max_length(Some(MAX_TEXT))
+        .pattern(Some(TEXT_PATTERN))
+        .description(Some(format!(
+            "{description} 1 to {MAX_TEXT} characters, not only spaces, no control characters."
+        )))
+}
+
+/// `consumer`: required text.
+pub(super) fn consumer_schema() -> ObjectBuilder {
+    text(Type::String.into(), "Who the key belongs to:")
+}
+
+/// `name`: optional text (`null`: none).
+pub(super) fn name_schema() -> ObjectBuilder {
+    text(nullable(Type::String), "A name:")
+}
+
+/// `scopes`: a list of scopes (`null`: none).
+pub(super) fn scopes_schema() -> ArrayBuilder {
+    ArrayBuilder::new()
+        .schema_type(nullable(Type::Array))
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(MAX_SCOPE_LEN))
+                .pattern(Some(SCOPE_PATTERN)),
+        )
+        .max_items(Some(MAX_SCOPES))
+        .description(Some(format!(
+            "Scopes such as `orders:read`, `orders:*` or `*`; at most {MAX_SCOPES}."
+        )))
+}
+
+/// `allowed_ips`: a list of networks (`null`: anywhere).
+pub(super) fn networks_schema() -> ArrayBuilder {
+    ArrayBuilder::new()
+        .schema_type(nullable(Type::Array))
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(NETWORK_PATTERN)),
+        )
+        .max_items(Some(MAX_NETWORKS))
+        .description(Some(format!(
+            "Networks the key may be used from: CIDRs such as `10.0.0.0/8` or `2001:db8::/32`, \
+             or single addresses; at most {MAX_NETWORKS}. Without them, anywhere."
+        )))
+}
+
+/// `expires_at` of an import: an RFC 3339 time or `null`.
+pub(super) fn expires_at_schema() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(nullable(Type::String))
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+        .pattern(Some(TIME_PATTERN))
+        .description(Some(
+            "When the key stops working (RFC 3339, from 1971), within the server's maximum \
+             lifetime; a time past imports the key as expired.",
+        ))
+}
+
+/// The RFC 9457 problem every error answers with.
+fn problem_schema() -> Schema {
+    let text = |description: &str| {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(description))
+    };
+    ObjectBuilder::new()
+        .description(Some(
+            "RFC 9457 problem details. Other members may follow (such as `violated-policies`).",
+        ))
+        .property(
+            "type",
+            text("A URI naming the kind of problem (`about:blank`: the status says it)."),
+        )
+        .required("type")
+        .property("title", text("The status's or the problem's short name."))
+        .required("title")
+        .property(
+            "status",
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(400))
+                .maximum(Some(599)),
+        )
+        .required("status")
+        .property("detail", text("What went wrong, for people."))
+        .required("detail")
+        .property(
+            "field",
+            text("The request field at fault (`consumer`, `rate_limit.requests`, `[3].hash`)."),
+        )
+        .into()
+}
+
+/// Applies the convention of this module to the document: the key schemes, the `Problem`
+/// schema, the key layer's answers and security on every operation that declares no
+/// `security` of its own, and the problem body on every error response.
+pub(super) struct Conventions;
+
+/// An answer of the key layer or the scope check: its status, what it means, and the
+/// header that comes with it (name, description).
+struct LayerAnswer {
+    status: &'static str,
+    description: &'static str,
+    header: Option<(&'static str, &'static str)>,
+}
+
+/// The answers of the key layer and the scope check, which every operation behind them can
+/// give.
+const KEY_LAYER_ANSWERS: [LayerAnswer; 4] = [
+    LayerAnswer {
+        status: "400",
+        description: "The request carries two different keys (`Authorization` and `X-API-Key`).",
+        header: None,
+    },
+    LayerAnswer {
+        status: "401",
+        description: "No key, or a malformed, unknown, revoked or expired one.",
+        header: Some((
+            "WWW-Authenticate",
+            "`Bearer realm=…`, with `error=\"invalid_token\"` for a bad key (RFC 6750).",
+        )),
+    },
+    LayerAnswer {
+        status: "403",
+        description: "The key lacks the scope this API needs, or may not be used from this address.",
+        header: None,
+    },
+    LayerAnswer {
+        status: "503",
+        description: "The key store is unavailable; try again shortly.",
+        header: Some(("Retry-After", "Seconds to wait before trying again.")),
+    },
+];
+
+impl Modify for Conventions {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("API key")
+                    .description(Some("A key: `Authorization: Bearer sk_live_…`"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-API-Key",
+                "A key in the X-API-Key header",
+            ))),
+        );
+        components
+            .schemas
+            .insert("Problem".to_owned(), RefOr::T(problem_schema()));
+        // The default, for tools that read only the top; every operation says its own.
+        doc.security = Some(key_requirements());
+        for item in doc.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+                &mut item.head,
+                &mut item.options,
+                &mut item.trace,
+            ];
+            for operation in operations.into_iter().flatten() {
+                if operation.security.is_none() {
+                    behind_the_key_layer(operation);
+                }
+                for (status, response) in operation.responses.responses.iter_mut() {
+                    if let RefOr::T(response) = response
+                        && !status.starts_with(['1', '2', '3'])
+                        && response.content.is_empty()
+                    {
+                        response.content.insert(
+                            PROBLEM_JSON.to_owned(),
+                            Content::new(Some(Ref::from_schema_name("Problem"))),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn behind_the_key_layer(operation: &mut Operation) {
+    operation.security = Some(key_requirements());
+    for LayerAnswer {
+        status,
+        description,
+        header,
+    } in KEY_LAYER_ANSWERS
+    {
+        let responses = &mut operation.responses.responses;
+        match responses.get_mut(status) {
+            // The handler answers this status too (a 400 for bad JSON): one response, both
+            // reasons.
+            Some(RefOr::T(response)) => {
+                response.description = format!("{} Or: {description}", response.description);
+            }
+            Some(RefOr::Ref(_)) => {}
+            None => {
+                responses.insert(status.to_owned(), RefOr::T(answer(description, header)));
+            }
+        }
+        if let (Some((name, about)), Some(RefOr::T(response))) = (header, responses.get_mut(status))
+        {
+            response
+                .headers
+                .insert(name.to_owned(), string_header(about));
+        }
+    }
+}
+
+/// A key, in either header (alternatives: one of the two).
+fn key_requirements() -> Vec<SecurityRequirement> {
+    vec![
+        SecurityRequirement::new("bearer", Vec::<String>::new()),
+        SecurityRequirement::new("api_key", Vec::<String>::new()),
+    ]
+}
+
+fn answer(description: &str, header: Option<(&str, &str)>) -> Response {
+    let mut response = ResponseBuilder::new().description(description);
+    if let Some((name, about)) = header {
+        response = response.header(name, string_header(about));
+    }
+    response.build()
+}
+
+fn string_header(description: &str) -> utoipa::openapi::header::Header {
+    HeaderBuilder::new()
+        .schema(ObjectBuilder::new().schema_type(Type::String))
+        .description(Some(description))
+        .build()
+}
