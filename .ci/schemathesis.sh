@@ -5,7 +5,7 @@
 #   bash .ci/schemathesis.sh [extra schemathesis options]
 #
 # Expects the example server built (`cargo build --features full --examples`) in
-# $CARGO_TARGET_DIR (default: target). Starts it on loopback with a throwaway SQLite
+# $CARGO_TARGET_DIR (default: target), or at $EXAMPLE_SERVER. Starts it on loopback with a throwaway SQLite
 # file, GitHub secret scanning (a public key of no one's) and webhooks to a port where
 # nothing listens (so that the delivery log has entries), and stops it on any exit.
 #
@@ -21,7 +21,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 target=${CARGO_TARGET_DIR:-target}
-server_bin="$target/debug/examples/server"
+server_bin=${EXAMPLE_SERVER:-$target/debug/examples/server}
 venv=${SCHEMATHESIS_VENV:-$HOME/.cache/tower-api-key/schemathesis-venv}
 seed=${SCHEMATHESIS_SEED:-1}
 examples=${SCHEMATHESIS_EXAMPLES:-100}

@@ -16,6 +16,9 @@
 //! - `TRUSTED_PROXIES` (comma-separated CIDRs; unset: none): proxies whose
 //!   `X-Forwarded-For` names the client, for keys with an allowlist (`allowed_ips`); a
 //!   request from outside a key's list gets 403.
+//! - `FAILURE_LIMIT` (default `100/60s`; `off` turns it off): a client address that fails
+//!   to authenticate this many times in the window gets 429 with `Retry-After` on `/v1/*`
+//!   for the rest of it, before any store lookup (its cached valid keys keep working).
 //! - `ACCEPT_FOREIGN_KEYS` (`true` or `false`, default `false`): also accept keys not in
 //!   this server's format, minted elsewhere and imported by hash through
 //!   `POST /admin/keys/import`; keys of our format keep their checksum check.
@@ -60,6 +63,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::Mutex as AsyncMutex;
 use tower_api_key::admin::{LeakAction, PublicKeys, SecretScanning};
+use tower_api_key::auth::FailureLimit;
 use tower_api_key::lifetime::{KeyLifetimes, parse_lifetime};
 use tower_api_key::ratelimit::{RateLimitStore, RedisMode, RedisRateLimitStore};
 use tower_api_key::record::parse_network;
@@ -108,6 +112,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_max_level(tracing::Level::INFO)
         .init();
     let accept_foreign = accept_foreign_keys()?;
+    let failures = failure_limit()?;
     let bind: SocketAddr = std::env::var("BIND")
         .unwrap_or_else(|_| "127.0.0.1:3000".to_owned())
         .parse()
@@ -187,10 +192,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let usage = UsageRecorder::spawn(store.clone(), Duration::from_secs(5));
 
-    let auth = ApiKeyLayer::from_cache(cache)
+    let mut auth = ApiKeyLayer::from_cache(cache)
         .source(KeySource::bearer().or(KeySource::header(HeaderName::from_static("x-api-key"))))
         .trusted_proxies(proxies)
-        .accept_foreign_keys(accept_foreign);
+        .accept_foreign_keys(accept_foreign)
+        .count_refusals(usage.clone());
+    if let Some(limit) = failures {
+        auth = auth.limit_failures(limit);
+    }
 
     let (limit_store, redis) = rate_limit_store().await?;
     let limits = RateLimitLayer::new(limit_store, rate_limit);
@@ -352,6 +361,20 @@ fn parse_duration(text: &str) -> Option<Duration> {
 }
 
 /// `ACCEPT_FOREIGN_KEYS`: `true` or `false` (default); anything else stops the start.
+/// `FAILURE_LIMIT`: failed authentications a client may have in a window, or `off`.
+fn failure_limit() -> Result<Option<FailureLimit>, String> {
+    match std::env::var("FAILURE_LIMIT").as_deref() {
+        Err(_) | Ok("") => Ok(Some(
+            FailureLimit::new(100, Duration::from_secs(60)).map_err(|e| e.to_string())?,
+        )),
+        Ok("off") => Ok(None),
+        Ok(text) => text
+            .parse()
+            .map(Some)
+            .map_err(|e| format!("FAILURE_LIMIT ({text:?}): {e}, or off")),
+    }
+}
+
 fn accept_foreign_keys() -> Result<bool, String> {
     match std::env::var("ACCEPT_FOREIGN_KEYS").as_deref() {
         Err(_) | Ok("") | Ok("false") => Ok(false),

@@ -1,8 +1,13 @@
 //! Usage tracking off the request path: [`UsageRecorder`] and [`UsageLayer`].
 //!
-//! The layer counts each authenticated request (rejected when the answer is 429 or 403)
-//! into the recorder's in-memory counters: a short, sharded lock and, once per key and
-//! flush, one small allocation. A background task writes the counters to the
+//! The layer counts each authenticated request by its [`Outcome`] (rate limited when the
+//! answer is 429, forbidden when it is 403, allowed otherwise) into the recorder's
+//! in-memory counters: a short, sharded lock and, once per key and flush, one small
+//! allocation. Counts are kept per minute, for the store's
+//! [usage over time](crate::store::series). Refusals of known keys (revoked, expired,
+//! outside their allowlist) never reach the layer: give the recorder to
+//! [`ApiKeyLayer::count_refusals`](crate::ApiKeyLayer::count_refusals) to count them as
+//! [`Outcome::Unauthorized`]. A background task writes the counters to the
 //! [`KeyStore`] every few seconds ([`KeyStore::record_usage`], one batch) and once more
 //! on [`UsageRecorder::shutdown`]. The counters are bounded: past `max_keys` distinct
 //! keys between two flushes, counts of further keys are dropped, counted in
@@ -20,7 +25,7 @@
 //! let app: Router = Router::new()
 //!     .route("/", get(|| async { "ok" }))
 //!     .layer(UsageLayer::new(recorder.clone()))
-//!     .layer(ApiKeyLayer::new(store));
+//!     .layer(ApiKeyLayer::new(store).count_refusals(recorder.clone()));
 //! // … serve `app`; on shutdown:
 //! recorder.shutdown().await;
 //! # }
@@ -41,7 +46,8 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::record::Authenticated;
-use crate::store::{KeyStore, UsageDelta};
+use crate::store::series::bucket_start;
+use crate::store::{KeyStore, Outcome, UsageBucket, UsageDelta, UsageStep};
 
 const SHARDS: usize = 16;
 const DEFAULT_MAX_KEYS: usize = 100_000;
@@ -51,6 +57,29 @@ struct Counts {
     requests: u64,
     rejected: u64,
     last_used_at: Option<SystemTime>,
+    /// By minute, oldest first: one or two between flushes, unless clocks jump.
+    minutes: Vec<UsageBucket>,
+}
+
+impl Counts {
+    fn count(&mut self, outcome: Outcome, at: SystemTime) {
+        if outcome == Outcome::Allowed {
+            self.requests += 1;
+        } else {
+            self.rejected += 1;
+        }
+        self.last_used_at = self.last_used_at.max(Some(at));
+        let minute = bucket_start(UsageStep::Minute, at);
+        match self.minutes.iter_mut().rev().find(|b| b.at == minute) {
+            Some(bucket) => bucket.count(outcome),
+            None => {
+                let mut bucket = UsageBucket::empty(minute);
+                bucket.count(outcome);
+                let place = self.minutes.partition_point(|b| b.at < minute);
+                self.minutes.insert(place, bucket);
+            }
+        }
+    }
 }
 
 struct Shared {
@@ -119,20 +148,13 @@ impl UsageRecorder {
         Self { shared }
     }
 
-    /// Counts one request of `key_id` at `at`. Never waits for the store.
-    pub fn record(&self, key_id: &str, rejected: bool, at: SystemTime) {
+    /// Counts one request of `key_id` at `at` with its outcome. Never waits for the
+    /// store.
+    pub fn record(&self, key_id: &str, outcome: Outcome, at: SystemTime) {
         let shard = &self.shared.shards[shard_of(key_id)];
         let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
-        let count = |counts: &mut Counts| {
-            if rejected {
-                counts.rejected += 1;
-            } else {
-                counts.requests += 1;
-            }
-            counts.last_used_at = counts.last_used_at.max(Some(at));
-        };
         if let Some(counts) = map.get_mut(key_id) {
-            count(counts);
+            counts.count(outcome, at);
             return;
         }
         if map.len() >= self.shared.max_per_shard {
@@ -141,7 +163,7 @@ impl UsageRecorder {
             return;
         }
         let mut counts = Counts::default();
-        count(&mut counts);
+        counts.count(outcome, at);
         map.insert(Arc::from(key_id), counts);
     }
 
@@ -185,6 +207,7 @@ async fn flush<S: KeyStore>(shared: &Shared, store: &S) {
                 requests: c.requests,
                 rejected: c.rejected,
                 last_used_at: c.last_used_at?,
+                minutes: c.minutes,
             })
         }));
     }
@@ -209,8 +232,8 @@ async fn flush<S: KeyStore>(shared: &Shared, store: &S) {
     }
 }
 
-/// Counts every authenticated request into a [`UsageRecorder`]: rejected when the
-/// response is 429 or 403. Put it inside [`ApiKeyLayer`](crate::ApiKeyLayer) and outside
+/// Counts every authenticated request into a [`UsageRecorder`] by its [`Outcome`]: rate
+/// limited when the response is 429, forbidden when it is 403, allowed otherwise. Put it inside [`ApiKeyLayer`](crate::ApiKeyLayer) and outside
 /// the [`RateLimitLayer`](crate::RateLimitLayer), so that it sees the final answer.
 #[derive(Clone, Debug)]
 pub struct UsageLayer {
@@ -285,11 +308,12 @@ where
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
         if let (Ok(response), Some((auth, recorder))) = (&result, this.caller.take()) {
-            let rejected = matches!(
-                response.status(),
-                StatusCode::TOO_MANY_REQUESTS | StatusCode::FORBIDDEN
-            );
-            recorder.record(auth.key_id(), rejected, SystemTime::now());
+            let outcome = match response.status() {
+                StatusCode::TOO_MANY_REQUESTS => Outcome::RateLimited,
+                StatusCode::FORBIDDEN => Outcome::Forbidden,
+                _ => Outcome::Allowed,
+            };
+            recorder.record(auth.key_id(), outcome, SystemTime::now());
         }
         Poll::Ready(result)
     }

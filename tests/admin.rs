@@ -943,3 +943,237 @@ async fn settings_tell_the_dashboard_the_lifetimes_and_whether_webhooks_are_on()
         StatusCode::UNAUTHORIZED
     );
 }
+
+/// The admin API's view of usage over time: a key's series (one bucket per step, zeros
+/// included), the series of all keys, and the top consumers and keys.
+#[tokio::test]
+async fn usage_series_and_top_over_http() {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    use tower_api_key::store::{UsageBucket, UsageDelta};
+
+    let a = setup().await;
+    let one = a
+        .cache
+        .create(NewKey::new("acme"), "test")
+        .await
+        .unwrap()
+        .record;
+    let two = a
+        .cache
+        .create(NewKey::new("acme"), "test")
+        .await
+        .unwrap()
+        .record;
+    let three = a
+        .cache
+        .create(NewKey::new("globex"), "test")
+        .await
+        .unwrap()
+        .record;
+    // Two hours ago on a whole hour, within the 48 h of minute buckets.
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let base = UNIX_EPOCH + Duration::from_secs(now - now % 3600 - 2 * 3600);
+    let minute = |m: u64, counts: (u64, u64, u64, u64)| UsageBucket {
+        at: base + Duration::from_secs(60 * m),
+        allowed: counts.0,
+        rate_limited: counts.1,
+        forbidden: counts.2,
+        unauthorized: counts.3,
+    };
+    let delta = |id: &str, minutes: Vec<UsageBucket>| UsageDelta {
+        key_id: id.to_owned(),
+        requests: minutes.iter().map(|b| b.allowed).sum(),
+        rejected: minutes.iter().map(UsageBucket::refused).sum(),
+        last_used_at: minutes[0].at,
+        minutes,
+    };
+    a.cache
+        .record_usage(&[
+            delta(
+                &one.id,
+                vec![minute(1, (4, 1, 0, 0)), minute(3, (0, 0, 2, 0))],
+            ),
+            delta(&two.id, vec![minute(1, (0, 0, 0, 3))]),
+            delta(&three.id, vec![minute(2, (1, 0, 0, 0))]),
+        ])
+        .await
+        .unwrap();
+    let stamp = |m: u64| {
+        let secs = base.duration_since(UNIX_EPOCH).unwrap().as_secs() + 60 * m;
+        rfc3339_of(UNIX_EPOCH + Duration::from_secs(secs))
+    };
+    let range = format!("from={}&to={}", stamp(0), stamp(5));
+
+    let (status, body, _) = a
+        .admin(
+            "GET",
+            &format!("/admin/keys/{}/usage/series?step=minute&{range}", one.id),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["step"], "minute");
+    let buckets = body["buckets"].as_array().unwrap();
+    assert_eq!(buckets.len(), 5, "one bucket a minute, zeros included");
+    assert_eq!(buckets[0]["at"], stamp(0));
+    assert_eq!(buckets[1]["allowed"], 4);
+    assert_eq!(buckets[1]["rate_limited"], 1);
+    assert_eq!(buckets[3]["forbidden"], 2);
+    assert_eq!(buckets[2]["allowed"], 0);
+
+    // By hour: one bucket holding it all. By default: the last hour by minute.
+    let (_, body, _) = a
+        .admin(
+            "GET",
+            &format!("/admin/keys/{}/usage/series?step=hour&{range}", one.id),
+            None,
+        )
+        .await;
+    assert_eq!(body["buckets"].as_array().unwrap().len(), 1);
+    assert_eq!(body["buckets"][0]["allowed"], 4);
+    assert_eq!(body["buckets"][0]["forbidden"], 2);
+    let (_, body, _) = a
+        .admin("GET", &format!("/admin/keys/{}/usage/series", one.id), None)
+        .await;
+    assert_eq!(body["buckets"].as_array().unwrap().len(), 60);
+    let (_, body, _) = a
+        .admin(
+            "GET",
+            &format!("/admin/keys/{}/usage/series?step=hour", one.id),
+            None,
+        )
+        .await;
+    assert_eq!(body["buckets"].as_array().unwrap().len(), 7 * 24);
+
+    // All keys, summed.
+    let (status, body, _) = a
+        .admin("GET", &format!("/admin/usage/series?{range}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let b = &body["buckets"];
+    assert_eq!(
+        (b[1]["allowed"].clone(), b[1]["unauthorized"].clone()),
+        (json!(4), json!(3))
+    );
+    assert_eq!(b[2]["allowed"], 1);
+
+    // The top consumers and keys.
+    let (status, body, _) = a
+        .admin(
+            "GET",
+            &format!("/admin/usage/top?by=consumer&{range}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body[0]["consumer"], "acme");
+    assert_eq!(body[0]["total"], 10);
+    assert_eq!(body[0]["unauthorized"], 3);
+    assert_eq!(body[1]["consumer"], "globex");
+    assert_eq!(body.as_array().unwrap().len(), 2);
+    let (_, body, _) = a
+        .admin(
+            "GET",
+            &format!("/admin/usage/top?by=key&limit=1&{range}"),
+            None,
+        )
+        .await;
+    assert_eq!(body.as_array().unwrap().len(), 1);
+    assert_eq!(body[0]["key_id"], one.id.as_str());
+    assert!(body[0].get("consumer").is_none());
+
+    // Mistakes.
+    let (status, body, ctype) = a
+        .admin("GET", "/admin/keys/key_nope/usage/series", None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(ctype, "application/problem+json");
+    assert_eq!(body["status"], 404);
+    let path = format!("/admin/keys/{}/usage/series", one.id);
+    for (query, field) in [
+        ("step=day", "step"),
+        ("from=yesterday", "from"),
+        ("to=2026-13-01T00:00:00Z", "to"),
+    ] {
+        let (status, body, _) = a.admin("GET", &format!("{path}?{query}"), None).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{query}: {body}");
+        assert_eq!(body["field"], field, "{query}");
+    }
+    // Ranges a schema cannot refuse: reversed is empty, too long answers its last 2 880
+    // buckets (the OpenAPI document says so; schemathesis holds the server to it).
+    let (status, body, _) = a
+        .admin(
+            "GET",
+            &format!("{path}?from=2026-12-02T00:00:00Z&to=2026-12-01T00:00:00Z"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["buckets"], json!([]));
+    let (status, body, _) = a
+        .admin(
+            "GET",
+            &format!("{path}?from=2026-10-01T00:00:00Z&to=2026-12-01T00:00:00Z"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let buckets = body["buckets"].as_array().unwrap();
+    assert_eq!(buckets.len(), 2_880);
+    assert_eq!(buckets[2_879]["at"], "2026-11-30T23:59:00Z");
+    let (status, body, _) = a
+        .admin(
+            "GET",
+            "/admin/usage/top?from=2026-12-02T00:00:00Z&to=2026-12-01T00:00:00Z",
+            None,
+        )
+        .await;
+    assert_eq!((status, body), (StatusCode::OK, json!([])));
+    let (status, _, _) = a.admin("GET", &format!("{path}?colour=blue"), None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    for (query, field) in [
+        ("by=colour", "by"),
+        ("limit=0", "limit"),
+        ("limit=101", "limit"),
+    ] {
+        let (status, body, _) = a
+            .admin("GET", &format!("/admin/usage/top?{query}"), None)
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{query}");
+        assert_eq!(body["field"], field, "{query}");
+    }
+    // Admin keys only.
+    let user = a.cache.create(NewKey::new("acme"), "test").await.unwrap();
+    for path in [path.as_str(), "/admin/usage/series", "/admin/usage/top"] {
+        let (status, _, _) = a
+            .call("GET", path, Some(user.key.expose_secret()), None)
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+    }
+}
+
+/// RFC 3339 of `t` in UTC, to the second (the test's own, to check the server's).
+fn rfc3339_of(t: std::time::SystemTime) -> String {
+    let secs = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let days = (secs / 86_400) as i64;
+    // H. Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let s = secs % 86_400;
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
+}

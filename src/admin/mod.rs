@@ -69,6 +69,7 @@ use crate::store::{
 
 mod openapi;
 pub mod secret_scanning;
+mod series;
 
 pub use openapi::openapi;
 pub use secret_scanning::{LeakAction, PublicKeys, SecretScanning};
@@ -179,6 +180,9 @@ pub fn router_with<S: KeyStore>(cache: CachedResolver<S>, config: AdminConfig) -
             post(import::<S>).layer(DefaultBodyLimit::max(MAX_IMPORT_BYTES)),
         )
         .route("/admin/keys/{id}/usage", get(usage::<S>))
+        .route("/admin/keys/{id}/usage/series", get(series::key::<S>))
+        .route("/admin/usage/series", get(series::all::<S>))
+        .route("/admin/usage/top", get(series::top::<S>))
         .route("/admin/audit", get(audit::<S>))
         .route("/admin/webhooks/deliveries", get(deliveries))
         .route("/admin/settings", get(settings))
@@ -336,6 +340,7 @@ enum AuditEventName {
 }
 
 /// An RFC 9457 problem, naming the offending field when there is one.
+#[derive(Debug)]
 struct Problem {
     status: StatusCode,
     detail: String,
@@ -385,7 +390,7 @@ fn not_found() -> Problem {
 /// The key at `/admin/keys/{id}` and below: one that exists and is not revoked. A revoked
 /// key is gone from there, as a deleted resource is (404, saying when it was revoked);
 /// `GET /admin/keys` still lists it and `GET /admin/audit?key_id=…` keeps its history.
-async fn live_key<S: KeyStore>(store: &CachedResolver<S>, id: &str) -> Result<KeyRecord, Problem> {
+async fn live_key<S: KeyStore + ?Sized>(store: &S, id: &str) -> Result<KeyRecord, Problem> {
     if !storable(id) {
         return Err(not_found());
     }

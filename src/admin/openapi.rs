@@ -76,12 +76,14 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     ),
     paths(
         super::create, super::list, super::show, super::update, super::revoke, super::rotate,
-        super::import, super::usage, super::audit, super::deliveries, super::settings,
+        super::import, super::usage, super::series::key, super::series::all, super::series::top,
+        super::audit, super::deliveries, super::settings,
         super::dashboard, super::openapi_json, secret_scanning::report
     ),
     components(schemas(
         CreateKeyRequest, ImportKeyRequest, RateLimitRequest, UpdateKeyRequest, RotateRequest,
-        KeyBody, KeyDetail, CreatedKeyBody, ImportedBody, UsageBody, AuditEntryBody, DeliveryBody,
+        KeyBody, KeyDetail, CreatedKeyBody, ImportedBody, UsageBody, super::series::SeriesBody,
+        super::series::BucketBody, super::series::TopBody, AuditEntryBody, DeliveryBody,
         SettingsBody, secret_scanning::LeakReportItem, secret_scanning::LeakFeedbackItem
     )),
     modifiers(&Conventions)

@@ -58,6 +58,14 @@ pub enum AuthError {
         /// The names of the policies that refused it.
         violated: Vec<String>,
     },
+    /// The client has failed to authenticate too often
+    /// ([`ApiKeyLayer::limit_failures`](crate::ApiKeyLayer::limit_failures)): refused
+    /// before any lookup. HTTP 429 with `Retry-After`; gRPC `RESOURCE_EXHAUSTED`.
+    #[error("too many failed authentications from this client; retry in {}", retry_after_secs(*retry_after))]
+    TooManyFailures {
+        /// How long until the client's window ends.
+        retry_after: Duration,
+    },
     /// The key store could not be reached and the key was not cached. HTTP 503 with
     /// `Retry-After`; gRPC `UNAVAILABLE`. Never a 401, never let through.
     #[error("{0}")]
@@ -71,7 +79,9 @@ impl AuthError {
             Self::MissingKey | Self::InvalidKey | Self::ExpiredKey => StatusCode::UNAUTHORIZED,
             Self::ConflictingKeys => StatusCode::BAD_REQUEST,
             Self::InsufficientScope { .. } | Self::AddressNotAllowed => StatusCode::FORBIDDEN,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::TooManyFailures { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -81,7 +91,7 @@ impl AuthError {
         match self {
             Self::MissingKey | Self::InvalidKey | Self::ExpiredKey | Self::ConflictingKeys => 16,
             Self::InsufficientScope { .. } | Self::AddressNotAllowed => 7,
-            Self::RateLimited { .. } => 8,
+            Self::RateLimited { .. } | Self::TooManyFailures { .. } => 8,
             Self::Unavailable(_) => 14,
         }
     }
@@ -95,6 +105,7 @@ impl AuthError {
             Self::InsufficientScope { .. } => "variant.InsufficientScope",
             Self::AddressNotAllowed => "variant.AddressNotAllowed",
             Self::RateLimited { .. } => "variant.RateLimited",
+            Self::TooManyFailures { .. } => "variant.TooManyFailures",
             Self::Unavailable(_) => "variant.Unavailable",
         }
     }
@@ -110,6 +121,7 @@ impl AuthError {
             Self::RateLimited { .. } => {
                 "Request cannot be satisfied as assigned quota has been exceeded"
             }
+            Self::TooManyFailures { .. } => "Too many failed authentications",
             Self::Unavailable(_) => "Key store unavailable",
         }
     }
@@ -134,6 +146,11 @@ impl AuthError {
             } => format!(
                 "Rate limit exceeded ({}); retry in {} s.",
                 violated.join(", "),
+                retry_after_secs(*retry_after)
+            )
+            .into(),
+            Self::TooManyFailures { retry_after } => format!(
+                "Too many failed authentications from this client; retry in {} s.",
                 retry_after_secs(*retry_after)
             )
             .into(),
@@ -218,6 +235,7 @@ impl Realm {
             AuthError::InsufficientScope { .. }
             | AuthError::AddressNotAllowed
             | AuthError::RateLimited { .. }
+            | AuthError::TooManyFailures { .. }
             | AuthError::Unavailable(_) => None,
         }
     }
@@ -314,7 +332,8 @@ impl Rejection {
             AuthError::Unavailable(_) => {
                 headers.insert(RETRY_AFTER, retry_after_value(self.retry_after));
             }
-            AuthError::RateLimited { retry_after, .. } => {
+            AuthError::RateLimited { retry_after, .. }
+            | AuthError::TooManyFailures { retry_after } => {
                 headers.insert(RETRY_AFTER, retry_after_value(*retry_after));
             }
             _ => {}

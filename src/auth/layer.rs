@@ -7,6 +7,7 @@ use super::error::{DEFAULT_RETRY_AFTER, Realm};
 use super::{ApiKeyService, DefaultResponder, KeySource, Responder};
 use crate::key::KeyFormat;
 use crate::resolve::{CachedResolver, KeyResolver};
+use crate::usage::UsageRecorder;
 
 /// Authenticates every request by its API key; see the [module docs](crate::auth).
 ///
@@ -55,6 +56,10 @@ pub(crate) struct Config {
     pub(crate) retry_after: Duration,
     /// Proxies whose `X-Forwarded-For` names the client (for keys with an allowlist).
     pub(crate) trusted_proxies: Arc<[ipnet::IpNet]>,
+    /// Where refusals of known keys are counted (see [`ApiKeyLayer::count_refusals`]).
+    pub(crate) refusals: Option<UsageRecorder>,
+    /// Failed authentications per client (see [`ApiKeyLayer::limit_failures`]).
+    pub(crate) failures: Option<super::FailureLimiter>,
 }
 
 /// Why [`ApiKeyLayer::realm`] refused a realm.
@@ -84,6 +89,8 @@ impl<R: KeyResolver> ApiKeyLayer<R> {
                     accept_foreign_keys: false,
                     retry_after: DEFAULT_RETRY_AFTER,
                     trusted_proxies: Arc::new([]),
+                    refusals: None,
+                    failures: None,
                 },
                 responder: DefaultResponder,
             }),
@@ -155,6 +162,40 @@ impl<R: KeyResolver, P: Responder> ApiKeyLayer<R, P> {
     /// ```
     pub fn accept_foreign_keys(mut self, accept: bool) -> Self {
         self.config_mut().accept_foreign_keys = accept;
+        self
+    }
+
+    /// Counts the requests of known keys that this layer refuses — revoked, expired,
+    /// or from outside the key's allowlist — into `recorder` as
+    /// [`Outcome::Unauthorized`](crate::store::Outcome::Unauthorized), for the key's
+    /// [usage over time](crate::store::series) (off by default). Unknown keys are not
+    /// counted: they have no record to count them for. The requests this layer lets
+    /// through are counted by a [`UsageLayer`](crate::usage::UsageLayer) inside it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_api_key::{ApiKeyLayer, MemoryStore, usage::UsageRecorder};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let store = MemoryStore::new();
+    /// let recorder = UsageRecorder::spawn(store.clone(), Duration::from_secs(5));
+    /// let layer = ApiKeyLayer::new(store).count_refusals(recorder);
+    /// # let _ = layer;
+    /// # }
+    /// ```
+    pub fn count_refusals(mut self, recorder: UsageRecorder) -> Self {
+        self.config_mut().refusals = Some(recorder);
+        self
+    }
+
+    /// Limits failed authentications per client address (off by default): a client
+    /// that fails `limit.failures()` times within `limit.window()` gets 429 with
+    /// `Retry-After` ([`AuthError::TooManyFailures`](super::AuthError::TooManyFailures))
+    /// for the rest of the window, before any lookup, unless its key is cached as valid.
+    /// See [`FailureLimit`](super::FailureLimit). The client's address is found as for
+    /// [`trusted_proxies`](Self::trusted_proxies).
+    pub fn limit_failures(mut self, limit: super::FailureLimit) -> Self {
+        self.config_mut().failures = Some(super::FailureLimiter::new(limit));
         self
     }
 

@@ -20,6 +20,7 @@
 //! | expired key | 401, `…, error_description="The API key has expired"` | 16 |
 //! | two different keys | 400, `…, error="invalid_request"` | 16 |
 //! | scope missing ([`RequireScopeLayer`], extractors) | 403, `Bearer error="insufficient_scope", scope="…"` | 7 `PERMISSION_DENIED` |
+//! | too many failures from the client ([`ApiKeyLayer::limit_failures`]) | 429, `Retry-After` | 8 `RESOURCE_EXHAUSTED` |
 //! | key store down, key not cached | 503, `Retry-After` | 14 `UNAVAILABLE` |
 //!
 //! HTTP bodies are RFC 9457 `application/problem+json`. A request whose `content-type`
@@ -60,6 +61,7 @@
 mod body;
 mod client_ip;
 mod error;
+mod failures;
 mod future;
 mod layer;
 mod require_scope;
@@ -71,6 +73,8 @@ pub use body::{RejectionBody, ResponseBody};
 pub use client_ip::PeerAddr;
 pub use error::{AuthError, Rejection};
 pub(crate) use error::{is_grpc, retry_after_secs};
+pub(crate) use failures::FailureLimiter;
+pub use failures::{DEFAULT_MAX_CLIENTS, FailureLimit, InvalidFailureLimit};
 pub(crate) use future::BoxFuture;
 pub use future::ResponseFuture;
 pub use layer::{ApiKeyLayer, InvalidRealm};

@@ -92,7 +92,7 @@ where
                 Err(_) if config.accept_foreign_keys && config.format.may_be_foreign(key) => {
                     KeyHash::of_bytes(key)
                 }
-                Err(_) => return self.reject(AuthError::InvalidKey, &req),
+                Err(_) => return self.fail(AuthError::InvalidKey, &req),
             },
             Ok(None) if config.allow_anonymous => {
                 return ResponseFuture::inner(self.inner.call(req));
@@ -106,14 +106,17 @@ where
             req = Request::from_parts(parts, body);
         }
 
-        // Hit path: no await, no boxing.
-        if let Some(found) = self
-            .shared
-            .cache
-            .lookup_cached(&hash, crate::clock::mono_nanos())
-        {
+        // Hit path: no await, no boxing. A client over its failure limit gets only
+        // what the tables hold, and no lookup.
+        let now = crate::clock::mono_nanos();
+        if let Some(found) = self.shared.cache.lookup_cached(&hash, now).or_else(|| {
+            let error = self.too_many_failures(&req)?;
+            let peeked = self.shared.cache.peek(&hash, now);
+            Some(peeked.unwrap_or(Err(crate::resolve::Refused { error, known: None })))
+        }) {
             return match found {
                 Ok(auth) if !address_allowed(config, &auth, &req) => {
+                    self.refused(Some(&auth));
                     self.reject(AuthError::AddressNotAllowed, &req)
                 }
                 Ok(auth) => {
@@ -124,7 +127,10 @@ where
                     extensions.insert(auth);
                     ResponseFuture::inner(self.inner.call(req))
                 }
-                Err(error) => self.reject(error, &req),
+                Err(refused) => {
+                    self.refused(refused.known.as_ref());
+                    self.fail(refused.error, &req)
+                }
             };
         }
 
@@ -136,8 +142,9 @@ where
         ResponseFuture::resolving(Box::pin(async move {
             let mut this = this;
             let error = match this.shared.cache.lookup_slow(&hash).await {
-                Ok(slot) => match slot.into_admitted() {
+                Ok(slot) => match slot.into_verdict() {
                     Ok(auth) if !address_allowed(&this.shared.config, &auth, &req) => {
+                        this.refused(Some(&auth));
                         AuthError::AddressNotAllowed
                     }
                     Ok(auth) => {
@@ -145,7 +152,11 @@ where
                         let response = this.inner.call(req).await?;
                         return Ok(response);
                     }
-                    Err(error) => error,
+                    Err(refused) => {
+                        this.refused(refused.known.as_ref());
+                        this.count_failure(&req);
+                        refused.error
+                    }
                 },
                 Err(error) => {
                     tracing::warn!(key_hash = %hash, %error, "API key could not be resolved");
@@ -175,6 +186,57 @@ impl<S, R, P: Responder> ApiKeyService<S, R, P> {
         Self {
             inner,
             shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// A key was refused; counts it for its key when the key is known (revoked,
+    /// expired, outside its allowlist) and refusals are counted.
+    fn refused(&self, known: Option<&crate::Authenticated>) {
+        if let (Some(auth), Some(recorder)) = (known, &self.shared.config.refusals) {
+            recorder.record(
+                auth.key_id(),
+                crate::store::Outcome::Unauthorized,
+                std::time::SystemTime::now(),
+            );
+        }
+    }
+
+    /// [`AuthError::TooManyFailures`] if failures are limited and the request's client
+    /// has used up its own.
+    fn too_many_failures<B>(&self, req: &Request<B>) -> Option<AuthError> {
+        let config = &self.shared.config;
+        let limiter = config.failures.as_ref()?;
+        let ip = super::client_ip::client_ip(req, &config.trusted_proxies)?;
+        let retry_after = limiter.blocked(ip)?;
+        Some(AuthError::TooManyFailures { retry_after })
+    }
+
+    /// Counts a failed authentication of the request's client, if failures are limited.
+    fn count_failure<B>(&self, req: &Request<B>) {
+        let config = &self.shared.config;
+        if let Some(limiter) = &config.failures
+            && let Some(ip) = super::client_ip::client_ip(req, &config.trusted_proxies)
+        {
+            limiter.failed(ip);
+        }
+    }
+
+    /// Refuses a key that failed: with `error`, or once the client has failed too often,
+    /// with [`AuthError::TooManyFailures`] (and without counting it again).
+    fn fail<F, B: RejectionBody, E, T>(
+        &self,
+        error: AuthError,
+        req: &Request<T>,
+    ) -> ResponseFuture<F, B, E> {
+        if self.shared.config.failures.is_none() {
+            return self.reject(error, req);
+        }
+        match self.too_many_failures(req) {
+            Some(too_many) => self.reject(too_many, req),
+            None => {
+                self.count_failure(req);
+                self.reject(error, req)
+            }
         }
     }
 

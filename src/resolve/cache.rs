@@ -251,12 +251,19 @@ impl<R: KeyResolver> CachedResolver<R> {
         &self,
         hash: &KeyHash,
         now: u64,
-    ) -> Option<Result<Authenticated, AuthError>> {
+    ) -> Option<Result<Authenticated, Refused>> {
         let slot = self.cached(hash, now)?;
         if touch_due() {
             return None;
         }
-        Some(slot.into_admitted())
+        Some(slot.into_verdict())
+    }
+
+    /// The tables' answer for `hash`, as [`lookup_cached`](Self::lookup_cached) gives
+    /// it but never declining a hit for moka's sake: for callers that must not reach
+    /// the resolver.
+    pub(crate) fn peek(&self, hash: &KeyHash, now: u64) -> Option<Result<Authenticated, Refused>> {
+        Some(self.cached(hash, now)?.into_verdict())
     }
 
     /// A fresh entry for `hash` from the tables, if there is one.
@@ -569,9 +576,19 @@ impl Slot {
 
     /// The caller, if the record exists and may be used now. Revoked and unknown keys
     /// get the same error.
+    #[cfg(test)]
     pub(crate) fn into_admitted(self) -> Result<Authenticated, AuthError> {
+        self.into_verdict().map_err(|refused| refused.error)
+    }
+
+    /// The caller, if the record exists and may be used now; else why not, and the
+    /// record's caller if there is a record (revoked, expired).
+    pub(crate) fn into_verdict(self) -> Result<Authenticated, Refused> {
         let Self::Found(auth) = self else {
-            return Err(AuthError::InvalidKey);
+            return Err(Refused {
+                error: AuthError::InvalidKey,
+                known: None,
+            });
         };
         let stops_at = auth.0.stamp.stops_at;
         // Read the clock only for records that can stop working.
@@ -579,14 +596,26 @@ impl Slot {
             let now = SystemTime::now();
             // A clock set before 1970 never counts as past a stop time.
             if now >= SystemTime::UNIX_EPOCH && clock::unix_nanos(now) >= stops_at {
-                return Err(match auth.record().status(now) {
+                let error = match auth.record().status(now) {
                     KeyStatus::Expired => AuthError::ExpiredKey,
                     KeyStatus::Revoked | KeyStatus::Active => AuthError::InvalidKey,
+                };
+                return Err(Refused {
+                    error,
+                    known: Some(auth),
                 });
             }
         }
         Ok(auth)
     }
+}
+
+/// A key refused by the cache: the answer, and the caller of the key's record when
+/// there is one (a revoked or expired key; `None` for an unknown key).
+#[derive(Debug)]
+pub(crate) struct Refused {
+    pub(crate) error: AuthError,
+    pub(crate) known: Option<Authenticated>,
 }
 
 // The front table is a set of slots found by their hash.
@@ -1068,7 +1097,10 @@ mod tests {
         assert!(matches!(slot.into_admitted(), Err(AuthError::InvalidKey)));
         for _ in 0..4 {
             if let Some(found) = cache.lookup_cached(&hash, clock::mono_nanos()) {
-                assert!(matches!(found, Err(AuthError::InvalidKey)));
+                let refused = found.unwrap_err();
+                assert!(matches!(refused.error, AuthError::InvalidKey));
+                // Revoked, not unknown: the record is known, for counting its refusals.
+                assert!(refused.known.is_some());
             }
         }
     }

@@ -1,4 +1,4 @@
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -14,7 +14,8 @@ use crate::store::outbox::{
 use crate::store::{
     AuditEntry, AuditEvent, BatchHashes, ChangeFeed, ChangeKind, Changes, CreatedKey,
     DEFAULT_CHANGE_RETENTION, ImportedKey, KeyChange, KeyStore, ListQuery, NewKey, Page,
-    StoreError, Usage, UsageDelta, Wakeups, cursor_of, grace_end, parse_cursor,
+    StoreError, Usage, UsageBucket, UsageDelta, UsageStep, UsageTop, UsageTopBy, Wakeups,
+    cursor_of, grace_end, parse_cursor, series,
 };
 
 /// Key records, usage and the audit log in memory: for tests, examples and small
@@ -42,6 +43,8 @@ struct Records {
     by_hash: HashMap<KeyHash, KeyRecord>,
     hash_by_id: HashMap<String, KeyHash>,
     usage: HashMap<String, Usage>,
+    /// Per key id and step: the buckets by their start, oldest first.
+    series: HashMap<(String, UsageStep), BTreeMap<SystemTime, UsageBucket>>,
     audit: Vec<AuditEntry>,
     /// The change log, oldest first, and the newest sequence it ever had.
     changes: VecDeque<KeyChange>,
@@ -76,6 +79,7 @@ impl Default for Records {
             by_hash: HashMap::new(),
             hash_by_id: HashMap::new(),
             usage: HashMap::new(),
+            series: HashMap::new(),
             audit: Vec::new(),
             changes: VecDeque::new(),
             last_seq: 0,
@@ -404,8 +408,98 @@ impl KeyStore for MemoryStore {
             usage.requests += d.requests;
             usage.rejected += d.rejected;
             usage.last_used_at = usage.last_used_at.max(Some(d.last_used_at));
+            for minute in &d.minutes {
+                for step in [UsageStep::Minute, UsageStep::Hour] {
+                    let at = series::bucket_start(step, minute.at);
+                    records
+                        .series
+                        .entry((d.key_id.clone(), step))
+                        .or_default()
+                        .entry(at)
+                        .or_insert_with(|| UsageBucket::empty(at))
+                        .add(minute);
+                }
+            }
         }
+        let now = SystemTime::now();
+        records.series.retain(|(_, step), buckets| {
+            if let Some(cut) = now.checked_sub(step.retention()) {
+                *buckets = buckets.split_off(&cut);
+            }
+            !buckets.is_empty()
+        });
         Ok(())
+    }
+
+    async fn usage_series(
+        &self,
+        key_id: Option<&str>,
+        step: UsageStep,
+        from: SystemTime,
+        to: SystemTime,
+    ) -> Result<Vec<UsageBucket>, StoreError> {
+        let records = self.read();
+        let from = series::bucket_start(step, from);
+        let mut summed = BTreeMap::<SystemTime, UsageBucket>::new();
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        for ((id, s), buckets) in &records.series {
+            if *s != step || key_id.is_some_and(|k| k != id) {
+                continue;
+            }
+            for (at, bucket) in buckets.range(from..to) {
+                summed
+                    .entry(*at)
+                    .or_insert_with(|| UsageBucket::empty(*at))
+                    .add(bucket);
+            }
+        }
+        Ok(summed.into_values().collect())
+    }
+
+    async fn usage_top(
+        &self,
+        by: UsageTopBy,
+        step: UsageStep,
+        from: SystemTime,
+        to: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<UsageTop>, StoreError> {
+        let records = self.read();
+        let from = series::bucket_start(step, from);
+        let mut sums = HashMap::<String, UsageBucket>::new();
+        if from < to {
+            for ((id, s), buckets) in &records.series {
+                if *s != step {
+                    continue;
+                }
+                let name = match by {
+                    UsageTopBy::Key => id.clone(),
+                    UsageTopBy::Consumer => {
+                        let Some(record) = records
+                            .hash_by_id
+                            .get(id)
+                            .and_then(|hash| records.by_hash.get(hash))
+                        else {
+                            continue;
+                        };
+                        record.consumer.clone()
+                    }
+                };
+                let sum = sums.entry(name).or_insert_with(|| UsageBucket::empty(from));
+                for bucket in buckets.range(from..to).map(|(_, b)| b) {
+                    sum.add(bucket);
+                }
+            }
+        }
+        let mut top: Vec<UsageTop> = sums
+            .into_iter()
+            .filter(|(_, counts)| counts.total() > 0)
+            .map(|(name, counts)| UsageTop { name, counts })
+            .collect();
+        series::rank(&mut top, limit);
+        Ok(top)
     }
 
     async fn usage(&self, id: &str) -> Result<Option<Usage>, StoreError> {

@@ -14,7 +14,7 @@ use std::fmt;
 use std::sync::Arc;
 
 pub use cache::{CachedResolver, CachedResolverBuilder};
-pub(crate) use cache::{Stamp, Stamped};
+pub(crate) use cache::{Refused, Stamp, Stamped};
 pub use follow::{ChangeFollower, FeedHealth, FeedState, FollowOptions, PushState};
 pub use memory::MemoryStore;
 

@@ -30,10 +30,11 @@ pub mod changes;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod codec;
 #[cfg(any(feature = "admin", feature = "cli"))]
-mod import;
+pub(crate) mod import;
 pub mod outbox;
 #[cfg(feature = "postgres")]
 mod postgres;
+pub mod series;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
 #[cfg(feature = "sqlite")]
@@ -48,6 +49,7 @@ pub use outbox::{
 };
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresStore, PostgresStoreBuilder};
+pub use series::{Outcome, UsageBucket, UsageStep, UsageTop, UsageTopBy};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteStore, SqliteStoreBuilder};
 
@@ -366,7 +368,9 @@ pub struct Page {
 pub struct Usage {
     /// Requests let through.
     pub requests: u64,
-    /// Requests refused (rate limited, or a scope missing).
+    /// Requests refused: rate limited, a scope missing, or (counted with
+    /// [`ApiKeyLayer::count_refusals`](crate::ApiKeyLayer::count_refusals)) the key
+    /// revoked, expired or used from outside its allowlist.
     pub rejected: u64,
     /// When the key was last presented.
     pub last_used_at: Option<SystemTime>,
@@ -383,6 +387,8 @@ pub struct UsageDelta {
     pub rejected: u64,
     /// When it was last presented.
     pub last_used_at: SystemTime,
+    /// The same requests by [`Outcome`], in minute buckets ([`series`]), oldest first.
+    pub minutes: Vec<UsageBucket>,
 }
 
 /// What happened to a key.
@@ -537,6 +543,29 @@ pub trait KeyStore: KeyResolver {
     /// The usage of a key, `None` if no key has this id.
     async fn usage(&self, id: &str) -> Result<Option<Usage>, StoreError>;
 
+    /// Usage over time of the key `key_id` (of all keys summed with `None`): the
+    /// buckets of `step` starting in `[from, to)` that have counts, oldest first
+    /// ([`series`]). `from` is floored to the step. An unknown key has none.
+    async fn usage_series(
+        &self,
+        key_id: Option<&str>,
+        step: UsageStep,
+        from: SystemTime,
+        to: SystemTime,
+    ) -> Result<Vec<UsageBucket>, StoreError>;
+
+    /// The consumers or keys with the most requests in the buckets of `step` starting
+    /// in `[from, to)`: at most `limit` (and [`series::MAX_TOP`]), highest total first,
+    /// ties by name.
+    async fn usage_top(
+        &self,
+        by: UsageTopBy,
+        step: UsageStep,
+        from: SystemTime,
+        to: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<UsageTop>, StoreError>;
+
     /// The audit log, oldest first, of one key or of all.
     async fn audit(&self, key_id: Option<&str>) -> Result<Vec<AuditEntry>, StoreError>;
 
@@ -609,6 +638,25 @@ impl<T: KeyStore + ?Sized> KeyStore for std::sync::Arc<T> {
     }
     async fn usage(&self, id: &str) -> Result<Option<Usage>, StoreError> {
         (**self).usage(id).await
+    }
+    async fn usage_series(
+        &self,
+        key_id: Option<&str>,
+        step: UsageStep,
+        from: SystemTime,
+        to: SystemTime,
+    ) -> Result<Vec<UsageBucket>, StoreError> {
+        (**self).usage_series(key_id, step, from, to).await
+    }
+    async fn usage_top(
+        &self,
+        by: UsageTopBy,
+        step: UsageStep,
+        from: SystemTime,
+        to: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<UsageTop>, StoreError> {
+        (**self).usage_top(by, step, from, to, limit).await
     }
     async fn audit(&self, key_id: Option<&str>) -> Result<Vec<AuditEntry>, StoreError> {
         (**self).audit(key_id).await
@@ -700,6 +748,27 @@ impl<S: KeyStore> KeyStore for CachedResolver<S> {
 
     async fn usage(&self, id: &str) -> Result<Option<Usage>, StoreError> {
         self.resolver().usage(id).await
+    }
+
+    async fn usage_series(
+        &self,
+        key_id: Option<&str>,
+        step: UsageStep,
+        from: SystemTime,
+        to: SystemTime,
+    ) -> Result<Vec<UsageBucket>, StoreError> {
+        self.resolver().usage_series(key_id, step, from, to).await
+    }
+
+    async fn usage_top(
+        &self,
+        by: UsageTopBy,
+        step: UsageStep,
+        from: SystemTime,
+        to: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<UsageTop>, StoreError> {
+        self.resolver().usage_top(by, step, from, to, limit).await
     }
 
     async fn audit(&self, key_id: Option<&str>) -> Result<Vec<AuditEntry>, StoreError> {

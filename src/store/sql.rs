@@ -13,6 +13,26 @@ macro_rules! sql_key_store {
             StoreError::Backend(Box::new(e))
         }
 
+        /// The counts of a row with `allowed`, `rate_limited`, `forbidden` and
+        /// `unauthorized` columns, as the bucket starting at `at`.
+        fn bucket_from_row(
+            row: &$row,
+            at: SystemTime,
+        ) -> Result<crate::store::UsageBucket, StoreError> {
+            let count = |c: &str| {
+                row.try_get::<Option<i64>, _>(c)
+                    .map(|n| n.unwrap_or(0).max(0).unsigned_abs())
+                    .map_err(backend)
+            };
+            Ok(crate::store::UsageBucket {
+                at,
+                allowed: count("allowed")?,
+                rate_limited: count("rate_limited")?,
+                forbidden: count("forbidden")?,
+                unauthorized: count("unauthorized")?,
+            })
+        }
+
         impl $store {
     async fn fetch(&self, id: &str) -> Result<KeyRecord, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE id = $1");
@@ -723,22 +743,186 @@ impl KeyStore for $store {
     }
 
     async fn record_usage(&self, deltas: &[UsageDelta]) -> Result<(), StoreError> {
+        use crate::store::series::{UsageBucket, UsageStep, bucket_start};
+        // In key order, so that two instances writing at once take row locks in the
+        // same order (no deadlock).
+        let mut deltas: Vec<&UsageDelta> = deltas.iter().collect();
+        deltas.sort_by(|a, b| a.key_id.cmp(&b.key_id));
+        // The buckets, one row each (a statement may not change one row twice).
+        let mut buckets = std::collections::BTreeMap::<(&str, u64, i64), UsageBucket>::new();
+        for d in &deltas {
+            for minute in &d.minutes {
+                for step in [UsageStep::Minute, UsageStep::Hour] {
+                    let at = bucket_start(step, minute.at);
+                    buckets
+                        .entry((d.key_id.as_str(), step.seconds(), time_to_sql(at)))
+                        .or_insert_with(|| UsageBucket::empty(at))
+                        .add(minute);
+                }
+            }
+        }
+        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let now = SystemTime::now();
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(backend)?;
-        for d in deltas {
+        for d in &deltas {
             sqlx::query(
                 "UPDATE api_keys SET requests = requests + $1, rejected = rejected + $2, \
                  last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < $3 \
                  THEN $3 ELSE last_used_at END WHERE id = $4",
             )
-            .bind(i64::try_from(d.requests).unwrap_or(i64::MAX))
-            .bind(i64::try_from(d.rejected).unwrap_or(i64::MAX))
+            .bind(count(d.requests))
+            .bind(count(d.rejected))
             .bind(time_to_sql(d.last_used_at))
             .bind(&d.key_id)
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
         }
+        // 7 parameters a row, 100 rows a statement: far below either driver's limit.
+        let rows: Vec<_> = buckets.into_iter().collect();
+        for chunk in rows.chunks(100) {
+            let values = (0..chunk.len())
+                .map(|i| {
+                    let p = i * 7;
+                    format!(
+                        "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                        p + 1,
+                        p + 2,
+                        p + 3,
+                        p + 4,
+                        p + 5,
+                        p + 6,
+                        p + 7
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            // Unknown ids are ignored, as for the counters.
+            let sql = format!(
+                "INSERT INTO api_key_usage \
+                 (key_id, step, at, allowed, rate_limited, forbidden, unauthorized) \
+                 SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, \
+                 v.column7 FROM (VALUES {values}) AS v \
+                 WHERE EXISTS (SELECT 1 FROM api_keys k WHERE k.id = v.column1) \
+                 ON CONFLICT (key_id, step, at) DO UPDATE SET \
+                 allowed = api_key_usage.allowed + excluded.allowed, \
+                 rate_limited = api_key_usage.rate_limited + excluded.rate_limited, \
+                 forbidden = api_key_usage.forbidden + excluded.forbidden, \
+                 unauthorized = api_key_usage.unauthorized + excluded.unauthorized"
+            );
+            let mut query = sqlx::query(&sql);
+            for ((key_id, step, at), b) in chunk {
+                query = query
+                    .bind(*key_id)
+                    .bind(count(*step))
+                    .bind(*at)
+                    .bind(count(b.allowed))
+                    .bind(count(b.rate_limited))
+                    .bind(count(b.forbidden))
+                    .bind(count(b.unauthorized));
+            }
+            query.execute(&mut *tx).await.map_err(backend)?;
+        }
+        for step in [UsageStep::Minute, UsageStep::Hour] {
+            let Some(cut) = now.checked_sub(step.retention()) else {
+                continue;
+            };
+            sqlx::query("DELETE FROM api_key_usage WHERE step = $1 AND at < $2")
+                .bind(count(step.seconds()))
+                .bind(time_to_sql(cut))
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
         tx.commit().await.map_err(backend)
+    }
+
+    async fn usage_series(
+        &self,
+        key_id: Option<&str>,
+        step: crate::store::UsageStep,
+        from: SystemTime,
+        to: SystemTime,
+    ) -> Result<Vec<crate::store::UsageBucket>, StoreError> {
+        let from = crate::store::series::bucket_start(step, from);
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        let filter = if key_id.is_some() { "AND key_id = $4" } else { "" };
+        let sql = format!(
+            "SELECT at, CAST(SUM(allowed) AS BIGINT) AS allowed, \
+             CAST(SUM(rate_limited) AS BIGINT) AS rate_limited, \
+             CAST(SUM(forbidden) AS BIGINT) AS forbidden, \
+             CAST(SUM(unauthorized) AS BIGINT) AS unauthorized \
+             FROM api_key_usage WHERE step = $1 AND at >= $2 AND at < $3 {filter} \
+             GROUP BY at ORDER BY at"
+        );
+        let mut query = sqlx::query(&sql)
+            .bind(i64::try_from(step.seconds()).unwrap_or(i64::MAX))
+            .bind(time_to_sql(from))
+            .bind(time_to_sql(to));
+        if let Some(key_id) = key_id {
+            query = query.bind(key_id);
+        }
+        let rows = query.fetch_all(&self.pool).await.map_err(backend)?;
+        rows.iter()
+            .map(|row| {
+                let at = time_from_sql(row.try_get::<i64, _>("at").map_err(backend)?);
+                bucket_from_row(row, at)
+            })
+            .collect()
+    }
+
+    async fn usage_top(
+        &self,
+        by: crate::store::UsageTopBy,
+        step: crate::store::UsageStep,
+        from: SystemTime,
+        to: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<crate::store::UsageTop>, StoreError> {
+        use crate::store::series::{MAX_TOP, bucket_start};
+        let from = bucket_start(step, from);
+        let limit = limit.min(MAX_TOP);
+        if from >= to || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let (name, join) = match by {
+            crate::store::UsageTopBy::Key => ("u.key_id", ""),
+            crate::store::UsageTopBy::Consumer => {
+                ("k.consumer", "JOIN api_keys k ON k.id = u.key_id")
+            }
+        };
+        let sql = format!(
+            "SELECT {name} AS name, CAST(SUM(u.allowed) AS BIGINT) AS allowed, \
+             CAST(SUM(u.rate_limited) AS BIGINT) AS rate_limited, \
+             CAST(SUM(u.forbidden) AS BIGINT) AS forbidden, \
+             CAST(SUM(u.unauthorized) AS BIGINT) AS unauthorized \
+             FROM api_key_usage u {join} \
+             WHERE u.step = $1 AND u.at >= $2 AND u.at < $3 GROUP BY {name} \
+             ORDER BY SUM(u.allowed + u.rate_limited + u.forbidden + u.unauthorized) DESC, \
+             {name} LIMIT $4"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(i64::try_from(step.seconds()).unwrap_or(i64::MAX))
+            .bind(time_to_sql(from))
+            .bind(time_to_sql(to))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        let mut top = rows
+            .iter()
+            .map(|row| {
+                Ok(crate::store::UsageTop {
+                    name: row.try_get::<String, _>("name").map_err(backend)?,
+                    counts: bucket_from_row(row, from)?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        // The database's collation may order ties differently: the same order as every store.
+        crate::store::series::rank(&mut top, limit);
+        Ok(top)
     }
 
     async fn usage(&self, id: &str) -> Result<Option<Usage>, StoreError> {

@@ -3,8 +3,10 @@
 use std::time::{Duration, SystemTime};
 
 use tower_api_key::ratelimit::QuotaWindow;
+use tower_api_key::store::series::bucket_start;
 use tower_api_key::store::{
-    AuditEvent, IMPORTED_START, ImportedKey, ListQuery, NewKey, UsageDelta,
+    AuditEvent, IMPORTED_START, ImportedKey, ListQuery, NewKey, UsageBucket, UsageDelta, UsageStep,
+    UsageTopBy,
 };
 use tower_api_key::{
     KeyHash, KeyStatus, KeyStore, RateLimitPolicy, RateLimits, Scopes, StoreError,
@@ -28,6 +30,7 @@ where
     leak_reports(&store, &mut secrets).await;
     imports_by_hash(&store).await;
     imports_all_or_nothing(&store).await;
+    usage_over_time(&store).await;
     let everything = dump().await;
     for secret in &secrets {
         let body = &secret[secret.len() - 40..];
@@ -240,12 +243,14 @@ async fn expiry_scopes_usage_and_audit<S: KeyStore>(store: &S, secrets: &mut Vec
         requests,
         rejected,
         last_used_at: at,
+        minutes: Vec::new(),
     };
     let unknown = UsageDelta {
         key_id: "key_missing".into(),
         requests: 9,
         rejected: 9,
         last_used_at: t2,
+        minutes: Vec::new(),
     };
     store
         .record_usage(&[delta(3, 1, t2), unknown])
@@ -531,4 +536,229 @@ async fn imports_all_or_nothing<S: KeyStore>(store: &S) {
             earlier: None
         })
     ));
+}
+
+/// A bucket of `at` with the counts (allowed, rate limited, forbidden, unauthorized).
+fn bucket(at: SystemTime, (a, r, f, u): (u64, u64, u64, u64)) -> UsageBucket {
+    UsageBucket {
+        at,
+        allowed: a,
+        rate_limited: r,
+        forbidden: f,
+        unauthorized: u,
+    }
+}
+
+/// One minute's counts of `key_id` as the recorder hands them over.
+fn minutes(key_id: &str, buckets: &[UsageBucket]) -> UsageDelta {
+    UsageDelta {
+        key_id: key_id.to_owned(),
+        requests: buckets.iter().map(|b| b.allowed).sum(),
+        rejected: buckets.iter().map(UsageBucket::refused).sum(),
+        last_used_at: buckets.last().unwrap().at,
+        minutes: buckets.to_vec(),
+    }
+}
+
+async fn usage_over_time<S: KeyStore>(store: &S) {
+    let a = store
+        .create(NewKey::new("series"), "cli")
+        .await
+        .unwrap()
+        .record;
+    // Consumers of their own, whatever else the store holds.
+    let consumer = format!("series-{}", a.id);
+    let other = format!("series-other-{}", a.id);
+    let a = store
+        .create(NewKey::new(&consumer), "cli")
+        .await
+        .unwrap()
+        .record;
+    let b = store
+        .create(NewKey::new(&consumer), "cli")
+        .await
+        .unwrap()
+        .record;
+    let c = store
+        .create(NewKey::new(&other), "cli")
+        .await
+        .unwrap()
+        .record;
+    let now = SystemTime::now();
+    let minute = Duration::from_secs(60);
+    let hour = Duration::from_secs(3_600);
+    let base = bucket_start(UsageStep::Hour, now) - 3 * hour;
+    let (m1, m2, m3) = (base + 5 * minute, base + 6 * minute, base + 70 * minute);
+    let end = base + 2 * hour;
+    let all_before = store
+        .usage_series(None, UsageStep::Minute, base, end)
+        .await
+        .unwrap();
+
+    store
+        .record_usage(&[
+            minutes(&a.id, &[bucket(m1, (3, 1, 0, 0)), bucket(m2, (0, 0, 2, 0))]),
+            minutes(&b.id, &[bucket(m1, (0, 0, 0, 4))]),
+            minutes("key_missing", &[bucket(m1, (100, 0, 0, 0))]),
+        ])
+        .await
+        .unwrap();
+    // Later batches add to the same buckets.
+    store
+        .record_usage(&[
+            minutes(&a.id, &[bucket(m1, (2, 0, 0, 0)), bucket(m3, (1, 0, 0, 0))]),
+            minutes(&c.id, &[bucket(m1, (1, 0, 0, 0))]),
+        ])
+        .await
+        .unwrap();
+
+    let series = |id: Option<String>, step, from, to| async move {
+        store
+            .usage_series(id.as_deref(), step, from, to)
+            .await
+            .unwrap()
+    };
+    let a_id = Some(a.id.clone());
+    assert_eq!(
+        series(a_id.clone(), UsageStep::Minute, base, end).await,
+        [
+            bucket(m1, (5, 1, 0, 0)),
+            bucket(m2, (0, 0, 2, 0)),
+            bucket(m3, (1, 0, 0, 0))
+        ]
+    );
+    assert_eq!(
+        series(a_id.clone(), UsageStep::Hour, base, end).await,
+        [
+            bucket(base, (5, 1, 2, 0)),
+            bucket(base + hour, (1, 0, 0, 0))
+        ]
+    );
+    // `from` is floored to its bucket; `to` is excluded.
+    assert_eq!(
+        series(
+            a_id.clone(),
+            UsageStep::Minute,
+            m1 + Duration::from_secs(30),
+            m2
+        )
+        .await,
+        [bucket(m1, (5, 1, 0, 0))]
+    );
+    assert_eq!(
+        series(
+            a_id.clone(),
+            UsageStep::Minute,
+            m2,
+            m2 + Duration::from_secs(1)
+        )
+        .await,
+        [bucket(m2, (0, 0, 2, 0))]
+    );
+    assert!(
+        series(a_id.clone(), UsageStep::Minute, end, base)
+            .await
+            .is_empty()
+    );
+    assert!(
+        series(Some("key_missing".into()), UsageStep::Minute, base, end)
+            .await
+            .is_empty(),
+        "an unknown key's counts are not kept"
+    );
+
+    // All keys: a, b and c summed (over whatever else the store had).
+    let all_after = series(None, UsageStep::Minute, base, end).await;
+    let at_m1 = |buckets: &[UsageBucket]| {
+        buckets
+            .iter()
+            .find(|x| x.at == m1)
+            .copied()
+            .unwrap_or(UsageBucket::empty(m1))
+    };
+    let (before, after) = (at_m1(&all_before), at_m1(&all_after));
+    assert_eq!(
+        (
+            after.allowed - before.allowed,
+            after.rate_limited - before.rate_limited,
+            after.forbidden - before.forbidden,
+            after.unauthorized - before.unauthorized
+        ),
+        (6, 1, 0, 4)
+    );
+
+    // Rankings: a (9 requests) before b (4) and c (1); a's consumer (13) before c's (1).
+    let top_keys = store
+        .usage_top(UsageTopBy::Key, UsageStep::Minute, base, end, 1_000)
+        .await
+        .unwrap();
+    let place = |name: &str| top_keys.iter().position(|t| t.name == name).unwrap();
+    assert!(place(&a.id) < place(&b.id) && place(&b.id) < place(&c.id));
+    assert_eq!(top_keys[place(&a.id)].counts.total(), 9);
+    assert_eq!(top_keys[place(&a.id)].counts.forbidden, 2);
+    assert!(top_keys.iter().all(|t| t.name != "key_missing"));
+    assert!(
+        top_keys
+            .windows(2)
+            .all(|w| w[0].counts.total() >= w[1].counts.total()),
+        "highest total first"
+    );
+    let top_consumers = store
+        .usage_top(UsageTopBy::Consumer, UsageStep::Hour, base, end, 1_000)
+        .await
+        .unwrap();
+    let of = |name: &str| top_consumers.iter().find(|t| t.name == name).unwrap();
+    assert_eq!(of(&consumer).counts.total(), 13);
+    assert_eq!(of(&consumer).counts.unauthorized, 4);
+    assert_eq!(of(&other).counts.total(), 1);
+    assert_eq!(
+        store
+            .usage_top(UsageTopBy::Key, UsageStep::Minute, base, end, 1)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // Outside the range: nothing.
+    assert!(
+        store
+            .usage_top(UsageTopBy::Key, UsageStep::Minute, end, end + hour, 10)
+            .await
+            .unwrap()
+            .iter()
+            .all(|t| t.name != a.id)
+    );
+
+    // Retention: minute buckets older than 48 h and hour buckets older than 90 days
+    // are pruned (the hour holding an old minute is kept while it is kept).
+    let old_minute = bucket_start(UsageStep::Minute, now - 49 * hour);
+    let old_hour = bucket_start(UsageStep::Minute, now - 91 * 24 * hour);
+    store
+        .record_usage(&[minutes(
+            &c.id,
+            &[
+                bucket(old_hour, (7, 0, 0, 0)),
+                bucket(old_minute, (5, 0, 0, 0)),
+            ],
+        )])
+        .await
+        .unwrap();
+    let c_id = Some(c.id.clone());
+    assert!(
+        series(c_id.clone(), UsageStep::Minute, old_hour, base)
+            .await
+            .is_empty(),
+        "minute buckets past 48 h are pruned"
+    );
+    assert_eq!(
+        series(c_id.clone(), UsageStep::Hour, old_hour, base).await,
+        [bucket(
+            bucket_start(UsageStep::Hour, old_minute),
+            (5, 0, 0, 0)
+        )],
+        "hour buckets are kept 90 days, no longer"
+    );
+    // The counters are the sum of all of it.
+    let usage = store.usage(&a.id).await.unwrap().unwrap();
+    assert_eq!((usage.requests, usage.rejected), (6, 3));
 }

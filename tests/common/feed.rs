@@ -59,6 +59,7 @@ where
             requests: 3,
             rejected: 0,
             last_used_at: std::time::SystemTime::now(),
+            minutes: Vec::new(),
         }])
         .await
         .unwrap();
@@ -194,7 +195,8 @@ where
 
 /// What takes a database back to the schema of the first release (before the log).
 #[allow(dead_code)] // for the SQL stores' tests; the memory store's has no schema
-pub(crate) const BACK_TO_THE_FIRST_SCHEMA: [&str; 10] = [
+pub(crate) const BACK_TO_THE_FIRST_SCHEMA: [&str; 11] = [
+    "DROP TABLE api_key_usage",
     "DROP INDEX api_keys_by_expiry",
     "ALTER TABLE api_keys DROP COLUMN expiring_announced_for",
     "ALTER TABLE api_keys DROP COLUMN expired_announced_for",

@@ -83,8 +83,9 @@ impl Drop for Server {
 
 /// The variables of the server's contract that the test does not give are unset, so
 /// that the developer's environment does not leak in.
-const CONTRACT_VARS: [&str; 7] = [
+const CONTRACT_VARS: [&str; 8] = [
     "DATABASE_URL",
+    "FAILURE_LIMIT",
     "REDIS_URL",
     "RATE_LIMIT",
     "CACHE_TTL",
