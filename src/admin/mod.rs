@@ -655,13 +655,17 @@ fn key_body(r: &KeyRecord) -> KeyBody {
         created_at: rfc3339(r.created_at),
         expires_at: r.expires_at.map(rfc3339),
         revoked_at: r.revoked_at.map(rfc3339),
-        status: match r.status(SystemTime::now()) {
-            crate::KeyStatus::Active => "active",
-            crate::KeyStatus::Expired => "expired",
-            crate::KeyStatus::Revoked => "revoked",
-        }
-        .to_owned(),
+        status: status_name(r.status(SystemTime::now())).to_owned(),
         allowed_ips: r.allowed_ips.iter().map(ToString::to_string).collect(),
+    }
+}
+
+/// `active`, `expired` or `revoked` (the document's `KeyStatusName`).
+fn status_name(status: crate::KeyStatus) -> &'static str {
+    match status {
+        crate::KeyStatus::Active => "active",
+        crate::KeyStatus::Expired => "expired",
+        crate::KeyStatus::Revoked => "revoked",
     }
 }
 
@@ -1062,31 +1066,66 @@ fn audit_body(e: &AuditEntry) -> AuditEntryBody {
 struct DeliveryBody {
     /// The message id: the `webhook-id` header, the same on every attempt.
     id: String,
-    /// `key.created`, `key.rotated`, `key.revoked`, `key.expiring`, `key.expired`,
-    /// `key.leaked`.
+    #[schema(value_type = EventTypeName)]
     r#type: String,
     key_id: String,
     /// When the event happened.
+    #[schema(format = DateTime)]
     at: String,
-    /// `pending`, `delivered` or `failed` (given up after the retry window).
+    #[schema(value_type = DeliveryStateName)]
     state: String,
     attempts: u32,
     /// The receiver's last status, if it answered.
+    #[schema(required = true)]
     last_status: Option<u16>,
     /// Why the last attempt failed.
+    #[schema(required = true)]
     last_error: Option<String>,
+    #[schema(format = DateTime, required = true)]
     last_attempt_at: Option<String>,
     /// When a pending event is tried next.
+    #[schema(format = DateTime, required = true)]
     next_attempt_at: Option<String>,
+    #[schema(format = DateTime, required = true)]
     delivered_at: Option<String>,
+}
+
+/// The kind of a webhook event.
+#[allow(dead_code)] // Documents `DeliveryBody::type`.
+#[derive(ToSchema)]
+enum EventTypeName {
+    #[schema(rename = "key.created")]
+    Created,
+    #[schema(rename = "key.rotated")]
+    Rotated,
+    #[schema(rename = "key.revoked")]
+    Revoked,
+    #[schema(rename = "key.expiring")]
+    Expiring,
+    #[schema(rename = "key.expired")]
+    Expired,
+    #[schema(rename = "key.leaked")]
+    Leaked,
+}
+
+/// Where a delivery stands: `failed` is given up after the retry window.
+#[allow(dead_code)] // Documents `DeliveryBody::state`.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+enum DeliveryStateName {
+    Pending,
+    Delivered,
+    Failed,
 }
 
 /// What the dashboard needs to know of the API's settings.
 #[derive(Serialize, ToSchema)]
 struct SettingsBody {
     /// The lifetime of a key created without `expires_in_seconds`, if there is one.
+    #[schema(required = true)]
     default_key_ttl_seconds: Option<u64>,
     /// The longest lifetime a new key may have, if there is a maximum.
+    #[schema(required = true)]
     max_key_ttl_seconds: Option<u64>,
     /// Is `GET /admin/webhooks/deliveries` there?
     webhooks: bool,
@@ -1163,6 +1202,33 @@ fn delivery_body(d: &Delivery) -> DeliveryBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_store_failure_is_503_with_retry_after_as_problem_json() {
+        let response = store_error(StoreError::Backend("down".into())).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], STORE_RETRY_AFTER);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            openapi::PROBLEM_JSON
+        );
+        let response = not_found().into_response();
+        assert!(!response.headers().contains_key(header::RETRY_AFTER));
+    }
+
+    #[test]
+    fn whole_numbers_as_json_schema_reads_integer() {
+        let n = |text: &str| whole_number(&serde_json::from_str(text).unwrap());
+        assert_eq!(n("60"), Some(60));
+        assert_eq!(n("60.0"), Some(60));
+        assert_eq!(n("6e1"), Some(60));
+        assert_eq!(n("0.0"), Some(0));
+        assert_eq!(n("60.5"), None);
+        assert_eq!(n("-1"), None);
+        assert_eq!(n("-1.0"), None);
+        assert_eq!(n("1e30"), None);
+        assert_eq!(n("18446744073709551615"), Some(u64::MAX));
+    }
 
     #[test]
     fn rfc3339_in_utc() {

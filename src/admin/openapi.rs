@@ -563,3 +563,623 @@ fn string_header(description: &str) -> utoipa::openapi::header::Header {
         .description(Some(description))
         .build()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use axum::body::Body;
+    use axum::http::{Method, Request, StatusCode};
+    use proptest::strategy::{Strategy, ValueTree};
+    use proptest::test_runner::{Config, TestRunner};
+    use serde_json::{Map, Value, json};
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::store::{AuditEvent, DeliveryState, EventType, KeyStore, NewKey};
+    use crate::{CachedResolver, KeyStatus, MemoryStore, Scopes};
+
+    fn doc() -> Value {
+        serde_json::to_value(openapi()).unwrap()
+    }
+
+    const METHODS: [&str; 5] = ["get", "put", "post", "patch", "delete"];
+
+    /// (path, method, operation) of every documented operation.
+    fn operations(doc: &Value) -> Vec<(String, String, Value)> {
+        let mut all = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in METHODS {
+                if let Some(op) = item.get(method) {
+                    all.push((path.clone(), method.to_owned(), op.clone()));
+                }
+            }
+        }
+        all
+    }
+
+    /// The operations anyone may call: the page, this document, and GitHub's endpoint
+    /// (signed by GitHub).
+    const PUBLIC: [(&str, &str); 3] = [
+        ("/admin/", "get"),
+        ("/admin/openapi.json", "get"),
+        ("/github/secret-scanning", "post"),
+    ];
+
+    fn schema<'a>(doc: &'a Value, name: &str) -> &'a Value {
+        let schema = &doc["components"]["schemas"][name];
+        assert!(schema.is_object(), "no schema {name}");
+        schema
+    }
+
+    #[test]
+    fn every_error_is_a_problem_and_keyed_operations_say_what_the_key_layer_answers() {
+        let doc = doc();
+        let ops = operations(&doc);
+        assert!(ops.len() >= 16, "{} operations", ops.len());
+        for (path, method, op) in &ops {
+            let at = format!("{} {path}", method.to_uppercase());
+            let responses = op["responses"].as_object().unwrap();
+            for (status, response) in responses {
+                if status.starts_with(['4', '5']) {
+                    let content = response["content"].as_object().unwrap_or_else(|| {
+                        panic!("{at} {status}: no body; every error is a problem")
+                    });
+                    assert_eq!(
+                        content.keys().collect::<Vec<_>>(),
+                        [PROBLEM_JSON],
+                        "{at} {status}"
+                    );
+                    assert_eq!(
+                        content[PROBLEM_JSON]["schema"]["$ref"], "#/components/schemas/Problem",
+                        "{at} {status}"
+                    );
+                }
+                assert!(
+                    !response["description"].as_str().unwrap().is_empty(),
+                    "{at} {status}: say what it means"
+                );
+            }
+            if PUBLIC.contains(&(path.as_str(), method.as_str())) {
+                assert_eq!(op["security"], json!([{}]), "{at} needs no key");
+                continue;
+            }
+            assert_eq!(
+                op["security"],
+                json!([{"bearer": []}, {"api_key": []}]),
+                "{at}"
+            );
+            for status in ["400", "401", "403", "503"] {
+                assert!(responses.contains_key(status), "{at}: no {status}");
+            }
+            assert!(
+                responses["401"]["headers"]
+                    .get("WWW-Authenticate")
+                    .is_some(),
+                "{at}"
+            );
+            assert!(
+                responses["503"]["headers"].get("Retry-After").is_some(),
+                "{at}"
+            );
+            if path.contains("{id}") {
+                assert!(responses.contains_key("404"), "{at}: an unknown id");
+                let id = op["parameters"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|p| p["name"] == "id")
+                    .unwrap_or_else(|| panic!("{at}: the id parameter"));
+                assert_eq!(id["in"], "path");
+                assert_eq!(id["schema"]["pattern"], KEY_ID_PATTERN, "{at}");
+            }
+            if op.get("requestBody").is_some() {
+                for status in ["400", "413", "422"] {
+                    assert!(
+                        responses.contains_key(status),
+                        "{at}: a body can be {status}"
+                    );
+                }
+            }
+        }
+        // The ones that refuse to change the caller's own key say so.
+        for (path, method) in [
+            ("/admin/keys/{id}", "delete"),
+            ("/admin/keys/{id}", "patch"),
+            ("/admin/keys/{id}/rotate", "post"),
+        ] {
+            assert!(
+                doc["paths"][path][method]["responses"].get("409").is_some(),
+                "{method} {path}"
+            );
+        }
+        let problem = schema(&doc, "Problem");
+        assert_eq!(
+            problem["required"],
+            json!(["type", "title", "status", "detail"])
+        );
+        assert!(
+            problem.get("additionalProperties").is_none(),
+            "RFC 9457 allows extension members"
+        );
+    }
+
+    #[test]
+    fn request_schemas_carry_the_rules_the_handlers_check() {
+        use super::super::{MAX_GRACE, MAX_IMPORT_BYTES};
+        let doc = doc();
+        let create = schema(&doc, "CreateKeyRequest");
+        assert_eq!(create["additionalProperties"], false);
+        assert_eq!(create["required"], json!(["consumer"]));
+        let consumer = &create["properties"]["consumer"];
+        assert_eq!(consumer["type"], "string");
+        assert_eq!(consumer["minLength"], 1);
+        assert_eq!(consumer["maxLength"], MAX_TEXT);
+        assert_eq!(consumer["pattern"], TEXT_PATTERN);
+        assert_eq!(
+            create["properties"]["name"]["type"],
+            json!(["string", "null"])
+        );
+        assert_eq!(create["properties"]["name"]["pattern"], TEXT_PATTERN);
+        let expires = &create["properties"]["expires_in_seconds"];
+        assert_eq!(expires["type"], json!(["integer", "null"]));
+        assert_eq!(
+            (expires["minimum"].clone(), expires["maximum"].clone()),
+            (json!(1), json!(MAX_EXPIRES_IN))
+        );
+        for (field, max, pattern) in [
+            ("scopes", MAX_SCOPES, SCOPE_PATTERN),
+            ("allowed_ips", MAX_NETWORKS, NETWORK_PATTERN),
+        ] {
+            let list = &create["properties"][field];
+            assert_eq!(list["maxItems"], max, "{field}");
+            assert_eq!(list["items"]["pattern"], pattern, "{field}");
+        }
+        assert_eq!(
+            create["properties"]["scopes"]["items"]["maxLength"],
+            MAX_SCOPE_LEN
+        );
+
+        let limit = schema(&doc, "RateLimitRequest");
+        assert_eq!(limit["additionalProperties"], false);
+        assert_eq!(limit["required"], json!(["requests", "per_seconds"]));
+        for (field, max) in [
+            ("requests", 1_000_000_000u64),
+            ("per_seconds", 365 * 86_400),
+            ("burst", 1_000_000_000),
+        ] {
+            let p = &limit["properties"][field];
+            assert!(p["type"].to_string().contains("integer"), "{field}");
+            assert_eq!(
+                (p["minimum"].clone(), p["maximum"].clone()),
+                (json!(1), json!(max))
+            );
+        }
+
+        let rotate = schema(&doc, "RotateRequest");
+        assert_eq!(rotate["additionalProperties"], false);
+        assert_eq!(rotate["required"], json!(["grace_seconds"]));
+        let grace = &rotate["properties"]["grace_seconds"];
+        assert_eq!(grace["type"], "integer", "a whole number");
+        assert_eq!(
+            (grace["minimum"].clone(), grace["maximum"].clone()),
+            (json!(0), json!(MAX_GRACE))
+        );
+
+        let update = schema(&doc, "UpdateKeyRequest");
+        let fields = &update["allOf"][0];
+        assert_eq!(fields["additionalProperties"], false);
+        assert_eq!(
+            fields["properties"]["expires_in_seconds"]["maximum"],
+            MAX_EXPIRES_IN
+        );
+        assert_eq!(fields["properties"]["scopes"]["maxItems"], MAX_SCOPES);
+        // Something to change: `{}` and `{"scopes": null}` are refused.
+        assert_eq!(
+            update["allOf"][1]["anyOf"][0]["required"],
+            json!(["expires_in_seconds"])
+        );
+        assert_eq!(
+            update["allOf"][1]["anyOf"][1]["required"],
+            json!(["scopes"])
+        );
+
+        let import = schema(&doc, "ImportKeyRequest");
+        assert_eq!(import["additionalProperties"], false);
+        assert_eq!(import["required"], json!(["hash", "consumer"]));
+        assert_eq!(import["properties"]["hash"]["pattern"], "^[0-9a-fA-F]{64}$");
+        assert_eq!(import["properties"]["consumer"]["pattern"], TEXT_PATTERN);
+        assert_eq!(import["properties"]["expires_at"]["format"], "date-time");
+        assert_eq!(import["properties"]["expires_at"]["pattern"], TIME_PATTERN);
+        let body = &doc["paths"]["/admin/keys/import"]["post"]["requestBody"]["content"]["application/json"]
+            ["schema"];
+        assert_eq!(body["$ref"], "#/components/schemas/ImportRequest");
+        assert_eq!(schema(&doc, "ImportRequest")["maxItems"], MAX_IMPORT_KEYS);
+        assert_eq!(
+            MAX_IMPORT_BYTES,
+            16 << 20,
+            "the 413 description says 16 MiB"
+        );
+
+        let deliveries = &doc["paths"]["/admin/webhooks/deliveries"]["get"]["parameters"][0];
+        assert_eq!(deliveries["name"], "limit");
+        assert_eq!(
+            (
+                deliveries["schema"]["minimum"].clone(),
+                deliveries["schema"]["maximum"].clone()
+            ),
+            (json!(1), json!(1000))
+        );
+        let top = &doc["paths"]["/admin/usage/top"]["get"]["parameters"];
+        let limit = top
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "limit")
+            .unwrap();
+        assert!(limit["schema"]["type"].to_string().contains("integer"));
+        for path in ["/admin/usage/series", "/admin/usage/top"] {
+            for p in doc["paths"][path]["get"]["parameters"].as_array().unwrap() {
+                if p["name"] == "from" || p["name"] == "to" {
+                    assert_eq!(p["schema"]["format"], "date-time", "{path}");
+                    assert_eq!(p["schema"]["pattern"], TIME_PATTERN, "{path}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn responses_say_which_fields_are_always_there_and_their_words() {
+        let doc = doc();
+        let key = schema(&doc, "KeyBody");
+        let required: BTreeSet<&str> = key["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        for field in [
+            "id",
+            "start",
+            "consumer",
+            "name",
+            "scopes",
+            "created_at",
+            "expires_at",
+            "revoked_at",
+            "status",
+            "allowed_ips",
+        ] {
+            assert!(required.contains(field), "KeyBody.{field} is always sent");
+        }
+        for field in ["expires_at", "revoked_at"] {
+            assert_eq!(
+                key["properties"][field]["type"],
+                json!(["string", "null"]),
+                "{field}"
+            );
+            assert_eq!(key["properties"][field]["format"], "date-time");
+        }
+        let statuses = [KeyStatus::Active, KeyStatus::Expired, KeyStatus::Revoked].map(|s| {
+            // Exhaustive: a new status must be documented.
+            match s {
+                KeyStatus::Active | KeyStatus::Expired | KeyStatus::Revoked => {
+                    super::super::status_name(s)
+                }
+            }
+        });
+        assert_eq!(schema(&doc, "KeyStatusName")["enum"], json!(statuses));
+
+        let detail = schema(&doc, "KeyDetail");
+        assert_eq!(detail["allOf"][1]["required"], json!(["last_used_at"]));
+        let usage = schema(&doc, "UsageBody");
+        assert_eq!(
+            usage["required"],
+            json!(["requests", "rejected", "last_used_at"])
+        );
+
+        let events: Vec<&str> = [
+            AuditEvent::Created,
+            AuditEvent::Rotated {
+                new_key_id: String::new(),
+            },
+            AuditEvent::ExpiredByRotation,
+            AuditEvent::Revoked,
+            AuditEvent::ExpiryChanged,
+            AuditEvent::ScopesChanged,
+            AuditEvent::Leaked {
+                url: String::new(),
+                source: String::new(),
+            },
+            AuditEvent::Imported,
+        ]
+        .iter()
+        .map(|e| match e {
+            // Exhaustive: a new event must be documented.
+            AuditEvent::Created
+            | AuditEvent::Rotated { .. }
+            | AuditEvent::ExpiredByRotation
+            | AuditEvent::Revoked
+            | AuditEvent::ExpiryChanged
+            | AuditEvent::ScopesChanged
+            | AuditEvent::Leaked { .. }
+            | AuditEvent::Imported => e.name(),
+        })
+        .collect();
+        assert_eq!(schema(&doc, "AuditEventName")["enum"], json!(events));
+        let audit = schema(&doc, "AuditEntryBody");
+        assert_eq!(audit["required"], json!(["at", "event", "key_id", "actor"]));
+        assert_eq!(
+            audit["properties"]["url"]["type"], "string",
+            "left out when empty, never null"
+        );
+
+        let types: Vec<&str> = [
+            EventType::KeyCreated,
+            EventType::KeyRotated,
+            EventType::KeyRevoked,
+            EventType::KeyExpiring,
+            EventType::KeyExpired,
+            EventType::KeyLeaked,
+        ]
+        .iter()
+        .map(|t| t.name())
+        .collect();
+        assert_eq!(schema(&doc, "EventTypeName")["enum"], json!(types));
+        let states: Vec<&str> = [
+            DeliveryState::Pending,
+            DeliveryState::Delivered,
+            DeliveryState::Failed,
+        ]
+        .iter()
+        .map(|s| s.name())
+        .collect();
+        assert_eq!(schema(&doc, "DeliveryStateName")["enum"], json!(states));
+        let delivery = schema(&doc, "DeliveryBody");
+        assert_eq!(delivery["required"].as_array().unwrap().len(), 11);
+    }
+
+    /// Values drawn from `pattern` (anchors taken off: proptest draws whole matches).
+    fn drawn(pattern: &str, cases: u32, mut check: impl FnMut(&str)) {
+        let body = pattern
+            .strip_prefix('^')
+            .and_then(|p| p.strip_suffix('$'))
+            .unwrap_or(pattern);
+        let strategy = proptest::string::string_regex(body).unwrap();
+        let mut runner = TestRunner::new(Config {
+            cases,
+            ..Config::default()
+        });
+        for _ in 0..cases {
+            let value = strategy.new_tree(&mut runner).unwrap().current();
+            check(&value);
+        }
+    }
+
+    fn text_ok(value: &str) -> bool {
+        let map: Map<String, Value> = [("consumer".to_owned(), json!(value))]
+            .into_iter()
+            .collect();
+        super::super::text(&map, "consumer", true).is_ok()
+    }
+
+    #[test]
+    fn what_the_patterns_allow_the_server_takes() {
+        drawn(TEXT_PATTERN, 500, |s| {
+            // The length bounds are the schema's other keywords.
+            if (1..=MAX_TEXT).contains(&s.chars().count()) {
+                assert!(text_ok(s), "{s:?}");
+            }
+        });
+        drawn(SCOPE_PATTERN, 500, |s| {
+            if s.len() <= MAX_SCOPE_LEN {
+                assert!(crate::Scope::new(s).is_ok(), "{s:?}");
+            }
+        });
+        drawn(NETWORK_PATTERN, 2000, |s| {
+            assert!(crate::record::parse_network(s).is_ok(), "{s:?}");
+        });
+        // From 1971 on, every RFC 3339 time (days to 28: the pattern does not know the
+        // months), with or without fractions, in any offset.
+        let time = format!(
+            "{}(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{{1,9}})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])",
+            TIME_PATTERN.strip_prefix('^').unwrap()
+        );
+        drawn(&time, 500, |s| {
+            assert!(crate::store::import::parse_rfc3339(s).is_some(), "{s:?}");
+        });
+    }
+
+    #[test]
+    fn what_the_patterns_refuse_the_server_refuses() {
+        for bad in [
+            "",
+            " ",
+            "\u{3000}\u{a0}",
+            "a\u{0}b",
+            "line\nbreak",
+            "tab\t",
+            "\u{85}",
+        ] {
+            assert!(!text_ok(bad), "{bad:?}");
+        }
+        assert!(!text_ok(&"x".repeat(MAX_TEXT + 1)));
+        assert!(text_ok(&"é".repeat(MAX_TEXT)), "characters, not bytes");
+        for bad in [
+            "",
+            "a b",
+            "*x",
+            "a*",
+            "orders:**",
+            "é",
+            &"a".repeat(MAX_SCOPE_LEN + 1),
+        ] {
+            assert!(crate::Scope::new(bad).is_err(), "{bad:?}");
+        }
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "::/129",
+            "1.2.3",
+            "256.1.1.1",
+            "01.2.3.4",
+            "fe80::1%eth0",
+            "example.com",
+        ] {
+            assert!(crate::record::parse_network(bad).is_err(), "{bad:?}");
+        }
+        for bad in ["1969-12-31T23:59:59Z", "2026-12-01", "2026-12-01T00:00:00"] {
+            assert!(
+                crate::store::import::parse_rfc3339(bad).is_none(),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn key_ids_are_what_the_document_says() {
+        let store = MemoryStore::new();
+        for _ in 0..50 {
+            let id = store
+                .create(NewKey::new("c"), "test")
+                .await
+                .unwrap()
+                .record
+                .id;
+            let body = id.strip_prefix("key_").unwrap();
+            assert_eq!(body.len(), 22, "{id}");
+            assert!(body.bytes().all(|b| b.is_ascii_alphanumeric()), "{id}");
+        }
+        assert_eq!(KEY_ID_PATTERN, "^key_[0-9A-Za-z]{22}$");
+    }
+
+    /// `.route("…", …)` calls of the admin module's files (tests left out): each path
+    /// and its methods.
+    fn routes_in_the_source() -> BTreeSet<(String, String)> {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/admin");
+        let mut routes = BTreeSet::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let code = text.split("#[cfg(test)]").next().unwrap();
+            let mut rest = code;
+            while let Some(at) = rest.find(".route(") {
+                rest = &rest[at + ".route(".len()..];
+                // The call's text, up to its closing parenthesis.
+                let mut depth = 1;
+                let end = rest
+                    .char_indices()
+                    .find(|&(_, c)| {
+                        depth += match c {
+                            '(' => 1,
+                            ')' => -1,
+                            _ => 0,
+                        };
+                        depth == 0
+                    })
+                    .map(|(i, _)| i)
+                    .unwrap();
+                let call = &rest[..end];
+                let (route, handlers) = call.split_once(',').unwrap();
+                let route = match route.trim() {
+                    // SecretScanning's own path, by default this.
+                    "&path" => secret_scanning::DEFAULT_PATH.to_owned(),
+                    literal => literal
+                        .strip_prefix('"')
+                        .and_then(|l| l.strip_suffix('"'))
+                        .unwrap_or_else(|| panic!("{}: a route path {literal}", path.display()))
+                        .to_owned(),
+                };
+                let words = handlers.split(|c: char| !(c.is_alphanumeric() || c == '_'));
+                let mut seen = false;
+                for (word, next) in words.clone().zip(words.skip(1)) {
+                    let _ = next;
+                    if METHODS.contains(&word) {
+                        routes.insert((route.clone(), word.to_owned()));
+                        seen = true;
+                    }
+                }
+                assert!(seen, "{}: no method for {route}", path.display());
+                rest = &rest[end..];
+            }
+        }
+        routes
+    }
+
+    #[test]
+    fn every_route_of_the_source_is_documented() {
+        let doc = doc();
+        let documented: BTreeSet<(String, String)> = operations(&doc)
+            .into_iter()
+            .map(|(path, method, _)| (path, method))
+            .collect();
+        let routed = routes_in_the_source();
+        assert!(routed.len() >= 16, "{routed:?}");
+        let missing: Vec<_> = routed.difference(&documented).collect();
+        assert!(missing.is_empty(), "routes with no operation: {missing:?}");
+        let extra: Vec<_> = documented.difference(&routed).collect();
+        assert!(extra.is_empty(), "operations with no route: {extra:?}");
+    }
+
+    /// The PEM of the secret_scanning module's example: a key of no one's.
+    const GITHUB_KEYS: &str = r#"{"public_keys":[{"key_identifier":"k","is_current":true,"key":"-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEtxOaNlumnsq8qF4uMi+RHEVRq1AS\n1w9c7Kwz7Satdj2qqnLmbLLV4MM8OIufeWqXkQPssdXur5yUX/khkTFepQ==\n-----END PUBLIC KEY-----\n"}]}"#;
+
+    #[tokio::test]
+    async fn every_documented_operation_is_answered_by_its_handler_and_no_other_method_is() {
+        let cache = CachedResolver::new(MemoryStore::new());
+        let admin = cache
+            .create(
+                NewKey::new("ops").with_scopes(Scopes::parse(["admin"]).unwrap()),
+                "test",
+            )
+            .await
+            .unwrap();
+        let bearer = format!("Bearer {}", admin.key.expose_secret());
+        let config = super::super::AdminConfig::new().webhook_deliveries(MemoryStore::new());
+        let keys = secret_scanning::PublicKeys::parse(GITHUB_KEYS.as_bytes()).unwrap();
+        let app = super::super::router_with(cache.clone(), config)
+            .merge(secret_scanning::SecretScanning::new(cache, keys).router());
+        let call = |method: &str, path: &str, key: Option<&str>| {
+            let mut request = Request::builder()
+                .method(Method::from_bytes(method.to_uppercase().as_bytes()).unwrap())
+                .uri(path.replace("{id}", "key_0000000000000000000000"));
+            if let Some(key) = key {
+                request = request.header("authorization", key);
+            }
+            let app = app.clone();
+            async move {
+                let response = app
+                    .oneshot(request.body(Body::from("{}")).unwrap())
+                    .await
+                    .unwrap();
+                let typed = response.headers().contains_key("content-type");
+                (response.status(), typed)
+            }
+        };
+        let doc = doc();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in METHODS {
+                let at = format!("{} {path}", method.to_uppercase());
+                let (status, typed) = call(method, path, Some(&bearer)).await;
+                if item.get(method).is_some() {
+                    // Answered by the handler: not the router's 405, nor its bare 404.
+                    assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{at}");
+                    assert!(status != StatusCode::NOT_FOUND || typed, "{at}: not routed");
+                    if !PUBLIC.contains(&(path.as_str(), method)) {
+                        let (status, _) = call(method, path, None).await;
+                        assert_eq!(status, StatusCode::UNAUTHORIZED, "{at} without a key");
+                    }
+                } else {
+                    assert_eq!(
+                        status,
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "{at} is answered but not documented"
+                    );
+                }
+            }
+        }
+    }
+}
