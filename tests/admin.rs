@@ -1177,3 +1177,187 @@ fn rfc3339_of(t: std::time::SystemTime) -> String {
         s % 60
     )
 }
+
+#[tokio::test]
+async fn a_key_does_not_change_itself_and_another_admin_key_can() {
+    let a = setup().await;
+    let own = format!("/admin/keys/{}", a.admin_id);
+    for (method, path, body) in [
+        ("DELETE", own.clone(), None),
+        (
+            "POST",
+            format!("{own}/rotate"),
+            Some(r#"{"grace_seconds": 60}"#),
+        ),
+        ("PATCH", own.clone(), Some(r#"{"scopes": []}"#)),
+        ("PATCH", own.clone(), Some(r#"{"expires_in_seconds": 1}"#)),
+    ] {
+        let (status, problem, ctype) = a.admin(method, &path, body).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{method} {path}: {problem}");
+        assert_eq!(ctype, "application/problem+json");
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .contains("making the request"),
+            "{problem}"
+        );
+    }
+    // Nothing changed: the key still works, with its scope and no expiry.
+    let (status, record, _) = a.admin("GET", &own, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(record["scopes"], json!(["admin"]));
+    assert_eq!(record["expires_at"], Value::Null);
+    // Bad input is still named first.
+    let (status, _, _) = a
+        .admin(
+            "POST",
+            &format!("{own}/rotate"),
+            Some(r#"{"grace_seconds": -1}"#),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    // A second admin key may rotate or revoke the first.
+    let body = json!({"consumer": "ops", "scopes": ["admin"]}).to_string();
+    let (_, second, _) = a.admin("POST", "/admin/keys", Some(&body)).await;
+    let second_key = second["key"].as_str().unwrap().to_owned();
+    let (status, _, _) = a.call("DELETE", &own, Some(&second_key), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        a.admin("GET", "/admin/keys", None).await.0,
+        StatusCode::UNAUTHORIZED,
+        "the first is revoked"
+    );
+}
+
+#[tokio::test]
+async fn a_revoked_key_is_gone_from_its_uri_and_stays_in_the_list_and_the_log() {
+    let a = setup().await;
+    let (_, created, _) = a
+        .admin("POST", "/admin/keys", Some(r#"{"consumer": "acme"}"#))
+        .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let path = format!("/admin/keys/{id}");
+    assert_eq!(a.admin("GET", &path, None).await.0, StatusCode::OK);
+    assert_eq!(
+        a.admin("DELETE", &path, None).await.0,
+        StatusCode::NO_CONTENT
+    );
+    for (method, path, body) in [
+        ("GET", path.clone(), None),
+        ("GET", format!("{path}/usage"), None),
+        ("GET", format!("{path}/usage/series"), None),
+        (
+            "PATCH",
+            path.clone(),
+            Some(r#"{"scopes": ["orders:read"]}"#),
+        ),
+        (
+            "POST",
+            format!("{path}/rotate"),
+            Some(r#"{"grace_seconds": 0}"#),
+        ),
+    ] {
+        let (status, problem, ctype) = a.admin(method, &path, body).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}: {problem}");
+        assert_eq!(ctype, "application/problem+json");
+        assert!(
+            problem["detail"].as_str().unwrap().contains("revoked at"),
+            "{problem}"
+        );
+    }
+    // Revoking again is still fine (DELETE is idempotent), and nothing was rotated.
+    assert_eq!(
+        a.admin("DELETE", &path, None).await.0,
+        StatusCode::NO_CONTENT
+    );
+    let (_, list, _) = a.admin("GET", "/admin/keys?consumer=acme", None).await;
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0]["status"], "revoked");
+    assert!(list[0]["revoked_at"].is_string());
+    let (_, log, _) = a
+        .admin("GET", &format!("/admin/audit?key_id={id}"), None)
+        .await;
+    let events: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["created", "revoked"]);
+}
+
+#[tokio::test]
+async fn whole_numbers_may_have_a_zero_fraction_and_texts_no_control_characters() {
+    let a = setup().await;
+    let body = json!({"consumer": "acme", "expires_in_seconds": 3600.0,
+        "rate_limit": {"requests": 70.0, "per_seconds": 6e1, "burst": 5}});
+    let (status, created, _) = a
+        .admin("POST", "/admin/keys", Some(&body.to_string()))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let record = a.cache.get(&id).await.unwrap().unwrap();
+    assert_eq!(
+        record.rate_limits.iter().next().unwrap().to_string(),
+        "70/60000ms burst 5"
+    );
+    let (status, rotated, _) = a
+        .admin(
+            "POST",
+            &format!("/admin/keys/{id}/rotate"),
+            Some(r#"{"grace_seconds": 10.0}"#),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{rotated}");
+
+    for (body, field) in [
+        (
+            json!({"consumer": "acme", "expires_in_seconds": 1.5}),
+            "expires_in_seconds",
+        ),
+        (json!({"consumer": "a\u{0}b"}), "consumer"),
+        (json!({"consumer": "acme", "name": "two\nlines"}), "name"),
+        (json!({"consumer": "\u{3000}"}), "consumer"),
+    ] {
+        let (status, problem, _) = a
+            .admin("POST", "/admin/keys", Some(&body.to_string()))
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}: {problem}"
+        );
+        assert_eq!(problem["field"], field, "{body}");
+    }
+    // No stored key can have NUL in its id or consumer (PostgreSQL's text cannot hold
+    // it): such lookups find nothing, without a query.
+    assert_eq!(
+        a.admin("GET", "/admin/keys/key%00", None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    for path in ["/admin/keys?consumer=a%00", "/admin/audit?key_id=key%00"] {
+        let (status, body, _) = a.admin("GET", path, None).await;
+        assert_eq!((status, body), (StatusCode::OK, json!([])), "{path}");
+    }
+}
+
+#[tokio::test]
+async fn a_body_past_the_limit_is_a_problem_too() {
+    let a = setup().await;
+    let big = format!(
+        r#"{{"consumer": "acme", "name": "{}"}}"#,
+        "x".repeat(3 << 20)
+    );
+    for (method, path) in [
+        ("POST", "/admin/keys".to_owned()),
+        ("PATCH", format!("/admin/keys/{}", a.admin_id)),
+        ("POST", format!("/admin/keys/{}/rotate", a.admin_id)),
+    ] {
+        let (status, problem, ctype) = a.admin(method, &path, Some(&big)).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{method} {path}");
+        assert_eq!(ctype, "application/problem+json", "{method} {path}");
+        assert_eq!(problem["status"], 413);
+    }
+}
