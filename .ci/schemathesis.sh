@@ -33,7 +33,13 @@ fi
 
 if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q 'version 4\.'; then
     rm -rf "$venv"
-    python3 -m venv "$venv"
+    if ! python3 -m venv "$venv"; then
+        # Debian's python3 makes venvs only with python3-venv (ensurepip).
+        rm -rf "$venv"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+        python3 -m venv "$venv"
+    fi
     "$venv/bin/pip" install --quiet --disable-pip-version-check 'schemathesis>=4,<5'
 fi
 "$venv/bin/schemathesis" --version
