@@ -14,6 +14,7 @@
 # SCHEMATHESIS_VENV (default ~/.cache/tower-api-key/schemathesis-venv) is reused when
 # it already has a schemathesis 4. SCHEMATHESIS_SEED (default 1) makes a run
 # repeatable; SCHEMATHESIS_EXAMPLES (default 100) is the number of cases per operation.
+# SCHEMATHESIS_DATABASE_URL runs the server on another (empty) store, such as PostgreSQL.
 # One worker: with two, CPython 3.11's ast module, which hypothesis calls from both
 # threads, now and then fails with "AST constructor recursion depth mismatch" (a
 # runtime error of the tool, not a finding).
@@ -64,7 +65,7 @@ EOF
 nowhere=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 
 BIND=127.0.0.1:0 \
-    DATABASE_URL="sqlite://$work/keys.db" \
+    DATABASE_URL="${SCHEMATHESIS_DATABASE_URL:-sqlite://$work/keys.db}" \
     GITHUB_SECRET_SCANNING_KEYS="$work/github-keys.json" \
     WEBHOOK_URL="http://127.0.0.1:$nowhere/hooks" \
     WEBHOOK_SECRET=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw \
