@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Holds the admin API to its OpenAPI document: runs schemathesis (PyPI, major version 4,
-# in a venv) with every check against the example server, and fails on any failure.
+# Holds the admin API and the portal to their OpenAPI documents: runs schemathesis (PyPI,
+# major version 4, in a venv) with every check against the example server, once for
+# /admin/openapi.json with the admin key and once for /portal/openapi.json with a key of
+# scope keys:self made for it, and fails on any failure.
 #
 #   bash .ci/schemathesis.sh [extra schemathesis options]
 #
@@ -9,8 +11,8 @@
 # file, GitHub secret scanning (a public key of no one's) and webhooks to a port where
 # nothing listens (so that the delivery log has entries), and stops it on any exit.
 #
-# Schemathesis gets the admin key through its OpenAPI-aware auth (both key schemes of
-# the document get the same key), from the environment, never on a command line.
+# Schemathesis gets the keys through its OpenAPI-aware auth (both key schemes of a
+# document get the same key), from the environment, never on a command line.
 # SCHEMATHESIS_VENV (default ~/.cache/tower-api-key/schemathesis-venv) is reused when
 # it already has a schemathesis 4. SCHEMATHESIS_SEED (default 1) makes a run
 # repeatable; SCHEMATHESIS_EXAMPLES (default 100) is the number of cases per operation.
@@ -88,27 +90,50 @@ ADMIN_KEY=$(sed -n 's/^admin key: //p' "$work/stdout")
 export ADMIN_KEY
 echo "example server at $base"
 
-cat >"$work/schemathesis.toml" <<'EOF'
+# One run per document, each with its API's key through schemathesis's OpenAPI-aware
+# auth: both key schemes of the document get the same key.
+run() {
+    local document=$1 key_var=$2
+    cat >"$work/schemathesis.toml" <<EOF
 [auth.openapi.bearer]
-bearer = "${ADMIN_KEY}"
+bearer = "\${$key_var}"
 
 [auth.openapi.api_key]
-api_key = "${ADMIN_KEY}"
+api_key = "\${$key_var}"
 EOF
+    echo "==> schemathesis: $document"
+    (
+        cd "$work"
+        "$venv/bin/schemathesis" --config-file "$work/schemathesis.toml" --no-color \
+            run "$base$document" \
+            --checks all \
+            --max-examples "$examples" \
+            --seed "$seed" \
+            --workers 1 \
+            --generation-database none \
+            --request-timeout 10 \
+            "${extra[@]}"
+    )
+}
 
+extra=("$@")
 status=0
-(
-    cd "$work"
-    "$venv/bin/schemathesis" --config-file "$work/schemathesis.toml" --no-color \
-        run "$base/admin/openapi.json" \
-        --checks all \
-        --max-examples "$examples" \
-        --seed "$seed" \
-        --workers 1 \
-        --generation-database none \
-        --request-timeout 10 \
-        "$@"
-) || status=$?
+run /admin/openapi.json ADMIN_KEY || status=$?
+
+# A key of the portal's (scope keys:self), made with the admin key after the admin
+# run (which could have revoked one made before).
+PORTAL_KEY=$(python3 - "$base" <<'EOF'
+import json, os, sys, urllib.request
+request = urllib.request.Request(
+    sys.argv[1] + "/admin/keys",
+    data=json.dumps({"consumer": "portal-ci", "scopes": ["keys:self", "orders:read"]}).encode(),
+    headers={"Authorization": "Bearer " + os.environ["ADMIN_KEY"], "Content-Type": "application/json"},
+)
+print(json.load(urllib.request.urlopen(request))["key"])
+EOF
+)
+export PORTAL_KEY
+run /portal/openapi.json PORTAL_KEY || status=$?
 
 if [ "$status" -ne 0 ]; then
     echo "schemathesis.sh: failures (exit $status); the server's log:" >&2

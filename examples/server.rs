@@ -38,6 +38,9 @@
 //! - Keys are read from `Authorization: Bearer …` and from `X-API-Key`.
 //! - `/admin/*` is the admin API (scope `admin`): create, list, show, revoke, rotate,
 //!   usage, audit and import.
+//! - `/portal/*` is the self-service portal (scope `keys:self`): a consumer lists,
+//!   creates, rotates and revokes its own keys, never more than the calling key may do,
+//!   and never its last `keys:self` key; `GET /portal/` is its page.
 //! - `GITHUB_SECRET_SCANNING_KEYS=<path>` (unset by default): a file holding GitHub's
 //!   secret-scanning public keys (`GET https://api.github.com/meta/public_keys/secret_scanning`)
 //!   mounts `POST /github/secret-scanning`, GitHub's secret scanning partner endpoint.
@@ -177,6 +180,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         config = config.clone().webhook_deliveries(store.clone());
         WebhookDeliverer::spawn(store.clone(), webhooks)
     });
+    // Self-service: keys with the scope `keys:self` manage their own consumer's keys.
+    let portal = tower_api_key::admin::portal::router(cache.clone(), config.clone());
     let mut admin = tower_api_key::admin::router_with(cache.clone(), config);
     if let Some((keys, action)) = scanning {
         eprintln!(
@@ -229,6 +234,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .merge(v1)
         .with_state(AppState::default())
         .merge(admin)
+        .merge(portal)
         .fallback(not_found);
 
     let shutdown = shutdown_signal()?;

@@ -1187,7 +1187,7 @@ async fn a_key_does_not_change_itself_and_another_admin_key_can() {
         (
             "POST",
             format!("{own}/rotate"),
-            Some(r#"{"grace_seconds": 60}"#),
+            Some(r#"{"grace_seconds": 299}"#),
         ),
         ("PATCH", own.clone(), Some(r#"{"scopes": []}"#)),
         ("PATCH", own.clone(), Some(r#"{"expires_in_seconds": 1}"#)),
@@ -1208,6 +1208,17 @@ async fn a_key_does_not_change_itself_and_another_admin_key_can() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(record["scopes"], json!(["admin"]));
     assert_eq!(record["expires_at"], Value::Null);
+    // With a grace that lets its caller switch, a key rotates itself (the dashboard's
+    // way); the old one works on through the grace.
+    let (status, rotated, _) = a
+        .admin(
+            "POST",
+            &format!("{own}/rotate"),
+            Some(r#"{"grace_seconds": 300}"#),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{rotated}");
+    assert_eq!(a.admin("GET", &own, None).await.0, StatusCode::OK);
     // Bad input is still named first.
     let (status, _, _) = a
         .admin(

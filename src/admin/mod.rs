@@ -20,9 +20,9 @@
 //! A revoked key is gone from `/admin/keys/{id}` and below, as a deleted resource is:
 //! those answer 404 (saying when it was revoked), while `GET /admin/keys` lists it with
 //! `"status": "revoked"` and `GET /admin/audit?key_id=…` keeps its history. A key does
-//! not change itself: revoking, rotating or patching the key that makes the request
-//! answers 409, so that the API cannot lock its caller out (another admin key, or the
-//! `apikey` CLI, can).
+//! not revoke or change itself: revoking or patching the key that makes the request
+//! answers 409, and so does rotating it with less than 300 s of grace, so that the API
+//! cannot lock its caller out (another admin key, or the `apikey` CLI, can).
 //!
 //! [`secret_scanning`] is a router of its own: GitHub's secret scanning partner endpoint,
 //! which revokes (or records) keys found leaked in public code.
@@ -68,6 +68,7 @@ use crate::store::{
 };
 
 mod openapi;
+pub mod portal;
 pub mod secret_scanning;
 mod series;
 
@@ -400,8 +401,8 @@ async fn live_key<S: KeyStore + ?Sized>(store: &S, id: &str) -> Result<KeyRecord
             Some(at) => Err(problem(
                 StatusCode::NOT_FOUND,
                 format!(
-                    "the key was revoked at {}: GET /admin/keys lists it, \
-                     GET /admin/audit?key_id={id} has its history",
+                    "the key was revoked at {}: it is gone from here, and the list of keys \
+                     still shows it",
                     rfc3339(at)
                 ),
                 None,
@@ -533,8 +534,8 @@ fn read_body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes,
     })
 }
 
-/// The caller may not change its own key: that could lock it out (no admin key left
-/// that works). Another admin key, or the CLI, can.
+/// The caller may not revoke or change its own key: that would lock it out (no admin
+/// key left that works). Another admin key, or the CLI, can.
 fn not_the_caller(id: &str, caller: &Authenticated, doing: &str) -> Result<(), Problem> {
     if id == caller.key_id() {
         return Err(problem(
@@ -542,6 +543,27 @@ fn not_the_caller(id: &str, caller: &Authenticated, doing: &str) -> Result<(), P
             format!(
                 "this is the key making the request: a key does not {doing} itself through \
                  the admin API (use another admin key, or the apikey CLI)"
+            ),
+            None,
+        ));
+    }
+    Ok(())
+}
+
+/// The shortest grace with which a key may rotate itself, in seconds: the caller gets
+/// the new key in the answer, and keeps working with the old one while it switches.
+pub(crate) const SELF_ROTATION_GRACE: u64 = 300;
+
+/// A key rotates itself only with [`SELF_ROTATION_GRACE`] or more: with less it would
+/// lock its caller out before it could switch.
+fn self_rotation(id: &str, caller: &Authenticated, grace: u64) -> Result<(), Problem> {
+    if id == caller.key_id() && grace < SELF_ROTATION_GRACE {
+        return Err(problem(
+            StatusCode::CONFLICT,
+            format!(
+                "this is the key making the request: it rotates itself only with \
+                 grace_seconds of at least {SELF_ROTATION_GRACE}, so that it keeps working \
+                 while you switch to the new key"
             ),
             None,
         ));
@@ -965,7 +987,7 @@ async fn revoke<S: KeyStore>(
         (status = 201, description = "The new key (shown here only); the old one works until the grace ends", body = CreatedKeyBody),
         (status = 400, description = "The body is not a JSON object."),
         (status = 404, description = "No key with this id, or it is revoked: a revoked key is gone from here (`GET /admin/keys` lists it)."),
-        (status = 409, description = "This is the key making the request: a key does not rotate itself."),
+        (status = 409, description = "This is the key making the request, and `grace_seconds` is less than 300: a key rotates itself only with a grace that lets its caller switch."),
         (status = 413, description = "The body is larger than 2 MiB."),
         (status = 422, description = "`grace_seconds` is missing or wrong.")))]
 async fn rotate<S: KeyStore>(
@@ -980,7 +1002,7 @@ async fn rotate<S: KeyStore>(
         let grace = number(&map, "grace_seconds", MAX_GRACE, true)?
             .ok_or_else(|| invalid("grace_seconds", "grace_seconds is required"))?;
         live_key(&store, &id).await?;
-        not_the_caller(&id, &admin, "rotate")?;
+        self_rotation(&id, &admin, grace)?;
         let created = store
             .rotate(&id, Duration::from_secs(grace), admin.key_id())
             .await

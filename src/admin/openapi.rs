@@ -1,15 +1,18 @@
-//! The admin API's OpenAPI 3.1 document, and the convention that keeps it true.
+//! The OpenAPI 3.1 documents of the admin API and the portal, and the convention that
+//! keeps them true.
 //!
-//! `GET /admin/openapi.json` serves [`openapi`]. A client generator builds on it, so it
-//! must say what the server does: CI runs `schemathesis run … --checks all` against the
-//! example server with it (`.ci/schemathesis.sh`), and the tests at the end of this file
-//! check the same rules without Python.
+//! `GET /admin/openapi.json` serves [`openapi`], `GET /portal/openapi.json`
+//! [`portal_openapi`]. A client generator builds on them, so they must say what the server
+//! does: CI runs `schemathesis run … --checks all` against the example server with each
+//! (`.ci/schemathesis.sh`: the admin key for one, a `keys:self` key for the other), and
+//! the tests at the end of this file check the same rules without Python.
 //!
 //! # Annotating an endpoint
 //!
-//! 1. **Register it.** Put `#[utoipa::path(…)]` on the handler and add the handler to
-//!    `paths(…)` of [`ApiDoc`]. A test fails for a route of `src/admin/` that the document
-//!    does not have, and for a documented method the router does not answer.
+//! 1. **Register it.** Put `#[utoipa::path(…)]` on the handler (`pub(super)` when it is
+//!    not in `mod.rs`) and add the handler to `paths(…)` of [`ApiDoc`] (or [`PortalDoc`]
+//!    for `/portal/*`). A test fails for a route of `src/admin/` that neither document has,
+//!    and for a documented method the router does not answer.
 //! 2. **Errors: a status and a description, no body.** List the success responses with
 //!    their `body`, then each error *the handler* answers, as
 //!    `(status = 404, description = "No key with this id")`. [`Conventions`] gives every
@@ -70,9 +73,10 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     info(
         title = "tower-api-key admin API",
         description = "Manage API keys: create, list, change, revoke, rotate, import; usage, audit, webhook deliveries.\n\n\
-            Every error is RFC 9457 `application/problem+json`. A key never changes itself through this API: \
-            revoking, rotating or changing the key that makes the request answers 409 (use another admin key, or the `apikey` CLI), \
-            so the API always keeps an admin key that works."
+            Every error is RFC 9457 `application/problem+json`. A key does not revoke or change itself through this API: \
+            revoking or patching the key that makes the request answers 409 (use another admin key, or the `apikey` CLI), \
+            and so does rotating it with less than 300 s of grace, so the API always keeps an admin key that works. \
+            A revoked key is gone from `/admin/keys/{id}` and below (404); `GET /admin/keys` still lists it."
     ),
     paths(
         super::create, super::list, super::show, super::update, super::revoke, super::rotate,
@@ -89,6 +93,34 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     modifiers(&Conventions)
 )]
 pub(super) struct ApiDoc;
+
+/// The portal's OpenAPI 3.1 document (`GET /portal/openapi.json`): the same convention,
+/// for keys with the scope `keys:self`.
+pub(super) fn portal_openapi() -> utoipa::openapi::OpenApi {
+    PortalDoc::openapi()
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "tower-api-key portal API",
+        description = "A consumer's self-service, for keys with the scope `keys:self`: list, create, rotate and revoke the keys of the calling key's consumer, and see their usage.\n\n\
+            Only the caller's consumer: another consumer's key id answers 404, as an unknown one does. A key made here has no more than the key that made it (else 403 naming the field). \
+            A key does not revoke itself, nor rotate itself with less than 300 s of grace (409), and the consumer's last active `keys:self` key is not revoked (409). \
+            Every error is RFC 9457 `application/problem+json`."
+    ),
+    paths(
+        super::portal::list, super::portal::create, super::portal::show, super::portal::revoke,
+        super::portal::rotate, super::portal::series, super::portal::page,
+        super::portal::openapi_json
+    ),
+    components(schemas(
+        super::portal::OwnKeyRequest, RateLimitRequest, RotateRequest, KeyBody, KeyDetail,
+        CreatedKeyBody, super::series::SeriesBody, super::series::BucketBody
+    )),
+    modifiers(&Conventions)
+)]
+pub(super) struct PortalDoc;
 
 /// The media type of every error.
 pub(super) const PROBLEM_JSON: &str = "application/problem+json";
@@ -583,6 +615,10 @@ mod tests {
         serde_json::to_value(openapi()).unwrap()
     }
 
+    fn portal_doc() -> Value {
+        serde_json::to_value(portal_openapi()).unwrap()
+    }
+
     const METHODS: [&str; 5] = ["get", "put", "post", "patch", "delete"];
 
     /// (path, method, operation) of every documented operation.
@@ -598,12 +634,14 @@ mod tests {
         all
     }
 
-    /// The operations anyone may call: the page, this document, and GitHub's endpoint
+    /// The operations anyone may call: the pages, the documents, and GitHub's endpoint
     /// (signed by GitHub).
-    const PUBLIC: [(&str, &str); 3] = [
+    const PUBLIC: [(&str, &str); 5] = [
         ("/admin/", "get"),
         ("/admin/openapi.json", "get"),
         ("/github/secret-scanning", "post"),
+        ("/portal/", "get"),
+        ("/portal/openapi.json", "get"),
     ];
 
     fn schema<'a>(doc: &'a Value, name: &str) -> &'a Value {
@@ -615,9 +653,12 @@ mod tests {
     #[test]
     fn every_error_is_a_problem_and_keyed_operations_say_what_the_key_layer_answers() {
         let doc = doc();
+        let portal = portal_doc();
         let ops = operations(&doc);
         assert!(ops.len() >= 16, "{} operations", ops.len());
-        for (path, method, op) in &ops {
+        let portal_ops = operations(&portal);
+        assert_eq!(portal_ops.len(), 8, "{portal_ops:?}");
+        for (path, method, op) in ops.iter().chain(&portal_ops) {
             let at = format!("{} {path}", method.to_uppercase());
             let responses = op["responses"].as_object().unwrap();
             for (status, response) in responses {
@@ -683,16 +724,44 @@ mod tests {
             }
         }
         // The ones that refuse to change the caller's own key say so.
-        for (path, method) in [
-            ("/admin/keys/{id}", "delete"),
-            ("/admin/keys/{id}", "patch"),
-            ("/admin/keys/{id}/rotate", "post"),
+        for (doc, path, method) in [
+            (&doc, "/admin/keys/{id}", "delete"),
+            (&doc, "/admin/keys/{id}", "patch"),
+            (&doc, "/admin/keys/{id}/rotate", "post"),
+            (&portal, "/portal/keys/{id}", "delete"),
+            (&portal, "/portal/keys/{id}/rotate", "post"),
         ] {
             assert!(
                 doc["paths"][path][method]["responses"].get("409").is_some(),
                 "{method} {path}"
             );
         }
+        // A request for more than the calling key has.
+        for (path, method) in [
+            ("/portal/keys", "post"),
+            ("/portal/keys/{id}/rotate", "post"),
+        ] {
+            let forbidden = &portal["paths"][path][method]["responses"]["403"]["description"];
+            assert!(
+                forbidden
+                    .as_str()
+                    .unwrap()
+                    .contains("more than the calling key"),
+                "{method} {path}: {forbidden}"
+            );
+        }
+        let own = schema(&portal, "OwnKeyRequest");
+        assert_eq!(own["additionalProperties"], false);
+        assert!(
+            own["properties"].get("consumer").is_none(),
+            "always the caller's"
+        );
+        assert_eq!(own["properties"]["name"]["pattern"], TEXT_PATTERN);
+        assert_eq!(own["properties"]["scopes"]["maxItems"], MAX_SCOPES);
+        assert_eq!(
+            own["properties"]["allowed_ips"]["items"]["pattern"],
+            NETWORK_PATTERN
+        );
         let problem = schema(&doc, "Problem");
         assert_eq!(
             problem["required"],
@@ -1111,13 +1180,21 @@ mod tests {
 
     #[test]
     fn every_route_of_the_source_is_documented() {
-        let doc = doc();
+        let (doc, portal) = (doc(), portal_doc());
         let documented: BTreeSet<(String, String)> = operations(&doc)
             .into_iter()
+            .chain(operations(&portal))
             .map(|(path, method, _)| (path, method))
             .collect();
         let routed = routes_in_the_source();
-        assert!(routed.len() >= 16, "{routed:?}");
+        assert!(routed.len() >= 24, "{routed:?}");
+        // Each document has its own API's paths.
+        for (path, _) in operations(&portal).iter().map(|(p, m, _)| (p, m)) {
+            assert!(
+                path.starts_with("/portal/"),
+                "{path} in the portal's document"
+            );
+        }
         let missing: Vec<_> = routed.difference(&documented).collect();
         assert!(missing.is_empty(), "routes with no operation: {missing:?}");
         let extra: Vec<_> = documented.difference(&routed).collect();
@@ -1139,8 +1216,17 @@ mod tests {
             .unwrap();
         let bearer = format!("Bearer {}", admin.key.expose_secret());
         let config = super::super::AdminConfig::new().webhook_deliveries(MemoryStore::new());
+        let portal_key = cache
+            .create(
+                NewKey::new("acme").with_scopes(Scopes::parse(["keys:self"]).unwrap()),
+                "test",
+            )
+            .await
+            .unwrap();
+        let portal_bearer = format!("Bearer {}", portal_key.key.expose_secret());
         let keys = secret_scanning::PublicKeys::parse(GITHUB_KEYS.as_bytes()).unwrap();
-        let app = super::super::router_with(cache.clone(), config)
+        let app = super::super::router_with(cache.clone(), config.clone())
+            .merge(super::super::portal::router(cache.clone(), config))
             .merge(secret_scanning::SecretScanning::new(cache, keys).router());
         let call = |method: &str, path: &str, key: Option<&str>| {
             let mut request = Request::builder()
@@ -1159,25 +1245,26 @@ mod tests {
                 (response.status(), typed)
             }
         };
-        let doc = doc();
-        for (path, item) in doc["paths"].as_object().unwrap() {
-            for method in METHODS {
-                let at = format!("{} {path}", method.to_uppercase());
-                let (status, typed) = call(method, path, Some(&bearer)).await;
-                if item.get(method).is_some() {
-                    // Answered by the handler: not the router's 405, nor its bare 404.
-                    assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{at}");
-                    assert!(status != StatusCode::NOT_FOUND || typed, "{at}: not routed");
-                    if !PUBLIC.contains(&(path.as_str(), method)) {
-                        let (status, _) = call(method, path, None).await;
-                        assert_eq!(status, StatusCode::UNAUTHORIZED, "{at} without a key");
+        for (doc, bearer) in [(doc(), &bearer), (portal_doc(), &portal_bearer)] {
+            for (path, item) in doc["paths"].as_object().unwrap() {
+                for method in METHODS {
+                    let at = format!("{} {path}", method.to_uppercase());
+                    let (status, typed) = call(method, path, Some(bearer)).await;
+                    if item.get(method).is_some() {
+                        // Answered by the handler: not the router's 405, nor its bare 404.
+                        assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{at}");
+                        assert!(status != StatusCode::NOT_FOUND || typed, "{at}: not routed");
+                        if !PUBLIC.contains(&(path.as_str(), method)) {
+                            let (status, _) = call(method, path, None).await;
+                            assert_eq!(status, StatusCode::UNAUTHORIZED, "{at} without a key");
+                        }
+                    } else {
+                        assert_eq!(
+                            status,
+                            StatusCode::METHOD_NOT_ALLOWED,
+                            "{at} is answered but not documented"
+                        );
                     }
-                } else {
-                    assert_eq!(
-                        status,
-                        StatusCode::METHOD_NOT_ALLOWED,
-                        "{at} is answered but not documented"
-                    );
                 }
             }
         }

@@ -6,7 +6,7 @@ use tokio::sync::watch;
 
 use super::{KeyResolver, ResolveError};
 use crate::key::{KeyFormat, KeyHash};
-use crate::record::{KeyRecord, Scopes, generate_key_id};
+use crate::record::{KeyRecord, KeyStatus, Scopes, generate_key_id};
 use crate::store::outbox::{
     Attempt, DEFAULT_OUTBOX_RETENTION, Delivery, DeliveryState, EventData, EventType, KeyEvent,
     WebhookOutbox,
@@ -102,6 +102,20 @@ impl Records {
         self.by_hash
             .get_mut(hash)
             .ok_or_else(|| StoreError::NotFound(id.to_owned()))
+    }
+
+    /// Revokes the key at `now`, unless it is revoked already.
+    fn revoke(&mut self, now: SystemTime, id: &str, actor: &str) -> Result<KeyRecord, StoreError> {
+        let record = self.record_mut(id)?;
+        if record.revoked_at.is_some() {
+            return Ok(record.clone());
+        }
+        record.revoked_at = Some(now);
+        let record = record.clone();
+        self.log(now, AuditEvent::Revoked, id, actor);
+        self.changed(now, &record, ChangeKind::Revoked);
+        self.announce(now, EventType::KeyRevoked, EventData::of(&record));
+        Ok(record)
     }
 
     fn log(&mut self, at: SystemTime, event: AuditEvent, key_id: &str, actor: &str) {
@@ -324,18 +338,33 @@ impl KeyStore for MemoryStore {
     }
 
     async fn revoke(&self, id: &str, actor: &str) -> Result<KeyRecord, StoreError> {
+        self.write().revoke(SystemTime::now(), id, actor)
+    }
+
+    async fn revoke_unless_last(
+        &self,
+        id: &str,
+        scope: &str,
+        actor: &str,
+    ) -> Result<KeyRecord, StoreError> {
         let now = SystemTime::now();
+        // One write lock over the check and the revocation.
         let mut records = self.write();
-        let record = records.record_mut(id)?;
-        if record.revoked_at.is_some() {
-            return Ok(record.clone());
+        let target = records.record_mut(id)?.clone();
+        let holds = |r: &KeyRecord| {
+            r.revoked_at.is_none() && r.status(now) == KeyStatus::Active && r.scopes.grants(scope)
+        };
+        if holds(&target)
+            && !records
+                .by_hash
+                .values()
+                .any(|r| r.consumer == target.consumer && r.id != target.id && holds(r))
+        {
+            return Err(StoreError::LastKey {
+                scope: scope.to_owned(),
+            });
         }
-        record.revoked_at = Some(now);
-        let record = record.clone();
-        records.log(now, AuditEvent::Revoked, id, actor);
-        records.changed(now, &record, ChangeKind::Revoked);
-        records.announce(now, EventType::KeyRevoked, EventData::of(&record));
-        Ok(record)
+        records.revoke(now, id, actor)
     }
 
     async fn rotate(

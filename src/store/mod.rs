@@ -475,6 +475,13 @@ pub enum StoreError {
         /// The earlier row with the same hash, if the duplicate is within the batch.
         earlier: Option<usize>,
     },
+    /// [`KeyStore::revoke_unless_last`] refused: the key is its consumer's last active
+    /// key granting `scope`.
+    #[error("this is the consumer's last active key with scope {scope:?}")]
+    LastKey {
+        /// The scope the consumer would have lost.
+        scope: String,
+    },
     /// The backend failed.
     #[error("key store error: {0}")]
     Backend(#[source] Box<dyn StdError + Send + Sync>),
@@ -511,6 +518,19 @@ pub trait KeyStore: KeyResolver {
 
     /// Revokes the key now. Revoking a revoked key changes nothing.
     async fn revoke(&self, id: &str, actor: &str) -> Result<KeyRecord, StoreError>;
+
+    /// Revokes the key now, as [`revoke`](Self::revoke) does, unless it is an active key
+    /// whose scopes grant `scope` and its consumer has no other active key that does:
+    /// then [`StoreError::LastKey`], and nothing changes. The check and the revocation
+    /// are one transaction, serialized per consumer, so that two calls at once cannot
+    /// revoke a consumer's last two such keys. (Used by the self-service portal, so that
+    /// a consumer cannot lock itself out.)
+    async fn revoke_unless_last(
+        &self,
+        id: &str,
+        scope: &str,
+        actor: &str,
+    ) -> Result<KeyRecord, StoreError>;
 
     /// A new key with the same consumer, name, scopes, policies, metadata and expiry;
     /// the old one keeps working for `grace`, then fails as expired.
@@ -609,6 +629,14 @@ impl<T: KeyStore + ?Sized> KeyStore for std::sync::Arc<T> {
     async fn revoke(&self, id: &str, actor: &str) -> Result<KeyRecord, StoreError> {
         (**self).revoke(id, actor).await
     }
+    async fn revoke_unless_last(
+        &self,
+        id: &str,
+        scope: &str,
+        actor: &str,
+    ) -> Result<KeyRecord, StoreError> {
+        (**self).revoke_unless_last(id, scope, actor).await
+    }
     async fn rotate(
         &self,
         id: &str,
@@ -701,6 +729,17 @@ impl<S: KeyStore> KeyStore for CachedResolver<S> {
 
     async fn revoke(&self, id: &str, actor: &str) -> Result<KeyRecord, StoreError> {
         let record = self.resolver().revoke(id, actor).await?;
+        self.invalidate(&record.hash).await;
+        Ok(record)
+    }
+
+    async fn revoke_unless_last(
+        &self,
+        id: &str,
+        scope: &str,
+        actor: &str,
+    ) -> Result<KeyRecord, StoreError> {
+        let record = self.resolver().revoke_unless_last(id, scope, actor).await?;
         self.invalidate(&record.hash).await;
         Ok(record)
     }

@@ -174,6 +174,18 @@ const CHANGES_CHANNEL: &str = "tower_api_key_changes";
 /// The advisory lock that orders the change log's writers (an arbitrary constant).
 const CHANGES_LOCK: i64 = 0x7461_6b5f_6368_6e67;
 
+/// The first key of the advisory locks on consumers (an arbitrary constant); the second
+/// is [`consumer_lock`].
+const CONSUMER_LOCKS: i32 = 0x7461_6b63;
+
+/// A fixed 32-bit hash (FNV-1a) of a consumer's name, for its advisory lock.
+fn consumer_lock(consumer: &str) -> i32 {
+    let hash = consumer.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    i32::from_ne_bytes(hash.to_ne_bytes())
+}
+
 impl PostgresStore {
     /// Holds the change log's lock until the transaction ends. Without it, a writer that
     /// took sequence 11 could commit before one holding 10, and a reader that saw 11
@@ -181,6 +193,23 @@ impl PostgresStore {
     async fn serialize_changes_in(tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(CHANGES_LOCK)
+            .execute(&mut **tx)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    /// Holds a lock on `consumer`'s keys until the transaction ends (a transaction-scoped
+    /// advisory lock on a hash of the name: two consumers whose hashes collide only wait
+    /// for each other). Taken before anything is read, so that a transaction that waited
+    /// reads what the one before it committed.
+    async fn lock_consumer_in(
+        tx: &mut Transaction<'_, Postgres>,
+        consumer: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+            .bind(CONSUMER_LOCKS)
+            .bind(consumer_lock(consumer))
             .execute(&mut **tx)
             .await
             .map_err(backend)?;

@@ -3,7 +3,7 @@
 
 /// Implements `KeyResolver`, `KeyStore`, `ChangeFeed` and `WebhookOutbox` for `$store`
 /// (which has `pool`, `format`, `retention` and `outbox_retention` fields, and the dialect's `serialize_changes_in`,
-/// `wake_in` and `subscribe_changes`) on the sqlx database `$db` with row type `$row`.
+/// `lock_consumer_in`, `wake_in` and `subscribe_changes`) on the sqlx database `$db` with row type `$row`.
 macro_rules! sql_key_store {
     ($store:ident, $db:ty, $row:ty) => {
         const COLUMNS: &str = "id, hash, start, consumer, name, scopes, created_at, expires_at, \
@@ -43,6 +43,33 @@ macro_rules! sql_key_store {
             .map_err(backend)?
             .ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
         record_from_row(&row)
+    }
+
+    /// Revokes the key at `now` in `tx`, unless it is revoked already.
+    async fn revoke_in(
+        &self,
+        tx: &mut Transaction<'_, $db>,
+        now: SystemTime,
+        id: &str,
+        actor: &str,
+    ) -> Result<KeyRecord, StoreError> {
+        let changed =
+            sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+                .bind(time_to_sql(now))
+                .bind(id)
+                .execute(&mut **tx)
+                .await
+                .map_err(backend)?
+                .rows_affected();
+        let record = Self::fetch_in(tx, id).await?;
+        if changed == 1 {
+            Self::log_in(tx, now, &AuditEvent::Revoked, id, actor).await?;
+            let data = EventData::of(&record);
+            Self::announce_in(tx, self.outbox_retention, now, EventType::KeyRevoked, &data)
+                .await?;
+            Self::changed_in(tx, self.retention, now, &record, ChangeKind::Revoked).await?;
+        }
+        Ok(record)
     }
 
     async fn fetch_in(tx: &mut Transaction<'_, $db>, id: &str) -> Result<KeyRecord, StoreError> {
@@ -635,22 +662,47 @@ impl KeyStore for $store {
     async fn revoke(&self, id: &str, actor: &str) -> Result<KeyRecord, StoreError> {
         let now = SystemTime::now();
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(backend)?;
-        let changed =
-            sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
-                .bind(time_to_sql(now))
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?
-                .rows_affected();
-        let record = Self::fetch_in(&mut tx, id).await?;
-        if changed == 1 {
-            Self::log_in(&mut tx, now, &AuditEvent::Revoked, id, actor).await?;
-            let data = EventData::of(&record);
-            Self::announce_in(&mut tx, self.outbox_retention, now, EventType::KeyRevoked, &data)
-                .await?;
-            Self::changed_in(&mut tx, self.retention, now, &record, ChangeKind::Revoked).await?;
+        let record = self.revoke_in(&mut tx, now, id, actor).await?;
+        tx.commit().await.map_err(backend)?;
+        self.prune_events().await;
+        Ok(record)
+    }
+
+    async fn revoke_unless_last(
+        &self,
+        id: &str,
+        scope: &str,
+        actor: &str,
+    ) -> Result<KeyRecord, StoreError> {
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(backend)?;
+        let consumer = Self::fetch_in(&mut tx, id).await?.consumer;
+        // One guarded revocation of this consumer's keys at a time; the read below
+        // comes after the lock, so it sees what the one before committed.
+        Self::lock_consumer_in(&mut tx, &consumer).await?;
+        let now = SystemTime::now();
+        let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE consumer = $1");
+        let keys = sqlx::query(&sql)
+            .bind(&consumer)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(backend)?
+            .iter()
+            .map(record_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        // A revocation counts whatever its time (another instance's clock may be ahead).
+        let holds = |r: &KeyRecord| {
+            r.revoked_at.is_none()
+                && r.status(now) == $crate::record::KeyStatus::Active
+                && r.scopes.grants(scope)
+        };
+        if keys.iter().any(|r| r.id == id && holds(r))
+            && !keys.iter().any(|r| r.id != id && holds(r))
+        {
+            return Err(StoreError::LastKey {
+                scope: scope.to_owned(),
+            });
         }
+        let record = self.revoke_in(&mut tx, now, id, actor).await?;
         tx.commit().await.map_err(backend)?;
         self.prune_events().await;
         Ok(record)

@@ -174,6 +174,12 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// SQLite has one writer at a time, and write transactions take the write lock when
+    /// they begin: a transaction is already alone with every consumer's keys.
+    async fn lock_consumer_in(_: &mut Transaction<'_, Sqlite>, _: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Readers poll: there is nobody to wake.
     async fn wake_in(_: &mut Transaction<'_, Sqlite>) -> Result<(), StoreError> {
         Ok(())

@@ -24,6 +24,8 @@ where
     create_get_resolve_round_trip(&store, &mut secrets).await;
     list_pages_by_consumer(&store).await;
     revoke_is_final(&store, &mut secrets).await;
+    revoke_unless_last_keeps_one(&store).await;
+    revoke_unless_last_under_concurrency(&store).await;
     rotate_with_grace(&store, &mut secrets).await;
     expiry_scopes_usage_and_audit(&store, &mut secrets).await;
     concurrent_creates_get_unique_ids(&store, &mut secrets).await;
@@ -151,6 +153,132 @@ async fn revoke_is_final<S: KeyStore>(store: &S, secrets: &mut Vec<String>) {
         store.revoke("key_missing", "x").await,
         Err(StoreError::NotFound(_))
     ));
+}
+
+/// A guarded revocation refuses the consumer's last active key granting the scope, and
+/// counts only that consumer's active keys that grant it.
+async fn revoke_unless_last_keeps_one<S: KeyStore>(store: &S) {
+    let make = |consumer: &str, scopes: &[&str]| {
+        NewKey::new(consumer).with_scopes(Scopes::parse(scopes).unwrap())
+    };
+    let a = store
+        .create(make("guarded", &["keys:self"]), "cli")
+        .await
+        .unwrap();
+    let b = store
+        .create(make("guarded", &["keys:*"]), "cli")
+        .await
+        .unwrap();
+    let plain = store
+        .create(make("guarded", &["orders:read"]), "cli")
+        .await
+        .unwrap();
+    let past = SystemTime::now() - Duration::from_secs(60);
+    store
+        .create(make("guarded", &["keys:self"]).with_expires_at(past), "cli")
+        .await
+        .unwrap();
+    store
+        .create(make("elsewhere", &["keys:self"]), "cli")
+        .await
+        .unwrap();
+    let (a, b) = (a.record.id, b.record.id);
+
+    // A key without the scope is revoked whatever is left.
+    let revoked = store
+        .revoke_unless_last(&plain.record.id, "keys:self", "key_caller")
+        .await
+        .unwrap();
+    assert!(revoked.revoked_at.is_some());
+    // One of two is revoked, and audited with the actor.
+    let revoked = store
+        .revoke_unless_last(&a, "keys:self", "key_caller")
+        .await
+        .unwrap();
+    assert!(revoked.revoked_at.is_some());
+    let log = store.audit(Some(&a)).await.unwrap();
+    let last = log.last().unwrap();
+    assert_eq!(
+        (&last.event, last.actor.as_str()),
+        (&AuditEvent::Revoked, "key_caller")
+    );
+    // The other is the last (the expired key and the other consumer's do not count):
+    // refused, and nothing changes.
+    match store
+        .revoke_unless_last(&b, "keys:self", "key_caller")
+        .await
+    {
+        Err(StoreError::LastKey { scope }) => assert_eq!(scope, "keys:self"),
+        other => panic!("the last key was revoked: {other:?}"),
+    }
+    let kept = store.get(&b).await.unwrap().unwrap();
+    assert_eq!(kept.status(SystemTime::now()), KeyStatus::Active);
+    assert_eq!(
+        store.audit(Some(&b)).await.unwrap().len(),
+        1,
+        "only created"
+    );
+    // A revoked key is not active: revoking it again is allowed and changes nothing.
+    let again = store
+        .revoke_unless_last(&a, "keys:self", "key_caller")
+        .await
+        .unwrap();
+    assert_eq!(again.revoked_at, revoked.revoked_at);
+    // The plain revocation is still there for operators.
+    store.revoke(&b, "admin-key").await.unwrap();
+    assert!(matches!(
+        store
+            .revoke_unless_last("key_missing", "keys:self", "x")
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+/// Two guarded revocations at once of a consumer's last two keys: one succeeds, the
+/// other is refused, every time.
+async fn revoke_unless_last_under_concurrency<S: KeyStore + Clone>(store: &S) {
+    let scopes = Scopes::parse(["keys:self"]).unwrap();
+    for round in 0..8 {
+        let consumer = format!("race-{round}");
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let new = NewKey::new(&consumer).with_scopes(scopes.clone());
+            ids.push(store.create(new, "cli").await.unwrap().record.id);
+        }
+        let tasks: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                let (store, id) = (store.clone(), id.clone());
+                tokio::spawn(async move { store.revoke_unless_last(&id, "keys:self", "x").await })
+            })
+            .collect();
+        let mut revoked = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(record) => {
+                    assert!(record.revoked_at.is_some());
+                    revoked += 1;
+                }
+                Err(StoreError::LastKey { .. }) => {}
+                Err(e) => panic!("round {round}: {e}"),
+            }
+        }
+        assert_eq!(
+            revoked, 1,
+            "round {round}: exactly one of the two is revoked"
+        );
+        let page = store
+            .list(&ListQuery::default().consumer(&consumer))
+            .await
+            .unwrap();
+        let now = SystemTime::now();
+        let active = page
+            .records
+            .iter()
+            .filter(|r| r.status(now) == KeyStatus::Active)
+            .count();
+        assert_eq!(active, 1, "round {round}");
+    }
 }
 
 async fn rotate_with_grace<S: KeyStore>(store: &S, secrets: &mut Vec<String>) {

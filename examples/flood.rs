@@ -1,0 +1,191 @@
+//! A flood of well-formed unknown keys against a server, beside a legitimate key's
+//! steady traffic, for `scripts/flood.sh`: `cargo run --release --example flood -- …`.
+//!
+//! The keys pass the public checksum (they are minted with [`KeyFormat::generate`]), so
+//! each distinct one is a cache miss on the server. One connection sends the legitimate
+//! key every `--every-ms` and records its latency; `--conns` connections send minted
+//! keys at `--per-minute` in total. At the end it prints one line of figures: requests
+//! and statuses of both, the legitimate key's latency percentiles.
+//!
+//! ```text
+//! flood --addr 127.0.0.1:3000 --key sk_live_… --path /v1/whoami --per-minute 100000 --seconds 60
+//! ```
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tower_api_key::KeyFormat;
+
+struct Args {
+    addr: String,
+    key: String,
+    path: String,
+    per_minute: u64,
+    seconds: u64,
+    every_ms: u64,
+    conns: u64,
+}
+
+fn args() -> Result<Args, String> {
+    let mut a = Args {
+        addr: "127.0.0.1:3000".into(),
+        key: String::new(),
+        path: "/v1/whoami".into(),
+        per_minute: 100_000,
+        seconds: 60,
+        every_ms: 5,
+        conns: 8,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or(format!("{flag} needs a value"))?;
+        let number = || value.parse::<u64>().map_err(|e| format!("{flag}: {e}"));
+        match flag.as_str() {
+            "--addr" => a.addr = value.clone(),
+            "--key" => a.key = value.clone(),
+            "--path" => a.path = value.clone(),
+            "--per-minute" => a.per_minute = number()?,
+            "--seconds" => a.seconds = number()?,
+            "--every-ms" => a.every_ms = number()?.max(1),
+            "--conns" => a.conns = number()?.max(1),
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    if a.key.is_empty() {
+        return Err("--key (the legitimate key) is required".into());
+    }
+    Ok(a)
+}
+
+/// One keep-alive HTTP/1.1 connection.
+struct Conn {
+    addr: String,
+    stream: Option<BufReader<TcpStream>>,
+}
+
+impl Conn {
+    /// `GET path` with `key` as a bearer token; the status, or 0 when the connection
+    /// failed (it is made again on the next call).
+    async fn get(&mut self, path: &str, key: &str) -> u16 {
+        match self.try_get(path, key).await {
+            Ok(status) => status,
+            Err(_) => {
+                self.stream = None;
+                0
+            }
+        }
+    }
+
+    async fn try_get(&mut self, path: &str, key: &str) -> std::io::Result<u16> {
+        if self.stream.is_none() {
+            let s = TcpStream::connect(&self.addr).await?;
+            s.set_nodelay(true)?;
+            self.stream = Some(BufReader::new(s));
+        }
+        let conn = self.stream.as_mut().unwrap();
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {key}\r\n\r\n",
+            self.addr
+        );
+        conn.get_mut().write_all(req.as_bytes()).await?;
+        let mut line = String::new();
+        conn.read_line(&mut line).await?;
+        let status = line.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let mut length = 0usize;
+        let mut close = false;
+        loop {
+            line.clear();
+            if conn.read_line(&mut line).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            let l = line.trim_end().to_ascii_lowercase();
+            if l.is_empty() {
+                break;
+            }
+            if let Some(v) = l.strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+            if l == "connection: close" {
+                close = true;
+            }
+        }
+        let mut body = vec![0; length];
+        conn.read_exact(&mut body).await?;
+        if close {
+            self.stream = None;
+        }
+        Ok(status)
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+#[tokio::main]
+async fn main() -> Result<(), String> {
+    let a = args()?;
+    let end = Instant::now() + Duration::from_secs(a.seconds);
+    // The flood: each connection paced to its share of the rate.
+    let per_conn = Duration::from_secs_f64(60.0 * a.conns as f64 / a.per_minute.max(1) as f64);
+    let mut flood = Vec::new();
+    for _ in 0..a.conns {
+        let (addr, path) = (a.addr.clone(), a.path.clone());
+        flood.push(tokio::spawn(async move {
+            let mut conn = Conn { addr, stream: None };
+            let format = KeyFormat::default();
+            let mut statuses = BTreeMap::<u16, u64>::new();
+            let mut next = Instant::now();
+            while Instant::now() < end {
+                let minted = format.generate();
+                *statuses
+                    .entry(conn.get(&path, minted.expose_secret()).await)
+                    .or_default() += 1;
+                next += per_conn;
+                tokio::time::sleep_until(next.into()).await;
+            }
+            statuses
+        }));
+    }
+    // The legitimate key, at a steady pace.
+    let mut conn = Conn {
+        addr: a.addr.clone(),
+        stream: None,
+    };
+    let mut latencies = Vec::new();
+    let mut statuses = BTreeMap::<u16, u64>::new();
+    let mut next = Instant::now();
+    while Instant::now() < end {
+        let started = Instant::now();
+        let status = conn.get(&a.path, &a.key).await;
+        latencies.push(started.elapsed());
+        *statuses.entry(status).or_default() += 1;
+        next += Duration::from_millis(a.every_ms);
+        tokio::time::sleep_until(next.into()).await;
+    }
+    let mut flooded = BTreeMap::<u16, u64>::new();
+    for task in flood {
+        for (status, n) in task.await.map_err(|e| e.to_string())? {
+            *flooded.entry(status).or_default() += n;
+        }
+    }
+    latencies.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "legit requests={} statuses={:?} p50_ms={:.3} p99_ms={:.3} max_ms={:.3} | flood requests={} statuses={:?}",
+        latencies.len(),
+        statuses,
+        ms(percentile(&latencies, 0.50)),
+        ms(percentile(&latencies, 0.99)),
+        ms(percentile(&latencies, 1.0)),
+        flooded.values().sum::<u64>(),
+        flooded,
+    );
+    Ok(())
+}
