@@ -46,6 +46,14 @@
 //!   mounts `POST /github/secret-scanning`, GitHub's secret scanning partner endpoint.
 //!   `SECRET_SCANNING_ACTION` (default `revoke`; or `notify`) says what happens to a key
 //!   of ours that GitHub found; either way the audit log gets a `leaked` entry.
+//! - `HEADER_TIMEOUT` (default `30s`; `0` turns it off): how long a client may take to
+//!   send a request's head, counted from the first byte, and how long an idle
+//!   keep-alive connection is kept for the next one. Past it the connection is closed:
+//!   a client that sends half a head and waits holds nothing for longer.
+//! - `REQUEST_TIMEOUT` (default `30s`; `0` turns it off): how long a request may take
+//!   from its head to the head of its answer, reading its body included. Past it the
+//!   answer is 408 problem+json and the connection is closed: a body that stops short of
+//!   its `Content-Length` holds nothing for longer.
 //! - `GET /healthz` (liveness) and `GET /readyz` (readiness: 200 or 503 with
 //!   `{"store","changes","redis"}`) need no key; `GET /v1/whoami` needs any valid key;
 //!   `GET /v1/orders` needs `orders:read`, `POST /v1/orders` needs `orders:write`.
@@ -57,11 +65,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use axum::extract::{FromRequest, Request, State};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, FromRequest, Request, State};
 use axum::http::{HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::Mutex as AsyncMutex;
@@ -125,6 +135,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .parse()
         .map_err(|e| format!("RATE_LIMIT: {e}"))?;
 
+    let header_timeout = duration_var("HEADER_TIMEOUT", "30s")?;
+    let request_timeout = duration_var("REQUEST_TIMEOUT", "30s")?;
     let fresh = duration_var("CACHE_TTL", "30s")?;
     let stale = duration_var("CACHE_STALE", "10m")?;
     let store_timeout = duration_var("STORE_TIMEOUT", "2s")?;
@@ -241,13 +253,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(bind).await?;
     // On stdout after the admin key line, so that readers see the two in order.
     println!("listening on http://{}", listener.local_addr()?);
-    // The peer address, for keys with an allowlist.
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await?;
+    let timeouts = Timeouts {
+        header: (!header_timeout.is_zero()).then_some(header_timeout),
+        request: (!request_timeout.is_zero()).then_some(request_timeout),
+    };
+    serve(listener, app, timeouts, shutdown).await;
     usage.shutdown().await;
     eprintln!("shut down");
     Ok(())
@@ -255,18 +265,107 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// Any other path: 404 as problem+json, like every other error here.
 async fn not_found() -> Response {
-    let body = json!({
-        "type": "about:blank",
-        "title": "Not Found",
-        "status": 404,
-        "detail": "no such path",
-    });
-    (
-        StatusCode::NOT_FOUND,
-        [(axum::http::header::CONTENT_TYPE, "application/problem+json")],
-        body.to_string(),
+    problem(StatusCode::NOT_FOUND, "no such path")
+}
+
+/// How long a client may take; `None`: as long as it likes.
+#[derive(Clone, Copy)]
+struct Timeouts {
+    /// To send a request's head, and between requests on a kept connection.
+    header: Option<Duration>,
+    /// From a request's head to its answer's head, the request body included.
+    request: Option<Duration>,
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then lets the open connections
+/// finish their requests. What `axum::serve` does, plus the timeouts: `axum::serve`
+/// gives hyper no timer, so hyper's header read timeout never fires there, and a
+/// client that stops half way through a request holds its connection for good.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    timeouts: Timeouts,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::server::graceful::GracefulShutdown;
+
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeouts.header);
+    // HTTP/2 (with prior knowledge) has no header timeout; pings find peers that are gone.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(timeouts.header);
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) if is_connection_error(&e) => continue,
+                Err(e) => {
+                    // Such as too many open files: wait for some to close, as axum does.
+                    eprintln!("accept: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            // The peer address, for keys with an allowlist.
+            request.extensions_mut().insert(ConnectInfo(peer));
+            let answer = tower::ServiceExt::oneshot(app.clone(), request.map(Body::new));
+            async move {
+                let Some(limit) = timeouts.request else {
+                    return answer.await;
+                };
+                match tokio::time::timeout(limit, answer).await {
+                    Ok(answer) => answer,
+                    Err(_) => Ok(timed_out()),
+                }
+            }
+        });
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            // A client that goes away mid-request is no error of ours.
+            let _ = connection.await;
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// Errors of one connection that was being accepted; the listener is fine.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
     )
-        .into_response()
+}
+
+/// 408 for a request that took longer than `REQUEST_TIMEOUT`; the connection is closed,
+/// since what is left of the request on it cannot be told from the next one.
+fn timed_out() -> Response {
+    let mut response = problem(
+        StatusCode::REQUEST_TIMEOUT,
+        "the request took longer than the server waits for one",
+    );
+    response.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 /// What `/readyz` reports: whether the store answers, whether changes made elsewhere

@@ -944,6 +944,190 @@ async fn settings_tell_the_dashboard_the_lifetimes_and_whether_webhooks_are_on()
     );
 }
 
+impl Admin {
+    /// `GET path` with the admin key: the status, the body and the `Link` header.
+    async fn get_page(&self, path: &str) -> (StatusCode, Value, Option<String>) {
+        let req = Request::builder()
+            .uri(path)
+            .header("authorization", format!("Bearer {}", self.admin_key))
+            .body(Body::empty())
+            .unwrap();
+        let res = self.app.clone().oneshot(req).await.unwrap();
+        let status = res.status();
+        let link = res
+            .headers()
+            .get("link")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap(), link)
+    }
+}
+
+/// The target of a `Link: <target>; rel="next"` header.
+fn next_of(link: &str) -> &str {
+    let target = link
+        .strip_suffix(">; rel=\"next\"")
+        .and_then(|l| l.strip_prefix('<'))
+        .unwrap_or_else(|| panic!("not a next link: {link}"));
+    assert!(target.starts_with("/admin/keys?"), "{target}");
+    target
+}
+
+#[tokio::test]
+async fn listing_searches_and_pages_with_a_link_header() {
+    let a = setup().await;
+    for i in 0..7 {
+        let consumer = if i % 2 == 0 { "Big Corp" } else { "smallco" };
+        let body = json!({"consumer": consumer, "name": format!("key {i}")}).to_string();
+        let (status, _, _) = a.admin("POST", "/admin/keys", Some(&body)).await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    // Without paging parameters: everything, in one bare array, and no Link.
+    let (status, all, link) = a.get_page("/admin/keys").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(all.as_array().unwrap().len(), 8, "the admin key and 7 more");
+    assert_eq!(link, None);
+    // q: consumer or name, ignoring case; combined with consumer.
+    let (_, found, _) = a.get_page("/admin/keys?q=BIG%20c").await;
+    let names: Vec<&str> = found
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["key 0", "key 2", "key 4", "key 6"]);
+    let (_, found, _) = a.get_page("/admin/keys?q=KEY%205").await;
+    assert_eq!(found[0]["consumer"], "smallco");
+    assert_eq!(found.as_array().unwrap().len(), 1);
+    let (_, found, _) = a.get_page("/admin/keys?consumer=smallco&q=key%201").await;
+    assert_eq!(found.as_array().unwrap().len(), 1);
+    let (_, found, _) = a
+        .get_page("/admin/keys?consumer=Big%20Corp&q=key%201")
+        .await;
+    assert_eq!(found, json!([]));
+    // Pages of 3 of a search: the Link header carries the question and the cursor,
+    // and the last page has none.
+    let mut path = "/admin/keys?q=key&limit=3".to_owned();
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let (status, page, link) = a.get_page(&path).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        pages += 1;
+        let page = page.as_array().unwrap();
+        assert!(page.len() <= 3);
+        seen.extend(page.iter().map(|k| k["name"].as_str().unwrap().to_owned()));
+        let Some(link) = link else { break };
+        let next = next_of(&link);
+        assert!(next.contains("q=key&limit=3&after="), "{next}");
+        path = next.to_owned();
+    }
+    assert_eq!(pages, 3);
+    let want: Vec<String> = (0..7).map(|i| format!("key {i}")).collect();
+    assert_eq!(seen, want, "every match once, oldest first");
+    // A consumer with a space and a search with a wildcard come back percent-encoded.
+    let (_, _, link) = a
+        .get_page("/admin/keys?consumer=Big%20Corp&q=%25&limit=1")
+        .await;
+    assert_eq!(link, None, "no key has a % in it");
+    let (_, page, link) = a.get_page("/admin/keys?consumer=Big%20Corp&limit=1").await;
+    assert_eq!(page[0]["name"], "key 0");
+    let next = next_of(link.as_deref().unwrap()).to_owned();
+    assert!(
+        next.starts_with("/admin/keys?consumer=Big%20Corp&limit=1&after="),
+        "{next}"
+    );
+    let (_, page, _) = a.get_page(&next).await;
+    assert_eq!(page[0]["name"], "key 2");
+    // Bad parameters are problems naming the field.
+    for (query, field) in [
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("limit=-1", "limit"),
+        ("limit=ten", "limit"),
+        ("after=not-a-cursor", "after"),
+    ] {
+        let (status, problem, ctype) = a.admin("GET", &format!("/admin/keys?{query}"), None).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{query}: {problem}"
+        );
+        assert_eq!(ctype, "application/problem+json");
+        assert_eq!(problem["field"], field, "{query}");
+    }
+    let long = "x".repeat(201);
+    let (status, problem, _) = a.admin("GET", &format!("/admin/keys?q={long}"), None).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(problem["field"], "q");
+    // The document names the parameters, their bounds and the Link header.
+    let (_, doc, _) = a.call("GET", "/admin/openapi.json", None, None).await;
+    let list = &doc["paths"]["/admin/keys"]["get"];
+    let params: Vec<&str> = list["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(params, ["consumer", "q", "limit", "after"]);
+    let limit = &list["parameters"][2]["schema"];
+    assert_eq!(
+        (&limit["minimum"], &limit["maximum"]),
+        (&json!(1), &json!(1000)),
+        "{limit}"
+    );
+    assert!(
+        list["responses"]["200"]["headers"].get("Link").is_some(),
+        "{list}"
+    );
+    for status in ["400", "422"] {
+        assert!(list["responses"].get(status).is_some(), "{status}");
+    }
+    for query in ["page=2", "limit=1&limit=2"] {
+        let (status, problem, ctype) = a.admin("GET", &format!("/admin/keys?{query}"), None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {problem}");
+        assert_eq!(ctype, "application/problem+json");
+    }
+}
+
+#[tokio::test]
+async fn records_show_their_rate_limits() {
+    let a = setup().await;
+    let body =
+        json!({"consumer": "acme", "rate_limit": {"requests": 5, "per_seconds": 60, "burst": 2}});
+    let (status, created, _) = a
+        .admin("POST", "/admin/keys", Some(&body.to_string()))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let limits = json!([{"name": "default", "requests": 5, "per_seconds": 60.0, "burst": 2, "window": null}]);
+    assert_eq!(created["rate_limits"], limits);
+    let path = format!("/admin/keys/{}", created["id"].as_str().unwrap());
+    let (_, shown, _) = a.admin("GET", &path, None).await;
+    assert_eq!(shown["rate_limits"], limits);
+    // A quota, made through the Rust API.
+    let quota = tower_api_key::RateLimitPolicy::quota(
+        "monthly",
+        10_000,
+        tower_api_key::ratelimit::QuotaWindow::Month,
+    )
+    .unwrap();
+    let made = a
+        .cache
+        .create(NewKey::new("acme").with_rate_limits(quota), "test")
+        .await
+        .unwrap();
+    let (_, shown, _) = a
+        .admin("GET", &format!("/admin/keys/{}", made.record.id), None)
+        .await;
+    assert_eq!(
+        shown["rate_limits"],
+        json!([{"name": "monthly", "requests": 10000, "per_seconds": null, "burst": null, "window": "month"}])
+    );
+    // None: the service's default.
+    let (_, listed, _) = a.admin("GET", "/admin/keys?consumer=ops", None).await;
+    assert_eq!(listed[0]["rate_limits"], json!([]));
+}
+
 /// The admin API's view of usage over time: a key's series (one bucket per step, zeros
 /// included), the series of all keys, and the top consumers and keys.
 #[tokio::test]
@@ -1243,50 +1427,49 @@ async fn a_key_does_not_change_itself_and_another_admin_key_can() {
 }
 
 #[tokio::test]
-async fn a_revoked_key_is_gone_from_its_uri_and_stays_in_the_list_and_the_log() {
+async fn a_revoked_key_stays_readable_and_changes_no_more() {
     let a = setup().await;
     let (_, created, _) = a
         .admin("POST", "/admin/keys", Some(r#"{"consumer": "acme"}"#))
         .await;
     let id = created["id"].as_str().unwrap().to_owned();
     let path = format!("/admin/keys/{id}");
-    assert_eq!(a.admin("GET", &path, None).await.0, StatusCode::OK);
     assert_eq!(
         a.admin("DELETE", &path, None).await.0,
         StatusCode::NO_CONTENT
     );
+    // Its record, usage and series: what a revoked (say, leaked) key was used for.
+    let (status, record, _) = a.admin("GET", &path, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(record["status"], "revoked");
+    assert!(record["revoked_at"].is_string(), "{record}");
+    for sub in ["/usage", "/usage/series"] {
+        assert_eq!(
+            a.admin("GET", &format!("{path}{sub}"), None).await.0,
+            StatusCode::OK
+        );
+    }
+    // A change is refused: a rotation would bring a successor to life, new scopes or an
+    // expiry mean nothing any more.
     for (method, path, body) in [
-        ("GET", path.clone(), None),
-        ("GET", format!("{path}/usage"), None),
-        ("GET", format!("{path}/usage/series"), None),
-        (
-            "PATCH",
-            path.clone(),
-            Some(r#"{"scopes": ["orders:read"]}"#),
-        ),
-        (
-            "POST",
-            format!("{path}/rotate"),
-            Some(r#"{"grace_seconds": 0}"#),
-        ),
+        ("PATCH", path.clone(), r#"{"scopes": ["orders:read"]}"#),
+        ("POST", format!("{path}/rotate"), r#"{"grace_seconds": 0}"#),
     ] {
-        let (status, problem, ctype) = a.admin(method, &path, body).await;
-        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}: {problem}");
+        let (status, problem, ctype) = a.admin(method, &path, Some(body)).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{method} {path}: {problem}");
         assert_eq!(ctype, "application/problem+json");
         assert!(
             problem["detail"].as_str().unwrap().contains("revoked at"),
             "{problem}"
         );
     }
-    // Revoking again is still fine (DELETE is idempotent), and nothing was rotated.
+    // Revoking again is fine (DELETE is idempotent), and nothing was rotated.
     assert_eq!(
         a.admin("DELETE", &path, None).await.0,
         StatusCode::NO_CONTENT
     );
     let (_, list, _) = a.admin("GET", "/admin/keys?consumer=acme", None).await;
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
-    assert_eq!(list[0]["status"], "revoked");
-    assert!(list[0]["revoked_at"].is_string());
     let (_, log, _) = a
         .admin("GET", &format!("/admin/audit?key_id={id}"), None)
         .await;
@@ -1354,21 +1537,72 @@ async fn whole_numbers_may_have_a_zero_fraction_and_texts_no_control_characters(
     }
 }
 
+/// A request body that fails to arrive, as one cut off on the wire does.
+struct Broken;
+
+impl http_body::Body for Broken {
+    type Data = axum::body::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::task::Poll::Ready(Some(Err(std::io::ErrorKind::UnexpectedEof.into())))
+    }
+}
+
 #[tokio::test]
-async fn a_body_past_the_limit_is_a_problem_too() {
+async fn unreadable_bodies_and_paths_are_problems_too() {
     let a = setup().await;
-    let big = format!(
-        r#"{{"consumer": "acme", "name": "{}"}}"#,
-        "x".repeat(3 << 20)
-    );
+    let bearer = format!("Bearer {}", a.admin_key);
+    let send = |method: &str, path: &str, body: Body| {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", &bearer)
+            .header("content-type", "application/json")
+            .body(body)
+            .unwrap();
+        let app = a.app.clone();
+        async move {
+            let res = app.oneshot(req).await.unwrap();
+            let status = res.status();
+            let ctype = res.headers().get("content-type").cloned();
+            let bytes = res.into_body().collect().await.unwrap().to_bytes();
+            let problem: Value = serde_json::from_slice(&bytes)
+                .unwrap_or_else(|e| panic!("{status}: not JSON ({e}): {bytes:?}"));
+            assert_eq!(
+                ctype.as_ref().map(|v| v.to_str().unwrap()),
+                Some("application/problem+json"),
+                "{status}: {problem}"
+            );
+            assert_eq!(problem["status"], status.as_u16(), "{problem}");
+            status
+        }
+    };
+    let id = &a.admin_id;
+    // Past axum's 2 MiB default body limit.
+    let huge = || Body::from(vec![b' '; 3 << 20]);
     for (method, path) in [
         ("POST", "/admin/keys".to_owned()),
-        ("PATCH", format!("/admin/keys/{}", a.admin_id)),
-        ("POST", format!("/admin/keys/{}/rotate", a.admin_id)),
+        ("PATCH", format!("/admin/keys/{id}")),
+        ("POST", format!("/admin/keys/{id}/rotate")),
     ] {
-        let (status, problem, ctype) = a.admin(method, &path, Some(&big)).await;
-        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{method} {path}");
-        assert_eq!(ctype, "application/problem+json", "{method} {path}");
-        assert_eq!(problem["status"], 413);
+        assert_eq!(send(method, &path, huge()).await, 413, "{method} {path}");
+        let broken = Body::new(Broken);
+        assert_eq!(send(method, &path, broken).await, 400, "{method} {path}");
     }
+    // Percent-encoded bytes that are not UTF-8 cannot be an id.
+    for path in [
+        "/admin/keys/%FF%FE",
+        "/admin/keys/%FF%FE/usage",
+        "/admin/keys/%FF%FE/usage/series",
+    ] {
+        assert_eq!(send("GET", path, Body::empty()).await, 400, "{path}");
+    }
+    assert_eq!(
+        send("POST", "/admin/keys/%C0/rotate", Body::from("{}")).await,
+        400
+    );
 }

@@ -30,17 +30,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The id of the first key of `consumer`, through the admin API.
-async fn first_key_id(addr: &str, admin: &str, consumer: &str) -> String {
-    let path = format!("/admin/keys?consumer={consumer}");
-    let (status, listed) = http(addr, "GET", &path, &[("authorization", admin)], "").await;
-    assert_eq!(status, 200, "{listed}");
-    serde_json::from_str::<serde_json::Value>(&listed).unwrap()[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 /// One HTTP/1.1 request; returns the status and the body.
 async fn http(
     addr: &str,
@@ -651,12 +640,114 @@ impl Browser {
         .await;
     }
 
+    /// Clicks the first element matching `css`. The page re-renders lists as it loads,
+    /// so an element gone stale between finding and clicking is found again.
     async fn click(&self, css: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let e = self.find(css).await;
+            let path = format!("/session/{}/element/{e}/click", self.session);
+            let (status, body) = http_sized(&self.addr, "POST", &path, "{}").await;
+            if status < 300 {
+                return;
+            }
+            assert!(
+                body.contains("stale element reference") && Instant::now() < deadline,
+                "click {css}: {status} {body}"
+            );
+        }
+    }
+
+    /// Runs `script` (a function body; `arguments` are `args`) in the page; its result.
+    async fn exec(&self, script: &str, args: serde_json::Value) -> serde_json::Value {
+        self.session(
+            "POST",
+            "/execute/sync",
+            Some(serde_json::json!({"script": script, "args": args})),
+        )
+        .await
+    }
+
+    /// Is the first element matching `css` displayed?
+    async fn displayed(&self, css: &str) -> bool {
+        let e = self.find(css).await;
+        self.session("GET", &format!("/element/{e}/displayed"), None)
+            .await
+            .as_bool()
+            .unwrap()
+    }
+
+    /// Waits until `check` of the page's state (a script returning JSON) holds.
+    async fn wait_for(
+        &self,
+        script: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+        what: &str,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let v = self.exec(script, serde_json::json!([])).await;
+            if check(&v) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waited for {what}; the page says {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn clear(&self, css: &str) {
         let e = self.find(css).await;
         self.session(
             "POST",
-            &format!("/element/{e}/click"),
+            &format!("/element/{e}/clear"),
             Some(serde_json::json!({})),
+        )
+        .await;
+    }
+
+    /// Sizes the window so that the page's viewport is `width` × `height`.
+    async fn viewport(&self, width: i64, height: i64) {
+        let size = |w: i64, h: i64| serde_json::json!({"width": w, "height": h});
+        self.session("POST", "/window/rect", Some(size(width, height)))
+            .await;
+        let inner = self
+            .exec(
+                "return [window.innerWidth, window.innerHeight];",
+                serde_json::json!([]),
+            )
+            .await;
+        let (w, h) = (inner[0].as_i64().unwrap(), inner[1].as_i64().unwrap());
+        self.session(
+            "POST",
+            "/window/rect",
+            Some(size(2 * width - w, 2 * height - h)),
+        )
+        .await;
+        let inner = self
+            .exec(
+                "return [window.innerWidth, window.innerHeight];",
+                serde_json::json!([]),
+            )
+            .await;
+        assert_eq!(inner, serde_json::json!([width, height]), "the viewport");
+    }
+
+    /// Scrolls the page so that `css` is at the top (`null`: the page's top), and waits
+    /// until it is painted so (two animation frames).
+    async fn scroll_to(&self, css: Option<&str>) {
+        self.session(
+            "POST",
+            "/execute/async",
+            Some(serde_json::json!({
+                "script": "const done = arguments[arguments.length - 1];
+                    const e = arguments[0] && document.querySelector(arguments[0]);
+                    if (e) e.scrollIntoView({block: 'start'}); else window.scrollTo(0, 0);
+                    requestAnimationFrame(() => requestAnimationFrame(() => done(null)));",
+                "args": [css],
+            })),
         )
         .await;
     }
@@ -665,9 +756,15 @@ impl Browser {
         let b64 = self.session("GET", "/screenshot", None).await;
         let png = base64_decode(b64.as_str().unwrap());
         assert!(png.starts_with(b"\x89PNG"), "not a PNG");
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("target")
-            .join("screenshots");
+        // TOWER_API_KEY_SCREENSHOTS names the directory; by default target/screenshots.
+        let dir = std::env::var_os("TOWER_API_KEY_SCREENSHOTS").map_or_else(
+            || {
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("target")
+                    .join("screenshots")
+            },
+            std::path::PathBuf::from,
+        );
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(name);
         std::fs::write(&path, png).unwrap();
@@ -733,21 +830,309 @@ fn base64_decode(s: &str) -> Vec<u8> {
     out
 }
 
+/// RFC 3339 in UTC to the second, as the server writes times.
+fn rfc3339(t: std::time::SystemTime) -> String {
+    let secs = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    // Howard Hinnant's civil_from_days.
+    let z = (secs / 86_400) as i64 + 719_468;
+    let (era, doe) = (z.div_euclid(146_097), z.rem_euclid(146_097));
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let s = secs % 86_400;
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
+}
+
+/// Seconds since the Unix epoch of an RFC 3339 time `YYYY-MM-DDTHH:MM:SSZ`.
+fn unix_of(text: &str) -> i64 {
+    let n = |r: std::ops::Range<usize>| text[r].parse::<i64>().unwrap();
+    let (m, d) = (n(5..7), n(8..10));
+    let y = n(0..4) - i64::from(m <= 2);
+    let (era, yoe) = (y.div_euclid(400), y.rem_euclid(400));
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    days * 86_400 + n(11..13) * 3600 + n(14..16) * 60 + n(17..19)
+}
+
+/// Counts by outcome: allowed, rate limited, forbidden, unauthorized.
+type Counts = [u64; 4];
+
+fn add(a: Counts, b: Counts) -> Counts {
+    [a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3]]
+}
+
+/// What [`seed_usage`] wrote: the sums the charts of all keys must show.
+struct Seeded {
+    /// In the last hour, by minute.
+    last_hour: Counts,
+    /// In the last 7 days, by hour.
+    last_week: Counts,
+    /// One minute bucket (its RFC 3339 start) and its counts, summed over the keys.
+    probe: (String, Counts),
+}
+
+/// Three keys with a week of traffic, written into the database at `url` before the
+/// server opens it: the minutes of the last 50 minutes, and one minute of each hour
+/// 2 to 160 hours ago. So the charts have a shape, and known sums.
+async fn seed_usage(url: &str) -> Seeded {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    use tower_api_key::store::{NewKey, SqliteStore, UsageBucket, UsageDelta};
+    use tower_api_key::{KeyStore, RateLimitPolicy, Scopes};
+
+    let store = SqliteStore::connect(url).await.unwrap();
+    let now = SystemTime::now();
+    let unix = now.duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let minute = UNIX_EPOCH + Duration::from_secs(unix - unix % 60);
+    let hour = UNIX_EPOCH + Duration::from_secs(unix - unix % 3600);
+    let keys = [
+        ("acme", "checkout service", "orders:read orders:write", 1.0),
+        ("globex", "mobile app", "orders:read", 0.6),
+        ("initech", "nightly export", "orders:read", 0.3),
+    ];
+    let mut seeded = Seeded {
+        last_hour: [0; 4],
+        last_week: [0; 4],
+        probe: (rfc3339(minute - Duration::from_secs(600)), [0; 4]),
+    };
+    for (k, (consumer, name, scopes, weight)) in keys.into_iter().enumerate() {
+        let scopes = Scopes::parse(scopes.split(' ')).unwrap();
+        let mut new = NewKey::new(consumer).with_name(name).with_scopes(scopes);
+        if k == 0 {
+            new = new.with_rate_limits(
+                RateLimitPolicy::rate("default", 600, Duration::from_secs(60)).unwrap(),
+            );
+        }
+        let id = store.create(new, "seed").await.unwrap().record.id;
+        let wave =
+            |x: f64, base: f64, swing: f64| ((base + swing * x.sin()) * weight).round() as u64;
+        let mut minutes = Vec::new();
+        for h in (2..=160u32).rev() {
+            let at = hour - Duration::from_secs(u64::from(h) * 3600) + Duration::from_secs(1800);
+            let hour_of_day = (unix / 3600 - u64::from(h)) % 24;
+            let x = (hour_of_day as f64 - 8.0) / 24.0 * std::f64::consts::TAU;
+            let mut b = UsageBucket::empty(at);
+            b.allowed = wave(x, 900.0, 600.0);
+            b.rate_limited = if (h + k as u32).is_multiple_of(7) {
+                40 + 10 * k as u64
+            } else {
+                0
+            };
+            b.forbidden = u64::from((h * 3 + k as u32).is_multiple_of(11)) * 12;
+            b.unauthorized = u64::from(h % 17 == k as u32) * 5;
+            seeded.last_week = add(
+                seeded.last_week,
+                [b.allowed, b.rate_limited, b.forbidden, b.unauthorized],
+            );
+            minutes.push(b);
+        }
+        for i in (1..=50u32).rev() {
+            let at = minute - Duration::from_secs(u64::from(i) * 60);
+            let mut b = UsageBucket::empty(at);
+            b.allowed = wave(f64::from(i) / 6.0 + k as f64, 24.0, 12.0);
+            b.rate_limited = if (i + k as u32).is_multiple_of(9) {
+                5 + k as u64
+            } else {
+                0
+            };
+            b.forbidden = u64::from((i * 3 + k as u32).is_multiple_of(13)) * 2;
+            b.unauthorized = u64::from(i % 23 == k as u32);
+            let counts = [b.allowed, b.rate_limited, b.forbidden, b.unauthorized];
+            seeded.last_hour = add(seeded.last_hour, counts);
+            seeded.last_week = add(seeded.last_week, counts);
+            if i == 10 {
+                seeded.probe.1 = add(seeded.probe.1, counts);
+            }
+            minutes.push(b);
+        }
+        let requests = minutes.iter().map(|b| b.allowed).sum();
+        let rejected = minutes.iter().map(UsageBucket::refused).sum();
+        store
+            .record_usage(&[UsageDelta {
+                key_id: id,
+                requests,
+                rejected,
+                last_used_at: minute - Duration::from_secs(60),
+                minutes,
+            }])
+            .await
+            .unwrap();
+    }
+    store.pool().close().await;
+    seeded
+}
+
+/// What a chart panel of the page shows: from the SVG's data attributes, one `g.bucket`
+/// per bucket, and its title and description.
+const CHART_STATE: &str = "
+    const svg = document.querySelector(arguments[0] + ' .chart svg');
+    if (!svg) return null;
+    const d = svg.dataset;
+    const probe = arguments[1] && svg.querySelector('g.bucket[data-at=\"' + arguments[1] + '\"]');
+    return {
+        step: d.step, points: Number(d.points), bars: svg.querySelectorAll('g.bucket').length,
+        totals: [d.allowed, d.rateLimited, d.forbidden, d.unauthorized].map(Number),
+        label: svg.querySelector('title').textContent + ' | ' + svg.querySelector('desc').textContent,
+        legend: document.querySelector(arguments[0] + ' .legend').textContent,
+        probe: probe ? [probe.dataset.allowed, probe.dataset.rateLimited, probe.dataset.forbidden, probe.dataset.unauthorized].map(Number) : null,
+    };";
+
+impl Browser {
+    /// Reloads the chart of `panel` until `check` holds of its state (the usage recorder
+    /// writes every 5 s); the state.
+    async fn chart_until(
+        &self,
+        panel: &str,
+        probe: Option<&str>,
+        check: impl Fn(&serde_json::Value) -> bool,
+        what: &str,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let args = serde_json::json!([panel, probe]);
+        loop {
+            let state = self.exec(CHART_STATE, args.clone()).await;
+            if check(&state) {
+                return state;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waited for {what}; the chart says {state}"
+            );
+            self.click(&format!("{panel} .chart-refresh")).await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// The ids of the rows of the keys table.
+    async fn row_ids(&self) -> Vec<String> {
+        let ids = self
+            .exec(
+                "return [...document.querySelectorAll('#keys tr[data-id]')].map((r) => r.dataset.id);",
+                serde_json::json!([]),
+            )
+            .await;
+        serde_json::from_value(ids).unwrap()
+    }
+
+    /// Does the page fit the window's width (nothing to scroll sideways)?
+    async fn fits_width(&self) -> serde_json::Value {
+        self.exec(
+            "return {page: document.documentElement.scrollWidth, window: window.innerWidth};",
+            serde_json::json!([]),
+        )
+        .await
+    }
+}
+
 #[tokio::test]
 async fn the_dashboard_in_a_real_browser() {
     let Some(browser) = Browser::start().await else {
         return;
     };
-    // Lifetimes for the create form to show, and webhooks to a receiver that is not
-    // there, so that the deliveries list has pending events to show.
+    let db = TempDb::new("dashboard");
+    let seeded = seed_usage(&db.url()).await;
+    // Lifetimes for the forms to show, webhooks to a receiver that is not there (so
+    // that the deliveries list has pending events to show), and a rate limit small
+    // enough to reach.
     let nowhere = format!("http://127.0.0.1:{}/hooks", free_port());
-    let server = start_sqlite(&[
-        ("DEFAULT_KEY_TTL", "90d"),
-        ("MAX_KEY_TTL", "365d"),
-        ("WEBHOOK_URL", &nowhere),
-        ("WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
-    ]);
+    let server = start_on(
+        &db.0,
+        &[
+            ("DEFAULT_KEY_TTL", "90d"),
+            ("MAX_KEY_TTL", "365d"),
+            ("WEBHOOK_URL", &nowhere),
+            ("WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+            ("RATE_LIMIT", "4/3600s"),
+        ],
+    );
     let admin_key = server.admin_key.clone().unwrap();
+    let mut api = server::Client::new(&server.addr);
+    let page = api.get("/admin/", None).await;
+    assert!(
+        page.body.contains("id=\"overview-chart\""),
+        "the example binary serves another dashboard than src/admin/dashboard.html: \
+         rebuild it (cargo build --features full --examples): {} {}",
+        page.status,
+        page.body.get(..300).unwrap_or(&page.body)
+    );
+    let admin = Some(admin_key.as_str());
+    let create = |consumer: &str, name: &str| serde_json::json!({"consumer": consumer, "name": name, "scopes": ["orders:read"]});
+
+    // Traffic of every outcome: key A is allowed, refused a scope and rate limited;
+    // key B is allowed, revoked, then refused.
+    let a = api
+        .send(
+            "POST",
+            "/admin/keys",
+            admin,
+            Some(&create("acme", "orders reader")),
+        )
+        .await
+        .json();
+    let b = api
+        .send(
+            "POST",
+            "/admin/keys",
+            admin,
+            Some(&create("globex", "soon revoked")),
+        )
+        .await
+        .json();
+    let (a_id, a_key) = (a["id"].as_str().unwrap(), a["key"].as_str().unwrap());
+    let (b_id, b_key) = (b["id"].as_str().unwrap(), b["key"].as_str().unwrap());
+    let mut live_a: Counts = [0; 4];
+    for (method, path) in [
+        ("GET", "/v1/orders"),
+        ("GET", "/v1/orders"),
+        ("POST", "/v1/orders"),
+        ("GET", "/v1/orders"),
+        ("GET", "/v1/orders"),
+        ("GET", "/v1/orders"),
+    ] {
+        let body = serde_json::json!({"item": "book"});
+        let status = api
+            .send(method, path, Some(a_key), Some(&body))
+            .await
+            .status;
+        let outcome = match status {
+            200 | 201 => 0,
+            429 => 1,
+            403 => 2,
+            other => panic!("{method} {path}: {other}"),
+        };
+        live_a[outcome] += 1;
+    }
+    assert!(
+        live_a.iter().take(3).all(|&n| n > 0),
+        "every outcome: {live_a:?}"
+    );
+    assert_eq!(api.get("/v1/whoami", Some(b_key)).await.status, 200);
+    let revoked = api
+        .send("DELETE", &format!("/admin/keys/{b_id}"), admin, None)
+        .await;
+    assert_eq!(revoked.status, 204);
+    for _ in 0..2 {
+        assert_eq!(api.get("/v1/whoami", Some(b_key)).await.status, 401);
+    }
+    let live_b: Counts = [1, 0, 0, 2];
+    // More keys than a page holds.
+    for i in 0..30 {
+        let body = create(&format!("bulk-{i:02}"), &format!("bulk key {i:02}"));
+        assert_eq!(
+            api.send("POST", "/admin/keys", admin, Some(&body))
+                .await
+                .status,
+            201
+        );
+    }
+
     browser
         .session(
             "POST",
@@ -756,22 +1141,212 @@ async fn the_dashboard_in_a_real_browser() {
         )
         .await;
     // Before signing in, only the sign-in form shows.
-    let app = browser.find("#app").await;
-    let shown = browser
-        .session("GET", &format!("/element/{app}/displayed"), None)
-        .await;
-    assert_eq!(
-        shown,
-        serde_json::json!(false),
+    assert!(
+        !browser.displayed("#app").await,
         "the app is hidden until sign-in"
     );
     browser.type_into("#admin-key", &admin_key).await;
     browser.click("#sign-in").await;
-    browser.find("#keys tr[data-id]").await; // the admin key itself is listed
+    browser.find("#keys tr[data-id]").await;
+    browser.viewport(1280, 800).await;
 
+    // The overview's chart: one bar per minute of the last hour, and the sums of the
+    // seeded and the live traffic once the recorder has written it.
+    let want_hour = add(seeded.last_hour, add(live_a, live_b));
+    let state = browser
+        .chart_until(
+            "#overview-chart",
+            Some(&seeded.probe.0),
+            |s| s["totals"] == serde_json::json!(want_hour),
+            "the overview's totals",
+        )
+        .await;
+    assert_eq!(state["step"], "minute");
+    assert_eq!(state["points"], 60, "{state}");
+    assert_eq!(state["bars"], 60, "{state}");
+    assert_eq!(state["probe"], serde_json::json!(seeded.probe.1), "{state}");
+    let label = state["label"].as_str().unwrap();
+    let total: u64 = want_hour.iter().sum();
+    assert!(label.contains("per minute, the last hour"), "{label}");
+    assert!(
+        label.contains(&format!("{total} requests in the last hour")),
+        "{label}"
+    );
+    let legend = state["legend"].as_str().unwrap().replace(',', "");
+    assert!(
+        legend.contains(&format!("Allowed {}", want_hour[0])),
+        "{legend}"
+    );
+    assert!(
+        legend.contains(&format!("Unauthorized {}", want_hour[3])),
+        "{legend}"
+    );
+    browser
+        .wait_text(
+            "#overview-chart .readout",
+            |t| t.contains("arrow keys"),
+            "the hint",
+        )
+        .await;
+    let fits = browser.fits_width().await;
+    assert!(fits["page"].as_u64() <= fits["window"].as_u64(), "{fits}");
+    browser.scroll_to(None).await;
+    // The picture for the README (docs/dashboard.png).
+    browser.screenshot("dashboard-1280x800.png").await;
+    // The arrow keys walk the bars; the readout says the numbers of the one picked.
+    browser
+        .type_into("#overview-chart svg", "\u{E010}\u{E012}")
+        .await;
+    let readout = browser
+        .wait_text(
+            "#overview-chart .readout",
+            |t| t.contains(" UTC — "),
+            "a bar's numbers",
+        )
+        .await;
+    assert!(readout.ends_with(" unauthorized"), "{readout}");
+    // The last 7 days: one bar per hour.
+    browser
+        .click("#overview-chart .segmented button[data-step=hour]")
+        .await;
+    let want_week = add(seeded.last_week, add(live_a, live_b));
+    let state = browser
+        .chart_until(
+            "#overview-chart",
+            None,
+            |s| s["step"] == "hour" && s["totals"] == serde_json::json!(want_week),
+            "the week's totals",
+        )
+        .await;
+    assert_eq!(
+        (&state["points"], &state["bars"]),
+        (&serde_json::json!(168), &serde_json::json!(168))
+    );
+    browser.screenshot("dashboard-week-1280x800.png").await;
+    browser
+        .click("#overview-chart .segmented button[data-step=minute]")
+        .await;
+
+    // Key A's page: its own chart, its limits and networks; scopes and expiry edited
+    // through the page.
+    browser
+        .click(&format!("#keys tr[data-id=\"{a_id}\"] a.open"))
+        .await;
+    browser
+        .wait_text("#details-name", |t| t == "orders reader", "key A's page")
+        .await;
+    let state = browser
+        .chart_until(
+            "#key-chart",
+            None,
+            |s| s["totals"] == serde_json::json!(live_a),
+            "key A's totals",
+        )
+        .await;
+    assert_eq!(
+        (&state["points"], &state["bars"]),
+        (&serde_json::json!(60), &serde_json::json!(60))
+    );
+    assert_eq!(
+        browser
+            .wait_text("#details-limits", |t| !t.is_empty(), "limits")
+            .await,
+        "the service's default"
+    );
+    assert_eq!(
+        browser
+            .wait_text("#details-networks", |t| !t.is_empty(), "networks")
+            .await,
+        "anywhere"
+    );
+    browser.clear("#edit-scopes").await;
+    browser
+        .type_into("#edit-scopes", "orders:read orders:write")
+        .await;
+    browser.click("#save-scopes").await;
+    browser
+        .wait_text("#edit-note", |t| t == "Scopes saved.", "the saved note")
+        .await;
+    let record = api.get(&format!("/admin/keys/{a_id}"), admin).await.json();
+    assert_eq!(
+        record["scopes"],
+        serde_json::json!(["orders:read", "orders:write"])
+    );
+    browser
+        .wait_text(
+            "#details-scopes",
+            |t| t.contains("orders:write"),
+            "the new scopes",
+        )
+        .await;
+    // Beyond MAX_KEY_TTL: refused, and said so; "never" is not offered.
+    assert!(!browser.displayed("#never-expires").await);
+    let expires_before = record["expires_at"].clone();
+    browser.clear("#edit-expires").await;
+    browser.type_into("#edit-expires", "400").await;
+    browser.click("#save-expiry").await;
+    browser
+        .wait_text("#edit-error", |t| !t.is_empty(), "the refusal")
+        .await;
+    let record = api.get(&format!("/admin/keys/{a_id}"), admin).await.json();
+    assert_eq!(record["expires_at"], expires_before, "unchanged");
+    browser.clear("#edit-expires").await;
+    browser.type_into("#edit-expires", "30").await;
+    let before = unix_of(&rfc3339(std::time::SystemTime::now()));
+    browser.click("#save-expiry").await;
+    browser
+        .wait_text("#edit-note", |t| t == "Expiry saved.", "the saved expiry")
+        .await;
+    let after = unix_of(&rfc3339(std::time::SystemTime::now())) + 1;
+    let record = api.get(&format!("/admin/keys/{a_id}"), admin).await.json();
+    let at = unix_of(record["expires_at"].as_str().unwrap());
+    assert!(
+        (before + 30 * 86_400..=after + 30 * 86_400).contains(&at),
+        "{record}"
+    );
+    browser
+        .wait_text(
+            "#details-audit",
+            |t| t.contains("scopes changed") && t.contains("expiry changed"),
+            "the audit log",
+        )
+        .await;
+    browser.scroll_to(None).await;
+    browser.screenshot("dashboard-key-1280x800.png").await;
+    browser.scroll_to(Some("#key-chart")).await;
+    browser.screenshot("dashboard-key-edit-1280x800.png").await;
+    // Key B's page: the unauthorized requests of a revoked key, and no actions.
+    browser
+        .session(
+            "POST",
+            "/url",
+            Some(serde_json::json!({"url": format!("http://{}/admin/#/keys/{b_id}", server.addr)})),
+        )
+        .await;
+    browser
+        .wait_text("#details-status", |t| t == "revoked", "key B's page")
+        .await;
+    browser
+        .chart_until(
+            "#key-chart",
+            None,
+            |s| s["totals"] == serde_json::json!(live_b),
+            "key B's totals",
+        )
+        .await;
+    assert!(
+        !browser.displayed("#details-actions").await,
+        "a revoked key has no actions"
+    );
+    browser.click("a.back").await;
+
+    // A key made through the form, found by searching, shows its limits and networks.
+    browser.click("#create-card summary").await;
     browser.type_into("#new-consumer", "acme").await;
     browser.type_into("#new-name", "from the browser").await;
     browser.type_into("#new-scopes", "orders:read").await;
+    browser.type_into("#new-requests", "100").await;
+    browser.type_into("#new-per", "60").await;
     browser
         .type_into("#new-networks", "127.0.0.0/8 2001:db8::/32")
         .await;
@@ -783,35 +1358,83 @@ async fn the_dashboard_in_a_real_browser() {
             "the new key",
         )
         .await;
-
-    // The key works, and the table lists it as active.
-    let bearer = format!("Bearer {secret}");
-    assert_eq!(
-        http(
-            &server.addr,
-            "GET",
-            "/v1/whoami",
-            &[("authorization", bearer.as_str())],
-            ""
+    assert_eq!(api.get("/v1/whoami", Some(&secret)).await.status, 200);
+    browser.click("#dismiss").await;
+    browser.type_into("#search", "FROM THE").await;
+    let rows = browser
+        .wait_for(
+            "return [...document.querySelectorAll('#keys tr[data-id] .keyname a')].map((a) => a.textContent);",
+            |v| v == &serde_json::json!(["from the browser"]),
+            "the search to narrow the list",
         )
-        .await
-        .0,
-        200
-    );
-    let admin = format!("Bearer {admin_key}");
-    let id = first_key_id(&server.addr, &admin, "acme").await;
-    let row = format!("#keys tr[data-id=\"{id}\"]");
-    browser
-        .wait_text(&format!("{row} .status"), |t| t == "active", "the new row")
         .await;
-    browser.screenshot("dashboard-1280x800.png").await;
+    assert_eq!(rows, serde_json::json!(["from the browser"]));
+    let c_id = browser.row_ids().await.remove(0);
+    let row = format!("#keys tr[data-id=\"{c_id}\"]");
+    browser.click(&format!("{row} a.open")).await;
+    browser
+        .wait_text(
+            "#details-limits",
+            |t| t.contains("100 per 1 min"),
+            "the key's rate limit",
+        )
+        .await;
+    browser
+        .wait_text(
+            "#details-networks",
+            |t| t == "127.0.0.0/8, 2001:db8::/32",
+            "the key's networks",
+        )
+        .await;
+    browser.click("a.back").await;
 
-    // Revoke it through the page (confirming the dialog): its status changes, and the
-    // key is refused.
+    // Revoking asks first: Cancel keeps the key, Revoke revokes it.
+    browser.click(&format!("{row} .revoke")).await;
+    assert!(browser.displayed("#confirm").await, "a confirmation");
+    browser
+        .wait_text(
+            "#confirm-text",
+            |t| t.contains("from the browser"),
+            "the key named",
+        )
+        .await;
+    browser.click("#confirm-cancel").await;
+    assert!(!browser.displayed("#confirm").await);
+    assert_eq!(
+        browser
+            .wait_text(&format!("{row} .status"), |t| !t.is_empty(), "status")
+            .await,
+        "active"
+    );
+    assert_eq!(api.get("/v1/whoami", Some(&secret)).await.status, 200);
+    // Revoking the key the page signed in with is called out.
+    let admin_id = api.get("/admin/keys?consumer=admin", admin).await.json()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    browser.clear("#search").await;
+    browser.type_into("#search", "admin").await;
+    let admin_row = format!("#keys tr[data-id=\"{admin_id}\"]");
+    browser.click(&format!("{admin_row} .revoke")).await;
+    browser
+        .wait_text(
+            "#confirm-text",
+            |t| t.contains("signed in with"),
+            "the warning",
+        )
+        .await;
+    browser.click("#confirm-cancel").await;
+    browser.clear("#search").await;
+    browser.type_into("#search", "FROM THE").await;
     browser.click(&format!("{row} .revoke")).await;
     browser
-        .session("POST", "/alert/accept", Some(serde_json::json!({})))
+        .wait_text(
+            "#confirm-text",
+            |t| t.contains("from the browser") && !t.contains("signed in"),
+            "the key named",
+        )
         .await;
+    browser.click("#confirm-ok").await;
     browser
         .wait_text(
             &format!("{row} .status"),
@@ -819,25 +1442,78 @@ async fn the_dashboard_in_a_real_browser() {
             "the revoked status",
         )
         .await;
-    assert_eq!(
-        http(
-            &server.addr,
-            "GET",
-            "/v1/whoami",
-            &[("authorization", bearer.as_str())],
-            ""
-        )
-        .await
-        .0,
-        401
-    );
+    assert_eq!(api.get("/v1/whoami", Some(&secret)).await.status, 401);
 
-    // Rotate another key through the page: a new secret shows, and the details of the
-    // old key show its usage and a "rotated" audit entry.
-    browser.click("#dismiss").await;
-    let admin_id = first_key_id(&server.addr, &admin, "admin").await;
-    let admin_row = format!("#keys tr[data-id=\"{admin_id}\"]");
-    browser.click(&format!("{admin_row} .rotate")).await;
+    // Search in any case, by consumer or name; then pages of 25.
+    browser.clear("#search").await;
+    browser.type_into("#search", "Orders Rea").await;
+    browser
+        .wait_for(
+            "return [...document.querySelectorAll('#keys tr[data-id]')].map((r) => r.dataset.id);",
+            |v| v == &serde_json::json!([a_id]),
+            "a search by name",
+        )
+        .await;
+    browser.clear("#search").await;
+    browser.type_into("#search", "bulk-0").await;
+    browser
+        .wait_for(
+            "return document.querySelectorAll('#keys tr[data-id]').length;",
+            |v| v == 10,
+            "a search by consumer",
+        )
+        .await;
+    browser.clear("#search").await;
+    let all: Vec<String> = api
+        .get("/admin/keys", admin)
+        .await
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(all.len() > 25 && all.len() <= 50, "{}", all.len());
+    let first = browser
+        .wait_for(
+            "return [...document.querySelectorAll('#keys tr[data-id]')].map((r) => r.dataset.id);",
+            |v| v.as_array().is_some_and(|a| a.len() == 25),
+            "the first page",
+        )
+        .await;
+    assert_eq!(first, serde_json::json!(all[..25]));
+    browser
+        .wait_text(
+            "#page-info",
+            |t| t.starts_with("Page 1 · keys 1–25"),
+            "page 1",
+        )
+        .await;
+    browser.click("#next").await;
+    browser
+        .wait_text("#page-info", |t| t.starts_with("Page 2"), "page 2")
+        .await;
+    assert_eq!(browser.row_ids().await, all[25..]);
+    assert!(
+        browser
+            .exec(
+                "return document.getElementById('next').disabled;",
+                serde_json::json!([])
+            )
+            .await
+            == true
+    );
+    browser.click("#prev").await;
+    browser
+        .wait_text("#page-info", |t| t.starts_with("Page 1"), "page 1 again")
+        .await;
+    assert_eq!(browser.row_ids().await, all[..25]);
+
+    // Rotating through the page shows the new secret once; the old key's page logs it.
+    let bulk = &all[8];
+    browser
+        .click(&format!("#keys tr[data-id=\"{bulk}\"] .rotate"))
+        .await;
     browser
         .wait_text(
             "#secret-value",
@@ -845,13 +1521,9 @@ async fn the_dashboard_in_a_real_browser() {
             "the rotated key",
         )
         .await;
-    browser.click(&format!("{admin_row} button")).await; // "Details"
+    browser.click("#dismiss").await;
     browser
-        .wait_text(
-            "#details-usage",
-            |t| t.contains("requests"),
-            "the usage line",
-        )
+        .click(&format!("#keys tr[data-id=\"{bulk}\"] a.open"))
         .await;
     browser
         .wait_text(
@@ -860,6 +1532,7 @@ async fn the_dashboard_in_a_real_browser() {
             "the rotated entry",
         )
         .await;
+    browser.click("a.back").await;
     browser
         .wait_text(
             "#lifetimes",
@@ -874,54 +1547,56 @@ async fn the_dashboard_in_a_real_browser() {
             "the pending deliveries",
         )
         .await;
-    browser
-        .wait_text(
-            "#details-networks",
-            |t| t == "Allowed from: anywhere",
-            "the admin key's networks",
-        )
-        .await;
-    // The key made through the form carries the networks typed into it.
-    let (_, listed) = http(
-        &server.addr,
-        "GET",
-        "/admin/keys?consumer=acme",
-        &[("authorization", admin.as_str())],
-        "",
-    )
-    .await;
-    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
-    assert_eq!(
-        listed[0]["allowed_ips"],
-        serde_json::json!(["127.0.0.0/8", "2001:db8::/32"]),
-        "{listed}"
-    );
 
-    // With the one-time secret dismissed: the picture for the README.
-    browser.click("#dismiss").await;
-    let shown = browser
-        .session(
-            "GET",
-            &format!("/element/{}/displayed", browser.find("#secret").await),
-            None,
-        )
-        .await;
-    assert_eq!(
-        shown,
-        serde_json::json!(false),
-        "the secret panel hides when dismissed"
-    );
-    browser.screenshot("dashboard-keys-1280x800.png").await;
+    // At phone width: nothing to scroll sideways, on the overview and on a key's page.
+    browser.viewport(390, 844).await;
     browser
-        .session(
-            "POST",
-            "/window/rect",
-            Some(serde_json::json!({"width": 390, "height": 844})),
+        .chart_until(
+            "#overview-chart",
+            None,
+            |s| s["points"] == 60,
+            "the chart redrawn",
         )
         .await;
+    let fits = browser.fits_width().await;
+    assert!(fits["page"].as_u64() <= fits["window"].as_u64(), "{fits}");
+    browser.scroll_to(None).await;
     let phone = browser.screenshot("dashboard-phone.png").await;
     assert!(std::fs::metadata(phone).unwrap().len() > 1000);
+    browser.scroll_to(Some("#keys")).await;
+    browser.screenshot("dashboard-phone-keys.png").await;
+    browser.scroll_to(Some("#create-card")).await;
+    browser.screenshot("dashboard-phone-create.png").await;
+    browser
+        .click(&format!("#keys tr[data-id=\"{a_id}\"] a.open"))
+        .await;
+    browser
+        .wait_text("#details-name", |t| t == "orders reader", "key A's page")
+        .await;
+    browser
+        .chart_until(
+            "#key-chart",
+            None,
+            |s| s["totals"] == serde_json::json!(live_a),
+            "key A's chart",
+        )
+        .await;
+    let fits = browser.fits_width().await;
+    assert!(fits["page"].as_u64() <= fits["window"].as_u64(), "{fits}");
+    browser.scroll_to(None).await;
+    browser.screenshot("dashboard-key-phone.png").await;
+    browser.scroll_to(Some("#key-chart")).await;
+    browser.screenshot("dashboard-key-phone-chart.png").await;
+    browser.scroll_to(Some("#edit")).await;
+    browser.screenshot("dashboard-key-phone-edit.png").await;
+    // The confirmation fits a phone too.
+    browser.click("#details-revoke").await;
+    assert!(browser.displayed("#confirm").await);
+    browser.screenshot("dashboard-phone-confirm.png").await;
+    browser.click("#confirm-cancel").await;
     browser.session("DELETE", "", None).await;
+    drop(server);
+    drop(db);
 }
 
 #[tokio::test]

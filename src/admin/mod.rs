@@ -4,8 +4,8 @@
 //! | method and path | does | answers |
 //! | --- | --- | --- |
 //! | `POST /admin/keys` | create a key | 201 with `key`, shown only here |
-//! | `GET /admin/keys[?consumer=…]` | list keys, revoked ones too | 200, never a key |
-//! | `GET /admin/keys/{id}` | one record, with `last_used_at` | 200, or 404 (unknown or revoked) |
+//! | `GET /admin/keys[?consumer=…&q=…&limit=…&after=…]` | list keys, oldest first, revoked ones too; `q` searches consumer and name | 200, never a key; `Link: <…?after=…>; rel="next"` when there are more |
+//! | `GET /admin/keys/{id}` | one record, with `last_used_at` and `revoked_at` | 200 or 404 |
 //! | `PATCH /admin/keys/{id}` `{"scopes"?,"expires_in_seconds"?}` | change scopes or expiry (`null`: never) | 200 with the record |
 //! | `DELETE /admin/keys/{id}` | revoke | 204; the key fails from the next request on |
 //! | `POST /admin/keys/{id}/rotate` `{"grace_seconds"}` | rotate | 201 with the new key |
@@ -17,9 +17,9 @@
 //! | `GET /admin/` | the web dashboard (asks for an admin key) | 200 HTML |
 //! | `GET /admin/openapi.json` | this API's OpenAPI 3.1 document ([`openapi`]) | 200 JSON |
 //!
-//! A revoked key is gone from `/admin/keys/{id}` and below, as a deleted resource is:
-//! those answer 404 (saying when it was revoked), while `GET /admin/keys` lists it with
-//! `"status": "revoked"` and `GET /admin/audit?key_id=…` keeps its history. A key does
+//! Revocation (`DELETE`) is a soft delete: the revoked key's record, usage and audit log
+//! stay readable (what a leaked key was used for after it was revoked is what one wants
+//! to see), and it does not change any more (`PATCH` or a rotation answer 409). A key does
 //! not revoke or change itself: revoking or patching the key that makes the request
 //! answers 409, and so does rotating it with less than 300 s of grace, so that the API
 //! cannot lock its caller out (another admin key, or the `apikey` CLI, can).
@@ -59,7 +59,7 @@ use utoipa::ToSchema;
 
 use crate::auth::{ApiKeyLayer, KeySource, RequireScopeLayer};
 use crate::lifetime::KeyLifetimes;
-use crate::ratelimit::{RateLimitPolicy, RateLimits};
+use crate::ratelimit::{Limit, QuotaWindow, RateLimitPolicy, RateLimits};
 use crate::record::{Authenticated, KeyRecord, Scope, Scopes};
 use crate::resolve::CachedResolver;
 use crate::store::{
@@ -87,8 +87,6 @@ const MAX_EXPIRES_IN: u64 = 10 * 365 * 86_400;
 const MAX_GRACE: u64 = 30 * 86_400;
 /// `Retry-After` of a 503 when the store fails, in seconds (the key layer's default).
 const STORE_RETRY_AFTER: &str = "5";
-/// The largest body of the other requests, in bytes: axum's default, 2 MiB.
-const BODY_LIMIT: usize = 2 << 20;
 /// The most keys one import may carry.
 pub const MAX_IMPORT_KEYS: usize = 10_000;
 /// The largest import body, in bytes: 16 MiB.
@@ -263,6 +261,59 @@ struct KeyBody {
     status: String,
     /// The networks the key may be used from (CIDRs); empty: anywhere.
     allowed_ips: Vec<String>,
+    /// The key's rate limits and quotas; empty: the service's default.
+    rate_limits: Vec<LimitBody>,
+}
+
+/// One rate limit (`per_seconds`, `burst`) or quota (`window`) of a key.
+#[derive(Serialize, ToSchema)]
+struct LimitBody {
+    /// The policy's name, as in the `RateLimit-Policy` header.
+    name: String,
+    /// Requests per period or per window.
+    requests: u32,
+    /// A rate's period, in seconds; `null` for a quota.
+    #[schema(required = true)]
+    per_seconds: Option<f64>,
+    /// How many requests a rate lets through at once; `null` for a quota.
+    #[schema(required = true)]
+    burst: Option<u32>,
+    /// A quota's UTC calendar window; `null` for a rate.
+    #[schema(required = true, value_type = Option<QuotaWindowName>)]
+    window: Option<String>,
+}
+
+/// A quota's UTC calendar window.
+#[allow(dead_code)] // Documents `LimitBody::window`.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+enum QuotaWindowName {
+    Day,
+    Month,
+}
+
+fn limit_body(policy: &RateLimitPolicy) -> LimitBody {
+    let (per_seconds, burst, window, requests) = match policy.limit() {
+        Limit::Rate {
+            requests,
+            per,
+            burst,
+        } => (Some(per.as_secs_f64()), Some(burst), None, requests),
+        Limit::Quota { requests, window } => {
+            let window = match window {
+                QuotaWindow::Day => "day",
+                QuotaWindow::Month => "month",
+            };
+            (None, None, Some(window.to_owned()), requests)
+        }
+    };
+    LimitBody {
+        name: policy.name().to_owned(),
+        requests,
+        per_seconds,
+        burst,
+        window,
+    }
 }
 
 /// A key's state now.
@@ -388,27 +439,34 @@ fn not_found() -> Problem {
     problem(StatusCode::NOT_FOUND, "no key with this id", None)
 }
 
-/// The key at `/admin/keys/{id}` and below: one that exists and is not revoked. A revoked
-/// key is gone from there, as a deleted resource is (404, saying when it was revoked);
-/// `GET /admin/keys` still lists it and `GET /admin/audit?key_id=…` keeps its history.
-async fn live_key<S: KeyStore + ?Sized>(store: &S, id: &str) -> Result<KeyRecord, Problem> {
+/// The key at `/admin/keys/{id}`, revoked or not (a revoked key stays readable, with its
+/// usage and audit log: that is what revocation leaves to look into), or 404.
+async fn existing_key<S: KeyStore + ?Sized>(store: &S, id: &str) -> Result<KeyRecord, Problem> {
     if !storable(id) {
         return Err(not_found());
     }
-    match store.get(id).await.map_err(store_error)? {
-        None => Err(not_found()),
-        Some(record) => match record.revoked_at {
-            Some(at) => Err(problem(
-                StatusCode::NOT_FOUND,
-                format!(
-                    "the key was revoked at {}: it is gone from here, and the list of keys \
-                     still shows it",
-                    rfc3339(at)
-                ),
-                None,
-            )),
-            None => Ok(record),
-        },
+    store
+        .get(id)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(not_found)
+}
+
+/// The key `id` for a change (new scopes, expiry, a rotation): 404 if there is none, 409
+/// if it is revoked (a revoked key's successor would bring it back; its scopes no longer
+/// matter).
+async fn changeable_key<S: KeyStore + ?Sized>(store: &S, id: &str) -> Result<KeyRecord, Problem> {
+    let record = existing_key(store, id).await?;
+    match record.revoked_at {
+        Some(at) => Err(problem(
+            StatusCode::CONFLICT,
+            format!(
+                "the key was revoked at {}: it does not change any more (create a new one)",
+                rfc3339(at)
+            ),
+            None,
+        )),
+        None => Ok(record),
     }
 }
 
@@ -436,6 +494,30 @@ fn store_error(e: StoreError) -> Problem {
             )
         }
     }
+}
+
+/// The `{id}` of a key's path. One that cannot be read (percent-encoded bytes that
+/// are not UTF-8) is refused as a problem rather than axum's plain-text rejection.
+struct KeyId(String);
+
+impl<St: Send + Sync> axum::extract::FromRequestParts<St> for KeyId {
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &St,
+    ) -> Result<Self, Problem> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(id)| Self(id))
+            .map_err(|e| problem(e.status(), e.body_text(), None))
+    }
+}
+
+/// A body that could not be read (cut short, bad chunked framing, over the size limit),
+/// as a problem rather than axum's plain-text rejection.
+fn unread(e: BytesRejection) -> Problem {
+    problem(e.status(), e.body_text(), None)
 }
 
 /// Parses a JSON object, allowing only `allowed` members.
@@ -520,18 +602,6 @@ pub(crate) fn whole_number(n: &serde_json::Number) -> Option<u64> {
 /// consumer has one: a lookup of such a text finds nothing, without asking the store.
 fn storable(text: &str) -> bool {
     !text.contains('\0')
-}
-
-/// The body, or the problem of reading it: 413 past the limit, as problem+json.
-fn read_body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, Problem> {
-    body.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => problem(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the body is larger than {limit} bytes"),
-            None,
-        ),
-        status => problem(status, e.body_text(), None),
-    })
 }
 
 /// The caller may not revoke or change its own key: that would lock it out (no admin
@@ -679,6 +749,7 @@ fn key_body(r: &KeyRecord) -> KeyBody {
         revoked_at: r.revoked_at.map(rfc3339),
         status: status_name(r.status(SystemTime::now())).to_owned(),
         allowed_ips: r.allowed_ips.iter().map(ToString::to_string).collect(),
+        rate_limits: r.rate_limits.iter().map(limit_body).collect(),
     }
 }
 
@@ -711,9 +782,8 @@ async fn create<S: KeyStore>(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
-        let body = read_body(body, BODY_LIMIT)?;
         let map = object(
-            &body,
+            &body.map_err(unread)?,
             &[
                 "consumer",
                 "name",
@@ -766,13 +836,13 @@ async fn import<S: KeyStore>(
 ) -> Response {
     let result = async {
         let split = "split it (each part is all or nothing)";
-        let body = read_body(body, MAX_IMPORT_BYTES).map_err(|e| match e.status {
+        let body = body.map_err(|e| match e.status() {
             StatusCode::PAYLOAD_TOO_LARGE => problem(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("an import is at most {MAX_IMPORT_BYTES} bytes; {split}"),
                 None,
             ),
-            _ => e,
+            _ => unread(e),
         })?;
         let value: Value = serde_json::from_slice(&body).map_err(|e| {
             problem(
@@ -841,46 +911,108 @@ async fn import<S: KeyStore>(
 struct ListParams {
     /// Only this consumer's keys.
     consumer: Option<String>,
+    /// Only keys whose consumer or name contains this text, ignoring case.
+    #[param(max_length = 200)]
+    q: Option<String>,
+    /// At most this many (default 1000).
+    // Read as text, so that a bad one is a 422 naming it rather than a 400.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
+    limit: Option<String>,
+    /// The cursor of the next page, from the `Link` header of the previous one.
+    #[param(pattern = "^[0-9]{1,19}\\.[^\\u0000]+$")]
+    after: Option<String>,
 }
 
 #[utoipa::path(get, path = "/admin/keys", params(ListParams),
+    description = "Keys, oldest first, revoked ones too, a page at a time: when there are more, the `Link` header (RFC 8288) names the next page, `<…?after=…>; rel=\"next\"`.",
     responses(
-        (status = 200, description = "The keys, oldest first", body = Vec<KeyBody>),
-        (status = 400, description = "A query parameter other than `consumer`.")))]
+        (status = 200, description = "A page of keys", body = Vec<KeyBody>,
+            headers(("Link" = String, description = "`<…>; rel=\"next\"` when there is a next page"))),
+        (status = 400, description = "A query parameter other than `consumer`, `q`, `limit` and `after`, or one twice."),
+        (status = 422, description = "`limit`, `q` or `after` is wrong (`field` names it).")))]
 async fn list<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
     params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Ok(Query(params)) = params else {
-        return problem(
-            StatusCode::BAD_REQUEST,
-            "the only query parameter is consumer",
-            None,
-        )
-        .into_response();
+        let detail = "the query parameters are consumer, q, limit and after, each at most once";
+        return problem(StatusCode::BAD_REQUEST, detail, None).into_response();
     };
-    let mut query = ListQuery::default().limit(ListQuery::MAX_LIMIT);
-    if params.consumer.as_deref().is_some_and(|c| !storable(c)) {
+    let max = ListQuery::MAX_LIMIT;
+    let limit = match params.limit.as_deref().map(str::parse::<usize>) {
+        None => max,
+        Some(Ok(n)) if (1..=max).contains(&n) => n,
+        Some(_) => {
+            return invalid("limit", format!("limit must be from 1 to {max}")).into_response();
+        }
+    };
+    if params
+        .q
+        .as_ref()
+        .is_some_and(|q| q.chars().count() > MAX_TEXT)
+    {
+        return invalid("q", format!("q is longer than {MAX_TEXT} characters")).into_response();
+    }
+    // Ours never hold NUL (PostgreSQL's text cannot): a cursor with one is not ours, and
+    // no consumer or name has one.
+    if params.after.as_deref().is_some_and(|a| !storable(a)) {
+        return invalid("after", "malformed list cursor").into_response();
+    }
+    if [&params.consumer, &params.q]
+        .into_iter()
+        .flatten()
+        .any(|text| !storable(text))
+    {
         return Json(Vec::<KeyBody>::new()).into_response();
     }
-    if let Some(c) = params.consumer {
-        query = query.consumer(c);
+    let mut query = ListQuery::default().limit(limit);
+    query.consumer.clone_from(&params.consumer);
+    query.search.clone_from(&params.q);
+    query.after.clone_from(&params.after);
+    let page = match store.list(&query).await {
+        Ok(page) => page,
+        Err(StoreError::Invalid(e)) => return invalid("after", e).into_response(),
+        Err(e) => return store_error(e).into_response(),
+    };
+    let body = Json(page.records.iter().map(key_body).collect::<Vec<_>>());
+    let Some(next) = page.next else {
+        return body.into_response();
+    };
+    // The same question, from the cursor on.
+    let mut link = String::from("</admin/keys?");
+    for (name, value) in [
+        ("consumer", &params.consumer),
+        ("q", &params.q),
+        ("limit", &params.limit),
+    ] {
+        if let Some(value) = value {
+            link.push_str(&format!("{name}={}&", percent_encode(value)));
+        }
     }
-    match store.list(&query).await {
-        Ok(page) => Json(page.records.iter().map(key_body).collect::<Vec<_>>()).into_response(),
-        Err(e) => store_error(e).into_response(),
+    link.push_str(&format!("after={}>; rel=\"next\"", percent_encode(&next)));
+    ([(header::LINK, link)], body).into_response()
+}
+
+/// `text` with every byte but the unreserved characters of RFC 3986 percent-encoded:
+/// safe in a query string and in a `Link` header.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
     }
+    out
 }
 
 #[utoipa::path(get, path = "/admin/keys/{id}", params(openapi::KeyIdPath),
     responses(
         (status = 200, description = "The key's record", body = KeyDetail),
-        (status = 404, description = "No key with this id, or it is revoked: a revoked key is gone from here (`GET /admin/keys` lists it).")))]
-async fn show<S: KeyStore>(
-    State(store): State<CachedResolver<S>>,
-    Path(id): Path<String>,
-) -> Response {
-    let record = match live_key(&store, &id).await {
+        (status = 404, description = "No key with this id.")))]
+async fn show<S: KeyStore>(State(store): State<CachedResolver<S>>, KeyId(id): KeyId) -> Response {
+    let record = match existing_key(&store, &id).await {
         Ok(record) => record,
         Err(e) => return e.into_response(),
     };
@@ -896,20 +1028,19 @@ async fn show<S: KeyStore>(
     responses(
         (status = 200, description = "Changed; the record", body = KeyBody),
         (status = 400, description = "The body is not a JSON object."),
-        (status = 404, description = "No key with this id, or it is revoked: a revoked key is gone from here (`GET /admin/keys` lists it)."),
-        (status = 409, description = "This is the key making the request: a key does not change itself."),
+        (status = 404, description = "No key with this id."),
+        (status = 409, description = "This is the key making the request (a key does not change itself), or the key is revoked."),
         (status = 413, description = "The body is larger than 2 MiB."),
         (status = 422, description = "A field is wrong (`field` names it), nothing to change, or the expiry is longer than the server allows.")))]
 async fn update<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
     Extension(admin): Extension<Authenticated>,
     Extension(config): Extension<AdminConfig>,
-    Path(id): Path<String>,
+    KeyId(id): KeyId,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
-        let body = read_body(body, BODY_LIMIT)?;
-        let map = object(&body, &["scopes", "expires_in_seconds"])?;
+        let map = object(&body.map_err(unread)?, &["scopes", "expires_in_seconds"])?;
         if map.is_empty() {
             return Err(invalid("scopes", "give scopes, expires_in_seconds or both"));
         }
@@ -935,7 +1066,7 @@ async fn update<S: KeyStore>(
         if scopes.is_none() && expiry.is_none() {
             return Err(invalid("scopes", "nothing to change"));
         }
-        live_key(&store, &id).await?;
+        changeable_key(&store, &id).await?;
         not_the_caller(&id, &admin, "change")?;
         let mut record = None;
         if let Some(scopes) = scopes {
@@ -962,13 +1093,13 @@ async fn update<S: KeyStore>(
 
 #[utoipa::path(delete, path = "/admin/keys/{id}", params(openapi::KeyIdPath),
     responses(
-        (status = 204, description = "Revoked (or revoked already); the key fails from the next request on, and is gone from `/admin/keys/{id}`"),
+        (status = 204, description = "Revoked (or revoked already); the key fails from the next request on. Its record, usage and audit log stay readable."),
         (status = 404, description = "No key with this id."),
         (status = 409, description = "This is the key making the request: a key does not revoke itself.")))]
 async fn revoke<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
     Extension(admin): Extension<Authenticated>,
-    Path(id): Path<String>,
+    KeyId(id): KeyId,
 ) -> Response {
     if !storable(&id) {
         return not_found().into_response();
@@ -986,22 +1117,21 @@ async fn revoke<S: KeyStore>(
     responses(
         (status = 201, description = "The new key (shown here only); the old one works until the grace ends", body = CreatedKeyBody),
         (status = 400, description = "The body is not a JSON object."),
-        (status = 404, description = "No key with this id, or it is revoked: a revoked key is gone from here (`GET /admin/keys` lists it)."),
-        (status = 409, description = "This is the key making the request, and `grace_seconds` is less than 300: a key rotates itself only with a grace that lets its caller switch."),
+        (status = 404, description = "No key with this id."),
+        (status = 409, description = "The key is revoked, or it is the key making the request and `grace_seconds` is less than 300: a key rotates itself only with a grace that lets its caller switch."),
         (status = 413, description = "The body is larger than 2 MiB."),
         (status = 422, description = "`grace_seconds` is missing or wrong.")))]
 async fn rotate<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
     Extension(admin): Extension<Authenticated>,
-    Path(id): Path<String>,
+    KeyId(id): KeyId,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
-        let body = read_body(body, BODY_LIMIT)?;
-        let map = object(&body, &["grace_seconds"])?;
+        let map = object(&body.map_err(unread)?, &["grace_seconds"])?;
         let grace = number(&map, "grace_seconds", MAX_GRACE, true)?
             .ok_or_else(|| invalid("grace_seconds", "grace_seconds is required"))?;
-        live_key(&store, &id).await?;
+        changeable_key(&store, &id).await?;
         self_rotation(&id, &admin, grace)?;
         let created = store
             .rotate(&id, Duration::from_secs(grace), admin.key_id())
@@ -1015,12 +1145,9 @@ async fn rotate<S: KeyStore>(
 #[utoipa::path(get, path = "/admin/keys/{id}/usage", params(openapi::KeyIdPath),
     responses(
         (status = 200, description = "The key's usage counters", body = UsageBody),
-        (status = 404, description = "No key with this id, or it is revoked: a revoked key is gone from here (`GET /admin/keys` lists it).")))]
-async fn usage<S: KeyStore>(
-    State(store): State<CachedResolver<S>>,
-    Path(id): Path<String>,
-) -> Response {
-    if let Err(e) = live_key(&store, &id).await {
+        (status = 404, description = "No key with this id.")))]
+async fn usage<S: KeyStore>(State(store): State<CachedResolver<S>>, KeyId(id): KeyId) -> Response {
+    if let Err(e) = existing_key(&store, &id).await {
         return e.into_response();
     }
     match store.usage(&id).await {

@@ -76,7 +76,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
             Every error is RFC 9457 `application/problem+json`. A key does not revoke or change itself through this API: \
             revoking or patching the key that makes the request answers 409 (use another admin key, or the `apikey` CLI), \
             and so does rotating it with less than 300 s of grace, so the API always keeps an admin key that works. \
-            A revoked key is gone from `/admin/keys/{id}` and below (404); `GET /admin/keys` still lists it."
+            Revocation is a soft delete: a revoked key's record, usage and audit log stay readable, and it changes no more (409)."
     ),
     paths(
         super::create, super::list, super::show, super::update, super::revoke, super::rotate,
@@ -86,7 +86,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     ),
     components(schemas(
         CreateKeyRequest, ImportKeyRequest, RateLimitRequest, UpdateKeyRequest, RotateRequest,
-        KeyBody, KeyDetail, CreatedKeyBody, ImportedBody, UsageBody, super::series::SeriesBody,
+        KeyBody, super::LimitBody, KeyDetail, CreatedKeyBody, ImportedBody, UsageBody, super::series::SeriesBody,
         super::series::BucketBody, super::series::TopBody, AuditEntryBody, DeliveryBody,
         SettingsBody, secret_scanning::LeakReportItem, secret_scanning::LeakFeedbackItem
     )),
@@ -465,7 +465,8 @@ struct LayerAnswer {
 const KEY_LAYER_ANSWERS: [LayerAnswer; 4] = [
     LayerAnswer {
         status: "400",
-        description: "The request carries two different keys (`Authorization` and `X-API-Key`).",
+        description: "The request carries two different keys (`Authorization` and `X-API-Key`), \
+                      or a path that cannot be read (bytes that are not UTF-8).",
         header: None,
     },
     LayerAnswer {

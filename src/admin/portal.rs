@@ -41,8 +41,8 @@
 //!   answers **409** (another key with `keys:self` can), and so does rotating it with a
 //!   `grace_seconds` under 300: the caller gets the new key in the answer and keeps
 //!   working with the old one while it switches.
-//! - A revoked key is gone from `/portal/keys/{id}` and below (404, as in the admin API);
-//!   `GET /portal/keys` still lists it.
+//! - A revoked key stays readable (its record and usage), and is not rotated (409), as in
+//!   the admin API.
 //! - Every change is audited with the calling key's id as the actor.
 //!
 //! It takes the [`AdminConfig`] of the admin API: the same [lifetimes](AdminConfig::lifetimes)
@@ -79,9 +79,9 @@ use utoipa::ToSchema;
 use super::openapi::{KeyIdPath, RateLimitRequest, RotateRequest};
 use super::series::{SeriesBody, SeriesParams, key_series, series_params};
 use super::{
-    AdminConfig, BODY_LIMIT, CreatedKeyBody, KeyBody, KeyDetail, MAX_EXPIRES_IN, MAX_GRACE,
-    Problem, SELF_ROTATION_GRACE, allowed_ips, created_body, invalid, key_body, live_key, number,
-    object, problem, rate_limit, read_body, rfc3339, scopes, storable, store_error, text,
+    AdminConfig, CreatedKeyBody, KeyBody, KeyDetail, MAX_EXPIRES_IN, MAX_GRACE, Problem,
+    SELF_ROTATION_GRACE, allowed_ips, changeable_key, created_body, invalid, key_body, number,
+    object, problem, rate_limit, rfc3339, scopes, storable, store_error, text, unread,
 };
 use crate::auth::{ApiKeyLayer, KeySource, RequireScopeLayer};
 use crate::ratelimit::{Limit, RateLimits};
@@ -206,16 +206,16 @@ async fn owned<S: KeyStore>(
     }
 }
 
-/// The key `id`, if it belongs to the caller's consumer and is not revoked (a revoked
-/// key is gone from `/portal/keys/{id}` and below, as in the admin API); else 404.
-async fn live<S: KeyStore>(
+/// The key `id` for a rotation: the caller's consumer's (else 404, as an unknown one),
+/// and not revoked (else 409, as in the admin API).
+async fn changeable<S: KeyStore>(
     store: &CachedResolver<S>,
     caller: &Authenticated,
     id: &str,
 ) -> Result<KeyRecord, Problem> {
     // Another consumer's key answers as an unknown one, revoked or not.
     owned(store, caller, id).await?;
-    live_key(store, id).await
+    changeable_key(store, id).await
 }
 
 #[utoipa::path(get, path = "/portal/keys", tag = "portal",
@@ -259,9 +259,8 @@ pub(super) async fn create<S: KeyStore>(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
-        let body = read_body(body, BODY_LIMIT)?;
         let map = object(
-            &body,
+            &body.map_err(unread)?,
             &[
                 "consumer",
                 "name",
@@ -474,13 +473,13 @@ fn beyond(record: &KeyRecord, own: &KeyRecord) -> Option<(&'static str, String)>
 #[utoipa::path(get, path = "/portal/keys/{id}", tag = "portal", params(KeyIdPath),
     responses(
         (status = 200, description = "The key's record", body = KeyDetail),
-        (status = 404, description = "No key with this id for your consumer, or it is revoked (gone from here; `GET /portal/keys` lists it).")))]
+        (status = 404, description = "No key with this id for your consumer.")))]
 pub(super) async fn show<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
     Extension(caller): Extension<Authenticated>,
     Path(id): Path<String>,
 ) -> Response {
-    let record = match live(&store, &caller, &id).await {
+    let record = match owned(&store, &caller, &id).await {
         Ok(record) => record,
         Err(problem) => return problem.into_response(),
     };
@@ -542,8 +541,8 @@ pub(super) async fn revoke<S: KeyStore>(
         (status = 201, description = "The new key (shown here only); the old one works until the grace ends", body = CreatedKeyBody),
         (status = 400, description = "The body is not a JSON object."),
         (status = 403, description = "The key to rotate has more than the calling key (`field` names what)."),
-        (status = 404, description = "No key with this id for your consumer, or it is revoked."),
-        (status = 409, description = "This is the key making the request, and `grace_seconds` is less than 300."),
+        (status = 404, description = "No key with this id for your consumer."),
+        (status = 409, description = "The key is revoked, or it is the key making the request and `grace_seconds` is less than 300."),
         (status = 413, description = "The body is larger than 2 MiB."),
         (status = 422, description = "`grace_seconds` is missing or wrong.")))]
 pub(super) async fn rotate<S: KeyStore>(
@@ -553,11 +552,10 @@ pub(super) async fn rotate<S: KeyStore>(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
-        let body = read_body(body, BODY_LIMIT)?;
-        let map = object(&body, &["grace_seconds"])?;
+        let map = object(&body.map_err(unread)?, &["grace_seconds"])?;
         let grace = number(&map, "grace_seconds", MAX_GRACE, true)?
             .ok_or_else(|| invalid("grace_seconds", "grace_seconds is required"))?;
-        let record = live(&store, &caller, &id).await?;
+        let record = changeable(&store, &caller, &id).await?;
         if id == caller.key_id() && grace < SELF_ROTATION_GRACE {
             return Err(problem(
                 StatusCode::CONFLICT,
@@ -590,7 +588,7 @@ pub(super) async fn rotate<S: KeyStore>(
     responses(
         (status = 200, description = "One bucket per step of the range", body = SeriesBody),
         (status = 400, description = "A query parameter other than `step`, `from` and `to`."),
-        (status = 404, description = "No key with this id for your consumer, or it is revoked."),
+        (status = 404, description = "No key with this id for your consumer."),
         (status = 422, description = "`step`, `from` or `to` is wrong (`field` names it).")))]
 pub(super) async fn series<S: KeyStore>(
     State(store): State<CachedResolver<S>>,

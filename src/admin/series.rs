@@ -5,13 +5,13 @@ use std::time::{Duration, SystemTime};
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{Problem, invalid, problem, rfc3339, store_error};
+use super::{KeyId, Problem, invalid, problem, rfc3339, store_error};
 use crate::resolve::CachedResolver;
 use crate::store::series::{bucket_start, fill};
 use crate::store::{KeyStore, UsageBucket, UsageStep, UsageTopBy};
@@ -194,15 +194,14 @@ fn series_body(
 }
 
 /// The series of the key `id` (which the caller has already been allowed to see),
-/// or 404 (for a revoked key too: it is gone from its URI). For the admin API and the
-/// portal.
+/// or 404; a revoked key's too. For the admin API and the portal.
 pub(crate) async fn key_series<S: KeyStore>(
     store: &S,
     id: &str,
     params: &SeriesParams,
 ) -> Result<SeriesBody, Problem> {
     let (step, from, to) = range(params)?;
-    super::live_key(store, id).await?;
+    super::existing_key(store, id).await?;
     let sparse = store
         .usage_series(Some(id), step, from, to)
         .await
@@ -224,11 +223,11 @@ pub(crate) fn series_params(
     responses(
         (status = 200, description = "One bucket per step of the range, zeros included", body = SeriesBody),
         (status = 400, description = "A query parameter other than `step`, `from` and `to`."),
-        (status = 404, description = "No key with this id, or it is revoked: a revoked key is gone from here."),
+        (status = 404, description = "No key with this id."),
         (status = 422, description = "`step`, `from` or `to` is wrong (`field` names it).")))]
 pub(super) async fn key<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
-    Path(id): Path<String>,
+    KeyId(id): KeyId,
     params: Result<Query<SeriesParams>, QueryRejection>,
 ) -> Response {
     let result = async {

@@ -266,6 +266,127 @@ mod tests {
         assert!(crate::KeyFormat::default().validate_bytes(got).is_err());
     }
 
+    /// What `KeySource::bearer` reads from one `Authorization` header holding `value`.
+    fn bearer_of(value: &[u8]) -> Result<Option<Vec<u8>>, Conflicting> {
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, http::HeaderValue::from_bytes(value).unwrap());
+        let uri = Uri::from_static("/");
+        KeySource::bearer()
+            .extract(&h, &uri)
+            .map(|found| found.map(<[u8]>::to_vec))
+    }
+
+    #[test]
+    fn bad_bytes_in_authorization_are_a_malformed_key_or_no_bearer_credential() {
+        let format = crate::KeyFormat::default();
+        // Not UTF-8, obs-text, a tab inside: read as the token, refused by validation.
+        for v in [
+            &b"Bearer \xff\xfe"[..],
+            b"Bearer sk_live_\xe9\xe9",
+            b"Bearer k1\xa0",
+            b"bearer k1\tk2",
+        ] {
+            let token = bearer_of(v).unwrap().unwrap_or_else(|| panic!("{v:?}"));
+            assert!(format.validate_bytes(&token).is_err(), "{v:?}");
+        }
+        // Obs-text in the scheme, or a tab or a no-break space where its one space goes
+        // (RFC 9110 §11.4: `auth-scheme 1*SP token68`): no bearer credential at all.
+        for v in [
+            &b"B\xe9arer k1"[..],
+            b"Bearer\tk1",
+            b"Bearer\xa0k1",
+            b"\xff\xfe\xfd\xfc\xfb\xfa k1",
+            b"Bearer",
+            b"Bearer\t",
+        ] {
+            assert_eq!(bearer_of(v), Ok(None), "{v:?}");
+        }
+        // Only white space after the scheme: an empty token (on the wire hyper trims the
+        // trailing white space first, and then there is no bearer credential).
+        for v in [&b"Bearer    "[..], b"Bearer \t \t"] {
+            assert_eq!(bearer_of(v), Ok(Some(Vec::new())), "{v:?}");
+        }
+        // White space around the token is trimmed.
+        assert_eq!(bearer_of(b"\tBearer \tk1\t "), Ok(Some(b"k1".to_vec())));
+        // NUL, CR, LF and other controls cannot be in a header value at all: the HTTP
+        // parser refuses them before the layer sees the request.
+        for v in [
+            &b"Bearer k\x001"[..],
+            b"Bearer k\r1",
+            b"Bearer k\n1",
+            b"Bearer k\x7f",
+        ] {
+            assert!(http::HeaderValue::from_bytes(v).is_err(), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn long_values_and_many_headers() {
+        let uri = Uri::from_static("/");
+        let format = crate::KeyFormat::default();
+        let long = vec![b'a'; 64 * 1024];
+        let mut value = b"Bearer ".to_vec();
+        value.extend_from_slice(&long);
+        assert_eq!(bearer_of(&value), Ok(Some(long.clone())));
+        assert_eq!(
+            format.validate_bytes(&long),
+            Err(crate::key::MalformedKey::Length)
+        );
+        let src = KeySource::header(HeaderName::from_static("x-api-key"));
+        let mut h = HeaderMap::new();
+        h.insert("x-api-key", http::HeaderValue::from_bytes(&long).unwrap());
+        assert_eq!(src.extract(&h, &uri), Ok(Some(&long[..])));
+
+        let many = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(AUTHORIZATION, v.parse().unwrap());
+            }
+            h
+        };
+        let same = vec!["Bearer k1"; 100];
+        assert_eq!(KeySource::bearer().extract(&many(&same), &uri), K1);
+        for at in [0, 50, 99] {
+            let mut one_differs = same.clone();
+            one_differs[at] = "Bearer k2";
+            let h = many(&one_differs);
+            assert_eq!(
+                KeySource::bearer().extract(&h, &uri),
+                Err(Conflicting),
+                "at {at}"
+            );
+        }
+        // Other schemes are not keys: they neither count nor conflict.
+        let mut basic = vec!["Basic a2V5"; 99];
+        assert_eq!(KeySource::bearer().extract(&many(&basic), &uri), Ok(None));
+        basic.push("Bearer k1");
+        assert_eq!(KeySource::bearer().extract(&many(&basic), &uri), K1);
+    }
+
+    proptest::proptest! {
+        /// Whatever bytes a header value may hold, extraction does not panic, and a
+        /// token that validates is ASCII.
+        #[test]
+        fn any_header_bytes_extract_without_panicking(
+            auth in proptest::collection::vec(proptest::num::u8::ANY, 0..80),
+            other in proptest::collection::vec(proptest::num::u8::ANY, 0..80),
+        ) {
+            let mut h = HeaderMap::new();
+            if let Ok(v) = http::HeaderValue::from_bytes(&auth) {
+                h.append(AUTHORIZATION, v);
+            }
+            if let Ok(v) = http::HeaderValue::from_bytes(&other) {
+                h.append("x-api-key", v);
+            }
+            let uri = Uri::from_static("/");
+            if let Ok(Some(token)) = all().extract(&h, &uri)
+                && crate::KeyFormat::default().validate_bytes(token).is_ok()
+            {
+                proptest::prop_assert!(token.is_ascii());
+            }
+        }
+    }
+
     #[test]
     fn strip_removes_every_copy_of_the_key() {
         let src = all();

@@ -311,11 +311,17 @@ impl KeyStore for MemoryStore {
 
     async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
         let after = query.after.as_deref().map(parse_cursor).transpose()?;
+        let search = query.search.as_ref().map(|text| text.to_lowercase());
         let records = self.read();
         let mut matching: Vec<&KeyRecord> = records
             .by_hash
             .values()
             .filter(|r| query.consumer.as_ref().is_none_or(|c| &r.consumer == c))
+            .filter(|r| {
+                search.as_ref().is_none_or(|text| {
+                    r.consumer.to_lowercase().contains(text) || r.name.to_lowercase().contains(text)
+                })
+            })
             .filter(|r| {
                 after
                     .as_ref()

@@ -310,11 +310,22 @@ pub struct CreatedKey {
 }
 
 /// Which records [`KeyStore::list`] returns: oldest first, `limit` at a time.
+///
+/// ```
+/// use tower_api_key::store::ListQuery;
+///
+/// // The first 50 keys whose consumer or name contains "acme", in any case.
+/// let query = ListQuery::default().search("ACME").limit(50);
+/// assert_eq!(query.search.as_deref(), Some("ACME"));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ListQuery {
     /// Only this consumer's keys.
     pub consumer: Option<String>,
+    /// Only keys whose consumer or name contains this text, ignoring case (see
+    /// [`search`](Self::search)).
+    pub search: Option<String>,
     /// The `next` cursor of the previous page.
     pub after: Option<String>,
     /// At most this many (1 to 1000; default 100).
@@ -325,6 +336,7 @@ impl Default for ListQuery {
     fn default() -> Self {
         Self {
             consumer: None,
+            search: None,
             after: None,
             limit: 100,
         }
@@ -339,6 +351,33 @@ impl ListQuery {
     pub fn consumer(mut self, consumer: impl Into<String>) -> Self {
         self.consumer = Some(consumer.into());
         self
+    }
+
+    /// Only keys whose consumer or name contains `text`, ignoring case. The text is
+    /// matched literally (`%`, `_` and `\` are not wildcards). Letters `A` to `Z` match
+    /// `a` to `z` in every store; other letters match their other case in memory, in
+    /// PostgreSQL as its locale says, and not in SQLite (whose `LOWER` is ASCII only).
+    pub fn search(mut self, text: impl Into<String>) -> Self {
+        self.search = Some(text.into());
+        self
+    }
+
+    /// The SQL `LIKE` pattern of [`search`](Self::search), lower case, with `\` as its
+    /// escape character: `%text%` with the wildcards in the text escaped.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    pub(crate) fn like_pattern(&self) -> Option<String> {
+        self.search.as_ref().map(|text| {
+            let mut pattern = String::with_capacity(text.len() + 2);
+            pattern.push('%');
+            for c in text.to_lowercase().chars() {
+                if matches!(c, '%' | '_' | '\\') {
+                    pattern.push('\\');
+                }
+                pattern.push(c);
+            }
+            pattern.push('%');
+            pattern
+        })
     }
 
     /// The page after the one that returned `cursor` as `next`.

@@ -10,6 +10,16 @@ macro_rules! sql_key_store {
                                revoked_at, rate_limits, metadata, allowed_ips";
 
         fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+            // PostgreSQL refuses text holding NUL (in `text` and in `jsonb`): the input
+            // is at fault, not the store (SQLSTATE 22021, 22P05).
+            if let Some(sqlx::Error::Database(db)) =
+                (&e as &dyn std::any::Any).downcast_ref::<sqlx::Error>()
+                && matches!(db.code().as_deref(), Some("22021" | "22P05"))
+            {
+                return StoreError::Invalid(
+                    "the text holds a character the key store cannot keep (NUL)".to_owned(),
+                );
+            }
             StoreError::Backend(Box::new(e))
         }
 
@@ -635,6 +645,8 @@ impl KeyStore for $store {
             "SELECT {COLUMNS} FROM api_keys \
              WHERE (CAST($1 AS TEXT) IS NULL OR consumer = $1) \
                AND (CAST($2 AS BIGINT) IS NULL OR (created_at, id) > ($2, CAST($3 AS TEXT))) \
+               AND (CAST($5 AS TEXT) IS NULL OR LOWER(consumer) LIKE $5 ESCAPE '\\' \
+                    OR LOWER(name) LIKE $5 ESCAPE '\\') \
              ORDER BY created_at, id LIMIT $4"
         );
         let rows = sqlx::query(&sql)
@@ -642,6 +654,7 @@ impl KeyStore for $store {
             .bind(after_at)
             .bind(after_id)
             .bind(i64::try_from(limit + 1).unwrap_or(i64::MAX))
+            .bind(query.like_pattern())
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;

@@ -23,6 +23,7 @@ where
     let mut secrets = Vec::new();
     create_get_resolve_round_trip(&store, &mut secrets).await;
     list_pages_by_consumer(&store).await;
+    list_searches_consumer_and_name(&store).await;
     revoke_is_final(&store, &mut secrets).await;
     revoke_unless_last_keeps_one(&store).await;
     revoke_unless_last_under_concurrency(&store).await;
@@ -33,6 +34,7 @@ where
     imports_by_hash(&store).await;
     imports_all_or_nothing(&store).await;
     usage_over_time(&store).await;
+    nul_in_text_is_bad_input(&store, &mut secrets).await;
     let everything = dump().await;
     for secret in &secrets {
         let body = &secret[secret.len() - 40..];
@@ -129,6 +131,89 @@ async fn list_pages_by_consumer<S: KeyStore>(store: &S) {
         store.list(&bad).await,
         Err(StoreError::Invalid(_))
     ));
+}
+
+/// `ListQuery::search`: a case-insensitive substring of the consumer or the name, with
+/// `%`, `_` and `\` taken literally, combined with the consumer filter and the cursor.
+async fn list_searches_consumer_and_name<S: KeyStore>(store: &S) {
+    let mut made = std::collections::HashMap::new();
+    for (consumer, name) in [
+        ("Search-Quixote", "ci deploy"),
+        ("search-quixote-eu", "Nightly Zebra"),
+        ("search-globex", "QUIXOTE mirror"),
+        ("search-initech", "100% off_peak"),
+        ("search-initech", "100x offXpeak"),
+        ("search-zürich", "Straße"),
+        ("search-back\\slash", "plain"),
+    ] {
+        let c = store
+            .create(NewKey::new(consumer).with_name(name), "cli")
+            .await
+            .unwrap();
+        made.insert(c.record.id.clone(), (consumer, name));
+    }
+    let found = |records: &[tower_api_key::KeyRecord]| {
+        let mut names: Vec<&str> = records
+            .iter()
+            .map(|r| made.get(&r.id).map_or("<another key>", |m| m.1))
+            .collect();
+        names.sort_unstable();
+        names
+    };
+    let search = |text: &str| ListQuery::default().search(text).limit(1000);
+    // Consumer or name, in any case of A to Z.
+    let page = store.list(&search("qUiXoTe")).await.unwrap();
+    assert_eq!(
+        found(&page.records),
+        ["Nightly Zebra", "QUIXOTE mirror", "ci deploy"]
+    );
+    let page = store.list(&search("zebra")).await.unwrap();
+    assert_eq!(found(&page.records), ["Nightly Zebra"]);
+    // Wildcards in the text are literal: "%" and "_" match only themselves.
+    let page = store.list(&search("0% OFF_")).await.unwrap();
+    assert_eq!(found(&page.records), ["100% off_peak"]);
+    let page = store.list(&search("search-_")).await.unwrap();
+    assert!(page.records.is_empty(), "{:?}", found(&page.records));
+    let page = store.list(&search("%")).await.unwrap();
+    assert_eq!(found(&page.records), ["100% off_peak"]);
+    let page = store.list(&search("back\\s")).await.unwrap();
+    assert_eq!(found(&page.records), ["plain"]);
+    let page = store.list(&search("\\s")).await.unwrap();
+    assert_eq!(
+        found(&page.records),
+        ["plain"],
+        "a backslash is not an escape"
+    );
+    // Text beyond ASCII matches in its own case in every store.
+    let page = store.list(&search("zürich")).await.unwrap();
+    assert_eq!(found(&page.records), ["Straße"]);
+    let page = store.list(&search("straße")).await.unwrap();
+    assert_eq!(found(&page.records), ["Straße"]);
+    let page = store.list(&search("nobody has this")).await.unwrap();
+    assert!(page.records.is_empty());
+    // With the consumer filter: both must hold.
+    let both = ListQuery::default()
+        .consumer("search-initech")
+        .search("OFF_PEAK");
+    let page = store.list(&both).await.unwrap();
+    assert_eq!(found(&page.records), ["100% off_peak"]);
+    // Pages of a search: every match once, oldest first, and only matches.
+    let mut query = ListQuery::default().search("SEARCH-").limit(3);
+    let mut seen = Vec::new();
+    loop {
+        let page = store.list(&query).await.unwrap();
+        assert!(page.records.len() <= 3);
+        seen.extend(page.records.iter().map(|r| r.id.clone()));
+        match page.next {
+            Some(next) => query = query.after(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), made.len());
+    assert!(seen.iter().all(|id| made.contains_key(id)));
+    let all = store.list(&search("search-")).await.unwrap();
+    let oldest_first: Vec<String> = all.records.iter().map(|r| r.id.clone()).collect();
+    assert_eq!(seen, oldest_first);
 }
 
 async fn revoke_is_final<S: KeyStore>(store: &S, secrets: &mut Vec<String>) {
@@ -889,4 +974,34 @@ async fn usage_over_time<S: KeyStore>(store: &S) {
     // The counters are the sum of all of it.
     let usage = store.usage(&a.id).await.unwrap().unwrap();
     assert_eq!((usage.requests, usage.rejected), (6, 3));
+}
+
+/// Text holding NUL (which PostgreSQL cannot keep) is the caller's mistake: each store
+/// keeps it or refuses it as invalid, never fails as if it were down.
+async fn nul_in_text_is_bad_input<S: KeyStore>(store: &S, secrets: &mut Vec<String>) {
+    fn not_down<T>(what: &str, result: &Result<T, StoreError>) {
+        assert!(
+            !matches!(result, Err(StoreError::Backend(_))),
+            "{what}: {:?}",
+            result.as_ref().err()
+        );
+    }
+    for new in [
+        NewKey::new("nul\0consumer"),
+        NewKey::new("acme").with_name("nul\0name"),
+        NewKey::new("acme").with_metadata("k", "nul\0value"),
+    ] {
+        let created = store.create(new, "test").await;
+        not_down("create", &created);
+        if let Ok(created) = created {
+            secrets.push(created.key.expose_secret().to_owned());
+        }
+    }
+    let id = "key_\0";
+    not_down("get", &store.get(id).await);
+    not_down("revoke", &store.revoke(id, "test").await);
+    not_down("usage", &store.usage(id).await);
+    not_down("audit", &store.audit(Some(id)).await);
+    let query = ListQuery::default().consumer("nul\0consumer");
+    not_down("list", &store.list(&query).await);
 }

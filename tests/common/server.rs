@@ -15,8 +15,13 @@ use tokio::net::TcpStream;
 // The including test crate declares `#[path = "common/unique.rs"] mod unique;` (see pg.rs).
 use crate::unique::unique_name;
 
-/// target/<profile>/examples/server, next to this test's target/<profile>/deps.
+/// target/<profile>/examples/server, next to this test's target/<profile>/deps; or
+/// `TOWER_API_KEY_EXAMPLE_SERVER`, when set (a copy kept apart from a target directory
+/// that other checkouts build into).
 pub(crate) fn example_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("TOWER_API_KEY_EXAMPLE_SERVER") {
+        return PathBuf::from(path);
+    }
     let mut path = std::env::current_exe().unwrap();
     path.pop();
     path.pop();
@@ -83,7 +88,7 @@ impl Drop for Server {
 
 /// The variables of the server's contract that the test does not give are unset, so
 /// that the developer's environment does not leak in.
-const CONTRACT_VARS: [&str; 8] = [
+const CONTRACT_VARS: [&str; 10] = [
     "DATABASE_URL",
     "FAILURE_LIMIT",
     "REDIS_URL",
@@ -92,6 +97,8 @@ const CONTRACT_VARS: [&str; 8] = [
     "CACHE_STALE",
     "STORE_TIMEOUT",
     "CHANGES_POLL",
+    "HEADER_TIMEOUT",
+    "REQUEST_TIMEOUT",
 ];
 
 /// The example server on a free loopback port with `env` and no other variable of the
@@ -231,6 +238,11 @@ pub(crate) fn start(env: &[(&str, &str)]) -> Server {
 }
 
 impl Server {
+    /// The server's process id, to read its memory and open files from `/proc`.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// What the server has written on stderr so far.
     pub(crate) fn stderr(&self) -> Vec<String> {
         self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
