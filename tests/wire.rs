@@ -1052,13 +1052,13 @@ fn nul_in_text_on_postgres_is_bad_input() {
             "a NUL in the consumer",
             &b"/admin/keys"[..],
             &br#"{"consumer":"a\u0000b"}"#[..],
-            Problem(400),
+            Problem(422),
         ),
         (
             "a NUL in the name",
             b"/admin/keys",
             br#"{"consumer":"a","name":"\u0000"}"#,
-            Problem(400),
+            Problem(422),
         ),
         ("a NUL in the id", b"/admin/keys/key_%00", b"", Problem(400)),
         (
@@ -1071,13 +1071,13 @@ fn nul_in_text_on_postgres_is_bad_input() {
             "a NUL in the consumer filter",
             b"/admin/keys?consumer=a%00",
             b"",
-            Problem(400),
+            Problem(422),
         ),
         (
             "a NUL in the audit's key id",
             b"/admin/audit?key_id=a%00",
             b"",
-            Problem(400),
+            Problem(422),
         ),
         (
             "a consumer without one",

@@ -442,9 +442,7 @@ fn not_found() -> Problem {
 /// The key at `/admin/keys/{id}`, revoked or not (a revoked key stays readable, with its
 /// usage and audit log: that is what revocation leaves to look into), or 404.
 async fn existing_key<S: KeyStore + ?Sized>(store: &S, id: &str) -> Result<KeyRecord, Problem> {
-    if !storable(id) {
-        return Err(not_found());
-    }
+    readable_id(id)?;
     store
         .get(id)
         .await
@@ -598,10 +596,22 @@ pub(crate) fn whole_number(n: &serde_json::Number) -> Option<u64> {
     })
 }
 
-/// Can a store hold this text? PostgreSQL's text cannot hold NUL, so no stored id or
-/// consumer has one: a lookup of such a text finds nothing, without asking the store.
+/// Can a store hold this text? PostgreSQL's text cannot hold NUL: no cursor of ours has one.
 fn storable(text: &str) -> bool {
     !text.contains('\0')
+}
+
+/// A key id in a path with control characters is not one (ids are `key_…`): 400 for
+/// every store, before any of them is asked (PostgreSQL would refuse NUL).
+fn readable_id(id: &str) -> Result<(), Problem> {
+    if id.chars().any(char::is_control) {
+        return Err(problem(
+            StatusCode::BAD_REQUEST,
+            "a key id holds no control characters",
+            None,
+        ));
+    }
+    Ok(())
 }
 
 /// The caller may not revoke or change its own key: that would lock it out (no admin
@@ -910,9 +920,10 @@ async fn import<S: KeyStore>(
 #[serde(deny_unknown_fields)]
 struct ListParams {
     /// Only this consumer's keys.
+    #[param(pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     consumer: Option<String>,
     /// Only keys whose consumer or name contains this text, ignoring case.
-    #[param(max_length = 200)]
+    #[param(max_length = 200, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     q: Option<String>,
     /// At most this many (default 1000).
     // Read as text, so that a bad one is a 422 naming it rather than a 400.
@@ -929,7 +940,7 @@ struct ListParams {
         (status = 200, description = "A page of keys", body = Vec<KeyBody>,
             headers(("Link" = String, description = "`<…>; rel=\"next\"` when there is a next page"))),
         (status = 400, description = "A query parameter other than `consumer`, `q`, `limit` and `after`, or one twice."),
-        (status = 422, description = "`limit`, `q` or `after` is wrong (`field` names it).")))]
+        (status = 422, description = "`limit`, `q`, `after` or `consumer` is wrong (`field` names it).")))]
 async fn list<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
     params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
@@ -953,17 +964,20 @@ async fn list<S: KeyStore>(
     {
         return invalid("q", format!("q is longer than {MAX_TEXT} characters")).into_response();
     }
-    // Ours never hold NUL (PostgreSQL's text cannot): a cursor with one is not ours, and
-    // no consumer or name has one.
+    // Ours never hold NUL (PostgreSQL's text cannot): a cursor with one is not ours.
     if params.after.as_deref().is_some_and(|a| !storable(a)) {
         return invalid("after", "malformed list cursor").into_response();
     }
-    if [&params.consumer, &params.q]
-        .into_iter()
-        .flatten()
-        .any(|text| !storable(text))
-    {
-        return Json(Vec::<KeyBody>::new()).into_response();
+    // A store may not keep control characters (PostgreSQL refuses NUL): name the
+    // parameter here rather than leave the store's refusal to look like a bad cursor.
+    for (field, value) in [("consumer", &params.consumer), ("q", &params.q)] {
+        if value
+            .as_ref()
+            .is_some_and(|v| v.chars().any(char::is_control))
+        {
+            return invalid(field, format!("{field} must not hold control characters"))
+                .into_response();
+        }
     }
     let mut query = ListQuery::default().limit(limit);
     query.consumer.clone_from(&params.consumer);
@@ -1101,10 +1115,7 @@ async fn revoke<S: KeyStore>(
     Extension(admin): Extension<Authenticated>,
     KeyId(id): KeyId,
 ) -> Response {
-    if !storable(&id) {
-        return not_found().into_response();
-    }
-    if let Err(e) = not_the_caller(&id, &admin, "revoke") {
+    if let Err(e) = readable_id(&id).and_then(|()| not_the_caller(&id, &admin, "revoke")) {
         return e.into_response();
     }
     match store.revoke(&id, admin.key_id()).await {
@@ -1167,13 +1178,15 @@ async fn usage<S: KeyStore>(State(store): State<CachedResolver<S>>, KeyId(id): K
 #[serde(deny_unknown_fields)]
 struct AuditParams {
     /// Only this key's entries.
+    #[param(pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     key_id: Option<String>,
 }
 
 #[utoipa::path(get, path = "/admin/audit", params(AuditParams),
     responses(
         (status = 200, description = "The audit log, oldest first", body = Vec<AuditEntryBody>),
-        (status = 400, description = "A query parameter other than `key_id`.")))]
+        (status = 400, description = "A query parameter other than `key_id`."),
+        (status = 422, description = "`key_id` holds control characters.")))]
 async fn audit<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
     params: Result<Query<AuditParams>, axum::extract::rejection::QueryRejection>,
@@ -1186,8 +1199,13 @@ async fn audit<S: KeyStore>(
         )
         .into_response();
     };
-    if params.key_id.as_deref().is_some_and(|id| !storable(id)) {
-        return Json(Vec::<AuditEntryBody>::new()).into_response();
+    // As the list's filters: named here, before a store refuses it (PostgreSQL: NUL).
+    if params
+        .key_id
+        .as_deref()
+        .is_some_and(|id| id.chars().any(char::is_control))
+    {
+        return invalid("key_id", "key_id must not hold control characters").into_response();
     }
     match store.audit(params.key_id.as_deref()).await {
         Ok(entries) => Json(entries.iter().map(audit_body).collect::<Vec<_>>()).into_response(),

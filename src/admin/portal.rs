@@ -81,7 +81,7 @@ use super::series::{SeriesBody, SeriesParams, key_series, series_params};
 use super::{
     AdminConfig, CreatedKeyBody, KeyBody, KeyDetail, MAX_EXPIRES_IN, MAX_GRACE, Problem,
     SELF_ROTATION_GRACE, allowed_ips, changeable_key, created_body, invalid, key_body, number,
-    object, problem, rate_limit, rfc3339, scopes, storable, store_error, text, unread,
+    object, problem, rate_limit, readable_id, rfc3339, scopes, store_error, text, unread,
 };
 use crate::auth::{ApiKeyLayer, KeySource, RequireScopeLayer};
 use crate::ratelimit::{Limit, RateLimits};
@@ -196,9 +196,7 @@ async fn owned<S: KeyStore>(
     caller: &Authenticated,
     id: &str,
 ) -> Result<KeyRecord, Problem> {
-    if !storable(id) {
-        return Err(not_found());
-    }
+    readable_id(id)?;
     match store.get(id).await {
         Ok(Some(record)) if record.consumer == caller.consumer() => Ok(record),
         Ok(_) => Err(not_found()),
