@@ -1060,12 +1060,12 @@ fn nul_in_text_on_postgres_is_bad_input() {
             br#"{"consumer":"a","name":"\u0000"}"#,
             Problem(422),
         ),
-        ("a NUL in the id", b"/admin/keys/key_%00", b"", Problem(400)),
+        ("a NUL in the id", b"/admin/keys/key_%00", b"", Problem(404)),
         (
             "a NUL in the usage's id",
             b"/admin/keys/key_%00/usage",
             b"",
-            Problem(400),
+            Problem(404),
         ),
         (
             "a NUL in the consumer filter",

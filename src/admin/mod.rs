@@ -601,15 +601,11 @@ fn storable(text: &str) -> bool {
     !text.contains('\0')
 }
 
-/// A key id in a path with control characters is not one (ids are `key_…`): 400 for
+/// A key id in a path with control characters names no key (ids are `key_…`): 404 for
 /// every store, before any of them is asked (PostgreSQL would refuse NUL).
 fn readable_id(id: &str) -> Result<(), Problem> {
     if id.chars().any(char::is_control) {
-        return Err(problem(
-            StatusCode::BAD_REQUEST,
-            "a key id holds no control characters",
-            None,
-        ));
+        return Err(not_found());
     }
     Ok(())
 }

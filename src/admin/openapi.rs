@@ -466,8 +466,7 @@ const KEY_LAYER_ANSWERS: [LayerAnswer; 4] = [
     LayerAnswer {
         status: "400",
         description: "The request carries two different keys (`Authorization` and `X-API-Key`), \
-                      or a path that cannot be read (bytes that are not UTF-8, a key id with \
-                      control characters).",
+                      or a path that cannot be read (bytes that are not UTF-8).",
         header: None,
     },
     LayerAnswer {
