@@ -272,7 +272,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_state(AppState::default())
         .merge(admin)
         .merge(portal)
-        .merge(metrics);
+        .merge(metrics)
+        .fallback(not_found);
 
     let shutdown = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(bind).await?;
@@ -312,6 +313,11 @@ fn metrics_text(
         prometheus.render(),
     )
         .into_response()
+}
+
+/// Any other path: 404 as problem+json, like every other error here.
+async fn not_found() -> Response {
+    problem(StatusCode::NOT_FOUND, "no such path")
 }
 
 /// How long a client may take; `None`: as long as it likes.

@@ -68,6 +68,14 @@ async fn contract_of_the_example_server() {
     assert!(admin_key.starts_with("sk_live_"));
 
     assert_eq!(http(addr, "GET", "/healthz", &[], "").await.0, 200);
+    // A path that is not there (GitHub's endpoint without its keys, too): problem+json,
+    // as the OpenAPI document says.
+    for path in ["/nowhere", "/github/secret-scanning"] {
+        let (status, body) = http(addr, "POST", path, &[], "").await;
+        assert_eq!(status, 404, "{path}");
+        let problem: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(problem["status"], 404, "{path}: {body}");
+    }
 
     let (status, body) = http(addr, "GET", "/v1/whoami", &[("authorization", &bearer)], "").await;
     assert_eq!(status, 200, "{body}");

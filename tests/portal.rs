@@ -391,19 +391,19 @@ async fn two_revocations_at_once_of_the_last_two_keys_self_keys_leave_one() {
         let body = json!({"consumer": consumer, "scopes": ["keys:self"]});
         let a = p.admin_creates(body.clone()).await;
         let b = p.admin_creates(body).await;
-        // The only keys that get in are these two: `a` revokes both at once, on
-        // connections of their own.
+        // The only keys that get in are these two (a key does not revoke itself): each
+        // revokes the other at once, on connections of their own.
         let (mut one, mut two) = (Client::new(&p.server.addr), Client::new(&p.server.addr));
         let (path_a, path_b) = (
             format!("/portal/keys/{}", a.id),
             format!("/portal/keys/{}", b.id),
         );
         let (x, y) = tokio::join!(
-            one.send("DELETE", &path_a, Some(&a.key), None),
-            two.send("DELETE", &path_b, Some(&a.key), None),
+            one.send("DELETE", &path_b, Some(&a.key), None),
+            two.send("DELETE", &path_a, Some(&b.key), None),
         );
-        // One succeeds; the other is refused as the last key (409), or, if `a` went
-        // first and the second request came after, because `a` is revoked (401).
+        // One succeeds; the other is refused as the last key (409), or, if it came
+        // after the first was done, because its caller is revoked (401).
         let mut statuses = [x.status, y.status];
         statuses.sort();
         assert!(
@@ -526,7 +526,17 @@ async fn a_key_made_here_has_no_more_than_the_key_that_made_it() {
             "POST",
             &format!("/portal/keys/{}/rotate", me.id),
             &me.key,
-            Some(json!({"grace_seconds": 60})),
+            Some(json!({"grace_seconds": 299})),
+        )
+        .await;
+    // With less grace than 300 s it would lock its caller out before it could switch.
+    assert_problem(&own, 409, None);
+    let own = p
+        .call(
+            "POST",
+            &format!("/portal/keys/{}/rotate", me.id),
+            &me.key,
+            Some(json!({"grace_seconds": 300})),
         )
         .await;
     assert_eq!(own.status, 201, "{}", own.body);

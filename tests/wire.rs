@@ -1052,20 +1052,20 @@ fn nul_in_text_on_postgres_is_bad_input() {
             "a NUL in the consumer",
             &b"/admin/keys"[..],
             &br#"{"consumer":"a\u0000b"}"#[..],
-            Problem(400),
+            Problem(422),
         ),
         (
             "a NUL in the name",
             b"/admin/keys",
             br#"{"consumer":"a","name":"\u0000"}"#,
-            Problem(400),
+            Problem(422),
         ),
-        ("a NUL in the id", b"/admin/keys/key_%00", b"", Problem(400)),
+        ("a NUL in the id", b"/admin/keys/key_%00", b"", Problem(404)),
         (
             "a NUL in the usage's id",
             b"/admin/keys/key_%00/usage",
             b"",
-            Problem(400),
+            Problem(404),
         ),
         (
             "a NUL in the consumer filter",
@@ -1077,7 +1077,7 @@ fn nul_in_text_on_postgres_is_bad_input() {
             "a NUL in the audit's key id",
             b"/admin/audit?key_id=a%00",
             b"",
-            Problem(400),
+            Problem(422),
         ),
         (
             "a consumer without one",

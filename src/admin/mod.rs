@@ -4,25 +4,34 @@
 //! | method and path | does | answers |
 //! | --- | --- | --- |
 //! | `POST /admin/keys` | create a key | 201 with `key`, shown only here |
-//! | `GET /admin/keys[?consumer=…&q=…&limit=…&after=…]` | list keys, oldest first; `q` searches consumer and name | 200, never a key; `Link: <…?after=…>; rel="next"` when there are more |
+//! | `GET /admin/keys[?consumer=…&q=…&limit=…&after=…]` | list keys, oldest first, revoked ones too; `q` searches consumer and name | 200, never a key; `Link: <…?after=…>; rel="next"` when there are more |
 //! | `GET /admin/keys/{id}` | one record, with `last_used_at` and `revoked_at` | 200 or 404 |
 //! | `PATCH /admin/keys/{id}` `{"scopes"?,"expires_in_seconds"?}` | change scopes or expiry (`null`: never) | 200 with the record |
 //! | `DELETE /admin/keys/{id}` | revoke | 204; the key fails from the next request on |
 //! | `POST /admin/keys/{id}/rotate` `{"grace_seconds"}` | rotate | 201 with the new key |
-//! | `POST /admin/keys/import` `[{"hash","consumer","name"?,"scopes"?,"expires_at"?,"rate_limit"?,"allowed_ips"?}]` | import keys minted elsewhere by their SHA-256 (hex), all or nothing | 201 `{"imported","ids"}`; 422 naming the row (`[3].hash`); 413 beyond 10 000 keys or 16 MiB |
+//! | `POST /admin/keys/import` `[{"hash","consumer","name"?,"scopes"?,"expires_at"?,"rate_limit"?,"allowed_ips"?}]` | import keys minted elsewhere by their SHA-256 (hex), all or nothing | 201 `{"imported","ids"}`; 422 naming the row (`[3].hash`) or beyond 10 000 keys; 409 for a hash already stored or twice in the import; 413 beyond 16 MiB |
 //! | `GET /admin/keys/{id}/usage` | usage | 200 `{"requests","rejected","last_used_at"}` |
 //! | `GET /admin/audit[?key_id=…]` | audit log | 200 `[{"at","event","key_id","actor"}]`, `leaked` entries with `url` and `source` |
 //! | `GET /admin/settings` | the lifetimes of new keys, and whether webhooks are on (for the dashboard) | 200 `{"default_key_ttl_seconds","max_key_ttl_seconds","webhooks"}` |
 //! | `GET /admin/webhooks/deliveries[?limit=…]` | the webhook delivery log, newest first (with [`AdminConfig::webhook_deliveries`]) | 200 `[{"id","type","key_id","state","attempts",…}]`, 404 without webhooks |
 //! | `GET /admin/` | the web dashboard (asks for an admin key) | 200 HTML |
-//! | `GET /admin/openapi.json` | this API's OpenAPI 3.1 document | 200 JSON |
+//! | `GET /admin/openapi.json` | this API's OpenAPI 3.1 document ([`openapi`]) | 200 JSON |
+//!
+//! Revocation (`DELETE`) is a soft delete: the revoked key's record, usage and audit log
+//! stay readable (what a leaked key was used for after it was revoked is what one wants
+//! to see), and it does not change any more (`PATCH` or a rotation answer 409). A key does
+//! not revoke or change itself: revoking or patching the key that makes the request
+//! answers 409, and so does rotating it with less than 300 s of grace, so that the API
+//! cannot lock its caller out (another admin key, or the `apikey` CLI, can).
 //!
 //! [`secret_scanning`] is a router of its own: GitHub's secret scanning partner endpoint,
 //! which revokes (or records) keys found leaked in public code.
 //!
-//! Input is strict: bad JSON is 400; unknown fields, empty strings, negative or absurd
-//! numbers and too many scopes are 422. Both are RFC 9457 problem+json naming the field.
-//! Every change is audited with the admin key's id as the actor. Times are RFC 3339 UTC.
+//! Input is strict: bad JSON is 400; unknown fields, empty strings, control characters,
+//! negative or absurd numbers and too many scopes are 422. Both are RFC 9457
+//! problem+json naming the field; every status each route answers is in the OpenAPI
+//! document, which CI holds the server to. Every change is audited with the admin key's
+//! id as the actor. Times are RFC 3339 UTC.
 //!
 //! ```
 //! use axum::Router;
@@ -46,7 +55,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::ToSchema;
 
 use crate::auth::{ApiKeyLayer, KeySource, RequireScopeLayer};
 use crate::lifetime::KeyLifetimes;
@@ -58,10 +67,12 @@ use crate::store::{
     WebhookOutbox,
 };
 
+mod openapi;
 pub mod portal;
 pub mod secret_scanning;
 mod series;
 
+pub use openapi::openapi;
 pub use secret_scanning::{LeakAction, PublicKeys, SecretScanning};
 
 /// The most scopes one key may carry through the admin API.
@@ -74,6 +85,8 @@ const MAX_TEXT: usize = 200;
 const MAX_EXPIRES_IN: u64 = 10 * 365 * 86_400;
 /// The longest rotation grace period: thirty days.
 const MAX_GRACE: u64 = 30 * 86_400;
+/// `Retry-After` of a 503 when the store fails, in seconds (the key layer's default).
+const STORE_RETRY_AFTER: &str = "5";
 /// The most keys one import may carry.
 pub const MAX_IMPORT_KEYS: usize = 10_000;
 /// The largest import body, in bytes: 16 MiB.
@@ -187,6 +200,9 @@ pub fn router_with<S: KeyStore>(cache: CachedResolver<S>, config: AdminConfig) -
 /// The dashboard: one page, HTML, CSS and JavaScript, embedded in the crate.
 const DASHBOARD: &str = include_str!("dashboard.html");
 
+#[utoipa::path(get, path = "/admin/", security(()),
+    description = "The web dashboard: one page that asks for an admin key and calls this API.",
+    responses((status = 200, description = "The page", content_type = "text/html", body = String)))]
 async fn dashboard() -> Response {
     (
         [
@@ -204,137 +220,13 @@ async fn dashboard() -> Response {
         .into_response()
 }
 
-/// The admin API's OpenAPI 3.1 document, generated from the handlers and body types.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    ApiDoc::openapi()
-}
-
+#[utoipa::path(get, path = "/admin/openapi.json", security(()),
+    responses((status = 200, description = "This document", body = Object)))]
 async fn openapi_json() -> Response {
     match openapi().to_json() {
         Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
         Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None).into_response(),
     }
-}
-
-#[derive(OpenApi)]
-#[openapi(
-    info(title = "tower-api-key admin API", description = "Manage API keys: create, list, revoke, rotate, usage, audit."),
-    paths(create, list, show, update, revoke, rotate, import, usage, series::key, series::all, series::top, audit, deliveries, settings, secret_scanning::report),
-    components(schemas(
-        CreateKeyRequest, ImportKeyRequest, ImportedBody, RateLimitRequest, UpdateKeyRequest, RotateRequest, KeyBody, LimitBody, KeyDetail, CreatedKeyBody,
-        UsageBody, series::SeriesBody, series::BucketBody, series::TopBody, AuditEntryBody, DeliveryBody, SettingsBody, ProblemBody, secret_scanning::LeakReportItem, secret_scanning::LeakFeedbackItem
-    )),
-    modifiers(&KeySchemes),
-    security(("bearer" = []), ("api_key" = []))
-)]
-struct ApiDoc;
-
-/// Declares the two ways to present an admin key: `Authorization: Bearer` (RFC 6750)
-/// and the `X-API-Key` header.
-struct KeySchemes;
-
-impl Modify for KeySchemes {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{
-            ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme,
-        };
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("API key")
-                    .description(Some("An admin key: `Authorization: Bearer sk_live_…`"))
-                    .build(),
-            ),
-        );
-        components.add_security_scheme(
-            "api_key",
-            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
-                "X-API-Key",
-                "An admin key in the X-API-Key header",
-            ))),
-        );
-    }
-}
-
-/// `POST /admin/keys`.
-#[allow(dead_code)] // Documents the body; the handler checks it field by field.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-struct CreateKeyRequest {
-    /// Who the key belongs to (1 to 200 characters).
-    consumer: String,
-    /// A name (1 to 200 characters).
-    name: Option<String>,
-    /// Scopes such as `orders:read` (at most 64).
-    scopes: Option<Vec<String>>,
-    /// Seconds until the key expires (1 to 315360000).
-    #[schema(minimum = 1, maximum = 315_360_000)]
-    expires_in_seconds: Option<u64>,
-    /// The key's rate limit; without one, the service's default applies.
-    rate_limit: Option<RateLimitRequest>,
-    /// Networks (CIDRs such as `10.0.0.0/8` or `2001:db8::/32`, or single addresses) the
-    /// key may be used from, at most 64; without them, anywhere.
-    allowed_ips: Option<Vec<String>>,
-}
-
-/// A rate limit: `requests` per `per_seconds`, up to `burst` at once.
-#[allow(dead_code)]
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-struct RateLimitRequest {
-    #[schema(minimum = 1, maximum = 1_000_000_000)]
-    requests: u64,
-    #[schema(minimum = 1, maximum = 31_536_000)]
-    per_seconds: u64,
-    #[schema(minimum = 1, maximum = 1_000_000_000)]
-    burst: Option<u64>,
-}
-
-/// `PATCH /admin/keys/{id}`: at least one field.
-#[allow(dead_code)]
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-struct UpdateKeyRequest {
-    /// The key's scopes from now on (at most 64; `[]` for none).
-    scopes: Option<Vec<String>>,
-    /// Seconds from now until the key expires (1 to 315360000), or `null`: never.
-    #[schema(minimum = 1, maximum = 315_360_000)]
-    expires_in_seconds: Option<Option<u64>>,
-}
-
-/// `POST /admin/keys/{id}/rotate`.
-#[allow(dead_code)]
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-struct RotateRequest {
-    /// Seconds the old key keeps working (0 to 2592000).
-    #[schema(minimum = 0, maximum = 2_592_000)]
-    grace_seconds: u64,
-}
-
-/// One key of `POST /admin/keys/import`: a key minted elsewhere, known by its hash.
-#[allow(dead_code)] // Documents the body; ImportedKey::from_json checks it.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-struct ImportKeyRequest {
-    /// The SHA-256 of the whole key, 64 hex digits. Never the key itself.
-    #[schema(pattern = "^[0-9a-fA-F]{64}$")]
-    hash: String,
-    /// Who the key belongs to (1 to 200 characters).
-    consumer: String,
-    /// A name (1 to 200 characters).
-    name: Option<String>,
-    /// Scopes such as `orders:read` (at most 64).
-    scopes: Option<Vec<String>>,
-    /// When the key stops working: RFC 3339, in the future, within the maximum lifetime.
-    expires_at: Option<String>,
-    /// The key's rate limit; without one, the service's default applies.
-    rate_limit: Option<RateLimitRequest>,
-    /// Networks the key may be used from (at most 64); without them, anywhere.
-    allowed_ips: Option<Vec<String>>,
 }
 
 /// What `POST /admin/keys/import` stored.
@@ -349,16 +241,23 @@ struct ImportedBody {
 /// A key's record. Never the key.
 #[derive(Serialize, ToSchema)]
 struct KeyBody {
+    /// The key's id (`key_…`).
+    #[schema(schema_with = openapi::key_id_schema)]
     id: String,
+    /// The key's first characters, for people to recognise it (`sk_live_AbC1`).
     start: String,
     consumer: String,
+    /// Empty when the key has none.
     name: String,
     scopes: Vec<String>,
-    /// RFC 3339, UTC.
+    #[schema(format = DateTime)]
     created_at: String,
+    /// When the key stops working; `null`: never.
+    #[schema(format = DateTime, required = true)]
     expires_at: Option<String>,
+    #[schema(format = DateTime, required = true)]
     revoked_at: Option<String>,
-    /// `active`, `expired` or `revoked`.
+    #[schema(value_type = KeyStatusName)]
     status: String,
     /// The networks the key may be used from (CIDRs); empty: anywhere.
     allowed_ips: Vec<String>,
@@ -373,12 +272,24 @@ struct LimitBody {
     name: String,
     /// Requests per period or per window.
     requests: u32,
-    /// A rate's period, in seconds.
+    /// A rate's period, in seconds; `null` for a quota.
+    #[schema(required = true)]
     per_seconds: Option<f64>,
-    /// How many requests a rate lets through at once.
+    /// How many requests a rate lets through at once; `null` for a quota.
+    #[schema(required = true)]
     burst: Option<u32>,
-    /// A quota's UTC calendar window: `day` or `month`.
+    /// A quota's UTC calendar window; `null` for a rate.
+    #[schema(required = true, value_type = Option<QuotaWindowName>)]
     window: Option<String>,
+}
+
+/// A quota's UTC calendar window.
+#[allow(dead_code)] // Documents `LimitBody::window`.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+enum QuotaWindowName {
+    Day,
+    Month,
 }
 
 fn limit_body(policy: &RateLimitPolicy) -> LimitBody {
@@ -405,11 +316,23 @@ fn limit_body(policy: &RateLimitPolicy) -> LimitBody {
     }
 }
 
+/// A key's state now.
+#[allow(dead_code)] // Documents `KeyBody::status`.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+enum KeyStatusName {
+    Active,
+    Expired,
+    Revoked,
+}
+
 /// A key's record with its last use.
 #[derive(Serialize, ToSchema)]
 struct KeyDetail {
     #[serde(flatten)]
     record: KeyBody,
+    /// The last request it authenticated (written every few seconds); `null`: none yet.
+    #[schema(format = DateTime, required = true)]
     last_used_at: Option<String>,
 }
 
@@ -425,38 +348,47 @@ struct CreatedKeyBody {
 /// `GET /admin/keys/{id}/usage`.
 #[derive(Serialize, ToSchema)]
 struct UsageBody {
+    /// Requests the key authenticated.
     requests: u64,
+    /// Of those, the ones refused (rate limited, scope missing).
     rejected: u64,
+    #[schema(format = DateTime, required = true)]
     last_used_at: Option<String>,
 }
 
 /// One audit entry.
 #[derive(Serialize, ToSchema)]
 struct AuditEntryBody {
+    #[schema(format = DateTime)]
     at: String,
-    /// `created`, `rotated`, `expired_by_rotation`, `revoked`, `expiry_changed`,
-    /// `scopes_changed`, `leaked`, `imported`.
+    #[schema(value_type = AuditEventName)]
     event: String,
     key_id: String,
+    /// Who made the change: an admin key's id, `cli`, `server`, `github-secret-scanning`, ….
     actor: String,
     /// For `leaked`: where the key was found (never the key).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     url: Option<String>,
     /// For `leaked`: what kind of place that is (`content`, `commit`, …).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     source: Option<String>,
 }
 
-/// RFC 9457 problem details.
-#[allow(dead_code)]
+/// What happened to a key.
+#[allow(dead_code)] // Documents `AuditEntryBody::event`.
 #[derive(ToSchema)]
-struct ProblemBody {
-    r#type: String,
-    title: String,
-    status: u16,
-    detail: String,
-    /// The request field at fault, for 422.
-    field: Option<String>,
+#[schema(rename_all = "snake_case")]
+enum AuditEventName {
+    Created,
+    Rotated,
+    ExpiredByRotation,
+    Revoked,
+    ExpiryChanged,
+    ScopesChanged,
+    Leaked,
+    Imported,
 }
 
 /// An RFC 9457 problem, naming the offending field when there is one.
@@ -478,12 +410,20 @@ impl IntoResponse for Problem {
         if let Some(field) = self.field {
             body["field"] = json!(field);
         }
-        (
+        let mut response = (
             self.status,
-            [(header::CONTENT_TYPE, "application/problem+json")],
+            [(header::CONTENT_TYPE, openapi::PROBLEM_JSON)],
             body.to_string(),
         )
-            .into_response()
+            .into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            // As the key layer says it when the store fails.
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from_static(STORE_RETRY_AFTER),
+            );
+        }
+        response
     }
 }
 
@@ -495,21 +435,54 @@ fn problem(status: StatusCode, detail: impl Into<String>, field: Option<&str>) -
     }
 }
 
+fn not_found() -> Problem {
+    problem(StatusCode::NOT_FOUND, "no key with this id", None)
+}
+
+/// The key at `/admin/keys/{id}`, revoked or not (a revoked key stays readable, with its
+/// usage and audit log: that is what revocation leaves to look into), or 404.
+async fn existing_key<S: KeyStore + ?Sized>(store: &S, id: &str) -> Result<KeyRecord, Problem> {
+    readable_id(id)?;
+    store
+        .get(id)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(not_found)
+}
+
+/// The key `id` for a change (new scopes, expiry, a rotation): 404 if there is none, 409
+/// if it is revoked (a revoked key's successor would bring it back; its scopes no longer
+/// matter).
+async fn changeable_key<S: KeyStore + ?Sized>(store: &S, id: &str) -> Result<KeyRecord, Problem> {
+    let record = existing_key(store, id).await?;
+    match record.revoked_at {
+        Some(at) => Err(problem(
+            StatusCode::CONFLICT,
+            format!(
+                "the key was revoked at {}: it does not change any more (create a new one)",
+                rfc3339(at)
+            ),
+            None,
+        )),
+        None => Ok(record),
+    }
+}
+
 fn invalid(field: &str, detail: impl Into<String>) -> Problem {
     problem(StatusCode::UNPROCESSABLE_ENTITY, detail, Some(field))
 }
 
 fn store_error(e: StoreError) -> Problem {
     match &e {
-        StoreError::NotFound(_) => problem(StatusCode::NOT_FOUND, "no key with this id", None),
+        StoreError::NotFound(_) => not_found(),
         StoreError::Invalid(detail) => problem(StatusCode::BAD_REQUEST, detail, None),
-        StoreError::DuplicateHash { index, .. } => {
-            let detail = e.to_string();
-            invalid(
-                &format!("[{index}].hash"),
-                format!("{detail}; nothing was imported"),
-            )
-        }
+        // A key's hash is unique: a row that has the hash of one stored, or of an earlier
+        // row (`AbC…` and `abc…` are one hash), conflicts with it.
+        StoreError::DuplicateHash { index, .. } => problem(
+            StatusCode::CONFLICT,
+            format!("{e}; nothing was imported"),
+            Some(&format!("[{index}].hash")),
+        ),
         _ => {
             tracing::warn!(error = %e, "admin API: key store failed");
             problem(
@@ -577,6 +550,11 @@ fn text(map: &Map<String, Value>, field: &str, required: bool) -> Result<Option<
         Some(Value::String(s)) if s.trim().is_empty() => {
             Err(invalid(field, format!("{field} must not be empty")))
         }
+        // Not in logs, not in a database that cannot hold them (PostgreSQL text: NUL).
+        Some(Value::String(s)) if s.chars().any(char::is_control) => Err(invalid(
+            field,
+            format!("{field} must not contain control characters"),
+        )),
         Some(Value::String(s)) if s.chars().count() > MAX_TEXT => Err(invalid(
             field,
             format!("{field} is longer than {MAX_TEXT} characters"),
@@ -586,7 +564,8 @@ fn text(map: &Map<String, Value>, field: &str, required: bool) -> Result<Option<
     }
 }
 
-/// A whole number in `1..=max` (or `0..=max` when `zero` is allowed).
+/// A whole number in `1..=max` (or `0..=max` when `zero` is allowed). `60.0` is one, as
+/// JSON Schema's `integer` says.
 fn number(
     map: &Map<String, Value>,
     field: &str,
@@ -595,7 +574,7 @@ fn number(
 ) -> Result<Option<u64>, Problem> {
     match map.get(field) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => match n.as_u64() {
+        Some(Value::Number(n)) => match whole_number(n) {
             Some(v) if v > max => Err(invalid(field, format!("{field} must be at most {max}"))),
             Some(0) if !zero => Err(invalid(field, format!("{field} must be at least 1"))),
             Some(v) => Ok(Some(v)),
@@ -606,6 +585,66 @@ fn number(
         },
         Some(_) => Err(invalid(field, format!("{field} must be a number"))),
     }
+}
+
+/// A JSON number that is a whole number, not negative: `3`, `3.0`, `3e2`.
+pub(crate) fn whole_number(n: &serde_json::Number) -> Option<u64> {
+    n.as_u64().or_else(|| {
+        let f = n.as_f64()?;
+        // Beyond 2^64 it is too large for any field, and `as` would saturate.
+        (f.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&f)).then_some(f as u64)
+    })
+}
+
+/// Can a store hold this text? PostgreSQL's text cannot hold NUL: no cursor of ours has one.
+fn storable(text: &str) -> bool {
+    !text.contains('\0')
+}
+
+/// A key id in a path with control characters names no key (ids are `key_…`): 404 for
+/// every store, before any of them is asked (PostgreSQL would refuse NUL).
+fn readable_id(id: &str) -> Result<(), Problem> {
+    if id.chars().any(char::is_control) {
+        return Err(not_found());
+    }
+    Ok(())
+}
+
+/// The caller may not revoke or change its own key: that would lock it out (no admin
+/// key left that works). Another admin key, or the CLI, can.
+fn not_the_caller(id: &str, caller: &Authenticated, doing: &str) -> Result<(), Problem> {
+    if id == caller.key_id() {
+        return Err(problem(
+            StatusCode::CONFLICT,
+            format!(
+                "this is the key making the request: a key does not {doing} itself through \
+                 the admin API (use another admin key, or the apikey CLI)"
+            ),
+            None,
+        ));
+    }
+    Ok(())
+}
+
+/// The shortest grace with which a key may rotate itself, in seconds: the caller gets
+/// the new key in the answer, and keeps working with the old one while it switches.
+pub(crate) const SELF_ROTATION_GRACE: u64 = 300;
+
+/// A key rotates itself only with [`SELF_ROTATION_GRACE`] or more: with less it would
+/// lock its caller out before it could switch.
+fn self_rotation(id: &str, caller: &Authenticated, grace: u64) -> Result<(), Problem> {
+    if id == caller.key_id() && grace < SELF_ROTATION_GRACE {
+        return Err(problem(
+            StatusCode::CONFLICT,
+            format!(
+                "this is the key making the request: it rotates itself only with \
+                 grace_seconds of at least {SELF_ROTATION_GRACE}, so that it keeps working \
+                 while you switch to the new key"
+            ),
+            None,
+        ));
+    }
+    Ok(())
 }
 
 fn scopes(map: &Map<String, Value>) -> Result<Scopes, Problem> {
@@ -714,14 +753,18 @@ fn key_body(r: &KeyRecord) -> KeyBody {
         created_at: rfc3339(r.created_at),
         expires_at: r.expires_at.map(rfc3339),
         revoked_at: r.revoked_at.map(rfc3339),
-        status: match r.status(SystemTime::now()) {
-            crate::KeyStatus::Active => "active",
-            crate::KeyStatus::Expired => "expired",
-            crate::KeyStatus::Revoked => "revoked",
-        }
-        .to_owned(),
+        status: status_name(r.status(SystemTime::now())).to_owned(),
         allowed_ips: r.allowed_ips.iter().map(ToString::to_string).collect(),
         rate_limits: r.rate_limits.iter().map(limit_body).collect(),
+    }
+}
+
+/// `active`, `expired` or `revoked` (the document's `KeyStatusName`).
+fn status_name(status: crate::KeyStatus) -> &'static str {
+    match status {
+        crate::KeyStatus::Active => "active",
+        crate::KeyStatus::Expired => "expired",
+        crate::KeyStatus::Revoked => "revoked",
     }
 }
 
@@ -732,8 +775,12 @@ fn created_body(created: &crate::store::CreatedKey) -> CreatedKeyBody {
     }
 }
 
-#[utoipa::path(post, path = "/admin/keys", request_body = CreateKeyRequest,
-    responses((status = 201, body = CreatedKeyBody), (status = 400, body = ProblemBody), (status = 422, body = ProblemBody)))]
+#[utoipa::path(post, path = "/admin/keys", request_body = openapi::CreateKeyRequest,
+    responses(
+        (status = 201, description = "Created; `key` is shown here only", body = CreatedKeyBody),
+        (status = 400, description = "The body is not a JSON object."),
+        (status = 413, description = "The body is larger than 2 MiB."),
+        (status = 422, description = "A field is wrong (`field` names it), or the lifetime is longer than the server allows.")))]
 async fn create<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
     Extension(admin): Extension<Authenticated>,
@@ -779,9 +826,14 @@ async fn create<S: KeyStore>(
     result.await.unwrap_or_else(IntoResponse::into_response)
 }
 
-#[utoipa::path(post, path = "/admin/keys/import", request_body = Vec<ImportKeyRequest>,
-    description = "Imports keys minted elsewhere by their SHA-256, all or nothing: any bad or duplicate row (within the request or already stored) fails the whole import with 422 naming it, e.g. field `[3].hash`. At most 10 000 keys and 16 MiB.",
-    responses((status = 201, body = ImportedBody), (status = 400, body = ProblemBody), (status = 413, body = ProblemBody), (status = 422, body = ProblemBody)))]
+#[utoipa::path(post, path = "/admin/keys/import", request_body = openapi::ImportRequest,
+    description = "Imports keys minted elsewhere by their SHA-256, all or nothing: any bad row fails the whole import naming it, e.g. field `[3].hash`. At most 10 000 keys and 16 MiB.",
+    responses(
+        (status = 201, description = "Imported", body = ImportedBody),
+        (status = 400, description = "The body is not a JSON array."),
+        (status = 409, description = "A row has the hash of a key already stored or of an earlier row (`field`: `[i].hash`); nothing was imported."),
+        (status = 413, description = "The body is larger than 16 MiB."),
+        (status = 422, description = "More than 10 000 keys, or a row is wrong (`field` names it, e.g. `[3].hash`), or an expiry is past the longest lifetime; nothing was imported.")))]
 async fn import<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
     Extension(admin): Extension<Authenticated>,
@@ -789,19 +841,14 @@ async fn import<S: KeyStore>(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
-        let too_large = || {
-            problem(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "an import carries at most {MAX_IMPORT_KEYS} keys and {MAX_IMPORT_BYTES} bytes; \
-                     split it (each part is all or nothing)"
-                ),
-                None,
-            )
-        };
+        let split = "split it (each part is all or nothing)";
         let body = body.map_err(|e| match e.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => too_large(),
-            status => problem(status, e.body_text(), None),
+            StatusCode::PAYLOAD_TOO_LARGE => problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("an import is at most {MAX_IMPORT_BYTES} bytes; {split}"),
+                None,
+            ),
+            _ => unread(e),
         })?;
         let value: Value = serde_json::from_slice(&body).map_err(|e| {
             problem(
@@ -817,8 +864,13 @@ async fn import<S: KeyStore>(
                 None,
             ));
         };
+        // A count, not a size: the body's shape is wrong (the schema's `maxItems`).
         if rows.len() > MAX_IMPORT_KEYS {
-            return Err(too_large());
+            return Err(problem(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("an import carries at most {MAX_IMPORT_KEYS} keys; {split}"),
+                None,
+            ));
         }
         let now = SystemTime::now();
         let mut keys = Vec::with_capacity(rows.len());
@@ -831,6 +883,11 @@ async fn import<S: KeyStore>(
                 .map_err(|e| invalid(&at(&e.field), format!("key {index}: {}", e.detail)))?;
             // The lifetimes of new keys apply to imported ones: a default when none is
             // given, and the maximum.
+            // A key that expired already is imported as it is: expired.
+            if key.expires_at.is_some_and(|t| t <= now) {
+                keys.push(key);
+                continue;
+            }
             let asked = key
                 .expires_at
                 .map(|t| t.duration_since(now).unwrap_or_default());
@@ -854,23 +911,32 @@ async fn import<S: KeyStore>(
     result.await.unwrap_or_else(IntoResponse::into_response)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListParams {
+    /// Only this consumer's keys.
+    #[param(pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     consumer: Option<String>,
+    /// Only keys whose consumer or name contains this text, ignoring case.
+    #[param(max_length = 200, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     q: Option<String>,
+    /// At most this many (default 1000).
+    // Read as text, so that a bad one is a 422 naming it rather than a 400.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
+    /// The cursor of the next page, from the `Link` header of the previous one.
+    #[param(pattern = "^[0-9]{1,19}\\.[^\\u0000]+$")]
     after: Option<String>,
 }
 
-#[utoipa::path(get, path = "/admin/keys", params(
-        ("consumer" = Option<String>, Query, description = "Only this consumer's keys"),
-        ("q" = Option<String>, Query, max_length = 200, description = "Only keys whose consumer or name contains this text, ignoring case"),
-        ("limit" = Option<usize>, Query, minimum = 1, maximum = 1000, description = "At most this many (default 1000)"),
-        ("after" = Option<String>, Query, description = "The cursor of the next page, from the `Link` header of the previous one")),
-    description = "Keys, oldest first, a page at a time: when there are more, the `Link` header (RFC 8288) names the next page, `<…?after=…>; rel=\"next\"`.",
-    responses((status = 200, body = Vec<KeyBody>, headers(("Link" = String, description = "`<…>; rel=\"next\"` when there is a next page"))),
-        (status = 400, body = ProblemBody), (status = 422, body = ProblemBody)))]
+#[utoipa::path(get, path = "/admin/keys", params(ListParams),
+    description = "Keys, oldest first, revoked ones too, a page at a time: when there are more, the `Link` header (RFC 8288) names the next page, `<…?after=…>; rel=\"next\"`.",
+    responses(
+        (status = 200, description = "A page of keys", body = Vec<KeyBody>,
+            headers(("Link" = String, description = "`<…>; rel=\"next\"` when there is a next page"))),
+        (status = 400, description = "A query parameter other than `consumer`, `q`, `limit` and `after`, or one twice."),
+        (status = 422, description = "`limit`, `q`, `after` or `consumer` is wrong (`field` names it).")))]
 async fn list<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
     params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
@@ -893,6 +959,10 @@ async fn list<S: KeyStore>(
         .is_some_and(|q| q.chars().count() > MAX_TEXT)
     {
         return invalid("q", format!("q is longer than {MAX_TEXT} characters")).into_response();
+    }
+    // Ours never hold NUL (PostgreSQL's text cannot): a cursor with one is not ours.
+    if params.after.as_deref().is_some_and(|a| !storable(a)) {
+        return invalid("after", "malformed list cursor").into_response();
     }
     // A store may not keep control characters (PostgreSQL refuses NUL): name the
     // parameter here rather than leave the store's refusal to look like a bad cursor.
@@ -947,15 +1017,14 @@ fn percent_encode(text: &str) -> String {
     out
 }
 
-#[utoipa::path(get, path = "/admin/keys/{id}", params(("id" = String, Path)),
-    responses((status = 200, body = KeyDetail), (status = 404, body = ProblemBody)))]
+#[utoipa::path(get, path = "/admin/keys/{id}", params(openapi::KeyIdPath),
+    responses(
+        (status = 200, description = "The key's record", body = KeyDetail),
+        (status = 404, description = "No key with this id.")))]
 async fn show<S: KeyStore>(State(store): State<CachedResolver<S>>, KeyId(id): KeyId) -> Response {
-    let record = match store.get(&id).await {
-        Ok(Some(record)) => record,
-        Ok(None) => {
-            return problem(StatusCode::NOT_FOUND, "no key with this id", None).into_response();
-        }
-        Err(e) => return store_error(e).into_response(),
+    let record = match existing_key(&store, &id).await {
+        Ok(record) => record,
+        Err(e) => return e.into_response(),
     };
     let usage = store.usage(&id).await.ok().flatten().unwrap_or_default();
     Json(KeyDetail {
@@ -965,8 +1034,14 @@ async fn show<S: KeyStore>(State(store): State<CachedResolver<S>>, KeyId(id): Ke
     .into_response()
 }
 
-#[utoipa::path(patch, path = "/admin/keys/{id}", params(("id" = String, Path)), request_body = UpdateKeyRequest,
-    responses((status = 200, body = KeyBody), (status = 400, body = ProblemBody), (status = 404, body = ProblemBody), (status = 422, body = ProblemBody)))]
+#[utoipa::path(patch, path = "/admin/keys/{id}", params(openapi::KeyIdPath), request_body = openapi::UpdateKeyRequest,
+    responses(
+        (status = 200, description = "Changed; the record", body = KeyBody),
+        (status = 400, description = "The body is not a JSON object."),
+        (status = 404, description = "No key with this id."),
+        (status = 409, description = "This is the key making the request (a key does not change itself), or the key is revoked."),
+        (status = 413, description = "The body is larger than 2 MiB."),
+        (status = 422, description = "A field is wrong (`field` names it), nothing to change, or the expiry is longer than the server allows.")))]
 async fn update<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
     Extension(admin): Extension<Authenticated>,
@@ -998,6 +1073,11 @@ async fn update<S: KeyStore>(
                 .map_err(|e| invalid("expires_in_seconds", e.to_string()))?;
         }
         let expiry = expiry.map(|life| life.map(|life| SystemTime::now() + life));
+        if scopes.is_none() && expiry.is_none() {
+            return Err(invalid("scopes", "nothing to change"));
+        }
+        changeable_key(&store, &id).await?;
+        not_the_caller(&id, &admin, "change")?;
         let mut record = None;
         if let Some(scopes) = scopes {
             record = Some(
@@ -1021,21 +1101,33 @@ async fn update<S: KeyStore>(
     result.await.unwrap_or_else(IntoResponse::into_response)
 }
 
-#[utoipa::path(delete, path = "/admin/keys/{id}", params(("id" = String, Path)),
-    responses((status = 204, description = "Revoked; the key fails from the next request on"), (status = 404, body = ProblemBody)))]
+#[utoipa::path(delete, path = "/admin/keys/{id}", params(openapi::KeyIdPath),
+    responses(
+        (status = 204, description = "Revoked (or revoked already); the key fails from the next request on. Its record, usage and audit log stay readable."),
+        (status = 404, description = "No key with this id."),
+        (status = 409, description = "This is the key making the request: a key does not revoke itself.")))]
 async fn revoke<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
     Extension(admin): Extension<Authenticated>,
     KeyId(id): KeyId,
 ) -> Response {
+    if let Err(e) = readable_id(&id).and_then(|()| not_the_caller(&id, &admin, "revoke")) {
+        return e.into_response();
+    }
     match store.revoke(&id, admin.key_id()).await {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => store_error(e).into_response(),
     }
 }
 
-#[utoipa::path(post, path = "/admin/keys/{id}/rotate", params(("id" = String, Path)), request_body = RotateRequest,
-    responses((status = 201, body = CreatedKeyBody), (status = 404, body = ProblemBody), (status = 422, body = ProblemBody)))]
+#[utoipa::path(post, path = "/admin/keys/{id}/rotate", params(openapi::KeyIdPath), request_body = openapi::RotateRequest,
+    responses(
+        (status = 201, description = "The new key (shown here only); the old one works until the grace ends", body = CreatedKeyBody),
+        (status = 400, description = "The body is not a JSON object."),
+        (status = 404, description = "No key with this id."),
+        (status = 409, description = "The key is revoked, or it is the key making the request and `grace_seconds` is less than 300: a key rotates itself only with a grace that lets its caller switch."),
+        (status = 413, description = "The body is larger than 2 MiB."),
+        (status = 422, description = "`grace_seconds` is missing or wrong.")))]
 async fn rotate<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
     Extension(admin): Extension<Authenticated>,
@@ -1046,6 +1138,8 @@ async fn rotate<S: KeyStore>(
         let map = object(&body.map_err(unread)?, &["grace_seconds"])?;
         let grace = number(&map, "grace_seconds", MAX_GRACE, true)?
             .ok_or_else(|| invalid("grace_seconds", "grace_seconds is required"))?;
+        changeable_key(&store, &id).await?;
+        self_rotation(&id, &admin, grace)?;
         let created = store
             .rotate(&id, Duration::from_secs(grace), admin.key_id())
             .await
@@ -1055,9 +1149,14 @@ async fn rotate<S: KeyStore>(
     result.await.unwrap_or_else(IntoResponse::into_response)
 }
 
-#[utoipa::path(get, path = "/admin/keys/{id}/usage", params(("id" = String, Path)),
-    responses((status = 200, body = UsageBody), (status = 404, body = ProblemBody)))]
+#[utoipa::path(get, path = "/admin/keys/{id}/usage", params(openapi::KeyIdPath),
+    responses(
+        (status = 200, description = "The key's usage counters", body = UsageBody),
+        (status = 404, description = "No key with this id.")))]
 async fn usage<S: KeyStore>(State(store): State<CachedResolver<S>>, KeyId(id): KeyId) -> Response {
+    if let Err(e) = existing_key(&store, &id).await {
+        return e.into_response();
+    }
     match store.usage(&id).await {
         Ok(Some(u)) => Json(UsageBody {
             requests: u.requests,
@@ -1065,19 +1164,25 @@ async fn usage<S: KeyStore>(State(store): State<CachedResolver<S>>, KeyId(id): K
             last_used_at: u.last_used_at.map(rfc3339),
         })
         .into_response(),
-        Ok(None) => problem(StatusCode::NOT_FOUND, "no key with this id", None).into_response(),
+        Ok(None) => not_found().into_response(),
         Err(e) => store_error(e).into_response(),
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct AuditParams {
+    /// Only this key's entries.
+    #[param(pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     key_id: Option<String>,
 }
 
-#[utoipa::path(get, path = "/admin/audit", params(("key_id" = Option<String>, Query, description = "Only this key's entries")),
-    responses((status = 200, body = Vec<AuditEntryBody>)))]
+#[utoipa::path(get, path = "/admin/audit", params(AuditParams),
+    responses(
+        (status = 200, description = "The audit log, oldest first", body = Vec<AuditEntryBody>),
+        (status = 400, description = "A query parameter other than `key_id`."),
+        (status = 422, description = "`key_id` holds control characters.")))]
 async fn audit<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
     params: Result<Query<AuditParams>, axum::extract::rejection::QueryRejection>,
@@ -1090,6 +1195,14 @@ async fn audit<S: KeyStore>(
         )
         .into_response();
     };
+    // As the list's filters: named here, before a store refuses it (PostgreSQL: NUL).
+    if params
+        .key_id
+        .as_deref()
+        .is_some_and(|id| id.chars().any(char::is_control))
+    {
+        return invalid("key_id", "key_id must not hold control characters").into_response();
+    }
     match store.audit(params.key_id.as_deref()).await {
         Ok(entries) => Json(entries.iter().map(audit_body).collect::<Vec<_>>()).into_response(),
         Err(e) => store_error(e).into_response(),
@@ -1116,37 +1229,73 @@ fn audit_body(e: &AuditEntry) -> AuditEntryBody {
 struct DeliveryBody {
     /// The message id: the `webhook-id` header, the same on every attempt.
     id: String,
-    /// `key.created`, `key.rotated`, `key.revoked`, `key.expiring`, `key.expired`,
-    /// `key.leaked`.
+    #[schema(value_type = EventTypeName)]
     r#type: String,
     key_id: String,
     /// When the event happened.
+    #[schema(format = DateTime)]
     at: String,
-    /// `pending`, `delivered` or `failed` (given up after the retry window).
+    #[schema(value_type = DeliveryStateName)]
     state: String,
     attempts: u32,
     /// The receiver's last status, if it answered.
+    #[schema(required = true)]
     last_status: Option<u16>,
     /// Why the last attempt failed.
+    #[schema(required = true)]
     last_error: Option<String>,
+    #[schema(format = DateTime, required = true)]
     last_attempt_at: Option<String>,
     /// When a pending event is tried next.
+    #[schema(format = DateTime, required = true)]
     next_attempt_at: Option<String>,
+    #[schema(format = DateTime, required = true)]
     delivered_at: Option<String>,
+}
+
+/// The kind of a webhook event.
+#[allow(dead_code)] // Documents `DeliveryBody::type`.
+#[derive(ToSchema)]
+enum EventTypeName {
+    #[schema(rename = "key.created")]
+    Created,
+    #[schema(rename = "key.rotated")]
+    Rotated,
+    #[schema(rename = "key.revoked")]
+    Revoked,
+    #[schema(rename = "key.expiring")]
+    Expiring,
+    #[schema(rename = "key.expired")]
+    Expired,
+    #[schema(rename = "key.leaked")]
+    Leaked,
+}
+
+/// Where a delivery stands: `failed` is given up after the retry window.
+#[allow(dead_code)] // Documents `DeliveryBody::state`.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+enum DeliveryStateName {
+    Pending,
+    Delivered,
+    Failed,
 }
 
 /// What the dashboard needs to know of the API's settings.
 #[derive(Serialize, ToSchema)]
 struct SettingsBody {
     /// The lifetime of a key created without `expires_in_seconds`, if there is one.
+    #[schema(required = true)]
     default_key_ttl_seconds: Option<u64>,
     /// The longest lifetime a new key may have, if there is a maximum.
+    #[schema(required = true)]
     max_key_ttl_seconds: Option<u64>,
     /// Is `GET /admin/webhooks/deliveries` there?
     webhooks: bool,
 }
 
-#[utoipa::path(get, path = "/admin/settings", responses((status = 200, body = SettingsBody)))]
+#[utoipa::path(get, path = "/admin/settings",
+    responses((status = 200, description = "The settings", body = SettingsBody)))]
 async fn settings(Extension(config): Extension<AdminConfig>) -> Response {
     let lifetimes = &config.lifetimes;
     Json(SettingsBody {
@@ -1157,15 +1306,21 @@ async fn settings(Extension(config): Extension<AdminConfig>) -> Response {
     .into_response()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct DeliveriesParams {
+    /// At most this many (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
-#[utoipa::path(get, path = "/admin/webhooks/deliveries",
-    params(("limit" = Option<usize>, Query, description = "At most this many (1 to 1000, default 100)")),
-    responses((status = 200, body = Vec<DeliveryBody>), (status = 404, description = "Webhooks are not configured", body = ProblemBody)))]
+#[utoipa::path(get, path = "/admin/webhooks/deliveries", params(DeliveriesParams),
+    responses(
+        (status = 200, description = "The latest deliveries, newest first", body = Vec<DeliveryBody>),
+        (status = 400, description = "A query parameter other than `limit`, or a `limit` that is not a whole number."),
+        (status = 404, description = "Webhooks are not configured."),
+        (status = 422, description = "`limit` is not between 1 and 1000.")))]
 async fn deliveries(
     Extension(config): Extension<AdminConfig>,
     params: Result<Query<DeliveriesParams>, axum::extract::rejection::QueryRejection>,
@@ -1210,6 +1365,33 @@ fn delivery_body(d: &Delivery) -> DeliveryBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_store_failure_is_503_with_retry_after_as_problem_json() {
+        let response = store_error(StoreError::Backend("down".into())).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], STORE_RETRY_AFTER);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            openapi::PROBLEM_JSON
+        );
+        let response = not_found().into_response();
+        assert!(!response.headers().contains_key(header::RETRY_AFTER));
+    }
+
+    #[test]
+    fn whole_numbers_as_json_schema_reads_integer() {
+        let n = |text: &str| whole_number(&serde_json::from_str(text).unwrap());
+        assert_eq!(n("60"), Some(60));
+        assert_eq!(n("60.0"), Some(60));
+        assert_eq!(n("6e1"), Some(60));
+        assert_eq!(n("0.0"), Some(0));
+        assert_eq!(n("60.5"), None);
+        assert_eq!(n("-1"), None);
+        assert_eq!(n("-1.0"), None);
+        assert_eq!(n("1e30"), None);
+        assert_eq!(n("18446744073709551615"), Some(u64::MAX));
+    }
 
     #[test]
     fn rfc3339_in_utc() {

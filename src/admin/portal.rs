@@ -11,6 +11,7 @@
 //! | `POST /portal/keys/{id}/rotate` `{"grace_seconds"}` | rotate | 201 with the new key |
 //! | `GET /portal/keys/{id}/usage/series?step=minute\|hour&from&to` | requests over time by outcome | 200 `{"step","buckets":[{"at","allowed","rate_limited","forbidden","unauthorized"}]}` |
 //! | `GET /portal/` | the portal page (asks for a key) | 200 HTML |
+//! | `GET /portal/openapi.json` | this API's OpenAPI 3.1 document ([`openapi`]) | 200 JSON |
 //!
 //! The bodies and answers have the shapes of the [admin API](super)'s, and its strict
 //! input: bad JSON is 400, a bad field 422, both problem+json naming the field. Without
@@ -33,9 +34,15 @@
 //!   key's first excess otherwise), because the new secret carries the old key's scopes.
 //! - **The last key stays.** Revoking the consumer's last active key with `keys:self`
 //!   answers **409**: the consumer would be locked out. The store checks and revokes in
-//!   one transaction ([`KeyStore::revoke_unless_last`]), so two revocations at once of
-//!   the last two such keys cannot both succeed. Rotating it is allowed: its successor
-//!   carries `keys:self`. A key within its rotation grace counts as active.
+//!   one transaction ([`KeyStore::revoke_unless_last`]), so two keys that revoke each
+//!   other at once cannot both succeed. Rotating it is allowed: its successor carries
+//!   `keys:self`. A key within its rotation grace counts as active.
+//! - **A key does not lock out its caller.** Revoking the key that makes the request
+//!   answers **409** (another key with `keys:self` can), and so does rotating it with a
+//!   `grace_seconds` under 300: the caller gets the new key in the answer and keeps
+//!   working with the old one while it switches.
+//! - A revoked key stays readable (its record and usage), and is not rotated (409), as in
+//!   the admin API.
 //! - Every change is audited with the calling key's id as the actor.
 //!
 //! It takes the [`AdminConfig`] of the admin API: the same [lifetimes](AdminConfig::lifetimes)
@@ -59,7 +66,7 @@
 use std::time::{Duration, SystemTime};
 
 use axum::body::Bytes;
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderName, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -69,11 +76,12 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
+use super::openapi::{KeyIdPath, RateLimitRequest, RotateRequest};
 use super::series::{SeriesBody, SeriesParams, key_series, series_params};
 use super::{
     AdminConfig, CreatedKeyBody, KeyBody, KeyDetail, MAX_EXPIRES_IN, MAX_GRACE, Problem,
-    ProblemBody, RateLimitRequest, RotateRequest, allowed_ips, created_body, invalid, key_body,
-    number, object, problem, rate_limit, rfc3339, scopes, store_error, text,
+    SELF_ROTATION_GRACE, allowed_ips, changeable_key, created_body, invalid, key_body, number,
+    object, problem, rate_limit, readable_id, rfc3339, scopes, store_error, text, unread,
 };
 use crate::auth::{ApiKeyLayer, KeySource, RequireScopeLayer};
 use crate::ratelimit::{Limit, RateLimits};
@@ -102,14 +110,21 @@ pub fn router<S: KeyStore>(cache: CachedResolver<S>, config: AdminConfig) -> Rou
         .layer(RequireScopeLayer::new([Scope::from_static(SELF_SCOPE)]))
         .layer(auth)
         .with_state(cache);
-    // The page holds no data: it loads without a key (and asks for one).
-    Router::new().route("/portal/", get(page)).merge(protected)
+    // The page and the description of the API hold no data: they load without a key
+    // (the page asks for one).
+    Router::new()
+        .route("/portal/", get(page))
+        .route("/portal/openapi.json", get(openapi_json))
+        .merge(protected)
 }
 
 /// The portal page: HTML, CSS and JavaScript, embedded in the crate.
 const PAGE: &str = include_str!("portal.html");
 
-async fn page() -> Response {
+#[utoipa::path(get, path = "/portal/", tag = "portal", security(()),
+    description = "The portal page: asks for a key with keys:self and calls this API.",
+    responses((status = 200, description = "The page", content_type = "text/html", body = String)))]
+pub(super) async fn page() -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
@@ -126,24 +141,42 @@ async fn page() -> Response {
         .into_response()
 }
 
+/// The portal's OpenAPI 3.1 document, served at `GET /portal/openapi.json`: every status
+/// each operation answers, every error as problem+json, the rules of every field.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    super::openapi::portal_openapi()
+}
+
+#[utoipa::path(get, path = "/portal/openapi.json", tag = "portal", security(()),
+    responses((status = 200, description = "This document", body = Object)))]
+pub(super) async fn openapi_json() -> Response {
+    match openapi().to_json() {
+        Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None).into_response(),
+    }
+}
+
 /// `POST /portal/keys`: `POST /admin/keys` without `consumer`, and within the calling
-/// key's own scopes, expiry, allowlist and rate limit.
+/// key's own scopes, expiry, allowlist and rate limit (else 403 naming the field).
 #[allow(dead_code)] // Documents the body; the handler checks it field by field.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct OwnKeyRequest {
-    /// A name (1 to 200 characters).
+    /// A name.
+    #[schema(schema_with = super::openapi::name_schema)]
     name: Option<String>,
-    /// Scopes such as `orders:read` (at most 64), each granted by the calling key's.
+    /// Scopes, each granted by the calling key's.
+    #[schema(schema_with = super::openapi::scopes_schema)]
     scopes: Option<Vec<String>>,
-    /// Seconds until the key expires (1 to 315360000), no later than the calling key.
+    /// Seconds until the key expires, no later than the calling key.
     #[schema(minimum = 1, maximum = 315_360_000)]
     expires_in_seconds: Option<u64>,
     /// The key's rate limit, no looser than the calling key's; without one, the calling
     /// key's.
     rate_limit: Option<RateLimitRequest>,
-    /// Networks the key may be used from (at most 64), within the calling key's; without
-    /// them, the calling key's.
+    /// Networks the key may be used from, within the calling key's; without them, the
+    /// calling key's.
+    #[schema(schema_with = super::openapi::networks_schema)]
     allowed_ips: Option<Vec<String>>,
 }
 
@@ -163,6 +196,7 @@ async fn owned<S: KeyStore>(
     caller: &Authenticated,
     id: &str,
 ) -> Result<KeyRecord, Problem> {
+    readable_id(id)?;
     match store.get(id).await {
         Ok(Some(record)) if record.consumer == caller.consumer() => Ok(record),
         Ok(_) => Err(not_found()),
@@ -170,13 +204,22 @@ async fn owned<S: KeyStore>(
     }
 }
 
+/// The key `id` for a rotation: the caller's consumer's (else 404, as an unknown one),
+/// and not revoked (else 409, as in the admin API).
+async fn changeable<S: KeyStore>(
+    store: &CachedResolver<S>,
+    caller: &Authenticated,
+    id: &str,
+) -> Result<KeyRecord, Problem> {
+    // Another consumer's key answers as an unknown one, revoked or not.
+    owned(store, caller, id).await?;
+    changeable_key(store, id).await
+}
+
 #[utoipa::path(get, path = "/portal/keys", tag = "portal",
-    description = "The keys of the calling key's consumer, oldest first (at most 10 000).",
-    responses((status = 200, body = Vec<KeyBody>),
-        (status = 401, description = "No valid key", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "The key lacks the scope keys:self", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 503, description = "The key store is unavailable", body = ProblemBody, content_type = "application/problem+json")))]
-async fn list<S: KeyStore>(
+    description = "The keys of the calling key's consumer, oldest first (at most 10 000), revoked ones too.",
+    responses((status = 200, description = "The keys", body = Vec<KeyBody>)))]
+pub(super) async fn list<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
     Extension(caller): Extension<Authenticated>,
 ) -> Response {
@@ -201,21 +244,21 @@ async fn list<S: KeyStore>(
 
 #[utoipa::path(post, path = "/portal/keys", tag = "portal", request_body = OwnKeyRequest,
     description = "Creates a key for the calling key's consumer, with no more than the calling key has: scopes it grants, an expiry no later, an allowlist within its, a rate limit no looser (without rate_limit or allowed_ips, the calling key's).",
-    responses((status = 201, body = CreatedKeyBody),
-        (status = 400, description = "Not a JSON object", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 401, description = "No valid key", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "The key lacks the scope keys:self, or the request asks for more than it has (field names which)", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 422, description = "A field is invalid (field names it)", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 503, description = "The key store is unavailable", body = ProblemBody, content_type = "application/problem+json")))]
-async fn create<S: KeyStore>(
+    responses(
+        (status = 201, description = "Created; `key` is shown here only", body = CreatedKeyBody),
+        (status = 400, description = "The body is not a JSON object."),
+        (status = 403, description = "The request asks for more than the calling key has (`field` names what)."),
+        (status = 413, description = "The body is larger than 2 MiB."),
+        (status = 422, description = "A field is wrong (`field` names it), or the lifetime is longer than the server allows.")))]
+pub(super) async fn create<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
     Extension(caller): Extension<Authenticated>,
     Extension(config): Extension<AdminConfig>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
         let map = object(
-            &body,
+            &body.map_err(unread)?,
             &[
                 "consumer",
                 "name",
@@ -425,13 +468,11 @@ fn beyond(record: &KeyRecord, own: &KeyRecord) -> Option<(&'static str, String)>
     })
 }
 
-#[utoipa::path(get, path = "/portal/keys/{id}", tag = "portal", params(("id" = String, Path)),
-    responses((status = 200, body = KeyDetail),
-        (status = 401, description = "No valid key", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "The key lacks the scope keys:self", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 404, description = "No key with this id for your consumer", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 503, description = "The key store is unavailable", body = ProblemBody, content_type = "application/problem+json")))]
-async fn show<S: KeyStore>(
+#[utoipa::path(get, path = "/portal/keys/{id}", tag = "portal", params(KeyIdPath),
+    responses(
+        (status = 200, description = "The key's record", body = KeyDetail),
+        (status = 404, description = "No key with this id for your consumer.")))]
+pub(super) async fn show<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
     Extension(caller): Extension<Authenticated>,
     Path(id): Path<String>,
@@ -448,20 +489,31 @@ async fn show<S: KeyStore>(
     .into_response()
 }
 
-#[utoipa::path(delete, path = "/portal/keys/{id}", tag = "portal", params(("id" = String, Path)),
-    responses((status = 204, description = "Revoked; the key fails from the next request on"),
-        (status = 401, description = "No valid key", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "The key lacks the scope keys:self", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 404, description = "No key with this id for your consumer", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 409, description = "The consumer's last active key with keys:self", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 503, description = "The key store is unavailable", body = ProblemBody, content_type = "application/problem+json")))]
-async fn revoke<S: KeyStore>(
+#[utoipa::path(delete, path = "/portal/keys/{id}", tag = "portal", params(KeyIdPath),
+    responses(
+        (status = 204, description = "Revoked (or revoked already); the key fails from the next request on"),
+        (status = 404, description = "No key with this id for your consumer."),
+        (status = 409, description = "The key making the request (a key does not revoke itself), or the consumer's last active key with keys:self.")))]
+pub(super) async fn revoke<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
     Extension(caller): Extension<Authenticated>,
     Path(id): Path<String>,
 ) -> Response {
     let result = async {
         owned(&store, &caller, &id).await?;
+        // Revoking itself would lock the caller out (even with another key, the one it
+        // holds now): another key with keys:self can.
+        if id == caller.key_id() {
+            return Err(problem(
+                StatusCode::CONFLICT,
+                format!(
+                    "this is the key making the request, and a key does not revoke itself: \
+                     sign in with another key with {SELF_SCOPE} to revoke it (make one first \
+                     if this is your last active key with {SELF_SCOPE})"
+                ),
+                None,
+            ));
+        }
         match store
             .revoke_unless_last(&id, SELF_SCOPE, caller.key_id())
             .await
@@ -481,26 +533,38 @@ async fn revoke<S: KeyStore>(
     result.await.unwrap_or_else(IntoResponse::into_response)
 }
 
-#[utoipa::path(post, path = "/portal/keys/{id}/rotate", tag = "portal", params(("id" = String, Path)), request_body = RotateRequest,
-    description = "Rotates a key the calling key could have made (its scopes, expiry, allowlist and rate limit within the calling key's).",
-    responses((status = 201, body = CreatedKeyBody),
-        (status = 400, description = "Not a JSON object", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 401, description = "No valid key", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "The key lacks the scope keys:self, or the key to rotate has more than it (field names what)", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 404, description = "No key with this id for your consumer", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 422, description = "grace_seconds is missing or invalid", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 503, description = "The key store is unavailable", body = ProblemBody, content_type = "application/problem+json")))]
-async fn rotate<S: KeyStore>(
+#[utoipa::path(post, path = "/portal/keys/{id}/rotate", tag = "portal", params(KeyIdPath), request_body = RotateRequest,
+    description = "Rotates a key the calling key could have made (its scopes, expiry, allowlist and rate limit within the calling key's). The calling key rotates itself with a grace of 300 s or more.",
+    responses(
+        (status = 201, description = "The new key (shown here only); the old one works until the grace ends", body = CreatedKeyBody),
+        (status = 400, description = "The body is not a JSON object."),
+        (status = 403, description = "The key to rotate has more than the calling key (`field` names what)."),
+        (status = 404, description = "No key with this id for your consumer."),
+        (status = 409, description = "The key is revoked, or it is the key making the request and `grace_seconds` is less than 300."),
+        (status = 413, description = "The body is larger than 2 MiB."),
+        (status = 422, description = "`grace_seconds` is missing or wrong.")))]
+pub(super) async fn rotate<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
     Extension(caller): Extension<Authenticated>,
     Path(id): Path<String>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
-        let map = object(&body, &["grace_seconds"])?;
+        let map = object(&body.map_err(unread)?, &["grace_seconds"])?;
         let grace = number(&map, "grace_seconds", MAX_GRACE, true)?
             .ok_or_else(|| invalid("grace_seconds", "grace_seconds is required"))?;
-        let record = owned(&store, &caller, &id).await?;
+        let record = changeable(&store, &caller, &id).await?;
+        if id == caller.key_id() && grace < SELF_ROTATION_GRACE {
+            return Err(problem(
+                StatusCode::CONFLICT,
+                format!(
+                    "this is the key making the request: it rotates itself only with \
+                     grace_seconds of at least {SELF_ROTATION_GRACE}, so that it keeps working \
+                     while you switch to the new key"
+                ),
+                None,
+            ));
+        }
         if let Some((field, detail)) = beyond(&record, caller.record()) {
             return Err(exceeds(
                 field,
@@ -517,16 +581,14 @@ async fn rotate<S: KeyStore>(
 }
 
 #[utoipa::path(get, path = "/portal/keys/{id}/usage/series", tag = "portal",
-    params(("id" = String, Path), SeriesParams),
-    description = "The key's requests over time by outcome, as GET /admin/keys/{id}/usage/series: one bucket per step from `from` up to `to`, zeros included.",
-    responses((status = 200, body = SeriesBody),
-        (status = 400, description = "A query parameter that is not one of step, from and to", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 401, description = "No valid key", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "The key lacks the scope keys:self", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 404, description = "No key with this id for your consumer", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 422, description = "A bad step or time, or more than 2880 buckets (field names it)", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 503, description = "The key store is unavailable", body = ProblemBody, content_type = "application/problem+json")))]
-async fn series<S: KeyStore>(
+    params(KeyIdPath, SeriesParams),
+    description = "The key's requests over time by outcome, as GET /admin/keys/{id}/usage/series: one bucket per step from `from` up to `to`, zeros included (at most the last 2 880).",
+    responses(
+        (status = 200, description = "One bucket per step of the range", body = SeriesBody),
+        (status = 400, description = "A query parameter other than `step`, `from` and `to`."),
+        (status = 404, description = "No key with this id for your consumer."),
+        (status = 422, description = "`step`, `from` or `to` is wrong (`field` names it).")))]
+pub(super) async fn series<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
     Extension(caller): Extension<Authenticated>,
     Path(id): Path<String>,

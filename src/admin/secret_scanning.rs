@@ -32,10 +32,11 @@
 //! token, and nothing here logs one. The headers are checked before the body is read,
 //! the size while it is read, the signature before the body is parsed.
 //!
-//! The router is separate from [`router`](super::router) and not in its OpenAPI
-//! document: it is optional, its contract is GitHub's, and it is authenticated by
-//! GitHub's signature rather than an admin key, which that document declares for
-//! every path.
+//! The router is separate from [`router`](super::router): it is optional, its contract
+//! is GitHub's, and it is authenticated by GitHub's signature rather than a key. The
+//! admin API's OpenAPI document describes it with no security requirement (`security:
+//! [{}]`) and the two signature headers, and says that it answers 404 where it is not
+//! mounted.
 //!
 //! ```
 //! use axum::Router;
@@ -401,9 +402,18 @@ pub(super) struct LeakReportItem {
     /// The secret type GitHub matched (echoed back as `token_type`).
     r#type: String,
     /// Where it was found.
-    url: String,
+    url: Option<String>,
     /// What kind of place it was found in (`content`, `commit`, …).
-    source: String,
+    source: Option<String>,
+}
+
+/// What GitHub is told of a token.
+#[allow(dead_code)] // Documents `LeakFeedbackItem::label`.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "snake_case")]
+enum LabelName {
+    TruePositive,
+    FalsePositive,
 }
 
 /// One label of the answer.
@@ -415,6 +425,7 @@ pub(super) struct LeakFeedbackItem {
     /// The reported `type`.
     token_type: String,
     /// `true_positive` (a key of this service) or `false_positive`.
+    #[schema(value_type = LabelName)]
     label: String,
 }
 
@@ -425,9 +436,13 @@ pub(super) struct LeakFeedbackItem {
     params(
         ("Github-Public-Key-Identifier" = String, Header, description = "Which of GitHub's keys signed the body"),
         ("Github-Public-Key-Signature" = String, Header, description = "Base64 DER ECDSA P-256 / SHA-256 signature of the raw body")),
-    responses((status = 200, body = Vec<LeakFeedbackItem>),
-        (status = 400, body = super::ProblemBody), (status = 401, body = super::ProblemBody),
-        (status = 413, body = super::ProblemBody)),
+    responses(
+        (status = 200, description = "A label for each reported token", body = Vec<LeakFeedbackItem>),
+        (status = 400, description = "The body is not a JSON array of reports."),
+        (status = 401, description = "A signature header is missing, names a key GitHub does not have, or does not verify."),
+        (status = 404, description = "Not mounted: the server has no GitHub public keys (the example server: `GITHUB_SECRET_SCANNING_KEYS` is unset)."),
+        (status = 413, description = "The body is larger than 1 MiB."),
+        (status = 503, description = "The key store is unavailable; GitHub sends the report again.")),
     security(()))]
 pub(super) async fn report<S: KeyStore>(
     State(endpoint): State<Arc<Endpoint<S>>>,

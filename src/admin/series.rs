@@ -37,11 +37,12 @@ pub(crate) struct SeriesParams {
     #[param(pattern = "^(minute|hour)$")]
     step: Option<String>,
     /// The first bucket: the one holding this RFC 3339 time (default: 60 minutes or
-    /// 7 days before `to`).
-    #[param(format = DateTime)]
+    /// 7 days before `to`). A range of more than 2 880 buckets answers its last 2 880;
+    /// `from` after `to` is an empty range.
+    #[param(format = DateTime, pattern = "^(?:197[1-9]|19[89][0-9]|[2-9][0-9]{3})-")]
     from: Option<String>,
     /// The end (excluded) of the range, RFC 3339 (default: now).
-    #[param(format = DateTime)]
+    #[param(format = DateTime, pattern = "^(?:197[1-9]|19[89][0-9]|[2-9][0-9]{3})-")]
     to: Option<String>,
 }
 
@@ -54,14 +55,16 @@ pub(crate) struct TopParams {
     #[param(pattern = "^(consumer|key)$")]
     by: Option<String>,
     /// The start of the range, RFC 3339 (default: 24 hours before `to`). Within the
-    /// last 48 hours the ranking counts minute buckets, before that hour buckets.
-    #[param(format = DateTime)]
+    /// last 48 hours the ranking counts minute buckets, before that hour buckets. After
+    /// `to`: an empty range.
+    #[param(format = DateTime, pattern = "^(?:197[1-9]|19[89][0-9]|[2-9][0-9]{3})-")]
     from: Option<String>,
     /// The end (excluded) of the range, RFC 3339 (default: now).
-    #[param(format = DateTime)]
+    #[param(format = DateTime, pattern = "^(?:197[1-9]|19[89][0-9]|[2-9][0-9]{3})-")]
     to: Option<String>,
-    /// How many entries, 1 to 100 (default 10).
-    #[param(minimum = 1, maximum = 100)]
+    /// How many entries (default 10).
+    // Read as text, so that a bad one is a 422 naming it rather than a 400.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
     limit: Option<String>,
 }
 
@@ -80,7 +83,7 @@ pub(crate) struct BucketBody {
 /// A series: one bucket per step, zeros included.
 #[derive(Serialize, ToSchema)]
 pub(crate) struct SeriesBody {
-    /// `minute` or `hour`.
+    #[schema(pattern = "^(minute|hour)$")]
     step: &'static str,
     buckets: Vec<BucketBody>,
 }
@@ -88,9 +91,13 @@ pub(crate) struct SeriesBody {
 /// One entry of a ranking: `consumer` or `key_id`, and the counts over the range.
 #[derive(Serialize, ToSchema)]
 pub(crate) struct TopBody {
+    /// With `by=consumer`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     consumer: Option<String>,
+    /// With `by=key`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     key_id: Option<String>,
     allowed: u64,
     rate_limited: u64,
@@ -145,10 +152,16 @@ fn range(params: &SeriesParams) -> Result<(UsageStep, SystemTime, SystemTime), P
                 .unwrap_or(SystemTime::UNIX_EPOCH)
         }
     };
-    if from > to {
-        return Err(invalid("from", "from must not be after to"));
-    }
-    Ok((step, from, to))
+    // At most MAX_BUCKETS: the last ones of a longer range (a chart wants the latest);
+    // the store is asked for no more than that either. `from` after `to` is an empty
+    // range: no buckets.
+    let last = to
+        .checked_sub(Duration::from_nanos(1))
+        .map_or(to, |t| bucket_start(step, t));
+    let earliest = last
+        .checked_sub(step.width() * (MAX_BUCKETS as u32 - 1))
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    Ok((step, from.max(earliest), to))
 }
 
 fn series_body(
@@ -181,16 +194,14 @@ fn series_body(
 }
 
 /// The series of the key `id` (which the caller has already been allowed to see),
-/// or 404. For the admin API and the portal.
+/// or 404; a revoked key's too. For the admin API and the portal.
 pub(crate) async fn key_series<S: KeyStore>(
     store: &S,
     id: &str,
     params: &SeriesParams,
 ) -> Result<SeriesBody, Problem> {
     let (step, from, to) = range(params)?;
-    if store.get(id).await.map_err(store_error)?.is_none() {
-        return Err(problem(StatusCode::NOT_FOUND, "no key with this id", None));
-    }
+    super::existing_key(store, id).await?;
     let sparse = store
         .usage_series(Some(id), step, from, to)
         .await
@@ -208,9 +219,12 @@ pub(crate) fn series_params(
 }
 
 #[utoipa::path(get, path = "/admin/keys/{id}/usage/series",
-    params(("id" = String, Path), SeriesParams),
-    responses((status = 200, body = SeriesBody), (status = 400, body = super::ProblemBody),
-        (status = 404, body = super::ProblemBody), (status = 422, body = super::ProblemBody)))]
+    params(super::openapi::KeyIdPath, SeriesParams),
+    responses(
+        (status = 200, description = "One bucket per step of the range, zeros included", body = SeriesBody),
+        (status = 400, description = "A query parameter other than `step`, `from` and `to`."),
+        (status = 404, description = "No key with this id."),
+        (status = 422, description = "`step`, `from` or `to` is wrong (`field` names it).")))]
 pub(super) async fn key<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
     KeyId(id): KeyId,
@@ -227,8 +241,10 @@ pub(super) async fn key<S: KeyStore>(
 }
 
 #[utoipa::path(get, path = "/admin/usage/series", params(SeriesParams),
-    responses((status = 200, body = SeriesBody), (status = 400, body = super::ProblemBody),
-        (status = 422, body = super::ProblemBody)))]
+    responses(
+        (status = 200, description = "All keys summed: one bucket per step of the range, zeros included", body = SeriesBody),
+        (status = 400, description = "A query parameter other than `step`, `from` and `to`."),
+        (status = 422, description = "`step`, `from` or `to` is wrong (`field` names it).")))]
 pub(super) async fn all<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
     params: Result<Query<SeriesParams>, QueryRejection>,
@@ -249,8 +265,10 @@ pub(super) async fn all<S: KeyStore>(
 }
 
 #[utoipa::path(get, path = "/admin/usage/top", params(TopParams),
-    responses((status = 200, body = Vec<TopBody>), (status = 400, body = super::ProblemBody),
-        (status = 422, body = super::ProblemBody)))]
+    responses(
+        (status = 200, description = "The highest totals first", body = Vec<TopBody>),
+        (status = 400, description = "A query parameter other than `by`, `from`, `to` and `limit`."),
+        (status = 422, description = "`by`, `from`, `to` or `limit` is wrong (`field` names it).")))]
 pub(super) async fn top<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
     params: Result<Query<TopParams>, QueryRejection>,
@@ -283,9 +301,7 @@ pub(super) async fn top<S: KeyStore>(
             to.checked_sub(DEFAULT_TOP_RANGE)
                 .unwrap_or(SystemTime::UNIX_EPOCH)
         });
-        if from > to {
-            return Err(invalid("from", "from must not be after to"));
-        }
+        // `from` after `to`: an empty range, an empty ranking.
         // Minute buckets while they are kept, hour buckets for older ranges.
         let keeps_minutes = now
             .checked_sub(UsageStep::Minute.retention())
@@ -361,27 +377,26 @@ mod tests {
             field(params(None, Some("yesterday"), None)).as_deref(),
             Some("from")
         );
-        assert_eq!(
-            field(params(
-                None,
-                Some("2026-12-02T00:00:00Z"),
-                Some("2026-12-01T00:00:00Z")
-            ))
-            .as_deref(),
-            Some("from")
-        );
+    }
+
+    #[test]
+    fn a_long_range_answers_its_last_buckets_and_a_reversed_one_none() {
         let (step, from, to) = range(&params(
             None,
             Some("2026-11-01T00:00:00Z"),
             Some("2026-12-01T00:00:00Z"),
         ))
         .unwrap();
-        assert_eq!(
-            series_body(step, from, to, &[])
-                .err()
-                .and_then(|p| p.field)
-                .as_deref(),
-            Some("from")
-        );
+        let body = series_body(step, from, to, &[]).unwrap();
+        assert_eq!(body.buckets.len(), MAX_BUCKETS);
+        assert_eq!(body.buckets[MAX_BUCKETS - 1].at, "2026-11-30T23:59:00Z");
+        assert_eq!(body.buckets[0].at, "2026-11-29T00:00:00Z");
+        let (step, from, to) = range(&params(
+            Some("hour"),
+            Some("2026-12-02T00:00:00Z"),
+            Some("2026-12-01T00:00:00Z"),
+        ))
+        .unwrap();
+        assert!(series_body(step, from, to, &[]).unwrap().buckets.is_empty());
     }
 }

@@ -47,9 +47,10 @@ impl ImportedKey {
     /// Reads one import row: a JSON object
     /// `{"hash","consumer","name"?,"scopes"?,"expires_at"?,"rate_limit"?,"allowed_ips"?}`
     /// where `hash` is the 64 hex digits of the key's SHA-256, `expires_at` an RFC 3339
-    /// time in the future and `rate_limit` `{"requests","per_seconds","burst"?}`, with the
-    /// admin API's bounds (consumer and name up to 200 characters, up to 64 scopes and
-    /// 64 networks). Unknown members are refused.
+    /// time (one past imports the key as expired) and `rate_limit`
+    /// `{"requests","per_seconds","burst"?}` (whole numbers: `60` or `60.0`), with the
+    /// admin API's bounds (consumer and name up to 200 characters with no control
+    /// characters, up to 64 scopes and 64 networks). Unknown members are refused.
     ///
     /// ```
     /// use tower_api_key::store::ImportedKey;
@@ -101,9 +102,7 @@ impl ImportedKey {
                         "expires_at must be an RFC 3339 time such as 2027-01-31T12:00:00Z",
                     )
                 })?;
-                if at <= SystemTime::now() {
-                    return Err(invalid("expires_at", "expires_at must be in the future"));
-                }
+                // A time past imports the key as it was: expired.
                 key = key.with_expires_at(at);
             }
             Some(_) => return Err(invalid("expires_at", "expires_at must be a string")),
@@ -118,6 +117,11 @@ fn text(map: &Map<String, Value>, field: &str) -> Result<Option<String>, Invalid
         Some(Value::String(s)) if s.trim().is_empty() => {
             Err(invalid(field, format!("{field} must not be empty")))
         }
+        // PostgreSQL's text cannot hold NUL; logs should not hold any control character.
+        Some(Value::String(s)) if s.chars().any(char::is_control) => Err(invalid(
+            field,
+            format!("{field} must not contain control characters"),
+        )),
         Some(Value::String(s)) if s.chars().count() > MAX_TEXT => Err(invalid(
             field,
             format!("{field} is longer than {MAX_TEXT} characters"),
@@ -176,7 +180,12 @@ fn rate_limit(map: &Map<String, Value>) -> Result<RateLimits, InvalidImportRow> 
     let number = |name: &str, max: u64| -> Result<Option<u64>, InvalidImportRow> {
         match limit.get(name) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => match v.as_u64() {
+            // A whole number, as JSON Schema's `integer`: `60` or `60.0`.
+            Some(v) => match v.as_u64().or_else(|| {
+                v.as_f64()
+                    .filter(|f| f.fract() == 0.0 && (1.0..=max as f64).contains(f))
+                    .map(|f| f as u64)
+            }) {
                 Some(n) if (1..=max).contains(&n) => Ok(Some(n)),
                 _ => Err(invalid(
                     &format!("rate_limit.{name}"),
@@ -320,6 +329,23 @@ mod tests {
     }
 
     #[test]
+    fn a_past_expiry_imports_an_expired_key_and_whole_floats_are_whole_numbers() {
+        let row = json!({"hash": HASH, "consumer": "acme", "expires_at": "2001-01-01T00:00:00Z",
+            "rate_limit": {"requests": 10.0, "per_seconds": 6e1, "burst": 2}});
+        let key = ImportedKey::from_json(&row).unwrap();
+        assert_eq!(key.expires_at, parse_rfc3339("2001-01-01T00:00:00Z"));
+        assert_eq!(
+            key.rate_limits.iter().next().unwrap().to_string(),
+            "10/60000ms burst 2"
+        );
+        let half = json!({"hash": HASH, "consumer": "acme", "rate_limit": {"requests": 1.5, "per_seconds": 60}});
+        assert_eq!(
+            ImportedKey::from_json(&half).unwrap_err().field,
+            "rate_limit.requests"
+        );
+    }
+
+    #[test]
     fn a_full_row_and_each_bad_member() {
         let row = json!({"hash": HASH, "consumer": "acme", "name": "old", "scopes": ["orders:read"],
             "expires_at": "2099-01-01T00:00:00Z", "rate_limit": {"requests": 10, "per_seconds": 60},
@@ -354,8 +380,16 @@ mod tests {
             "expires_at"
         );
         assert_eq!(
-            field(json!({"hash": HASH, "consumer": "a", "expires_at": "2001-01-01T00:00:00Z"})),
+            field(json!({"hash": HASH, "consumer": "a", "expires_at": "1969-12-31T23:59:59Z"})),
             "expires_at"
+        );
+        assert_eq!(
+            field(json!({"hash": HASH, "consumer": "a\u{0}b"})),
+            "consumer"
+        );
+        assert_eq!(
+            field(json!({"hash": HASH, "consumer": "a", "name": "x\ny"})),
+            "name"
         );
         assert_eq!(
             field(
