@@ -1620,3 +1620,66 @@ async fn unreadable_bodies_and_paths_are_problems_too() {
         400
     );
 }
+/// Found by fuzzing (`fuzz/checks/admin_api.rs`): a key pasted where it does not
+/// belong came back in the 422, quoted as the bad scope, network or member name.
+#[tokio::test]
+async fn a_misplaced_key_never_comes_back_in_a_problem() {
+    let a = setup().await;
+    let key = a.admin_key.clone();
+    let bad_scope = format!("{key}!");
+    let id = a.admin_id.clone();
+    let cases = [
+        (
+            "POST",
+            "/admin/keys".to_owned(),
+            json!({"consumer": "a", "scopes": [bad_scope]}),
+            "scopes",
+        ),
+        (
+            "POST",
+            "/admin/keys".to_owned(),
+            json!({"consumer": "a", "allowed_ips": [key]}),
+            "allowed_ips",
+        ),
+        (
+            "POST",
+            "/admin/keys".to_owned(),
+            json!({"consumer": "a", key.as_str(): 1}),
+            "…",
+        ),
+        (
+            "POST",
+            "/admin/keys".to_owned(),
+            json!({"consumer": "a", "rate_limit": {key.as_str(): 1}}),
+            "rate_limit.…",
+        ),
+        (
+            "PATCH",
+            format!("/admin/keys/{id}"),
+            json!({"scopes": [bad_scope]}),
+            "scopes",
+        ),
+        (
+            "POST",
+            format!("/admin/keys/{id}/rotate"),
+            json!({key.as_str(): 1}),
+            "…",
+        ),
+        (
+            "POST",
+            "/admin/keys/import".to_owned(),
+            json!([{"hash": "00".repeat(32), "consumer": "a", "scopes": [bad_scope]}]),
+            "[0].scopes",
+        ),
+    ];
+    for (method, path, body, field) in cases {
+        let (status, problem, _) = a.admin(method, &path, Some(&body.to_string())).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{path} {body}: {problem}"
+        );
+        assert_eq!(problem["field"], field, "{problem}");
+        assert!(!problem.to_string().contains(&key[8..]), "{problem}");
+    }
+}

@@ -535,6 +535,7 @@ fn object(body: &Bytes, allowed: &[&str]) -> Result<Map<String, Value>, Problem>
         ));
     };
     if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
+        let unknown = crate::store::import::shown_member(unknown);
         return Err(invalid(
             unknown,
             format!("unknown field {unknown:?}; allowed: {}", allowed.join(", ")),
@@ -658,8 +659,9 @@ fn scopes(map: &Map<String, Value>) -> Result<Scopes, Problem> {
         return Err(invalid(field, format!("at most {MAX_SCOPES} scopes")));
     }
     list.iter()
-        .map(|v| match v.as_str() {
-            Some(s) => Scope::new(s).map_err(|e| invalid(field, format!("{s:?}: {e}"))),
+        .enumerate()
+        .map(|(i, v)| match v.as_str() {
+            Some(s) => Scope::new(s).map_err(|e| invalid(field, format!("scopes[{i}]: {e}"))),
             None => Err(invalid(field, "scopes must be an array of strings")),
         })
         .collect()
@@ -676,10 +678,10 @@ fn allowed_ips(map: &Map<String, Value>) -> Result<Vec<ipnet::IpNet>, Problem> {
         return Err(invalid(field, format!("at most {MAX_NETWORKS} networks")));
     }
     list.iter()
-        .map(|v| match v.as_str() {
-            Some(s) => {
-                crate::record::parse_network(s).map_err(|e| invalid(field, format!("{s:?}: {e}")))
-            }
+        .enumerate()
+        .map(|(i, v)| match v.as_str() {
+            Some(s) => crate::record::parse_network(s)
+                .map_err(|e| invalid(field, format!("allowed_ips[{i}]: {e}"))),
             None => Err(invalid(field, "allowed_ips must be an array of strings")),
         })
         .collect()
@@ -694,6 +696,7 @@ fn rate_limit(map: &Map<String, Value>) -> Result<RateLimits, Problem> {
     };
     let allowed = ["requests", "per_seconds", "burst"];
     if let Some(unknown) = limit.keys().find(|k| !allowed.contains(&k.as_str())) {
+        let unknown = crate::store::import::shown_member(unknown);
         return Err(invalid(
             &format!("rate_limit.{unknown}"),
             format!("unknown field {unknown:?}"),

@@ -26,7 +26,8 @@ const MAX_LIST: usize = 64;
 const MAX_TEXT: usize = 200;
 
 /// Why a JSON import row was refused: the member at fault (such as `hash` or
-/// `rate_limit.requests`) and what is wrong with it. It never repeats a hash.
+/// `rate_limit.requests`) and what is wrong with it. It never repeats a hash, nor a
+/// value or member name that could be a key (see [`shown_member`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {detail}")]
 pub struct InvalidImportRow {
@@ -34,6 +35,21 @@ pub struct InvalidImportRow {
     pub field: String,
     /// What is wrong with it.
     pub detail: String,
+}
+
+/// The longest unknown member name a problem repeats: longer than every field of the
+/// admin API, shorter than any key of this crate's formats (24 characters at least).
+const MAX_SHOWN_MEMBER: usize = 20;
+
+/// An unknown member's name as an error repeats it: `…` for a name longer than any
+/// field or outside `[A-Za-z0-9_.-]`, so that a key pasted as a member name never comes
+/// back in an error. (Values, such as a bad scope, are named by their index instead.)
+pub(crate) fn shown_member(name: &str) -> &str {
+    let plain = name.len() <= MAX_SHOWN_MEMBER
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if plain { name } else { "…" }
 }
 
 fn invalid(field: &str, detail: impl Into<String>) -> InvalidImportRow {
@@ -72,7 +88,7 @@ impl ImportedKey {
         };
         if let Some(unknown) = map.keys().find(|k| !IMPORT_FIELDS.contains(&k.as_str())) {
             return Err(invalid(
-                unknown,
+                shown_member(unknown),
                 format!("unknown field; allowed: {}", IMPORT_FIELDS.join(", ")),
             ));
         }
@@ -156,14 +172,18 @@ fn strings<'a>(map: &'a Map<String, Value>, field: &str) -> Result<Vec<&'a str>,
 fn scopes(map: &Map<String, Value>) -> Result<Scopes, InvalidImportRow> {
     strings(map, "scopes")?
         .into_iter()
-        .map(|s| Scope::new(s).map_err(|e| invalid("scopes", format!("{s:?}: {e}"))))
+        .enumerate()
+        .map(|(i, s)| Scope::new(s).map_err(|e| invalid("scopes", format!("scopes[{i}]: {e}"))))
         .collect()
 }
 
 fn allowed_ips(map: &Map<String, Value>) -> Result<Vec<ipnet::IpNet>, InvalidImportRow> {
     strings(map, "allowed_ips")?
         .into_iter()
-        .map(|s| parse_network(s).map_err(|e| invalid("allowed_ips", format!("{s:?}: {e}"))))
+        .enumerate()
+        .map(|(i, s)| {
+            parse_network(s).map_err(|e| invalid("allowed_ips", format!("allowed_ips[{i}]: {e}")))
+        })
         .collect()
 }
 
@@ -175,6 +195,7 @@ fn rate_limit(map: &Map<String, Value>) -> Result<RateLimits, InvalidImportRow> 
     };
     let allowed = ["requests", "per_seconds", "burst"];
     if let Some(unknown) = limit.keys().find(|k| !allowed.contains(&k.as_str())) {
+        let unknown = shown_member(unknown);
         return Err(invalid(&format!("rate_limit.{unknown}"), "unknown field"));
     }
     let number = |name: &str, max: u64| -> Result<Option<u64>, InvalidImportRow> {
@@ -407,5 +428,31 @@ mod tests {
             field(json!({"hash": HASH, "consumer": "a", "allowed_ips": ["10.0.0.0/33"]})),
             "allowed_ips"
         );
+    }
+
+    /// Found by fuzzing (`admin_api`): a key pasted in the wrong place came back in the
+    /// error, quoted as a bad scope, network or member name.
+    #[test]
+    fn a_misplaced_key_is_not_repeated() {
+        let key = crate::KeyFormat::default().generate();
+        let secret = key.expose_secret();
+        let bad = format!("{secret}!");
+        let rows = [
+            json!({"hash": HASH, "consumer": "a", "scopes": ["ok", bad]}),
+            json!({"hash": HASH, "consumer": "a", "allowed_ips": [secret]}),
+            json!({"hash": HASH, "consumer": "a", secret: 1}),
+            json!({"hash": HASH, "consumer": "a", "rate_limit": {secret: 1}}),
+        ];
+        let fields = ["scopes", "allowed_ips", "…", "rate_limit.…"];
+        for (row, field) in rows.iter().zip(fields) {
+            let e = ImportedKey::from_json(row).unwrap_err();
+            assert_eq!(e.field, field);
+            assert!(!e.to_string().contains(&secret[8..20]), "{e}");
+        }
+        let e = ImportedKey::from_json(&rows[0]).unwrap_err();
+        assert!(e.detail.starts_with("scopes[1]: "), "{e}");
+        // Member names that could be fields are still named.
+        let e = ImportedKey::from_json(&json!({"hash": HASH, "consumer": "a", "scope": []}));
+        assert_eq!(e.unwrap_err().field, "scope");
     }
 }
