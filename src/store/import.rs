@@ -27,7 +27,7 @@ const MAX_TEXT: usize = 200;
 
 /// Why a JSON import row was refused: the member at fault (such as `hash` or
 /// `rate_limit.requests`) and what is wrong with it. It never repeats a hash, nor a
-/// value or member name that could be a key (see [`shown_member`]).
+/// value or member name that could be a key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {detail}")]
 pub struct InvalidImportRow {
