@@ -141,15 +141,6 @@ impl Report {
         report
     }
 
-    /// The report of a request whose key belongs to `known`, if its record is known.
-    pub(crate) fn of_key(requests: &Requests, known: Option<&Authenticated>) -> Self {
-        let mut report = Self::start(requests);
-        if let Some(auth) = known {
-            report.caller(auth);
-        }
-        report
-    }
-
     /// The report of a request let through without a key.
     pub(crate) fn anonymous(requests: &Requests) -> Self {
         Self {

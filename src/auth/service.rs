@@ -1,3 +1,4 @@
+use std::net::IpAddr;
 use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 
@@ -120,8 +121,8 @@ where
         }) {
             return match found {
                 Ok(auth) if !address_allowed(config, &auth, &req) => {
-                    self.refused(Some(&auth));
-                    let report = Report::of_caller(&self.shared.metrics, &auth);
+                    let mut report = Report::start(&self.shared.metrics);
+                    self.refused(&mut report, Some(&auth));
                     self.refuse(report, AuthError::AddressNotAllowed, &req)
                 }
                 Ok(auth) => {
@@ -134,8 +135,8 @@ where
                     ResponseFuture::inner(self.inner.call(req)).reporting(report)
                 }
                 Err(refused) => {
-                    self.refused(refused.known.as_ref());
-                    let report = Report::of_key(&self.shared.metrics, refused.known.as_ref());
+                    let mut report = Report::start(&self.shared.metrics);
+                    self.refused(&mut report, refused.known.as_ref());
                     self.fail_reported(report, refused.error, &req)
                 }
             };
@@ -154,8 +155,7 @@ where
                 let error = match this.shared.cache.lookup_slow(&hash).await {
                     Ok(slot) => match slot.into_verdict() {
                         Ok(auth) if !address_allowed(&this.shared.config, &auth, &req) => {
-                            this.refused(Some(&auth));
-                            report.caller(&auth);
+                            this.refused(&mut report, Some(&auth));
                             AuthError::AddressNotAllowed
                         }
                         Ok(auth) => {
@@ -166,10 +166,9 @@ where
                             return response;
                         }
                         Err(refused) => {
-                            this.refused(refused.known.as_ref());
-                            this.count_failure(&req);
-                            if let Some(auth) = &refused.known {
-                                report.caller(auth);
+                            this.refused(&mut report, refused.known.as_ref());
+                            if let Some((limiter, ip)) = this.failure_client(&req) {
+                                limiter.failed(ip);
                             }
                             refused.error
                         }
@@ -218,10 +217,13 @@ impl<S, R, P: Responder> ApiKeyService<S, R, P> {
         }
     }
 
-    /// A key was refused; counts it for its key when the key is known (revoked,
-    /// expired, outside its allowlist) and refusals are counted.
-    fn refused(&self, known: Option<&crate::Authenticated>) {
-        if let (Some(auth), Some(recorder)) = (known, &self.shared.config.refusals) {
+    /// A key was refused. When its record is known (revoked, expired, outside its
+    /// allowlist), the report names its caller and, if refusals are counted, the
+    /// refusal is counted for the key.
+    fn refused(&self, report: &mut Report, known: Option<&crate::Authenticated>) {
+        let Some(auth) = known else { return };
+        report.caller(auth);
+        if let Some(recorder) = &self.shared.config.refusals {
             recorder.record(
                 auth.key_id(),
                 crate::store::Outcome::Unauthorized,
@@ -230,24 +232,21 @@ impl<S, R, P: Responder> ApiKeyService<S, R, P> {
         }
     }
 
-    /// [`AuthError::TooManyFailures`] if failures are limited and the request's client
-    /// has used up its own.
-    fn too_many_failures<B>(&self, req: &Request<B>) -> Option<AuthError> {
+    /// The failure limiter and the request's client address, when failures are
+    /// limited and the address is known.
+    fn failure_client<B>(&self, req: &Request<B>) -> Option<(&super::FailureLimiter, IpAddr)> {
         let config = &self.shared.config;
         let limiter = config.failures.as_ref()?;
         let ip = super::client_ip::client_ip(req, &config.trusted_proxies)?;
-        let retry_after = limiter.blocked(ip)?;
-        Some(AuthError::TooManyFailures { retry_after })
+        Some((limiter, ip))
     }
 
-    /// Counts a failed authentication of the request's client, if failures are limited.
-    fn count_failure<B>(&self, req: &Request<B>) {
-        let config = &self.shared.config;
-        if let Some(limiter) = &config.failures
-            && let Some(ip) = super::client_ip::client_ip(req, &config.trusted_proxies)
-        {
-            limiter.failed(ip);
-        }
+    /// [`AuthError::TooManyFailures`] if failures are limited and the request's client
+    /// has used up its own.
+    fn too_many_failures<B>(&self, req: &Request<B>) -> Option<AuthError> {
+        let (limiter, ip) = self.failure_client(req)?;
+        let retry_after = limiter.blocked(ip)?;
+        Some(AuthError::TooManyFailures { retry_after })
     }
 
     /// Refuses a key that failed: with `error`, or once the client has failed too often,
@@ -267,13 +266,16 @@ impl<S, R, P: Responder> ApiKeyService<S, R, P> {
         error: AuthError,
         req: &Request<T>,
     ) -> ResponseFuture<F, B, E> {
-        if self.shared.config.failures.is_none() {
+        // One address lookup: checked, then counted unless already over the limit.
+        let Some((limiter, ip)) = self.failure_client(req) else {
             return self.refuse(report, error, req);
-        }
-        match self.too_many_failures(req) {
-            Some(too_many) => self.refuse(report, too_many, req),
+        };
+        match limiter.blocked(ip) {
+            Some(retry_after) => {
+                self.refuse(report, AuthError::TooManyFailures { retry_after }, req)
+            }
             None => {
-                self.count_failure(req);
+                limiter.failed(ip);
                 self.refuse(report, error, req)
             }
         }
