@@ -181,10 +181,28 @@ impl Browser {
         .await;
     }
 
-    /// Clicks the first element matching `css`.
+    /// Clicks the first element matching `css`. Pages re-render lists as they load,
+    /// so an element gone stale between finding and clicking is found again.
     pub(crate) async fn click(&self, css: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let e = self.find(css).await;
+            let path = format!("/session/{}/element/{e}/click", self.session);
+            let (status, body) = http_sized(&self.addr, "POST", &path, "{}").await;
+            if status < 300 {
+                return;
+            }
+            assert!(
+                body.contains("stale element reference") && Instant::now() < deadline,
+                "click {css}: {status} {body}"
+            );
+        }
+    }
+
+    /// Clears the first element matching `css` (an input).
+    pub(crate) async fn clear(&self, css: &str) {
         let e = self.find(css).await;
-        self.session("POST", &format!("/element/{e}/click"), Some(json!({})))
+        self.session("POST", &format!("/element/{e}/clear"), Some(json!({})))
             .await;
     }
 
@@ -214,12 +232,76 @@ impl Browser {
 
     /// Runs `script` (a function body) in the page; what it returns.
     pub(crate) async fn run(&self, script: &str) -> Value {
+        self.exec(script, json!([])).await
+    }
+
+    /// Runs `script` (a function body; `arguments` are `args`) in the page; its result.
+    pub(crate) async fn exec(&self, script: &str, args: Value) -> Value {
         self.session(
             "POST",
             "/execute/sync",
-            Some(json!({"script": script, "args": []})),
+            Some(json!({"script": script, "args": args})),
         )
         .await
+    }
+
+    /// Waits until `check` of the page's state (a script returning JSON) holds.
+    pub(crate) async fn wait_for(
+        &self,
+        script: &str,
+        check: impl Fn(&Value) -> bool,
+        what: &str,
+    ) -> Value {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let v = self.run(script).await;
+            if check(&v) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waited for {what}; the page says {v}"
+            );
+        }
+    }
+
+    /// Sizes the window so that the page's viewport is `width` × `height` (the
+    /// window's frame takes some of the window's size).
+    pub(crate) async fn viewport(&self, width: i64, height: i64) {
+        let size = |w: i64, h: i64| json!({"width": w, "height": h});
+        let inner = "return [window.innerWidth, window.innerHeight];";
+        self.session("POST", "/window/rect", Some(size(width, height)))
+            .await;
+        let got = self.run(inner).await;
+        let (w, h) = (got[0].as_i64().unwrap(), got[1].as_i64().unwrap());
+        self.session(
+            "POST",
+            "/window/rect",
+            Some(size(2 * width - w, 2 * height - h)),
+        )
+        .await;
+        assert_eq!(
+            self.run(inner).await,
+            json!([width, height]),
+            "the viewport"
+        );
+    }
+
+    /// Scrolls the page so that `css` is at the top (`None`: the page's top), and waits
+    /// until it is painted so (two animation frames).
+    pub(crate) async fn scroll_to(&self, css: Option<&str>) {
+        self.session(
+            "POST",
+            "/execute/async",
+            Some(json!({
+                "script": "const done = arguments[arguments.length - 1];
+                    const e = arguments[0] && document.querySelector(arguments[0]);
+                    if (e) e.scrollIntoView({block: 'start'}); else window.scrollTo(0, 0);
+                    requestAnimationFrame(() => requestAnimationFrame(() => done(null)));",
+                "args": [css],
+            })),
+        )
+        .await;
     }
 
     /// The page's width as laid out, and the viewport's: a page wider than its viewport
@@ -231,14 +313,20 @@ impl Browser {
         (v[0].as_u64().unwrap(), v[1].as_u64().unwrap())
     }
 
-    /// Saves a screenshot as target/screenshots/`name`; returns its path.
+    /// Saves a screenshot as `name` in the directory `TOWER_API_KEY_SCREENSHOTS` names
+    /// (by default target/screenshots); returns its path.
     pub(crate) async fn screenshot(&self, name: &str) -> std::path::PathBuf {
         let b64 = self.session("GET", "/screenshot", None).await;
         let png = base64_decode(b64.as_str().unwrap());
         assert!(png.starts_with(b"\x89PNG"), "not a PNG");
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("target")
-            .join("screenshots");
+        let dir = std::env::var_os("TOWER_API_KEY_SCREENSHOTS").map_or_else(
+            || {
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("target")
+                    .join("screenshots")
+            },
+            std::path::PathBuf::from,
+        );
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(name);
         std::fs::write(&path, png).unwrap();
