@@ -164,9 +164,7 @@ pub fn router<S: KeyStore>(cache: CachedResolver<S>) -> Router {
 /// # let _: axum::Router = app;
 /// ```
 pub fn router_with<S: KeyStore>(cache: CachedResolver<S>, config: AdminConfig) -> Router {
-    let auth = ApiKeyLayer::from_cache(cache.clone())
-        .source(KeySource::bearer().or(KeySource::header(HeaderName::from_static("x-api-key"))))
-        .trusted_proxies(config.trusted_proxies.iter().copied());
+    let auth = key_layer(&cache, &config);
     let protected = Router::new()
         .route("/admin/keys", post(create::<S>).get(list::<S>))
         .route(
@@ -197,6 +195,14 @@ pub fn router_with<S: KeyStore>(cache: CachedResolver<S>, config: AdminConfig) -
         .merge(protected)
 }
 
+/// The key layer of the admin API and the portal: keys from `Authorization: Bearer` or
+/// `X-API-Key`, clients behind the configured proxies.
+fn key_layer<S: KeyStore>(cache: &CachedResolver<S>, config: &AdminConfig) -> ApiKeyLayer<S> {
+    ApiKeyLayer::from_cache(cache.clone())
+        .source(KeySource::bearer().or(KeySource::header(HeaderName::from_static("x-api-key"))))
+        .trusted_proxies(config.trusted_proxies.iter().copied())
+}
+
 /// The dashboard: one page, HTML, CSS and JavaScript, embedded in the crate.
 const DASHBOARD: &str = include_str!("dashboard.html");
 
@@ -204,6 +210,12 @@ const DASHBOARD: &str = include_str!("dashboard.html");
     description = "The web dashboard: one page that asks for an admin key and calls this API.",
     responses((status = 200, description = "The page", content_type = "text/html", body = String)))]
 async fn dashboard() -> Response {
+    html_page(DASHBOARD)
+}
+
+/// A page of the crate's (`body`): everything it needs is in it, and it talks only to
+/// this origin.
+fn html_page(body: &'static str) -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
@@ -215,7 +227,7 @@ async fn dashboard() -> Response {
             ),
             (header::REFERRER_POLICY, "no-referrer"),
         ],
-        DASHBOARD,
+        body,
     )
         .into_response()
 }
@@ -223,7 +235,12 @@ async fn dashboard() -> Response {
 #[utoipa::path(get, path = "/admin/openapi.json", security(()),
     responses((status = 200, description = "This document", body = Object)))]
 async fn openapi_json() -> Response {
-    match openapi().to_json() {
+    document_json(&openapi())
+}
+
+/// An OpenAPI document as the answer to a `GET`.
+fn document_json(document: &utoipa::openapi::OpenApi) -> Response {
+    match document.to_json() {
         Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
         Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None).into_response(),
     }
@@ -454,7 +471,11 @@ async fn existing_key<S: KeyStore + ?Sized>(store: &S, id: &str) -> Result<KeyRe
 /// if it is revoked (a revoked key's successor would bring it back; its scopes no longer
 /// matter).
 async fn changeable_key<S: KeyStore + ?Sized>(store: &S, id: &str) -> Result<KeyRecord, Problem> {
-    let record = existing_key(store, id).await?;
+    unrevoked(existing_key(store, id).await?)
+}
+
+/// `record`, unless it is revoked (409: a revoked key does not change any more).
+fn unrevoked(record: KeyRecord) -> Result<KeyRecord, Problem> {
     match record.revoked_at {
         Some(at) => Err(problem(
             StatusCode::CONFLICT,
@@ -482,6 +503,14 @@ fn store_error(e: StoreError) -> Problem {
             StatusCode::CONFLICT,
             format!("{e}; nothing was imported"),
             Some(&format!("[{index}].hash")),
+        ),
+        StoreError::LastKey { scope } => problem(
+            StatusCode::CONFLICT,
+            format!(
+                "this is the last active key with the scope {scope}: revoking it would lock \
+                 its consumer out; create or rotate another first"
+            ),
+            None,
         ),
         _ => {
             tracing::warn!(error = %e, "admin API: key store failed");

@@ -67,8 +67,8 @@ use std::time::{Duration, SystemTime};
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderName, StatusCode, header};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
@@ -79,15 +79,15 @@ use utoipa::ToSchema;
 use super::openapi::{KeyIdPath, RateLimitRequest, RotateRequest};
 use super::series::{SeriesBody, SeriesParams, key_series, series_params};
 use super::{
-    AdminConfig, CreatedKeyBody, KeyBody, KeyDetail, MAX_EXPIRES_IN, MAX_GRACE, Problem,
-    SELF_ROTATION_GRACE, allowed_ips, changeable_key, created_body, invalid, key_body, number,
-    object, problem, rate_limit, readable_id, rfc3339, scopes, store_error, text, unread,
+    AdminConfig, CreatedKeyBody, KeyBody, KeyDetail, KeyId, MAX_EXPIRES_IN, MAX_GRACE, Problem,
+    allowed_ips, created_body, existing_key, invalid, key_body, not_found, number, object, problem,
+    rate_limit, rfc3339, scopes, self_rotation, store_error, text, unread, unrevoked,
 };
-use crate::auth::{ApiKeyLayer, KeySource, RequireScopeLayer};
+use crate::auth::RequireScopeLayer;
 use crate::ratelimit::{Limit, RateLimits};
 use crate::record::{Authenticated, KeyRecord, Scope};
 use crate::resolve::CachedResolver;
-use crate::store::{KeyStore, ListQuery, NewKey, StoreError};
+use crate::store::{KeyStore, ListQuery, NewKey};
 
 /// The scope that lets a key manage its own consumer's keys here.
 pub const SELF_SCOPE: &str = "keys:self";
@@ -98,9 +98,7 @@ pub const MAX_LISTED: usize = 10_000;
 /// The portal over `cache`'s store, for keys with the scope [`SELF_SCOPE`] (read from
 /// `Authorization: Bearer` or `X-API-Key`), with the admin API's settings.
 pub fn router<S: KeyStore>(cache: CachedResolver<S>, config: AdminConfig) -> Router {
-    let auth = ApiKeyLayer::from_cache(cache.clone())
-        .source(KeySource::bearer().or(KeySource::header(HeaderName::from_static("x-api-key"))))
-        .trusted_proxies(config.trusted_proxies.iter().copied());
+    let auth = super::key_layer(&cache, &config);
     let protected = Router::new()
         .route("/portal/keys", get(list::<S>).post(create::<S>))
         .route("/portal/keys/{id}", get(show::<S>).delete(revoke::<S>))
@@ -125,20 +123,7 @@ const PAGE: &str = include_str!("portal.html");
     description = "The portal page: asks for a key with keys:self and calls this API.",
     responses((status = 200, description = "The page", content_type = "text/html", body = String)))]
 pub(super) async fn page() -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            // Everything the page needs is in the page; it talks only to this origin.
-            (
-                header::CONTENT_SECURITY_POLICY,
-                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
-                 connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-            ),
-            (header::REFERRER_POLICY, "no-referrer"),
-        ],
-        PAGE,
-    )
-        .into_response()
+    super::html_page(PAGE)
 }
 
 /// The portal's OpenAPI 3.1 document, served at `GET /portal/openapi.json`: every status
@@ -150,10 +135,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 #[utoipa::path(get, path = "/portal/openapi.json", tag = "portal", security(()),
     responses((status = 200, description = "This document", body = Object)))]
 pub(super) async fn openapi_json() -> Response {
-    match openapi().to_json() {
-        Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
-        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None).into_response(),
-    }
+    super::document_json(&openapi())
 }
 
 /// `POST /portal/keys`: `POST /admin/keys` without `consumer`, and within the calling
@@ -180,11 +162,6 @@ pub(super) struct OwnKeyRequest {
     allowed_ips: Option<Vec<String>>,
 }
 
-/// 404, the same whether the key does not exist or belongs to another consumer.
-fn not_found() -> Problem {
-    store_error(StoreError::NotFound(String::new()))
-}
-
 /// A request for more than the calling key has.
 fn exceeds(field: &str, detail: impl Into<String>) -> Problem {
     problem(StatusCode::FORBIDDEN, detail, Some(field))
@@ -196,12 +173,12 @@ async fn owned<S: KeyStore>(
     caller: &Authenticated,
     id: &str,
 ) -> Result<KeyRecord, Problem> {
-    readable_id(id)?;
-    match store.get(id).await {
-        Ok(Some(record)) if record.consumer == caller.consumer() => Ok(record),
-        Ok(_) => Err(not_found()),
-        Err(e) => Err(store_error(e)),
+    // Another consumer's key answers exactly as an unknown one.
+    let record = existing_key(store, id).await?;
+    if record.consumer != caller.consumer() {
+        return Err(not_found());
     }
+    Ok(record)
 }
 
 /// The key `id` for a rotation: the caller's consumer's (else 404, as an unknown one),
@@ -212,8 +189,7 @@ async fn changeable<S: KeyStore>(
     id: &str,
 ) -> Result<KeyRecord, Problem> {
     // Another consumer's key answers as an unknown one, revoked or not.
-    owned(store, caller, id).await?;
-    changeable_key(store, id).await
+    unrevoked(owned(store, caller, id).await?)
 }
 
 #[utoipa::path(get, path = "/portal/keys", tag = "portal",
@@ -475,7 +451,7 @@ fn beyond(record: &KeyRecord, own: &KeyRecord) -> Option<(&'static str, String)>
 pub(super) async fn show<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
     Extension(caller): Extension<Authenticated>,
-    Path(id): Path<String>,
+    KeyId(id): KeyId,
 ) -> Response {
     let record = match owned(&store, &caller, &id).await {
         Ok(record) => record,
@@ -497,7 +473,7 @@ pub(super) async fn show<S: KeyStore>(
 pub(super) async fn revoke<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
     Extension(caller): Extension<Authenticated>,
-    Path(id): Path<String>,
+    KeyId(id): KeyId,
 ) -> Response {
     let result = async {
         owned(&store, &caller, &id).await?;
@@ -519,14 +495,6 @@ pub(super) async fn revoke<S: KeyStore>(
             .await
         {
             Ok(_) => Ok(StatusCode::NO_CONTENT.into_response()),
-            Err(StoreError::LastKey { .. }) => Err(problem(
-                StatusCode::CONFLICT,
-                format!(
-                    "this is your last active key with the scope {SELF_SCOPE}: revoking it \
-                     would lock you out; create or rotate another first"
-                ),
-                None,
-            )),
             Err(e) => Err(store_error(e)),
         }
     };
@@ -546,7 +514,7 @@ pub(super) async fn revoke<S: KeyStore>(
 pub(super) async fn rotate<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
     Extension(caller): Extension<Authenticated>,
-    Path(id): Path<String>,
+    KeyId(id): KeyId,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
@@ -554,17 +522,7 @@ pub(super) async fn rotate<S: KeyStore>(
         let grace = number(&map, "grace_seconds", MAX_GRACE, true)?
             .ok_or_else(|| invalid("grace_seconds", "grace_seconds is required"))?;
         let record = changeable(&store, &caller, &id).await?;
-        if id == caller.key_id() && grace < SELF_ROTATION_GRACE {
-            return Err(problem(
-                StatusCode::CONFLICT,
-                format!(
-                    "this is the key making the request: it rotates itself only with \
-                     grace_seconds of at least {SELF_ROTATION_GRACE}, so that it keeps working \
-                     while you switch to the new key"
-                ),
-                None,
-            ));
-        }
+        self_rotation(&id, &caller, grace)?;
         if let Some((field, detail)) = beyond(&record, caller.record()) {
             return Err(exceeds(
                 field,
@@ -591,7 +549,7 @@ pub(super) async fn rotate<S: KeyStore>(
 pub(super) async fn series<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
     Extension(caller): Extension<Authenticated>,
-    Path(id): Path<String>,
+    KeyId(id): KeyId,
     params: Result<Query<SeriesParams>, QueryRejection>,
 ) -> Response {
     let result = async {
