@@ -517,21 +517,20 @@ fn parse_duration(text: &str) -> Option<Duration> {
     Some(Duration::from_millis(millis))
 }
 
-/// `ACCEPT_FOREIGN_KEYS`: `true` or `false` (default); anything else stops the start.
-/// `FAILURE_LIMIT`: failed authentications a client may have in a window, or `off`.
+/// `FAILURE_LIMIT`: failed authentications a client may have in a window (default
+/// `100/60s`), or `off`.
 fn failure_limit() -> Result<Option<FailureLimit>, String> {
-    match std::env::var("FAILURE_LIMIT").as_deref() {
-        Err(_) | Ok("") => Ok(Some(
-            FailureLimit::new(100, Duration::from_secs(60)).map_err(|e| e.to_string())?,
-        )),
-        Ok("off") => Ok(None),
-        Ok(text) => text
-            .parse()
-            .map(Some)
-            .map_err(|e| format!("FAILURE_LIMIT ({text:?}): {e}, or off")),
-    }
+    let text = match std::env::var("FAILURE_LIMIT").as_deref() {
+        Ok("off") => return Ok(None),
+        Err(_) | Ok("") => "100/60s".to_owned(),
+        Ok(text) => text.to_owned(),
+    };
+    text.parse()
+        .map(Some)
+        .map_err(|e| format!("FAILURE_LIMIT ({text:?}): {e}, or off"))
 }
 
+/// `ACCEPT_FOREIGN_KEYS`: `true` or `false` (default); anything else stops the start.
 fn accept_foreign_keys() -> Result<bool, String> {
     match std::env::var("ACCEPT_FOREIGN_KEYS").as_deref() {
         Err(_) | Ok("") | Ok("false") => Ok(false),

@@ -417,6 +417,17 @@ pub enum KeyStatus {
     Revoked,
 }
 
+impl KeyStatus {
+    /// `active`, `expired` or `revoked`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Expired => "expired",
+            Self::Revoked => "revoked",
+        }
+    }
+}
+
 /// The authenticated caller, as [`ApiKeyLayer`](crate::ApiKeyLayer) puts it into the
 /// request extensions. Cheap to clone: one `Arc` inside.
 ///

@@ -62,6 +62,7 @@ use crate::lifetime::KeyLifetimes;
 use crate::ratelimit::{Limit, QuotaWindow, RateLimitPolicy, RateLimits};
 use crate::record::{Authenticated, KeyRecord, Scope, Scopes};
 use crate::resolve::CachedResolver;
+use crate::store::import::whole_number;
 use crate::store::{
     AuditEntry, AuditEvent, Delivery, ImportedKey, KeyStore, ListQuery, NewKey, StoreError,
     WebhookOutbox,
@@ -85,8 +86,6 @@ const MAX_TEXT: usize = 200;
 const MAX_EXPIRES_IN: u64 = 10 * 365 * 86_400;
 /// The longest rotation grace period: thirty days.
 const MAX_GRACE: u64 = 30 * 86_400;
-/// `Retry-After` of a 503 when the store fails, in seconds (the key layer's default).
-const STORE_RETRY_AFTER: &str = "5";
 /// The most keys one import may carry.
 pub const MAX_IMPORT_KEYS: usize = 10_000;
 /// The largest import body, in bytes: 16 MiB.
@@ -437,7 +436,7 @@ impl IntoResponse for Problem {
             // As the key layer says it when the store fails.
             response.headers_mut().insert(
                 header::RETRY_AFTER,
-                header::HeaderValue::from_static(STORE_RETRY_AFTER),
+                crate::auth::retry_after_value(crate::auth::DEFAULT_RETRY_AFTER),
             );
         }
         response
@@ -617,15 +616,6 @@ fn number(
     }
 }
 
-/// A JSON number that is a whole number, not negative: `3`, `3.0`, `3e2`.
-pub(crate) fn whole_number(n: &serde_json::Number) -> Option<u64> {
-    n.as_u64().or_else(|| {
-        let f = n.as_f64()?;
-        // Beyond 2^64 it is too large for any field, and `as` would saturate.
-        (f.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&f)).then_some(f as u64)
-    })
-}
-
 /// Can a store hold this text? PostgreSQL's text cannot hold NUL: no cursor of ours has one.
 fn storable(text: &str) -> bool {
     !text.contains('\0')
@@ -785,18 +775,9 @@ fn key_body(r: &KeyRecord) -> KeyBody {
         created_at: rfc3339(r.created_at),
         expires_at: r.expires_at.map(rfc3339),
         revoked_at: r.revoked_at.map(rfc3339),
-        status: status_name(r.status(SystemTime::now())).to_owned(),
+        status: r.status(SystemTime::now()).as_str().to_owned(),
         allowed_ips: r.allowed_ips.iter().map(ToString::to_string).collect(),
         rate_limits: r.rate_limits.iter().map(limit_body).collect(),
-    }
-}
-
-/// `active`, `expired` or `revoked` (the document's `KeyStatusName`).
-fn status_name(status: crate::KeyStatus) -> &'static str {
-    match status {
-        crate::KeyStatus::Active => "active",
-        crate::KeyStatus::Expired => "expired",
-        crate::KeyStatus::Revoked => "revoked",
     }
 }
 
@@ -1402,7 +1383,7 @@ mod tests {
     fn a_store_failure_is_503_with_retry_after_as_problem_json() {
         let response = store_error(StoreError::Backend("down".into())).into_response();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(response.headers()[header::RETRY_AFTER], STORE_RETRY_AFTER);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "5");
         assert_eq!(
             response.headers()[header::CONTENT_TYPE],
             openapi::PROBLEM_JSON

@@ -136,32 +136,26 @@ fn range(params: &SeriesParams) -> Result<(UsageStep, SystemTime, SystemTime), P
             .map_err(|_| invalid("step", "step must be minute or hour"))?,
     };
     let to = time("to", params.to.as_deref())?.unwrap_or_else(SystemTime::now);
+    // The last bucket: the one holding `to`'s moment just before it.
+    let last = to
+        .checked_sub(Duration::from_nanos(1))
+        .map_or(to, |t| bucket_start(step, t));
+    let buckets_back = |n: u32| {
+        last.checked_sub(step.width() * (n - 1))
+            .unwrap_or(SystemTime::UNIX_EPOCH)
+    };
     let from = match time("from", params.from.as_deref())? {
         Some(from) => from,
-        None => {
-            // Exactly the default number of buckets, the last one holding `to`'s
-            // moment just before it.
-            let buckets = match step {
-                UsageStep::Minute => DEFAULT_MINUTES,
-                UsageStep::Hour => DEFAULT_HOURS,
-            };
-            let last = to
-                .checked_sub(Duration::from_nanos(1))
-                .map_or(to, |t| bucket_start(step, t));
-            last.checked_sub(step.width() * (buckets - 1))
-                .unwrap_or(SystemTime::UNIX_EPOCH)
-        }
+        // Exactly the default number of buckets.
+        None => buckets_back(match step {
+            UsageStep::Minute => DEFAULT_MINUTES,
+            UsageStep::Hour => DEFAULT_HOURS,
+        }),
     };
     // At most MAX_BUCKETS: the last ones of a longer range (a chart wants the latest);
     // the store is asked for no more than that either. `from` after `to` is an empty
     // range: no buckets.
-    let last = to
-        .checked_sub(Duration::from_nanos(1))
-        .map_or(to, |t| bucket_start(step, t));
-    let earliest = last
-        .checked_sub(step.width() * (MAX_BUCKETS as u32 - 1))
-        .unwrap_or(SystemTime::UNIX_EPOCH);
-    Ok((step, from.max(earliest), to))
+    Ok((step, from.max(buckets_back(MAX_BUCKETS as u32)), to))
 }
 
 fn series_body(
@@ -169,16 +163,10 @@ fn series_body(
     from: SystemTime,
     to: SystemTime,
     sparse: &[UsageBucket],
-) -> Result<SeriesBody, Problem> {
-    let buckets = fill(step, from, to, MAX_BUCKETS, sparse).ok_or_else(|| {
-        invalid(
-            "from",
-            format!(
-                "the range holds more than {MAX_BUCKETS} buckets of a {step}; narrow it or use a longer step"
-            ),
-        )
-    })?;
-    Ok(SeriesBody {
+) -> SeriesBody {
+    let buckets =
+        fill(step, from, to, MAX_BUCKETS, sparse).expect("range() keeps a series to MAX_BUCKETS");
+    SeriesBody {
         step: step.as_str(),
         buckets: buckets
             .iter()
@@ -190,7 +178,7 @@ fn series_body(
                 unauthorized: b.unauthorized,
             })
             .collect(),
-    })
+    }
 }
 
 /// The series of the key `id` (which the caller has already been allowed to see),
@@ -206,7 +194,7 @@ pub(crate) async fn key_series<S: KeyStore>(
         .usage_series(Some(id), step, from, to)
         .await
         .map_err(store_error)?;
-    series_body(step, from, to, &sparse)
+    Ok(series_body(step, from, to, &sparse))
 }
 
 /// The query string of a series, or the problem with it.
@@ -256,7 +244,7 @@ pub(super) async fn all<S: KeyStore>(
             .usage_series(None, step, from, to)
             .await
             .map_err(store_error)?;
-        series_body(step, from, to, &sparse)
+        Ok::<_, Problem>(series_body(step, from, to, &sparse))
     };
     match result.await {
         Ok(body) => Json(body).into_response(),
@@ -361,7 +349,7 @@ mod tests {
             ("2026-12-02T05:10:00Z", "hour", 168),
         ] {
             let (step, from, to) = range(&params(Some(step), None, Some(to))).unwrap();
-            let body = series_body(step, from, to, &[]).unwrap();
+            let body = series_body(step, from, to, &[]);
             assert_eq!(body.buckets.len(), want, "{step} to {to:?}");
         }
     }
@@ -387,7 +375,7 @@ mod tests {
             Some("2026-12-01T00:00:00Z"),
         ))
         .unwrap();
-        let body = series_body(step, from, to, &[]).unwrap();
+        let body = series_body(step, from, to, &[]);
         assert_eq!(body.buckets.len(), MAX_BUCKETS);
         assert_eq!(body.buckets[MAX_BUCKETS - 1].at, "2026-11-30T23:59:00Z");
         assert_eq!(body.buckets[0].at, "2026-11-29T00:00:00Z");
@@ -397,6 +385,6 @@ mod tests {
             Some("2026-12-01T00:00:00Z"),
         ))
         .unwrap();
-        assert!(series_body(step, from, to, &[]).unwrap().buckets.is_empty());
+        assert!(series_body(step, from, to, &[]).buckets.is_empty());
     }
 }

@@ -251,7 +251,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                         r.id,
                         r.start,
                         r.consumer,
-                        status_name(r.status(SystemTime::now())),
+                        r.status(SystemTime::now()).as_str(),
                         r.scopes
                             .iter()
                             .map(|s| s.as_str())
@@ -414,14 +414,6 @@ fn secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-fn status_name(s: KeyStatus) -> &'static str {
-    match s {
-        KeyStatus::Active => "active",
-        KeyStatus::Expired => "expired",
-        KeyStatus::Revoked => "revoked",
-    }
-}
-
 fn record_json(r: &KeyRecord) -> Value {
     let limits: Vec<Value> = r
         .rate_limits
@@ -446,7 +438,7 @@ fn record_json(r: &KeyRecord) -> Value {
         "expires_at": r.expires_at.map(secs),
         "allowed_ips": r.allowed_ips.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "revoked_at": r.revoked_at.map(secs),
-        "status": status_name(r.status(SystemTime::now())),
+        "status": r.status(SystemTime::now()).as_str(),
         "rate_limits": limits,
         "metadata": r.metadata,
     })

@@ -6,7 +6,7 @@ use tokio::sync::watch;
 
 use super::{KeyResolver, ResolveError};
 use crate::key::{KeyFormat, KeyHash};
-use crate::record::{KeyRecord, KeyStatus, Scopes, generate_key_id};
+use crate::record::{KeyRecord, Scopes, generate_key_id};
 use crate::store::outbox::{
     Attempt, DEFAULT_OUTBOX_RETENTION, Delivery, DeliveryState, EventData, EventType, KeyEvent,
     WebhookOutbox,
@@ -15,7 +15,7 @@ use crate::store::{
     AuditEntry, AuditEvent, BatchHashes, ChangeFeed, ChangeKind, Changes, CreatedKey,
     DEFAULT_CHANGE_RETENTION, ImportedKey, KeyChange, KeyStore, ListQuery, NewKey, Page,
     StoreError, Usage, UsageBucket, UsageDelta, UsageStep, UsageTop, UsageTopBy, Wakeups,
-    cursor_of, grace_end, parse_cursor, series,
+    cursor_of, grace_end, is_last_holder, parse_cursor, series,
 };
 
 /// Key records, usage and the audit log in memory: for tests, examples and small
@@ -357,15 +357,11 @@ impl KeyStore for MemoryStore {
         // One write lock over the check and the revocation.
         let mut records = self.write();
         let target = records.record_mut(id)?.clone();
-        let holds = |r: &KeyRecord| {
-            r.revoked_at.is_none() && r.status(now) == KeyStatus::Active && r.scopes.grants(scope)
-        };
-        if holds(&target)
-            && !records
-                .by_hash
-                .values()
-                .any(|r| r.consumer == target.consumer && r.id != target.id && holds(r))
-        {
+        let consumers_keys = records
+            .by_hash
+            .values()
+            .filter(|r| r.consumer == target.consumer);
+        if is_last_holder(id, consumers_keys, scope, now) {
             return Err(StoreError::LastKey {
                 scope: scope.to_owned(),
             });
@@ -444,7 +440,7 @@ impl KeyStore for MemoryStore {
             usage.rejected += d.rejected;
             usage.last_used_at = usage.last_used_at.max(Some(d.last_used_at));
             for minute in &d.minutes {
-                for step in [UsageStep::Minute, UsageStep::Hour] {
+                for step in UsageStep::ALL {
                     let at = series::bucket_start(step, minute.at);
                     records
                         .series
@@ -458,7 +454,7 @@ impl KeyStore for MemoryStore {
         }
         let now = SystemTime::now();
         records.series.retain(|(_, step), buckets| {
-            if let Some(cut) = now.checked_sub(step.retention()) {
+            if let Some(cut) = step.cutoff(now) {
                 *buckets = buckets.split_off(&cut);
             }
             !buckets.is_empty()

@@ -202,11 +202,7 @@ fn rate_limit(map: &Map<String, Value>) -> Result<RateLimits, InvalidImportRow> 
         match limit.get(name) {
             None | Some(Value::Null) => Ok(None),
             // A whole number, as JSON Schema's `integer`: `60` or `60.0`.
-            Some(v) => match v.as_u64().or_else(|| {
-                v.as_f64()
-                    .filter(|f| f.fract() == 0.0 && (1.0..=max as f64).contains(f))
-                    .map(|f| f as u64)
-            }) {
+            Some(v) => match v.as_number().and_then(whole_number) {
                 Some(n) if (1..=max).contains(&n) => Ok(Some(n)),
                 _ => Err(invalid(
                     &format!("rate_limit.{name}"),
@@ -309,6 +305,15 @@ pub(crate) fn parse_rfc3339(text: &str) -> Option<SystemTime> {
     let secs = days * 86_400 + i64::from(h * 3600 + mi * 60 + s.min(59)) - offset;
     let secs = u64::try_from(secs).ok()?;
     Some(UNIX_EPOCH + Duration::new(secs, nanos))
+}
+
+/// A JSON number that is a whole number, not negative: `3`, `3.0`, `3e2`.
+pub(crate) fn whole_number(n: &serde_json::Number) -> Option<u64> {
+    n.as_u64().or_else(|| {
+        let f = n.as_f64()?;
+        // Beyond 2^64 it is too large for any field, and `as` would saturate.
+        (f.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&f)).then_some(f as u64)
+    })
 }
 
 #[cfg(test)]

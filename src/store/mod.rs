@@ -887,6 +887,31 @@ impl<S: KeyStore> KeyStore for CachedResolver<S> {
 }
 
 /// The opaque cursor of a listing: the creation time and id of the last record.
+/// Is `id` the last active key granting `scope` among `keys` (its consumer's), so that
+/// [`KeyStore::revoke_unless_last`] must refuse? A revocation counts whatever its time
+/// (another instance's clock may be ahead).
+pub(crate) fn is_last_holder<'a>(
+    id: &str,
+    keys: impl Iterator<Item = &'a KeyRecord>,
+    scope: &str,
+    now: SystemTime,
+) -> bool {
+    let holds = |r: &KeyRecord| {
+        r.revoked_at.is_none()
+            && r.status(now) == crate::record::KeyStatus::Active
+            && r.scopes.grants(scope)
+    };
+    let (mut target, mut others) = (false, false);
+    for r in keys.filter(|r| holds(r)) {
+        if r.id == id {
+            target = true;
+        } else {
+            others = true;
+        }
+    }
+    target && !others
+}
+
 pub(crate) fn cursor_of(record: &KeyRecord) -> String {
     let nanos = record
         .created_at

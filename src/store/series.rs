@@ -55,6 +55,14 @@ pub enum UsageStep {
 }
 
 impl UsageStep {
+    /// Every step: each minute is added to a bucket of each.
+    pub const ALL: [Self; 2] = [Self::Minute, Self::Hour];
+
+    /// Buckets of this step starting before this are past their retention at `now`.
+    pub fn cutoff(self, now: SystemTime) -> Option<SystemTime> {
+        now.checked_sub(self.retention())
+    }
+
     /// The bucket's width.
     pub fn width(self) -> Duration {
         Duration::from_secs(self.seconds())

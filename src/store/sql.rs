@@ -702,15 +702,7 @@ impl KeyStore for $store {
             .iter()
             .map(record_from_row)
             .collect::<Result<Vec<_>, _>>()?;
-        // A revocation counts whatever its time (another instance's clock may be ahead).
-        let holds = |r: &KeyRecord| {
-            r.revoked_at.is_none()
-                && r.status(now) == $crate::record::KeyStatus::Active
-                && r.scopes.grants(scope)
-        };
-        if keys.iter().any(|r| r.id == id && holds(r))
-            && !keys.iter().any(|r| r.id != id && holds(r))
-        {
+        if $crate::store::is_last_holder(id, keys.iter(), scope, now) {
             return Err(StoreError::LastKey {
                 scope: scope.to_owned(),
             });
@@ -817,7 +809,7 @@ impl KeyStore for $store {
         let mut buckets = std::collections::BTreeMap::<(&str, u64, i64), UsageBucket>::new();
         for d in &deltas {
             for minute in &d.minutes {
-                for step in [UsageStep::Minute, UsageStep::Hour] {
+                for step in UsageStep::ALL {
                     let at = bucket_start(step, minute.at);
                     buckets
                         .entry((d.key_id.as_str(), step.seconds(), time_to_sql(at)))
@@ -888,8 +880,8 @@ impl KeyStore for $store {
             }
             query.execute(&mut *tx).await.map_err(backend)?;
         }
-        for step in [UsageStep::Minute, UsageStep::Hour] {
-            let Some(cut) = now.checked_sub(step.retention()) else {
+        for step in UsageStep::ALL {
+            let Some(cut) = step.cutoff(now) else {
                 continue;
             };
             sqlx::query("DELETE FROM api_key_usage WHERE step = $1 AND at < $2")
