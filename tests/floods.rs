@@ -145,7 +145,7 @@ async fn a_flood_of_well_formed_unknown_keys_stops_reaching_the_store() {
 async fn the_block_ends_with_the_window_and_clients_behind_a_proxy_are_told_apart() {
     let counting = Counting::default();
     let format = KeyFormat::default();
-    let app = app(&counting, "2/300ms");
+    let app = app(&counting, "2/2s");
     let proxy = Some("10.0.0.1:5000");
     for _ in 0..2 {
         let (status, _, _) = call(

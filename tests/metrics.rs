@@ -430,8 +430,13 @@ async fn metrics_are_for_metrics_and_admin_keys_and_count_exactly_the_requests_m
             ALL.iter().any(|n| sample.name.starts_with(n)),
             "{sample:?} is not documented"
         );
-        assert!(!sample.labels.contains_key("key_id"), "{sample:?}");
-        assert!(!sample.labels.contains_key("key"), "{sample:?}");
+        // No per-key (or per-consumer) label: only these, each with few values.
+        for label in sample.labels.keys() {
+            assert!(
+                ["outcome", "result", "operation", "le", "quantile"].contains(&label.as_str()),
+                "{sample:?} has the label {label}"
+            );
+        }
     }
     for key in [&admin, &limited, &reader, &revoked] {
         let hash = KeyHash::of(key);
@@ -445,6 +450,12 @@ async fn metrics_are_for_metrics_and_admin_keys_and_count_exactly_the_requests_m
         assert!(!second.body.contains(id.as_str()), "the scrape shows {id}");
     }
     assert!(!second.body.contains("key_id"));
+    for consumer in ["\"acme\"", "\"ops\""] {
+        assert!(
+            !second.body.contains(consumer),
+            "a consumer as a label value"
+        );
+    }
     drop(made);
 
     // The change feed: read lately, and the four changes made here applied.

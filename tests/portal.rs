@@ -336,7 +336,8 @@ async fn a_consumer_manages_its_own_keys_and_only_those() {
     assert_eq!(log.last().unwrap()["event"], "revoked");
     assert_eq!(log.last().unwrap()["actor"], me.id.as_str());
 
-    // The consumer's last keys:self key cannot be revoked: 409, and it keeps working.
+    // A key does not revoke itself (409; the store's own guard for the consumer's last
+    // keys:self key is shown by the stale-caller test below), and it keeps working.
     let last = p
         .call("DELETE", &format!("/portal/keys/{}", me.id), &me.key, None)
         .await;
@@ -710,4 +711,64 @@ async fn the_portal_in_a_real_browser() {
         .await;
     browser.screenshot("portal-phone-keys.png").await;
     browser.quit().await;
+}
+
+/// The store's guard itself, over HTTP: a caller that is still cached as valid where the
+/// store already revoked it (another instance revoked it, and this one has not heard)
+/// asks to revoke its consumer's only other `keys:self` key. That key is the last active
+/// one, so the answer is 409 and it keeps working. (A key revoking itself is refused
+/// earlier, by the portal; this is the refusal that only the store can make.)
+#[tokio::test]
+async fn the_last_active_keys_self_key_is_kept_by_the_store_even_for_a_stale_caller() {
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    use tower_api_key::store::NewKey;
+    use tower_api_key::{CachedResolver, KeyStore, MemoryStore, Scopes};
+
+    let store = MemoryStore::new();
+    let new =
+        || NewKey::new("acme").with_scopes(Scopes::parse(["keys:self", "orders:read"]).unwrap());
+    let stale = store.create(new(), "test").await.unwrap();
+    let last = store.create(new(), "test").await.unwrap();
+    // The cache reads through to `store`; changes made on `store` itself do not reach it.
+    let cache = CachedResolver::new(store.clone());
+    let app = tower_api_key::admin::portal::router(cache, tower_api_key::admin::AdminConfig::new());
+    let call = |method: &str, path: String, key: &str| {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", format!("Bearer {key}"))
+            .body(Body::empty())
+            .unwrap();
+        let app = app.clone();
+        async move {
+            let res = app.oneshot(req).await.unwrap();
+            let status = res.status().as_u16();
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    let (status, _) = call("GET", "/portal/keys".into(), stale.key.expose_secret()).await;
+    assert_eq!(status, 200, "the caller is cached as valid");
+    store.revoke(&stale.record.id, "elsewhere").await.unwrap();
+
+    let path = format!("/portal/keys/{}", last.record.id);
+    let (status, body) = call("DELETE", path.clone(), stale.key.expose_secret()).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body.contains("last active key with the scope keys:self"),
+        "{body}"
+    );
+    assert_eq!(
+        store
+            .get(&last.record.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at,
+        None
+    );
+    let (status, _) = call("GET", "/portal/keys".into(), last.key.expose_secret()).await;
+    assert_eq!(status, 200, "the last key keeps working");
 }

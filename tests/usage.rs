@@ -165,6 +165,17 @@ async fn every_outcome_is_counted_by_minute() {
         call(unknown.expose_secret().to_owned()).await,
         StatusCode::UNAUTHORIZED
     );
+    // Refusals too are counted off the request path: nothing written yet.
+    assert_eq!(recorder.flushes(), 0);
+    assert_eq!(
+        store
+            .usage(&revoked.record.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .rejected,
+        0
+    );
     recorder.shutdown().await;
 
     let sum = |id: String| {

@@ -196,6 +196,7 @@ impl Browser {
                 body.contains("stale element reference") && Instant::now() < deadline,
                 "click {css}: {status} {body}"
             );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -262,6 +263,7 @@ impl Browser {
                 Instant::now() < deadline,
                 "waited for {what}; the page says {v}"
             );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
