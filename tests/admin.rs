@@ -1,11 +1,15 @@
 //! The admin API through an axum Router: the DESIGN.md contract, strict input, audit.
 #![cfg(feature = "admin")]
 
+#[path = "common/rfc3339.rs"]
+mod rfc3339;
+
 use axum::Router;
 use axum::body::Body;
 use axum::routing::get;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
+use rfc3339::{rfc3339, secs_until};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 use tower_api_key::store::NewKey;
@@ -477,29 +481,6 @@ async fn openapi_document_describes_the_api_and_its_key_schemes() {
             .unwrap()
             .contains_key("key")
     );
-}
-
-/// Seconds from now to an RFC 3339 time (this test's own small parser: whole seconds, Z).
-fn secs_until(at: &str) -> i64 {
-    let (date, time) = at.trim_end_matches('Z').split_once('T').unwrap();
-    let d: Vec<i64> = date.split('-').map(|x| x.parse().unwrap()).collect();
-    let t: Vec<f64> = time.split(':').map(|x| x.parse().unwrap()).collect();
-    // Days from the civil date (H. Hinnant's algorithm).
-    let (y, m) = if d[1] <= 2 {
-        (d[0] - 1, d[1] + 9)
-    } else {
-        (d[0], d[1] - 3)
-    };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + (153 * m + 2) / 5 + d[2] - 1;
-    let days = era * 146_097 + doe - 719_468;
-    let at = days * 86_400 + (t[0] * 3600.0 + t[1] * 60.0 + t[2]) as i64;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    at - now
 }
 
 #[tokio::test]
@@ -1187,7 +1168,7 @@ async fn usage_series_and_top_over_http() {
         .unwrap();
     let stamp = |m: u64| {
         let secs = base.duration_since(UNIX_EPOCH).unwrap().as_secs() + 60 * m;
-        rfc3339_of(UNIX_EPOCH + Duration::from_secs(secs))
+        rfc3339(UNIX_EPOCH + Duration::from_secs(secs))
     };
     let range = format!("from={}&to={}", stamp(0), stamp(5));
 
@@ -1337,29 +1318,6 @@ async fn usage_series_and_top_over_http() {
             .await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
     }
-}
-
-/// RFC 3339 of `t` in UTC, to the second (the test's own, to check the server's).
-fn rfc3339_of(t: std::time::SystemTime) -> String {
-    let secs = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let days = (secs / 86_400) as i64;
-    // H. Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    let s = secs % 86_400;
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        s / 3600,
-        s / 60 % 60,
-        s % 60
-    )
 }
 
 #[tokio::test]
