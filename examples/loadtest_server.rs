@@ -2,7 +2,9 @@
 //! (`MODE=bare`) or behind `ApiKeyLayer` + `RateLimitLayer` with a budget no load run can
 //! spend, added with two `Router::layer` calls (`MODE=auth`), with one call of a
 //! `ServiceBuilder` holding both (`MODE=auth-one`), or wrapped around the router
-//! (`MODE=auth-outer`). `MODE=auth-redis` is `auth` with the rate limits in Redis at
+//! (`MODE=auth-outer`). Two modes split the cost: `MODE=auth-only` is `ApiKeyLayer` alone,
+//! and `MODE=bare-headers` a bare route answering the two `RateLimit` header lines that
+//! `auth` sends (what those bytes alone cost on the wire). `MODE=auth-redis` is `auth` with the rate limits in Redis at
 //! `REDIS_URL` (default `redis://127.0.0.1:6379/`), in `REDIS_MODE` `batched` (the
 //! default) or `exact`. It prints `key: <key>` and `listening on http://<addr>`, and
 //! runs on one thread so that it can be pinned to one core.
@@ -35,6 +37,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("listening on http://{}", listener.local_addr()?);
     match mode.as_str() {
         "bare" => axum::serve(listener, app).await?,
+        "bare-headers" => {
+            // What `auth` answers, from a bare route: the floor of sending the standard
+            // headers (the same bytes on the wire), with none of the layers' work.
+            let app = Router::new().route(
+                "/",
+                get(|| async {
+                    (
+                        [
+                            ("ratelimit-policy", "\"load\";q=1000000000;w=1"),
+                            ("ratelimit", "\"load\";r=999999999;t=1"),
+                        ],
+                        "ok",
+                    )
+                }),
+            );
+            axum::serve(listener, app).await?
+        }
         "auth" => axum::serve(listener, app.layer(limits).layer(auth)).await?,
         "auth-redis" => {
             let url =
@@ -55,6 +74,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let limits = RateLimitLayer::new(store, generous);
             axum::serve(listener, app.layer(limits).layer(auth)).await?
         }
+        "auth-only" => axum::serve(listener, app.layer(auth)).await?,
         "auth-one" => {
             let both = tower::ServiceBuilder::new().layer(auth).layer(limits);
             axum::serve(listener, app.layer(both)).await?
@@ -66,7 +86,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         other => {
             return Err(format!(
-                "MODE must be bare, auth, auth-one, auth-outer or auth-redis, not {other:?}"
+                "MODE must be bare, bare-headers, auth, auth-only, auth-one, auth-outer or auth-redis, not {other:?}"
             )
             .into());
         }
