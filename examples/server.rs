@@ -18,7 +18,8 @@
 //!   request from outside a key's list gets 403.
 //! - `FAILURE_LIMIT` (default `100/60s`; `off` turns it off): a client address that fails
 //!   to authenticate this many times in the window gets 429 with `Retry-After` on `/v1/*`
-//!   for the rest of it, before any store lookup (its cached valid keys keep working).
+//!   for the rest of it, before any store lookup (its cached valid keys keep working and
+//!   are refreshed as usual).
 //! - `ACCEPT_FOREIGN_KEYS` (`true` or `false`, default `false`): also accept keys not in
 //!   this server's format, minted elsewhere and imported by hash through
 //!   `POST /admin/keys/import`; keys of our format keep their checksum check.

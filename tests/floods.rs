@@ -1,5 +1,6 @@
 //! Unknown-key floods: with `ApiKeyLayer::limit_failures`, a client that keeps failing
-//! stops reaching the store, while its cached valid keys and other clients are untouched.
+//! stops reaching the store, while its cached valid keys (refreshed as their entries age)
+//! and other clients are untouched.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -223,4 +224,75 @@ async fn the_block_ends_with_the_window_and_clients_behind_a_proxy_are_told_apar
         );
     }
     assert_eq!(counting.calls.load(Ordering::SeqCst) - before, 10);
+}
+
+#[tokio::test]
+async fn a_blocked_clients_valid_key_keeps_working_when_its_entry_ages() {
+    let counting = Counting::default();
+    let format = KeyFormat::default();
+    let valid = format.generate();
+    counting.store.insert(KeyRecord::new(&valid, "acme"));
+    // Entries fresh for 50 ms, kept (stale) for a minute after.
+    let cache = tower_api_key::CachedResolver::builder(counting.clone())
+        .ttl(Duration::from_millis(50))
+        .stale_window(Duration::from_secs(60))
+        .build();
+    let app = Router::new().route("/", get(|| async { "ok" })).layer(
+        ApiKeyLayer::from_cache(cache).limit_failures("5/60s".parse::<FailureLimit>().unwrap()),
+    );
+    let attacker = Some("192.0.2.66:4000");
+    assert_eq!(
+        call(&app, valid.expose_secret(), attacker, None).await.0,
+        StatusCode::OK
+    );
+    for _ in 0..20 {
+        let minted = format.generate();
+        call(&app, minted.expose_secret(), attacker, None).await;
+    }
+    let blocked = counting.calls.load(Ordering::SeqCst);
+    assert_eq!(
+        blocked,
+        1 + 5,
+        "the valid key's load and the failures allowed"
+    );
+    assert_eq!(
+        call(&app, format.generate().expose_secret(), attacker, None)
+            .await
+            .0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Past its time to live the valid key's entry is refreshed (one store call), and the
+    // key never stops working, while minted keys stay refused without a lookup.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while counting.calls.load(Ordering::SeqCst) == blocked {
+        assert!(
+            Instant::now() < deadline,
+            "the valid key's entry was never refreshed"
+        );
+        assert_eq!(
+            call(&app, valid.expose_secret(), attacker, None).await.0,
+            StatusCode::OK
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let since = Instant::now();
+    for _ in 0..50 {
+        assert_eq!(
+            call(&app, valid.expose_secret(), attacker, None).await.0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            call(&app, format.generate().expose_secret(), attacker, None)
+                .await
+                .0,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+    }
+    // One refresh at most per time to live (and the one that ended the wait).
+    let refreshes = counting.calls.load(Ordering::SeqCst) - blocked;
+    let most = 2 + (since.elapsed().as_millis() / 50) as usize;
+    assert!(
+        (1..=most).contains(&refreshes),
+        "only the valid key's refreshes reach the store: {refreshes} (at most {most})"
+    );
 }

@@ -19,9 +19,10 @@ pub const DEFAULT_MAX_CLIENTS: u64 = 100_000;
 /// IPv4 address, or an IPv6 /64: one host's share) that fails to authenticate
 /// `failures` times within `window` gets 429 with `Retry-After`
 /// ([`AuthError::TooManyFailures`](super::AuthError::TooManyFailures)) for the rest of
-/// the window, before any store work, for every key that is not already cached as
-/// valid: its flood stops reaching the store, while valid keys it holds in the cache
-/// keep working (several users behind one address are not locked out by one of them).
+/// the window, before any store work, for every key the cache does not hold as one the
+/// store knows: its flood stops reaching the store, while keys it holds in the cache
+/// keep working, refreshed as usual when their entries age (one store call per key and
+/// time to live; several users behind one address are not locked out by one of them).
 ///
 /// Failures are malformed keys, unknown, revoked and expired keys. The client's address
 /// is found as for allowlists (the peer, or behind

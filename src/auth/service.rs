@@ -112,10 +112,15 @@ where
         }
 
         // Hit path: no await, no boxing. A client over its failure limit gets only
-        // what the tables hold, and no lookup.
+        // what the tables hold, and no lookup, but for the keys the store knows: those
+        // are refreshed as usual once their entries age (else its valid keys would stop
+        // working one time to live into the block).
         let now = crate::clock::mono_nanos();
         if let Some(found) = self.shared.cache.lookup_cached(&hash, now).or_else(|| {
             let error = self.too_many_failures(&req)?;
+            if self.shared.cache.knows(&hash) {
+                return None;
+            }
             let peeked = self.shared.cache.peek(&hash, now);
             Some(peeked.unwrap_or(Err(crate::resolve::Refused { error, known: None })))
         }) {

@@ -320,6 +320,17 @@ impl<R: KeyResolver> CachedResolver<R> {
         Some(copy)
     }
 
+    /// Does the cache hold a record of the store's for `hash`, fresh or not: a key the
+    /// store knows, rather than one it answered "unknown" for? A client over its failure
+    /// limit still gets such a key refreshed when its entry ages: that costs one store
+    /// call per key and time to live, which minting new keys cannot multiply.
+    pub(crate) fn knows(&self, hash: &KeyHash) -> bool {
+        self.inner
+            .front
+            .get_fresh(hash, 0)
+            .is_some_and(|slot| slot.auth().is_some())
+    }
+
     /// Does the cache hold `hash` as a revoked record (fresh or not)? Revocation is
     /// final, so such an entry cannot be made wrong by a revocation read later.
     pub(crate) fn holds_revoked(&self, hash: &KeyHash) -> bool {
