@@ -4,7 +4,8 @@
 //! The keys pass the public checksum (they are minted with [`KeyFormat::generate`]), so
 //! each distinct one is a cache miss on the server. One connection sends the legitimate
 //! key every `--every-ms` and records its latency; `--conns` connections send minted
-//! keys at `--per-minute` in total. At the end it prints one line of figures: requests
+//! keys at `--per-minute` in total (0: none, for a baseline), from `--flood-from` (a local
+//! address such as `127.0.0.2`: another client than the legitimate one) if given. At the end it prints one line of figures: requests
 //! and statuses of both, the legitimate key's latency percentiles.
 //!
 //! ```text
@@ -26,6 +27,7 @@ struct Args {
     seconds: u64,
     every_ms: u64,
     conns: u64,
+    flood_from: Option<std::net::IpAddr>,
 }
 
 fn args() -> Result<Args, String> {
@@ -37,6 +39,7 @@ fn args() -> Result<Args, String> {
         seconds: 60,
         every_ms: 5,
         conns: 8,
+        flood_from: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -50,6 +53,9 @@ fn args() -> Result<Args, String> {
             "--seconds" => a.seconds = number()?,
             "--every-ms" => a.every_ms = number()?.max(1),
             "--conns" => a.conns = number()?.max(1),
+            "--flood-from" => {
+                a.flood_from = Some(value.parse().map_err(|e| format!("{flag}: {e}"))?);
+            }
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -62,6 +68,7 @@ fn args() -> Result<Args, String> {
 /// One keep-alive HTTP/1.1 connection.
 struct Conn {
     addr: String,
+    from: Option<std::net::IpAddr>,
     stream: Option<BufReader<TcpStream>>,
 }
 
@@ -80,7 +87,20 @@ impl Conn {
 
     async fn try_get(&mut self, path: &str, key: &str) -> std::io::Result<u16> {
         if self.stream.is_none() {
-            let s = TcpStream::connect(&self.addr).await?;
+            let s = match self.from {
+                None => TcpStream::connect(&self.addr).await?,
+                Some(ip) => {
+                    let to: std::net::SocketAddr =
+                        self.addr.parse().map_err(std::io::Error::other)?;
+                    let socket = if ip.is_ipv4() {
+                        tokio::net::TcpSocket::new_v4()?
+                    } else {
+                        tokio::net::TcpSocket::new_v6()?
+                    };
+                    socket.bind((ip, 0).into())?;
+                    socket.connect(to).await?
+                }
+            };
             s.set_nodelay(true)?;
             self.stream = Some(BufReader::new(s));
         }
@@ -135,10 +155,16 @@ async fn main() -> Result<(), String> {
     // The flood: each connection paced to its share of the rate.
     let per_conn = Duration::from_secs_f64(60.0 * a.conns as f64 / a.per_minute.max(1) as f64);
     let mut flood = Vec::new();
-    for _ in 0..a.conns {
-        let (addr, path) = (a.addr.clone(), a.path.clone());
+    // `--per-minute 0`: no flood, the legitimate key alone (the baseline).
+    let conns = if a.per_minute == 0 { 0 } else { a.conns };
+    for _ in 0..conns {
+        let (addr, path, from) = (a.addr.clone(), a.path.clone(), a.flood_from);
         flood.push(tokio::spawn(async move {
-            let mut conn = Conn { addr, stream: None };
+            let mut conn = Conn {
+                addr,
+                from,
+                stream: None,
+            };
             let format = KeyFormat::default();
             let mut statuses = BTreeMap::<u16, u64>::new();
             let mut next = Instant::now();
@@ -156,6 +182,7 @@ async fn main() -> Result<(), String> {
     // The legitimate key, at a steady pace.
     let mut conn = Conn {
         addr: a.addr.clone(),
+        from: None,
         stream: None,
     };
     let mut latencies = Vec::new();
