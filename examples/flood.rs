@@ -15,9 +15,11 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 use tower_api_key::KeyFormat;
+
+#[path = "support/http1.rs"]
+mod http1;
+use http1::Conn;
 
 struct Args {
     addr: String,
@@ -65,81 +67,6 @@ fn args() -> Result<Args, String> {
     Ok(a)
 }
 
-/// One keep-alive HTTP/1.1 connection.
-struct Conn {
-    addr: String,
-    from: Option<std::net::IpAddr>,
-    stream: Option<BufReader<TcpStream>>,
-}
-
-impl Conn {
-    /// `GET path` with `key` as a bearer token; the status, or 0 when the connection
-    /// failed (it is made again on the next call).
-    async fn get(&mut self, path: &str, key: &str) -> u16 {
-        match self.try_get(path, key).await {
-            Ok(status) => status,
-            Err(_) => {
-                self.stream = None;
-                0
-            }
-        }
-    }
-
-    async fn try_get(&mut self, path: &str, key: &str) -> std::io::Result<u16> {
-        if self.stream.is_none() {
-            let s = match self.from {
-                None => TcpStream::connect(&self.addr).await?,
-                Some(ip) => {
-                    let to: std::net::SocketAddr =
-                        self.addr.parse().map_err(std::io::Error::other)?;
-                    let socket = if ip.is_ipv4() {
-                        tokio::net::TcpSocket::new_v4()?
-                    } else {
-                        tokio::net::TcpSocket::new_v6()?
-                    };
-                    socket.bind((ip, 0).into())?;
-                    socket.connect(to).await?
-                }
-            };
-            s.set_nodelay(true)?;
-            self.stream = Some(BufReader::new(s));
-        }
-        let conn = self.stream.as_mut().unwrap();
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {key}\r\n\r\n",
-            self.addr
-        );
-        conn.get_mut().write_all(req.as_bytes()).await?;
-        let mut line = String::new();
-        conn.read_line(&mut line).await?;
-        let status = line.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let mut length = 0usize;
-        let mut close = false;
-        loop {
-            line.clear();
-            if conn.read_line(&mut line).await? == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            let l = line.trim_end().to_ascii_lowercase();
-            if l.is_empty() {
-                break;
-            }
-            if let Some(v) = l.strip_prefix("content-length:") {
-                length = v.trim().parse().unwrap_or(0);
-            }
-            if l == "connection: close" {
-                close = true;
-            }
-        }
-        let mut body = vec![0; length];
-        conn.read_exact(&mut body).await?;
-        if close {
-            self.stream = None;
-        }
-        Ok(status)
-    }
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -160,11 +87,7 @@ async fn main() -> Result<(), String> {
     for _ in 0..conns {
         let (addr, path, from) = (a.addr.clone(), a.path.clone(), a.flood_from);
         flood.push(tokio::spawn(async move {
-            let mut conn = Conn {
-                addr,
-                from,
-                stream: None,
-            };
+            let mut conn = Conn::new(addr, from);
             let format = KeyFormat::default();
             let mut statuses = BTreeMap::<u16, u64>::new();
             let mut next = Instant::now();
@@ -180,11 +103,7 @@ async fn main() -> Result<(), String> {
         }));
     }
     // The legitimate key, at a steady pace.
-    let mut conn = Conn {
-        addr: a.addr.clone(),
-        from: None,
-        stream: None,
-    };
+    let mut conn = Conn::new(a.addr.clone(), None);
     let mut latencies = Vec::new();
     let mut statuses = BTreeMap::<u16, u64>::new();
     let mut next = Instant::now();
