@@ -91,6 +91,15 @@ pub const KEY_IDENTIFIER_HEADER: &str = "github-public-key-identifier";
 /// The header holding the base64 of the DER signature over the raw body.
 pub const SIGNATURE_HEADER: &str = "github-public-key-signature";
 
+/// In fuzz builds only (`--cfg fuzzing`, which cargo-fuzz sets and no other build does):
+/// a signature header value that [`PublicKeys::verify`] takes as good for any listed key,
+/// so that the fuzzer spends its executions past the signature gate rather than in ECDSA
+/// (signing and verifying each input held it to ~1 700 a second). Every other value is
+/// verified as always; the gate itself is fuzzed with real signatures of another key.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub const FUZZING_SIGNATURE: &str = "fuzzing-only-signature";
+
 /// The longest `url` or `source` kept in the audit log; longer ones are cut.
 const MAX_AUDIT_TEXT: usize = 2048;
 
@@ -251,6 +260,10 @@ impl PublicKeys {
         body: &[u8],
     ) -> Result<(), SignatureError> {
         let key = self.get(key_identifier).ok_or(SignatureError::UnknownKey)?;
+        #[cfg(fuzzing)]
+        if signature_b64 == FUZZING_SIGNATURE.as_bytes() {
+            return Ok(());
+        }
         let der = base64::engine::general_purpose::STANDARD
             .decode(signature_b64.trim_ascii())
             .map_err(|_| SignatureError::Malformed)?;
