@@ -401,6 +401,7 @@ enum AuditEventName {
     Rotated,
     ExpiredByRotation,
     Revoked,
+    Deleted,
     ExpiryChanged,
     ScopesChanged,
     Leaked,

@@ -953,6 +953,7 @@ mod tests {
             },
             AuditEvent::ExpiredByRotation,
             AuditEvent::Revoked,
+            AuditEvent::Deleted,
             AuditEvent::ExpiryChanged,
             AuditEvent::ScopesChanged,
             AuditEvent::Leaked {
@@ -968,6 +969,7 @@ mod tests {
             | AuditEvent::Rotated { .. }
             | AuditEvent::ExpiredByRotation
             | AuditEvent::Revoked
+            | AuditEvent::Deleted
             | AuditEvent::ExpiryChanged
             | AuditEvent::ScopesChanged
             | AuditEvent::Leaked { .. }
