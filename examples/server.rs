@@ -37,10 +37,10 @@
 //! - On a start that finds no active admin key it issues one (scope `admin`) and prints
 //!   `admin key: <key>`.
 //! - Keys are read from `Authorization: Bearer …` and from `X-API-Key`.
-//! - `/admin/*` is the admin API (scope `admin`): create, list, show, revoke, rotate,
-//!   usage, audit and import.
+//! - `/admin/*` is the admin API (scope `admin`): create, list, show, revoke, delete,
+//!   rotate, usage, audit and import.
 //! - `/portal/*` is the self-service portal (scope `keys:self`): a consumer lists,
-//!   creates, rotates and revokes its own keys, never more than the calling key may do,
+//!   creates, rotates, revokes and deletes its own keys, never more than the calling key may do,
 //!   and never its last `keys:self` key; `GET /portal/` is its page.
 //! - `GITHUB_SECRET_SCANNING_KEYS=<path>` (unset by default): a file holding GitHub's
 //!   secret-scanning public keys (`GET https://api.github.com/meta/public_keys/secret_scanning`)

@@ -311,6 +311,10 @@ pub struct KeyRecord {
     pub expires_at: Option<SystemTime>,
     /// When the key was revoked, if it was.
     pub revoked_at: Option<SystemTime>,
+    /// When the key was deleted, if it was ([`KeyStore::delete`](crate::KeyStore::delete)):
+    /// a deleted key is revoked too, listed no more, and changes no more; the store
+    /// keeps its record, audit log and past usage.
+    pub deleted_at: Option<SystemTime>,
     /// Free-form string metadata, copied into [`Authenticated`].
     pub metadata: BTreeMap<String, String>,
     /// The rate-limit policies of this key; empty means the
@@ -334,6 +338,7 @@ impl KeyRecord {
             created_at: SystemTime::now(),
             expires_at: None,
             revoked_at: None,
+            deleted_at: None,
             metadata: BTreeMap::new(),
             rate_limits: RateLimits::default(),
             allowed_ips: Vec::new(),

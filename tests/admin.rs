@@ -183,6 +183,13 @@ async fn the_whole_contract() {
         a.admin("DELETE", "/admin/keys/key_missing", None).await.0,
         StatusCode::NOT_FOUND
     );
+    // Deleted: gone from its URI.
+    assert_eq!(
+        a.admin("GET", &format!("/admin/keys/{new_id}"), None)
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
 
     let (status, log, _) = a
         .admin("GET", &format!("/admin/audit?key_id={id}"), None)
@@ -1326,6 +1333,7 @@ async fn a_key_does_not_change_itself_and_another_admin_key_can() {
     let own = format!("/admin/keys/{}", a.admin_id);
     for (method, path, body) in [
         ("DELETE", own.clone(), None),
+        ("POST", format!("{own}/revoke"), None),
         (
             "POST",
             format!("{own}/rotate"),
@@ -1371,17 +1379,22 @@ async fn a_key_does_not_change_itself_and_another_admin_key_can() {
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
 
-    // A second admin key may rotate or revoke the first.
+    // A second admin key may rotate, revoke or delete the first.
     let body = json!({"consumer": "ops", "scopes": ["admin"]}).to_string();
     let (_, second, _) = a.admin("POST", "/admin/keys", Some(&body)).await;
     let second_key = second["key"].as_str().unwrap().to_owned();
-    let (status, _, _) = a.call("DELETE", &own, Some(&second_key), None).await;
-    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, record, _) = a
+        .call("POST", &format!("{own}/revoke"), Some(&second_key), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{record}");
+    assert_eq!(record["status"], "revoked");
     assert_eq!(
         a.admin("GET", "/admin/keys", None).await.0,
         StatusCode::UNAUTHORIZED,
         "the first is revoked"
     );
+    let (status, _, _) = a.call("DELETE", &own, Some(&second_key), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
 }
 
 #[tokio::test]
@@ -1391,16 +1404,25 @@ async fn a_revoked_key_stays_readable_and_changes_no_more() {
         .admin("POST", "/admin/keys", Some(r#"{"consumer": "acme"}"#))
         .await;
     let id = created["id"].as_str().unwrap().to_owned();
+    let key = created["key"].as_str().unwrap().to_owned();
     let path = format!("/admin/keys/{id}");
+    let (status, revoked, ctype) = a.admin("POST", &format!("{path}/revoke"), None).await;
+    assert_eq!(status, StatusCode::OK, "{revoked}");
+    assert_eq!(ctype, "application/json");
+    assert_eq!(revoked["id"], id.as_str());
+    assert_eq!(revoked["status"], "revoked");
+    assert!(revoked.get("key").is_none(), "never the key");
     assert_eq!(
-        a.admin("DELETE", &path, None).await.0,
-        StatusCode::NO_CONTENT
+        a.call("GET", "/v1/ping", Some(&key), None).await.0,
+        StatusCode::UNAUTHORIZED,
+        "refused from the next request on"
     );
     // Its record, usage and series: what a revoked (say, leaked) key was used for.
     let (status, record, _) = a.admin("GET", &path, None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(record["status"], "revoked");
     assert!(record["revoked_at"].is_string(), "{record}");
+    assert_eq!(record["revoked_at"], revoked["revoked_at"]);
     for sub in ["/usage", "/usage/series"] {
         assert_eq!(
             a.admin("GET", &format!("{path}{sub}"), None).await.0,
@@ -1421,11 +1443,10 @@ async fn a_revoked_key_stays_readable_and_changes_no_more() {
             "{problem}"
         );
     }
-    // Revoking again is fine (DELETE is idempotent), and nothing was rotated.
-    assert_eq!(
-        a.admin("DELETE", &path, None).await.0,
-        StatusCode::NO_CONTENT
-    );
+    // Revoking again is fine and changes nothing, and nothing was rotated.
+    let (status, again, _) = a.admin("POST", &format!("{path}/revoke"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(again["revoked_at"], revoked["revoked_at"]);
     let (_, list, _) = a.admin("GET", "/admin/keys?consumer=acme", None).await;
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
     let (_, log, _) = a
@@ -1438,6 +1459,138 @@ async fn a_revoked_key_stays_readable_and_changes_no_more() {
         .map(|e| e["event"].as_str().unwrap())
         .collect();
     assert_eq!(events, ["created", "revoked"]);
+}
+
+#[tokio::test]
+async fn a_deleted_key_is_gone_from_its_uri_and_its_log_stays() {
+    let a = setup().await;
+    let (_, created, _) = a
+        .admin("POST", "/admin/keys", Some(r#"{"consumer": "globex"}"#))
+        .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let key = created["key"].as_str().unwrap().to_owned();
+    let path = format!("/admin/keys/{id}");
+    assert_eq!(
+        a.call("GET", "/v1/ping", Some(&key), None).await.0,
+        StatusCode::OK
+    );
+    // Its past requests, as the usage recorder writes them.
+    let minute = tower_api_key::store::series::bucket_start(
+        tower_api_key::store::UsageStep::Minute,
+        std::time::SystemTime::now(),
+    );
+    let counts = tower_api_key::store::UsageBucket {
+        at: minute,
+        allowed: 7,
+        rate_limited: 0,
+        forbidden: 0,
+        unauthorized: 0,
+    };
+    a.cache
+        .record_usage(&[tower_api_key::store::UsageDelta {
+            key_id: id.clone(),
+            requests: 7,
+            rejected: 0,
+            last_used_at: minute,
+            minutes: vec![counts],
+        }])
+        .await
+        .unwrap();
+
+    let (status, body, _) = a.admin("DELETE", &path, None).await;
+    assert_eq!((status, body), (StatusCode::NO_CONTENT, Value::Null));
+    assert_eq!(
+        a.call("GET", "/v1/ping", Some(&key), None).await.0,
+        StatusCode::UNAUTHORIZED,
+        "revoked from the next request on"
+    );
+    // Every operation on its URI and below answers as for an unknown key.
+    for (method, sub, body) in [
+        ("GET", "", None),
+        ("PATCH", "", Some(r#"{"scopes": []}"#)),
+        ("DELETE", "", None),
+        ("POST", "/revoke", None),
+        ("POST", "/rotate", Some(r#"{"grace_seconds": 0}"#)),
+        ("GET", "/usage", None),
+        ("GET", "/usage/series", None),
+    ] {
+        let (status, problem, ctype) = a.admin(method, &format!("{path}{sub}"), body).await;
+        assert_eq!(
+            status,
+            StatusCode::NOT_FOUND,
+            "{method} {path}{sub}: {problem}"
+        );
+        assert_eq!(ctype, "application/problem+json");
+        assert_eq!(problem["detail"], "no key with this id");
+    }
+    let (_, list, _) = a.admin("GET", "/admin/keys", None).await;
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k["id"] != id.as_str()),
+        "{list}"
+    );
+    // What happened to it stays on record, and its traffic in the totals.
+    let (status, log, _) = a
+        .admin("GET", &format!("/admin/audit?key_id={id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let events: Vec<(&str, &str)> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["event"].as_str().unwrap(), e["actor"].as_str().unwrap()))
+        .collect();
+    let admin = a.admin_id.as_str();
+    assert_eq!(
+        events,
+        [("created", admin), ("revoked", admin), ("deleted", admin)]
+    );
+    let (status, top, _) = a.admin("GET", "/admin/usage/top?by=key", None).await;
+    assert_eq!(status, StatusCode::OK, "{top}");
+    assert!(
+        top.as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["key_id"] == id.as_str() && t["allowed"] == 7),
+        "{top}"
+    );
+    let (_, series, _) = a.admin("GET", "/admin/usage/series", None).await;
+    let allowed: u64 = series["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["allowed"].as_u64().unwrap())
+        .sum();
+    assert!(allowed >= 7, "{series}");
+
+    // A revoked key is deleted the same way; its revocation is not repeated.
+    let (_, other, _) = a
+        .admin("POST", "/admin/keys", Some(r#"{"consumer": "globex"}"#))
+        .await;
+    let other = other["id"].as_str().unwrap().to_owned();
+    let other_path = format!("/admin/keys/{other}");
+    let (status, _, _) = a.admin("POST", &format!("{other_path}/revoke"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        a.admin("DELETE", &other_path, None).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        a.admin("GET", &other_path, None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    let (_, log, _) = a
+        .admin("GET", &format!("/admin/audit?key_id={other}"), None)
+        .await;
+    let events: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["created", "revoked", "deleted"]);
 }
 
 #[tokio::test]

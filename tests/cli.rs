@@ -164,6 +164,33 @@ fn lifecycle(db: &Db) {
         (v["valid"].as_bool(), v["reason"].as_str()),
         (Some(false), Some("revoked"))
     );
+
+    // Deleting revokes (the old key was still in its grace) and leaves the list.
+    let deleted = db.json(&["delete", &id, "--json"]);
+    assert_eq!(deleted["status"], "revoked");
+    assert!(deleted["deleted_at"].is_u64(), "{deleted}");
+    assert_eq!(db.run(&["verify", &key]).status.code(), Some(1));
+    let list = db.json(&["list", "--consumer", "acme", "--json"]);
+    let listed: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        listed,
+        [new_id.as_str()],
+        "the revoked key stays, the deleted one goes"
+    );
+    let again = db.run(&["delete", &id]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(
+        stderr(&again).contains("no key with id"),
+        "{}",
+        stderr(&again)
+    );
+    // The operator still sees what it was.
+    assert!(db.json(&["show", &id, "--json"])["deleted_at"].is_u64());
 }
 
 #[test]
@@ -186,9 +213,10 @@ fn verify_says_why_a_key_fails() {
 #[test]
 fn errors_are_one_clear_line_and_a_non_zero_exit() {
     let db = Db::new("errors");
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 5] = [
         (&["show", "key_missing"], "no key with id"),
         (&["revoke", "key_missing"], "no key with id"),
+        (&["delete", "key_missing"], "no key with id"),
         (
             &["create", "--consumer", "acme", "--rate-limit", "lots"],
             "--rate-limit",

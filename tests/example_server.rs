@@ -745,10 +745,12 @@ async fn the_dashboard_in_a_real_browser() {
         "every outcome: {live_a:?}"
     );
     assert_eq!(api.get("/v1/whoami", Some(b_key)).await.status, 200);
+    // Revoked, not deleted: its page stays, with what it was used for.
     let revoked = api
-        .send("DELETE", &format!("/admin/keys/{b_id}"), admin, None)
+        .send("POST", &format!("/admin/keys/{b_id}/revoke"), admin, None)
         .await;
-    assert_eq!(revoked.status, 204);
+    assert_eq!(revoked.status, 200);
+    assert_eq!(revoked.json()["status"], "revoked");
     for _ in 0..2 {
         assert_eq!(api.get("/v1/whoami", Some(b_key)).await.status, 401);
     }
@@ -967,7 +969,11 @@ async fn the_dashboard_in_a_real_browser() {
         .await;
     assert!(
         !browser.displayed("#details-actions").await,
-        "a revoked key has no actions"
+        "a revoked key is neither rotated nor revoked"
+    );
+    assert!(
+        browser.displayed("#details-delete").await,
+        "a revoked key may be deleted"
     );
     browser.click("a.back").await;
 
@@ -1074,6 +1080,43 @@ async fn the_dashboard_in_a_real_browser() {
         )
         .await;
     assert_eq!(api.get("/v1/whoami", Some(&secret)).await.status, 401);
+    // Its page stays, shown revoked; deleting it (confirmed) takes the page and the row.
+    let c_path = format!("/admin/keys/{c_id}");
+    assert_eq!(api.get(&c_path, admin).await.json()["status"], "revoked");
+    browser.click(&format!("{row} a.open")).await;
+    browser
+        .wait_text("#details-status", |t| t == "revoked", "key C's page")
+        .await;
+    browser
+        .wait_text(
+            "#details-audit",
+            |t| t.contains("revoked"),
+            "the revocation",
+        )
+        .await;
+    browser.click("#details-delete").await;
+    browser
+        .wait_text(
+            "#confirm-title",
+            |t| t == "Delete this key?",
+            "the question",
+        )
+        .await;
+    browser.click("#confirm-cancel").await;
+    assert_eq!(api.get(&c_path, admin).await.status, 200, "cancelled");
+    browser.click("#details-delete").await;
+    browser
+        .wait_text("#confirm-ok", |t| t == "Delete", "the button")
+        .await;
+    browser.click("#confirm-ok").await;
+    browser
+        .wait_for(
+            "return !document.getElementById('overview').hidden && document.querySelectorAll('#keys tr[data-id]').length === 0;",
+            |v| v == true,
+            "the overview, without the deleted key",
+        )
+        .await;
+    assert_eq!(api.get(&c_path, admin).await.status, 404);
 
     // Search in any case, by consumer or name; then pages of 25.
     browser.clear("#search").await;

@@ -268,6 +268,7 @@ async fn a_consumer_manages_its_own_keys_and_only_those() {
     for (method, suffix, body) in [
         ("GET", "", None),
         ("DELETE", "", None),
+        ("POST", "/revoke", None),
         ("POST", "/rotate", Some(rotate.clone())),
         ("GET", "/usage/series", None),
         ("GET", "/usage/series?step=day", None),
@@ -321,27 +322,67 @@ async fn a_consumer_manages_its_own_keys_and_only_those() {
         .expect("rotated");
     assert_eq!(rotation["actor"], me.id.as_str());
 
-    // Revocation: the key fails at once, audited as the caller's.
+    // Revocation: the key fails at once, audited as the caller's, and stays readable.
+    let plain_path = format!("/portal/keys/{}", plain.id);
     let revoked = p
-        .call(
-            "DELETE",
-            &format!("/portal/keys/{}", plain.id),
-            &me.key,
-            None,
-        )
+        .call("POST", &format!("{plain_path}/revoke"), &me.key, None)
         .await;
-    assert_eq!(revoked.status, 204, "{}", revoked.body);
+    assert_eq!(revoked.status, 200, "{}", revoked.body);
+    assert_eq!(revoked.json()["status"], "revoked");
     assert_eq!(p.whoami(&plain.key).await, 401);
     let log = p.audit(&plain.id).await;
     assert_eq!(log.last().unwrap()["event"], "revoked");
     assert_eq!(log.last().unwrap()["actor"], me.id.as_str());
-
-    // A key does not revoke itself (409; the store's own guard for the consumer's last
-    // keys:self key is shown by the stale-caller test below), and it keeps working.
-    let last = p
-        .call("DELETE", &format!("/portal/keys/{}", me.id), &me.key, None)
+    let shown = p.call("GET", &plain_path, &me.key, None).await;
+    assert_eq!(shown.status, 200, "{}", shown.body);
+    assert_eq!(shown.json()["revoked_at"], revoked.json()["revoked_at"]);
+    // Revoking again changes nothing.
+    let again = p
+        .call("POST", &format!("{plain_path}/revoke"), &me.key, None)
         .await;
-    assert_problem(&last, 409, None);
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(again.json()["revoked_at"], revoked.json()["revoked_at"]);
+
+    // Deletion: gone from its URI and the list, answered as an unknown key; its log
+    // stays (for the operators).
+    let deleted = p.call("DELETE", &plain_path, &me.key, None).await;
+    assert_eq!(deleted.status, 204, "{}", deleted.body);
+    for (method, suffix) in [
+        ("GET", ""),
+        ("DELETE", ""),
+        ("POST", "/revoke"),
+        ("GET", "/usage/series"),
+    ] {
+        let gone = p
+            .call(method, &format!("{plain_path}{suffix}"), &me.key, None)
+            .await;
+        let unknown = p
+            .call(
+                method,
+                &format!("/portal/keys/key_unknown{suffix}"),
+                &me.key,
+                None,
+            )
+            .await;
+        assert_problem(&gone, 404, None);
+        assert_eq!(gone.body, unknown.body, "{method} {suffix}");
+    }
+    assert!(!ids(&p.call("GET", "/portal/keys", &me.key, None).await).contains(&plain.id));
+    let log = p.audit(&plain.id).await;
+    assert_eq!(log.last().unwrap()["event"], "deleted");
+    assert_eq!(log.last().unwrap()["actor"], me.id.as_str());
+
+    // A key does not revoke or delete itself (409; the store's own guard for the
+    // consumer's last keys:self key is shown by the stale-caller test below), and it
+    // keeps working.
+    let own_path = format!("/portal/keys/{}", me.id);
+    for (method, path) in [
+        ("DELETE", own_path.clone()),
+        ("POST", format!("{own_path}/revoke")),
+    ] {
+        let last = p.call(method, &path, &me.key, None).await;
+        assert_problem(&last, 409, None);
+    }
     assert_eq!(p.whoami(&me.key).await, 200);
     // With a second one made here, the first can go; the second carries on.
     let second = p
@@ -359,28 +400,25 @@ async fn a_consumer_manages_its_own_keys_and_only_those() {
         second["id"].as_str().unwrap().to_owned(),
     );
     let gone = p
-        .call(
-            "DELETE",
-            &format!("/portal/keys/{}", me.id),
-            &second_key,
-            None,
-        )
+        .call("POST", &format!("{own_path}/revoke"), &second_key, None)
         .await;
-    assert_eq!(gone.status, 204, "{}", gone.body);
+    assert_eq!(gone.status, 200, "{}", gone.body);
     assert_eq!(p.whoami(&me.key).await, 401);
-    let last = p
-        .call(
-            "DELETE",
-            &format!("/portal/keys/{second_id}"),
-            &second_key,
-            None,
-        )
-        .await;
-    assert_problem(&last, 409, None);
+    for (method, suffix) in [("DELETE", ""), ("POST", "/revoke")] {
+        let last = p
+            .call(
+                method,
+                &format!("/portal/keys/{second_id}{suffix}"),
+                &second_key,
+                None,
+            )
+            .await;
+        assert_problem(&last, 409, None);
+    }
     assert_eq!(
         ids(&p.call("GET", "/portal/keys", &second_key, None).await).len(),
-        5,
-        "acme: portal, plain, ci, its successor, the second"
+        4,
+        "acme: portal (revoked), ci, its successor, the second (plain was deleted)"
     );
 }
 
@@ -514,13 +552,13 @@ async fn a_key_made_here_has_no_more_than_the_key_that_made_it() {
     assert_problem(&rotate, 403, Some("scopes"));
     let revoke = p
         .call(
-            "DELETE",
-            &format!("/portal/keys/{}", stronger.id),
+            "POST",
+            &format!("/portal/keys/{}/revoke", stronger.id),
             &me.key,
             None,
         )
         .await;
-    assert_eq!(revoke.status, 204, "{}", revoke.body);
+    assert_eq!(revoke.status, 200, "{}", revoke.body);
     // The caller's own key rotates: the successor carries keys:self, so this is fine.
     let own = p
         .call(
@@ -683,6 +721,34 @@ async fn the_portal_in_a_real_browser() {
         .wait_text(&format!("{row} .status"), |t| t == "revoked", "revoked")
         .await;
     assert_eq!(p.whoami(&secret).await, 401);
+    assert_eq!(
+        p.call("GET", &format!("/portal/keys/{id}"), &me.key, None)
+            .await
+            .status,
+        200,
+        "a revoked key stays"
+    );
+
+    // Delete it, confirming the dialog: its row goes, and so does its URI.
+    assert!(
+        browser.find_all(&format!("{row} .revoke")).await.is_empty(),
+        "revoked once"
+    );
+    browser.click(&format!("{row} .delete")).await;
+    browser.accept_dialog().await;
+    browser
+        .wait_for(
+            &format!("return document.querySelectorAll('{row}').length;"),
+            |v| v == 0,
+            "the row gone",
+        )
+        .await;
+    assert_eq!(
+        p.call("GET", &format!("/portal/keys/{id}"), &me.key, None)
+            .await
+            .status,
+        404
+    );
 
     // The signed-in key is the last with keys:self: the page says why it stays.
     browser.click(&format!("{own_row} .revoke")).await;
@@ -754,12 +820,16 @@ async fn the_last_active_keys_self_key_is_kept_by_the_store_even_for_a_stale_cal
     store.revoke(&stale.record.id, "elsewhere").await.unwrap();
 
     let path = format!("/portal/keys/{}", last.record.id);
-    let (status, body) = call("DELETE", path.clone(), stale.key.expose_secret()).await;
-    assert_eq!(status, 409, "{body}");
-    assert!(
-        body.contains("last active key with the scope keys:self"),
-        "{body}"
-    );
+    for (method, path) in [("DELETE", path.clone()), ("POST", format!("{path}/revoke"))] {
+        let (status, body) = call(method, path, stale.key.expose_secret()).await;
+        assert_eq!(status, 409, "{method}: {body}");
+        assert!(
+            body.contains("last active key with the scope keys:self"),
+            "{method}: {body}"
+        );
+    }
+    let kept = store.get(&last.record.id).await.unwrap().unwrap();
+    assert_eq!(kept.deleted_at, None);
     assert_eq!(
         store
             .get(&last.record.id)

@@ -18,6 +18,7 @@ async fn memory_change_feed() {
     feed::logs_every_change(&store).await;
     feed::a_reader_never_skips_a_change(&store).await;
     feed::a_leak_revocation_is_logged(&store).await;
+    feed::a_deletion_is_logged_as_a_revocation(&store).await;
     feed::an_import_is_logged(&store).await;
     let pruning = MemoryStore::new().with_change_retention(std::time::Duration::ZERO);
     feed::a_reader_behind_the_retention_is_told(&pruning).await;

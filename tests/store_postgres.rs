@@ -70,6 +70,7 @@ async fn postgres_change_feed() {
     feed::logs_every_change(&store).await;
     feed::a_reader_never_skips_a_change(&store).await;
     feed::a_leak_revocation_is_logged(&store).await;
+    feed::a_deletion_is_logged_as_a_revocation(&store).await;
     feed::an_import_is_logged(&store).await;
     let pruning = PostgresStore::builder_with(db.options())
         .change_retention(std::time::Duration::ZERO)

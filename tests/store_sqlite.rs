@@ -76,6 +76,7 @@ async fn sqlite_change_feed() {
     feed::logs_every_change(&store).await;
     feed::a_reader_never_skips_a_change(&store).await;
     feed::a_leak_revocation_is_logged(&store).await;
+    feed::a_deletion_is_logged_as_a_revocation(&store).await;
     feed::an_import_is_logged(&store).await;
     store.pool().close().await;
     // A second handle on the same file, as a second process would have, that keeps no

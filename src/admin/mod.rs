@@ -4,10 +4,11 @@
 //! | method and path | does | answers |
 //! | --- | --- | --- |
 //! | `POST /admin/keys` | create a key | 201 with `key`, shown only here |
-//! | `GET /admin/keys[?consumer=…&q=…&limit=…&after=…]` | list keys, oldest first, revoked ones too; `q` searches consumer and name | 200, never a key; `Link: <…?after=…>; rel="next"` when there are more |
+//! | `GET /admin/keys[?consumer=…&q=…&limit=…&after=…]` | list keys, oldest first, revoked ones too (deleted ones not); `q` searches consumer and name | 200, never a key; `Link: <…?after=…>; rel="next"` when there are more |
 //! | `GET /admin/keys/{id}` | one record, with `last_used_at` and `revoked_at` | 200 or 404 |
 //! | `PATCH /admin/keys/{id}` `{"scopes"?,"expires_in_seconds"?}` | change scopes or expiry (`null`: never) | 200 with the record |
-//! | `DELETE /admin/keys/{id}` | revoke | 204; the key fails from the next request on |
+//! | `POST /admin/keys/{id}/revoke` (no body) | revoke | 200 with the record; the key fails from the next request on |
+//! | `DELETE /admin/keys/{id}` | revoke and delete | 204; the key fails from the next request on, and `/admin/keys/{id}…` answers 404 |
 //! | `POST /admin/keys/{id}/rotate` `{"grace_seconds"}` | rotate | 201 with the new key |
 //! | `POST /admin/keys/import` `[{"hash","consumer","name"?,"scopes"?,"expires_at"?,"rate_limit"?,"allowed_ips"?}]` | import keys minted elsewhere by their SHA-256 (hex), all or nothing | 201 `{"imported","ids"}`; 422 naming the row (`[3].hash`) or beyond 10 000 keys; 409 for a hash already stored or twice in the import; 413 beyond 16 MiB |
 //! | `GET /admin/keys/{id}/usage` | usage | 200 `{"requests","rejected","last_used_at"}` |
@@ -17,12 +18,18 @@
 //! | `GET /admin/` | the web dashboard (asks for an admin key) | 200 HTML |
 //! | `GET /admin/openapi.json` | this API's OpenAPI 3.1 document ([`openapi`]) | 200 JSON |
 //!
-//! Revocation (`DELETE`) is a soft delete: the revoked key's record, usage and audit log
-//! stay readable (what a leaked key was used for after it was revoked is what one wants
-//! to see), and it does not change any more (`PATCH` or a rotation answer 409). A key does
-//! not revoke or change itself: revoking or patching the key that makes the request
-//! answers 409, and so does rotating it with less than 300 s of grace, so that the API
-//! cannot lock its caller out (another admin key, or the `apikey` CLI, can).
+//! Revoking (`POST …/revoke`) keeps the key readable: its record, usage and audit log stay
+//! at their URIs (what a leaked key was used for after it was revoked is what one wants
+//! to see), and it does not change any more (`PATCH` or a rotation answer 409); revoking
+//! it again answers 200 with the record as it was. Deleting (`DELETE`) revokes the key
+//! too, if it is not revoked yet, and removes it from its URI: from then on every
+//! `/admin/keys/{id}` and `/admin/keys/{id}/…` operation answers 404 (`DELETE` again too),
+//! and the list leaves it out. The store keeps its row: `GET /admin/audit?key_id=…` still
+//! shows its log (with a `deleted` entry), and the usage of all keys still counts its
+//! past requests. A key does not revoke, delete or change itself: doing so with the key
+//! that makes the request answers 409, and so does rotating it with less than 300 s of
+//! grace, so that the API cannot lock its caller out (another admin key, or the `apikey`
+//! CLI, can).
 //!
 //! [`secret_scanning`] is a router of its own: GitHub's secret scanning partner endpoint,
 //! which revokes (or records) keys found leaked in public code.
@@ -168,8 +175,9 @@ pub fn router_with<S: KeyStore>(cache: CachedResolver<S>, config: AdminConfig) -
         .route("/admin/keys", post(create::<S>).get(list::<S>))
         .route(
             "/admin/keys/{id}",
-            get(show::<S>).patch(update::<S>).delete(revoke::<S>),
+            get(show::<S>).patch(update::<S>).delete(delete::<S>),
         )
+        .route("/admin/keys/{id}/revoke", post(revoke::<S>))
         .route("/admin/keys/{id}/rotate", post(rotate::<S>))
         .route(
             "/admin/keys/import",
@@ -401,6 +409,7 @@ enum AuditEventName {
     Rotated,
     ExpiredByRotation,
     Revoked,
+    Deleted,
     ExpiryChanged,
     ScopesChanged,
     Leaked,
@@ -456,13 +465,15 @@ fn not_found() -> Problem {
 }
 
 /// The key at `/admin/keys/{id}`, revoked or not (a revoked key stays readable, with its
-/// usage and audit log: that is what revocation leaves to look into), or 404.
+/// usage and audit log: that is what revocation leaves to look into), or 404 (no key, or
+/// a deleted one: deleting removes it from its URI).
 async fn existing_key<S: KeyStore + ?Sized>(store: &S, id: &str) -> Result<KeyRecord, Problem> {
     readable_id(id)?;
     store
         .get(id)
         .await
         .map_err(store_error)?
+        .filter(|record| record.deleted_at.is_none())
         .ok_or_else(not_found)
 }
 
@@ -630,8 +641,8 @@ fn readable_id(id: &str) -> Result<(), Problem> {
     Ok(())
 }
 
-/// The caller may not revoke or change its own key: that would lock it out (no admin
-/// key left that works). Another admin key, or the CLI, can.
+/// The caller may not revoke, delete or change its own key: that would lock it out (no
+/// admin key left that works). Another admin key, or the CLI, can.
 fn not_the_caller(id: &str, caller: &Authenticated, doing: &str) -> Result<(), Problem> {
     if id == caller.key_id() {
         return Err(problem(
@@ -1114,20 +1125,44 @@ async fn update<S: KeyStore>(
     result.await.unwrap_or_else(IntoResponse::into_response)
 }
 
-#[utoipa::path(delete, path = "/admin/keys/{id}", params(openapi::KeyIdPath),
+#[utoipa::path(post, path = "/admin/keys/{id}/revoke", params(openapi::KeyIdPath),
+    description = "Revokes the key: it fails with 401 from the next request on. It stays readable: its record, usage and audit log stay at their URIs, and it changes no more (PATCH and rotate answer 409). Takes no body (one sent is not read). A POST rather than a DELETE, because the key is still there afterwards; DELETE removes it.",
     responses(
-        (status = 204, description = "Revoked (or revoked already); the key fails from the next request on. Its record, usage and audit log stay readable."),
-        (status = 404, description = "No key with this id."),
+        (status = 200, description = "Revoked (or revoked already, and unchanged); the record", body = KeyBody),
+        (status = 404, description = "No key with this id (or it was deleted)."),
         (status = 409, description = "This is the key making the request: a key does not revoke itself.")))]
 async fn revoke<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
     Extension(admin): Extension<Authenticated>,
     KeyId(id): KeyId,
 ) -> Response {
-    if let Err(e) = readable_id(&id).and_then(|()| not_the_caller(&id, &admin, "revoke")) {
+    let result = async {
+        existing_key(&store, &id).await?;
+        not_the_caller(&id, &admin, "revoke")?;
+        let record = store
+            .revoke(&id, admin.key_id())
+            .await
+            .map_err(store_error)?;
+        Ok::<_, Problem>(Json(key_body(&record)).into_response())
+    };
+    result.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+#[utoipa::path(delete, path = "/admin/keys/{id}", params(openapi::KeyIdPath),
+    description = "Deletes the key: revokes it (if it is not revoked yet: it fails with 401 from the next request on) and removes it from its URI. From then on every /admin/keys/{id} and /admin/keys/{id}/… operation answers 404, DELETE too, and GET /admin/keys leaves it out; its audit log stays under GET /admin/audit?key_id=…, and the usage of all keys still counts its past requests. To revoke a key and keep it readable, POST /admin/keys/{id}/revoke.",
+    responses(
+        (status = 204, description = "Deleted (and revoked, if it was not); the key fails from the next request on."),
+        (status = 404, description = "No key with this id, or it was deleted already."),
+        (status = 409, description = "This is the key making the request: a key does not delete itself.")))]
+async fn delete<S: KeyStore>(
+    State(store): State<CachedResolver<S>>,
+    Extension(admin): Extension<Authenticated>,
+    KeyId(id): KeyId,
+) -> Response {
+    if let Err(e) = readable_id(&id).and_then(|()| not_the_caller(&id, &admin, "delete")) {
         return e.into_response();
     }
-    match store.revoke(&id, admin.key_id()).await {
+    match store.delete(&id, admin.key_id()).await {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => store_error(e).into_response(),
     }

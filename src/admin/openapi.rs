@@ -72,14 +72,16 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 #[openapi(
     info(
         title = "tower-api-key admin API",
-        description = "Manage API keys: create, list, change, revoke, rotate, import; usage, audit, webhook deliveries.\n\n\
-            Every error is RFC 9457 `application/problem+json`. A key does not revoke or change itself through this API: \
-            revoking or patching the key that makes the request answers 409 (use another admin key, or the `apikey` CLI), \
+        description = "Manage API keys: create, list, change, revoke, delete, rotate, import; usage, audit, webhook deliveries.\n\n\
+            Every error is RFC 9457 `application/problem+json`. A key does not revoke, delete or change itself through this API: \
+            revoking, deleting or patching the key that makes the request answers 409 (use another admin key, or the `apikey` CLI), \
             and so does rotating it with less than 300 s of grace, so the API always keeps an admin key that works. \
-            Revocation is a soft delete: a revoked key's record, usage and audit log stay readable, and it changes no more (409)."
+            Revoking (`POST /admin/keys/{id}/revoke`) keeps the key readable: its record, usage and audit log stay, and it changes no more (409). \
+            Deleting (`DELETE /admin/keys/{id}`) revokes it and removes it from its URI: every `/admin/keys/{id}…` operation answers 404 from then on, and the list leaves it out; its audit log stays."
     ),
     paths(
-        super::create, super::list, super::show, super::update, super::revoke, super::rotate,
+        super::create, super::list, super::show, super::update, super::revoke, super::delete,
+        super::rotate,
         super::import, super::usage, super::series::key, super::series::all, super::series::top,
         super::audit, super::deliveries, super::settings,
         super::dashboard, super::openapi_json, secret_scanning::report
@@ -104,14 +106,15 @@ pub(super) fn portal_openapi() -> utoipa::openapi::OpenApi {
 #[openapi(
     info(
         title = "tower-api-key portal API",
-        description = "A consumer's self-service, for keys with the scope `keys:self`: list, create, rotate and revoke the keys of the calling key's consumer, and see their usage.\n\n\
+        description = "A consumer's self-service, for keys with the scope `keys:self`: list, create, rotate, revoke and delete the keys of the calling key's consumer, and see their usage.\n\n\
             Only the caller's consumer: another consumer's key id answers 404, as an unknown one does. A key made here has no more than the key that made it (else 403 naming the field). \
-            A key does not revoke itself, nor rotate itself with less than 300 s of grace (409), and the consumer's last active `keys:self` key is not revoked (409). \
+            A key does not revoke or delete itself, nor rotate itself with less than 300 s of grace (409), and the consumer's last active `keys:self` key is neither revoked nor deleted (409). \
+            A revoked key (`POST /portal/keys/{id}/revoke`) stays readable; a deleted one (`DELETE /portal/keys/{id}`) answers 404 from then on, and the list leaves it out. \
             Every error is RFC 9457 `application/problem+json`."
     ),
     paths(
         super::portal::list, super::portal::create, super::portal::show, super::portal::revoke,
-        super::portal::rotate, super::portal::series, super::portal::page,
+        super::portal::delete, super::portal::rotate, super::portal::series, super::portal::page,
         super::portal::openapi_json
     ),
     components(schemas(
@@ -658,7 +661,7 @@ mod tests {
         let ops = operations(&doc);
         assert!(ops.len() >= 16, "{} operations", ops.len());
         let portal_ops = operations(&portal);
-        assert_eq!(portal_ops.len(), 8, "{portal_ops:?}");
+        assert_eq!(portal_ops.len(), 9, "{portal_ops:?}");
         for (path, method, op) in ops.iter().chain(&portal_ops) {
             let at = format!("{} {path}", method.to_uppercase());
             let responses = op["responses"].as_object().unwrap();
@@ -728,8 +731,10 @@ mod tests {
         for (doc, path, method) in [
             (&doc, "/admin/keys/{id}", "delete"),
             (&doc, "/admin/keys/{id}", "patch"),
+            (&doc, "/admin/keys/{id}/revoke", "post"),
             (&doc, "/admin/keys/{id}/rotate", "post"),
             (&portal, "/portal/keys/{id}", "delete"),
+            (&portal, "/portal/keys/{id}/revoke", "post"),
             (&portal, "/portal/keys/{id}/rotate", "post"),
         ] {
             assert!(
@@ -953,6 +958,7 @@ mod tests {
             },
             AuditEvent::ExpiredByRotation,
             AuditEvent::Revoked,
+            AuditEvent::Deleted,
             AuditEvent::ExpiryChanged,
             AuditEvent::ScopesChanged,
             AuditEvent::Leaked {
@@ -968,6 +974,7 @@ mod tests {
             | AuditEvent::Rotated { .. }
             | AuditEvent::ExpiredByRotation
             | AuditEvent::Revoked
+            | AuditEvent::Deleted
             | AuditEvent::ExpiryChanged
             | AuditEvent::ScopesChanged
             | AuditEvent::Leaked { .. }

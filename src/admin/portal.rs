@@ -4,10 +4,11 @@
 //!
 //! | method and path | does | answers |
 //! | --- | --- | --- |
-//! | `GET /portal/keys` | the caller's consumer's keys | 200, never a key |
+//! | `GET /portal/keys` | the caller's consumer's keys (deleted ones not) | 200, never a key |
 //! | `POST /portal/keys` `{"name"?,"scopes"?,"expires_in_seconds"?,"rate_limit"?,"allowed_ips"?}` | create a key for the caller's consumer | 201 with `key`, shown only here |
 //! | `GET /portal/keys/{id}` | one record, with `last_used_at` | 200 or 404 |
-//! | `DELETE /portal/keys/{id}` | revoke | 204; 409 for the consumer's last active `keys:self` key |
+//! | `POST /portal/keys/{id}/revoke` (no body) | revoke | 200 with the record; 409 for the consumer's last active `keys:self` key |
+//! | `DELETE /portal/keys/{id}` | revoke and delete | 204, then 404 for `/portal/keys/{id}…`; 409 for the consumer's last active `keys:self` key |
 //! | `POST /portal/keys/{id}/rotate` `{"grace_seconds"}` | rotate | 201 with the new key |
 //! | `GET /portal/keys/{id}/usage/series?step=minute\|hour&from&to` | requests over time by outcome | 200 `{"step","buckets":[{"at","allowed","rate_limited","forbidden","unauthorized"}]}` |
 //! | `GET /portal/` | the portal page (asks for a key) | 200 HTML |
@@ -32,17 +33,19 @@
 //!   key: a consumer with two keys has twice the budget.
 //! - **Rotation** is of keys the caller could have made (by those rules; 403 naming the
 //!   key's first excess otherwise), because the new secret carries the old key's scopes.
-//! - **The last key stays.** Revoking the consumer's last active key with `keys:self`
-//!   answers **409**: the consumer would be locked out. The store checks and revokes in
-//!   one transaction ([`KeyStore::revoke_unless_last`]), so two keys that revoke each
-//!   other at once cannot both succeed. Rotating it is allowed: its successor carries
-//!   `keys:self`. A key within its rotation grace counts as active.
-//! - **A key does not lock out its caller.** Revoking the key that makes the request
-//!   answers **409** (another key with `keys:self` can), and so does rotating it with a
-//!   `grace_seconds` under 300: the caller gets the new key in the answer and keeps
+//! - **The last key stays.** Revoking or deleting the consumer's last active key with
+//!   `keys:self` answers **409**: the consumer would be locked out. The store checks and
+//!   revokes in one transaction ([`KeyStore::revoke_unless_last`],
+//!   [`KeyStore::delete_unless_last`]), so two keys that revoke each other at once cannot
+//!   both succeed. Rotating it is allowed: its successor carries `keys:self`. A key within
+//!   its rotation grace counts as active.
+//! - **A key does not lock out its caller.** Revoking or deleting the key that makes the
+//!   request answers **409** (another key with `keys:self` can), and so does rotating it
+//!   with a `grace_seconds` under 300: the caller gets the new key in the answer and keeps
 //!   working with the old one while it switches.
-//! - A revoked key stays readable (its record and usage), and is not rotated (409), as in
-//!   the admin API.
+//! - As in the admin API, a revoked key stays readable (its record and usage), and is not
+//!   rotated (409); a deleted key is revoked and gone: `/portal/keys/{id}` and its
+//!   sub-paths answer 404, and the list leaves it out.
 //! - Every change is audited with the calling key's id as the actor.
 //!
 //! It takes the [`AdminConfig`] of the admin API: the same [lifetimes](AdminConfig::lifetimes)
@@ -101,7 +104,8 @@ pub fn router<S: KeyStore>(cache: CachedResolver<S>, config: AdminConfig) -> Rou
     let auth = super::key_layer(&cache, &config);
     let protected = Router::new()
         .route("/portal/keys", get(list::<S>).post(create::<S>))
-        .route("/portal/keys/{id}", get(show::<S>).delete(revoke::<S>))
+        .route("/portal/keys/{id}", get(show::<S>).delete(delete::<S>))
+        .route("/portal/keys/{id}/revoke", post(revoke::<S>))
         .route("/portal/keys/{id}/rotate", post(rotate::<S>))
         .route("/portal/keys/{id}/usage/series", get(series::<S>))
         .layer(Extension(config))
@@ -193,7 +197,7 @@ async fn changeable<S: KeyStore>(
 }
 
 #[utoipa::path(get, path = "/portal/keys", tag = "portal",
-    description = "The keys of the calling key's consumer, oldest first (at most 10 000), revoked ones too.",
+    description = "The keys of the calling key's consumer, oldest first (at most 10 000), revoked ones too, deleted ones not.",
     responses((status = 200, description = "The keys", body = Vec<KeyBody>)))]
 pub(super) async fn list<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
@@ -465,10 +469,11 @@ pub(super) async fn show<S: KeyStore>(
     .into_response()
 }
 
-#[utoipa::path(delete, path = "/portal/keys/{id}", tag = "portal", params(KeyIdPath),
+#[utoipa::path(post, path = "/portal/keys/{id}/revoke", tag = "portal", params(KeyIdPath),
+    description = "Revokes the key: it fails with 401 from the next request on, and stays readable (its record and usage). Takes no body (one sent is not read).",
     responses(
-        (status = 204, description = "Revoked (or revoked already); the key fails from the next request on"),
-        (status = 404, description = "No key with this id for your consumer."),
+        (status = 200, description = "Revoked (or revoked already, and unchanged); the record", body = KeyBody),
+        (status = 404, description = "No key with this id for your consumer (or it was deleted)."),
         (status = 409, description = "The key making the request (a key does not revoke itself), or the consumer's last active key with keys:self.")))]
 pub(super) async fn revoke<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
@@ -477,28 +482,54 @@ pub(super) async fn revoke<S: KeyStore>(
 ) -> Response {
     let result = async {
         owned(&store, &caller, &id).await?;
-        // Revoking itself would lock the caller out (even with another key, the one it
-        // holds now): another key with keys:self can.
-        if id == caller.key_id() {
-            return Err(problem(
-                StatusCode::CONFLICT,
-                format!(
-                    "this is the key making the request, and a key does not revoke itself: \
-                     sign in with another key with {SELF_SCOPE} to revoke it (make one first \
-                     if this is your last active key with {SELF_SCOPE})"
-                ),
-                None,
-            ));
-        }
-        match store
+        not_itself(&id, &caller, "revoke")?;
+        let record = store
             .revoke_unless_last(&id, SELF_SCOPE, caller.key_id())
             .await
-        {
-            Ok(_) => Ok(StatusCode::NO_CONTENT.into_response()),
-            Err(e) => Err(store_error(e)),
-        }
+            .map_err(store_error)?;
+        Ok::<_, Problem>(Json(key_body(&record)).into_response())
     };
     result.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+#[utoipa::path(delete, path = "/portal/keys/{id}", tag = "portal", params(KeyIdPath),
+    description = "Deletes the key: revokes it (if it is not revoked yet) and removes it: from then on /portal/keys/{id} and its sub-paths answer 404, DELETE too, and the list leaves it out. To revoke a key and keep it readable, POST /portal/keys/{id}/revoke.",
+    responses(
+        (status = 204, description = "Deleted (and revoked, if it was not); the key fails from the next request on"),
+        (status = 404, description = "No key with this id for your consumer, or it was deleted already."),
+        (status = 409, description = "The key making the request (a key does not delete itself), or the consumer's last active key with keys:self.")))]
+pub(super) async fn delete<S: KeyStore>(
+    State(store): State<CachedResolver<S>>,
+    Extension(caller): Extension<Authenticated>,
+    KeyId(id): KeyId,
+) -> Response {
+    let result = async {
+        owned(&store, &caller, &id).await?;
+        not_itself(&id, &caller, "delete")?;
+        store
+            .delete_unless_last(&id, SELF_SCOPE, caller.key_id())
+            .await
+            .map_err(store_error)?;
+        Ok::<_, Problem>(StatusCode::NO_CONTENT.into_response())
+    };
+    result.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Revoking or deleting itself would lock the caller out (even with another key, the one
+/// it holds now): another key with keys:self can (409 otherwise).
+fn not_itself(id: &str, caller: &Authenticated, doing: &str) -> Result<(), Problem> {
+    if id == caller.key_id() {
+        return Err(problem(
+            StatusCode::CONFLICT,
+            format!(
+                "this is the key making the request, and a key does not {doing} itself: \
+                 sign in with another key with {SELF_SCOPE} to {doing} it (make one first \
+                 if this is your last active key with {SELF_SCOPE})"
+            ),
+            None,
+        ));
+    }
+    Ok(())
 }
 
 #[utoipa::path(post, path = "/portal/keys/{id}/rotate", tag = "portal", params(KeyIdPath), request_body = RotateRequest,

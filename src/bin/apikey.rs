@@ -6,6 +6,7 @@
 //! apikey list [--consumer acme]
 //! apikey show <id>
 //! apikey revoke <id>
+//! apikey delete <id>
 //! apikey rotate <id> [--grace 3600]
 //! apikey verify <key>
 //! apikey import keys.jsonl
@@ -84,7 +85,7 @@ enum Command {
         #[arg(long = "allow-ip")]
         allowed_ips: Vec<String>,
     },
-    /// List keys, oldest first.
+    /// List keys, oldest first (deleted ones not).
     List {
         /// Only this consumer's keys.
         #[arg(long)]
@@ -98,8 +99,14 @@ enum Command {
         /// The key's id.
         id: String,
     },
-    /// Revoke a key now.
+    /// Revoke a key now; its record, usage and audit log stay.
     Revoke {
+        /// The key's id.
+        id: String,
+    },
+    /// Revoke a key now (unless it is revoked already) and delete it: it is listed no
+    /// more, and changes no more; `show` and the audit log still have it.
+    Delete {
         /// The key's id.
         id: String,
     },
@@ -291,6 +298,14 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 println!("revoked {}", record.id);
             }
         }
+        Command::Delete { id } => {
+            let record = store.delete(&id, "cli").await.map_err(|e| e.to_string())?;
+            if json_out {
+                println!("{}", record_json(&record));
+            } else {
+                println!("deleted {}", record.id);
+            }
+        }
         Command::Rotate { id, grace } => {
             let created = store
                 .rotate(&id, Duration::from_secs(grace), "cli")
@@ -438,6 +453,7 @@ fn record_json(r: &KeyRecord) -> Value {
         "expires_at": r.expires_at.map(secs),
         "allowed_ips": r.allowed_ips.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "revoked_at": r.revoked_at.map(secs),
+        "deleted_at": r.deleted_at.map(secs),
         "status": r.status(SystemTime::now()).as_str(),
         "rate_limits": limits,
         "metadata": r.metadata,

@@ -104,9 +104,17 @@ impl Records {
             .ok_or_else(|| StoreError::NotFound(id.to_owned()))
     }
 
+    /// The record of a key that is not deleted: a deleted one changes no more.
+    fn live_mut(&mut self, id: &str) -> Result<&mut KeyRecord, StoreError> {
+        match self.record_mut(id)? {
+            record if record.deleted_at.is_some() => Err(StoreError::NotFound(id.to_owned())),
+            record => Ok(record),
+        }
+    }
+
     /// Revokes the key at `now`, unless it is revoked already.
     fn revoke(&mut self, now: SystemTime, id: &str, actor: &str) -> Result<KeyRecord, StoreError> {
-        let record = self.record_mut(id)?;
+        let record = self.live_mut(id)?;
         if record.revoked_at.is_some() {
             return Ok(record.clone());
         }
@@ -116,6 +124,29 @@ impl Records {
         self.changed(now, &record, ChangeKind::Revoked);
         self.announce(now, EventType::KeyRevoked, EventData::of(&record));
         Ok(record)
+    }
+
+    /// Revokes the key at `now` (unless it is revoked already) and marks it deleted.
+    fn delete(&mut self, now: SystemTime, id: &str, actor: &str) -> Result<KeyRecord, StoreError> {
+        self.revoke(now, id, actor)?;
+        let record = self.live_mut(id)?;
+        record.deleted_at = Some(now);
+        let record = record.clone();
+        self.log(now, AuditEvent::Deleted, id, actor);
+        Ok(record)
+    }
+
+    /// Refuses (as [`KeyStore::revoke_unless_last`]) to end `id` if it is its consumer's
+    /// last active key granting `scope`.
+    fn guard_last(&mut self, now: SystemTime, id: &str, scope: &str) -> Result<(), StoreError> {
+        let consumer = self.record_mut(id)?.consumer.clone();
+        let consumers_keys = self.by_hash.values().filter(|r| r.consumer == consumer);
+        if is_last_holder(id, consumers_keys, scope, now) {
+            return Err(StoreError::LastKey {
+                scope: scope.to_owned(),
+            });
+        }
+        Ok(())
     }
 
     fn log(&mut self, at: SystemTime, event: AuditEvent, key_id: &str, actor: &str) {
@@ -316,6 +347,7 @@ impl KeyStore for MemoryStore {
         let mut matching: Vec<&KeyRecord> = records
             .by_hash
             .values()
+            .filter(|r| r.deleted_at.is_none())
             .filter(|r| query.consumer.as_ref().is_none_or(|c| &r.consumer == c))
             .filter(|r| {
                 search.as_ref().is_none_or(|text| {
@@ -356,17 +388,24 @@ impl KeyStore for MemoryStore {
         let now = SystemTime::now();
         // One write lock over the check and the revocation.
         let mut records = self.write();
-        let target = records.record_mut(id)?.clone();
-        let consumers_keys = records
-            .by_hash
-            .values()
-            .filter(|r| r.consumer == target.consumer);
-        if is_last_holder(id, consumers_keys, scope, now) {
-            return Err(StoreError::LastKey {
-                scope: scope.to_owned(),
-            });
-        }
+        records.guard_last(now, id, scope)?;
         records.revoke(now, id, actor)
+    }
+
+    async fn delete(&self, id: &str, actor: &str) -> Result<KeyRecord, StoreError> {
+        self.write().delete(SystemTime::now(), id, actor)
+    }
+
+    async fn delete_unless_last(
+        &self,
+        id: &str,
+        scope: &str,
+        actor: &str,
+    ) -> Result<KeyRecord, StoreError> {
+        let now = SystemTime::now();
+        let mut records = self.write();
+        records.guard_last(now, id, scope)?;
+        records.delete(now, id, actor)
     }
 
     async fn rotate(
@@ -378,7 +417,7 @@ impl KeyStore for MemoryStore {
         let now = SystemTime::now();
         let key = self.format.generate();
         let mut records = self.write();
-        let old = records.record_mut(id)?;
+        let old = records.live_mut(id)?;
         let new = NewKey::successor_of(old);
         let stops = grace_end(old, now, grace)?;
         old.expires_at = Some(stops);
@@ -405,7 +444,7 @@ impl KeyStore for MemoryStore {
     ) -> Result<KeyRecord, StoreError> {
         let now = SystemTime::now();
         let mut records = self.write();
-        let record = records.record_mut(id)?;
+        let record = records.live_mut(id)?;
         record.expires_at = at;
         let record = record.clone();
         records.log(now, AuditEvent::ExpiryChanged, id, actor);
@@ -421,7 +460,7 @@ impl KeyStore for MemoryStore {
     ) -> Result<KeyRecord, StoreError> {
         let now = SystemTime::now();
         let mut records = self.write();
-        let record = records.record_mut(id)?;
+        let record = records.live_mut(id)?;
         record.scopes = scopes;
         let record = record.clone();
         records.log(now, AuditEvent::ScopesChanged, id, actor);

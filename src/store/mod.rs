@@ -263,6 +263,7 @@ impl ImportedKey {
             created_at: now,
             expires_at: self.expires_at,
             revoked_at: None,
+            deleted_at: None,
             metadata: self.metadata,
             rate_limits: self.rate_limits,
             allowed_ips: self.allowed_ips,
@@ -445,6 +446,9 @@ pub enum AuditEvent {
     ExpiredByRotation,
     /// The key was revoked.
     Revoked,
+    /// The key was deleted ([`KeyStore::delete`]); when that revoked it, a
+    /// [`Revoked`](Self::Revoked) entry comes before.
+    Deleted,
     /// The key's expiry time was changed.
     ExpiryChanged,
     /// The key's scopes were changed.
@@ -466,13 +470,14 @@ pub enum AuditEvent {
 
 impl AuditEvent {
     /// A stable snake_case name: `created`, `rotated`, `expired_by_rotation`, `revoked`,
-    /// `expiry_changed`, `scopes_changed`, `leaked`, `imported`.
+    /// `deleted`, `expiry_changed`, `scopes_changed`, `leaked`, `imported`.
     pub fn name(&self) -> &'static str {
         match self {
             Self::Created => "created",
             Self::Rotated { .. } => "rotated",
             Self::ExpiredByRotation => "expired_by_rotation",
             Self::Revoked => "revoked",
+            Self::Deleted => "deleted",
             Self::ExpiryChanged => "expiry_changed",
             Self::ScopesChanged => "scopes_changed",
             Self::Leaked { .. } => "leaked",
@@ -514,8 +519,8 @@ pub enum StoreError {
         /// The earlier row with the same hash, if the duplicate is within the batch.
         earlier: Option<usize>,
     },
-    /// [`KeyStore::revoke_unless_last`] refused: the key is its consumer's last active
-    /// key granting `scope`.
+    /// [`KeyStore::revoke_unless_last`] or [`KeyStore::delete_unless_last`] refused: the
+    /// key is its consumer's last active key granting `scope`.
     #[error("this is the consumer's last active key with scope {scope:?}")]
     LastKey {
         /// The scope the consumer would have lost.
@@ -540,19 +545,27 @@ impl From<StoreError> for ResolveError {
 }
 
 /// A store that manages keys: everything [`KeyResolver`] does, plus creating, listing,
-/// revoking and rotating keys, usage counters and the audit log.
+/// revoking, deleting and rotating keys, usage counters and the audit log.
 ///
 /// Every change takes an `actor` (an admin key's id, `cli`, …) for the audit log.
+///
+/// A revoked key stays what it was, for anyone to look into; a [deleted](Self::delete)
+/// one is revoked and gone from its id: [`list`](Self::list) leaves it out, and every
+/// change to it ([`revoke`](Self::revoke), [`rotate`](Self::rotate),
+/// [`set_expiry`](Self::set_expiry), [`set_scopes`](Self::set_scopes), deleting it
+/// again) is [`StoreError::NotFound`]. The store keeps its row: [`get`](Self::get) and
+/// [`resolve`](KeyResolver::resolve) still find it (with
+/// [`deleted_at`](KeyRecord::deleted_at)), and its audit log and past usage stay.
 #[async_trait::async_trait]
 pub trait KeyStore: KeyResolver {
     /// Generates a key, stores its hash and start, and returns it: the only time the
     /// secret is available.
     async fn create(&self, new: NewKey, actor: &str) -> Result<CreatedKey, StoreError>;
 
-    /// The record with this id.
+    /// The record with this id, deleted or not.
     async fn get(&self, id: &str) -> Result<Option<KeyRecord>, StoreError>;
 
-    /// Records, oldest first, a page at a time.
+    /// Records, oldest first, a page at a time; deleted keys are left out.
     async fn list(&self, query: &ListQuery) -> Result<Page, StoreError>;
 
     /// Revokes the key now. Revoking a revoked key changes nothing.
@@ -565,6 +578,23 @@ pub trait KeyStore: KeyResolver {
     /// revoke a consumer's last two such keys. (Used by the self-service portal, so that
     /// a consumer cannot lock itself out.)
     async fn revoke_unless_last(
+        &self,
+        id: &str,
+        scope: &str,
+        actor: &str,
+    ) -> Result<KeyRecord, StoreError>;
+
+    /// Deletes the key: revokes it now, as [`revoke`](Self::revoke) does (unless it is
+    /// revoked already), and marks it deleted, with an [`AuditEvent::Deleted`] entry, in
+    /// one transaction. Returns the record as it is afterwards. A deleted key is
+    /// [`StoreError::NotFound`] here (see the trait's documentation for the rest).
+    async fn delete(&self, id: &str, actor: &str) -> Result<KeyRecord, StoreError>;
+
+    /// Deletes the key, as [`delete`](Self::delete) does, unless it is an active key
+    /// whose scopes grant `scope` and its consumer has no other active key that does:
+    /// then [`StoreError::LastKey`], and nothing changes, as with
+    /// [`revoke_unless_last`](Self::revoke_unless_last).
+    async fn delete_unless_last(
         &self,
         id: &str,
         scope: &str,
@@ -667,6 +697,17 @@ impl<T: KeyStore + ?Sized> KeyStore for std::sync::Arc<T> {
     }
     async fn revoke(&self, id: &str, actor: &str) -> Result<KeyRecord, StoreError> {
         (**self).revoke(id, actor).await
+    }
+    async fn delete(&self, id: &str, actor: &str) -> Result<KeyRecord, StoreError> {
+        (**self).delete(id, actor).await
+    }
+    async fn delete_unless_last(
+        &self,
+        id: &str,
+        scope: &str,
+        actor: &str,
+    ) -> Result<KeyRecord, StoreError> {
+        (**self).delete_unless_last(id, scope, actor).await
     }
     async fn revoke_unless_last(
         &self,
@@ -783,6 +824,23 @@ impl<S: KeyStore> KeyStore for CachedResolver<S> {
         Ok(record)
     }
 
+    async fn delete(&self, id: &str, actor: &str) -> Result<KeyRecord, StoreError> {
+        let record = self.resolver().delete(id, actor).await?;
+        self.invalidate(&record.hash).await;
+        Ok(record)
+    }
+
+    async fn delete_unless_last(
+        &self,
+        id: &str,
+        scope: &str,
+        actor: &str,
+    ) -> Result<KeyRecord, StoreError> {
+        let record = self.resolver().delete_unless_last(id, scope, actor).await?;
+        self.invalidate(&record.hash).await;
+        Ok(record)
+    }
+
     async fn rotate(
         &self,
         id: &str,
@@ -886,10 +944,9 @@ impl<S: KeyStore> KeyStore for CachedResolver<S> {
     }
 }
 
-/// The opaque cursor of a listing: the creation time and id of the last record.
 /// Is `id` the last active key granting `scope` among `keys` (its consumer's), so that
-/// [`KeyStore::revoke_unless_last`] must refuse? A revocation counts whatever its time
-/// (another instance's clock may be ahead).
+/// [`KeyStore::revoke_unless_last`] (or [`KeyStore::delete_unless_last`]) must refuse? A
+/// revocation counts whatever its time (another instance's clock may be ahead).
 pub(crate) fn is_last_holder<'a>(
     id: &str,
     keys: impl Iterator<Item = &'a KeyRecord>,
@@ -912,6 +969,7 @@ pub(crate) fn is_last_holder<'a>(
     target && !others
 }
 
+/// The opaque cursor of a listing: the creation time and id of the last record.
 pub(crate) fn cursor_of(record: &KeyRecord) -> String {
     let nanos = record
         .created_at

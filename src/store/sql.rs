@@ -7,7 +7,7 @@
 macro_rules! sql_key_store {
     ($store:ident, $db:ty, $row:ty) => {
         const COLUMNS: &str = "id, hash, start, consumer, name, scopes, created_at, expires_at, \
-                               revoked_at, rate_limits, metadata, allowed_ips";
+                               revoked_at, deleted_at, rate_limits, metadata, allowed_ips";
 
         fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
             // PostgreSQL refuses text holding NUL (in `text` and in `jsonb`): the input
@@ -55,7 +55,8 @@ macro_rules! sql_key_store {
         record_from_row(&row)
     }
 
-    /// Revokes the key at `now` in `tx`, unless it is revoked already.
+    /// Revokes the key at `now` in `tx`, unless it is revoked already; a deleted key is
+    /// not found.
     async fn revoke_in(
         &self,
         tx: &mut Transaction<'_, $db>,
@@ -71,13 +72,91 @@ macro_rules! sql_key_store {
                 .await
                 .map_err(backend)?
                 .rows_affected();
-        let record = Self::fetch_in(tx, id).await?;
+        let record = Self::live_in(tx, id).await?;
         if changed == 1 {
             Self::log_in(tx, now, &AuditEvent::Revoked, id, actor).await?;
             let data = EventData::of(&record);
             Self::announce_in(tx, self.outbox_retention, now, EventType::KeyRevoked, &data)
                 .await?;
             Self::changed_in(tx, self.retention, now, &record, ChangeKind::Revoked).await?;
+        }
+        Ok(record)
+    }
+
+    /// Revokes the key at `now` in `tx` (unless it is revoked already) and marks it
+    /// deleted; a deleted key is not found.
+    async fn delete_in(
+        &self,
+        tx: &mut Transaction<'_, $db>,
+        now: SystemTime,
+        id: &str,
+        actor: &str,
+    ) -> Result<KeyRecord, StoreError> {
+        let mut record = self.revoke_in(tx, now, id, actor).await?;
+        let changed =
+            sqlx::query("UPDATE api_keys SET deleted_at = $1 WHERE id = $2 AND deleted_at IS NULL")
+                .bind(time_to_sql(now))
+                .bind(id)
+                .execute(&mut **tx)
+                .await
+                .map_err(backend)?
+                .rows_affected();
+        if changed != 1 {
+            // Deleted by another transaction since it was read (the key was revoked
+            // already, so the revocation took no row lock).
+            return Err(StoreError::NotFound(id.to_owned()));
+        }
+        Self::log_in(tx, now, &AuditEvent::Deleted, id, actor).await?;
+        record.deleted_at = Some(now);
+        Ok(record)
+    }
+
+    /// Revokes or deletes the key, in a transaction of its own; with `guard`, unless it
+    /// is its consumer's last active key granting that scope (`revoke_unless_last`).
+    async fn end(
+        &self,
+        id: &str,
+        guard: Option<&str>,
+        delete: bool,
+        actor: &str,
+    ) -> Result<KeyRecord, StoreError> {
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(backend)?;
+        if let Some(scope) = guard {
+            let consumer = Self::fetch_in(&mut tx, id).await?.consumer;
+            // One guarded revocation of this consumer's keys at a time; the read below
+            // comes after the lock, so it sees what the one before committed.
+            Self::lock_consumer_in(&mut tx, &consumer).await?;
+            let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE consumer = $1");
+            let keys = sqlx::query(&sql)
+                .bind(&consumer)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(backend)?
+                .iter()
+                .map(record_from_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            if $crate::store::is_last_holder(id, keys.iter(), scope, SystemTime::now()) {
+                return Err(StoreError::LastKey {
+                    scope: scope.to_owned(),
+                });
+            }
+        }
+        let now = SystemTime::now();
+        let record = if delete {
+            self.delete_in(&mut tx, now, id, actor).await?
+        } else {
+            self.revoke_in(&mut tx, now, id, actor).await?
+        };
+        tx.commit().await.map_err(backend)?;
+        self.prune_events().await;
+        Ok(record)
+    }
+
+    /// The record of a key that is not deleted, in `tx`: a deleted key changes no more.
+    async fn live_in(tx: &mut Transaction<'_, $db>, id: &str) -> Result<KeyRecord, StoreError> {
+        let record = Self::fetch_in(tx, id).await?;
+        if record.deleted_at.is_some() {
+            return Err(StoreError::NotFound(id.to_owned()));
         }
         Ok(record)
     }
@@ -580,6 +659,7 @@ fn record_from_row(row: &$row) -> Result<KeyRecord, StoreError> {
         created_at: time_from_sql(row.try_get("created_at").map_err(backend)?),
         expires_at: get_time("expires_at")?,
         revoked_at: get_time("revoked_at")?,
+        deleted_at: get_time("deleted_at")?,
         rate_limits: limits_from_sql(&get_str("rate_limits")?)?,
         metadata: metadata_from_sql(&get_str("metadata")?)?,
         allowed_ips: ips_from_sql(&get_str("allowed_ips")?)?,
@@ -643,7 +723,8 @@ impl KeyStore for $store {
         };
         let sql = format!(
             "SELECT {COLUMNS} FROM api_keys \
-             WHERE (CAST($1 AS TEXT) IS NULL OR consumer = $1) \
+             WHERE deleted_at IS NULL \
+               AND (CAST($1 AS TEXT) IS NULL OR consumer = $1) \
                AND (CAST($2 AS BIGINT) IS NULL OR (created_at, id) > ($2, CAST($3 AS TEXT))) \
                AND (CAST($5 AS TEXT) IS NULL OR LOWER(consumer) LIKE $5 ESCAPE '\\' \
                     OR LOWER(name) LIKE $5 ESCAPE '\\') \
@@ -673,12 +754,7 @@ impl KeyStore for $store {
     }
 
     async fn revoke(&self, id: &str, actor: &str) -> Result<KeyRecord, StoreError> {
-        let now = SystemTime::now();
-        let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(backend)?;
-        let record = self.revoke_in(&mut tx, now, id, actor).await?;
-        tx.commit().await.map_err(backend)?;
-        self.prune_events().await;
-        Ok(record)
+        self.end(id, None, false, actor).await
     }
 
     async fn revoke_unless_last(
@@ -687,30 +763,20 @@ impl KeyStore for $store {
         scope: &str,
         actor: &str,
     ) -> Result<KeyRecord, StoreError> {
-        let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(backend)?;
-        let consumer = Self::fetch_in(&mut tx, id).await?.consumer;
-        // One guarded revocation of this consumer's keys at a time; the read below
-        // comes after the lock, so it sees what the one before committed.
-        Self::lock_consumer_in(&mut tx, &consumer).await?;
-        let now = SystemTime::now();
-        let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE consumer = $1");
-        let keys = sqlx::query(&sql)
-            .bind(&consumer)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(backend)?
-            .iter()
-            .map(record_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        if $crate::store::is_last_holder(id, keys.iter(), scope, now) {
-            return Err(StoreError::LastKey {
-                scope: scope.to_owned(),
-            });
-        }
-        let record = self.revoke_in(&mut tx, now, id, actor).await?;
-        tx.commit().await.map_err(backend)?;
-        self.prune_events().await;
-        Ok(record)
+        self.end(id, Some(scope), false, actor).await
+    }
+
+    async fn delete(&self, id: &str, actor: &str) -> Result<KeyRecord, StoreError> {
+        self.end(id, None, true, actor).await
+    }
+
+    async fn delete_unless_last(
+        &self,
+        id: &str,
+        scope: &str,
+        actor: &str,
+    ) -> Result<KeyRecord, StoreError> {
+        self.end(id, Some(scope), true, actor).await
     }
 
     async fn rotate(
@@ -722,15 +788,21 @@ impl KeyStore for $store {
         let now = SystemTime::now();
         let key = self.format.generate();
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(backend)?;
-        let old = Self::fetch_in(&mut tx, id).await?;
+        let old = Self::live_in(&mut tx, id).await?;
         let new = NewKey::successor_of(&old);
         let stops = $crate::store::grace_end(&old, now, grace)?;
-        sqlx::query("UPDATE api_keys SET expires_at = $1 WHERE id = $2")
-            .bind(time_to_sql(stops))
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
+        let changed =
+            sqlx::query("UPDATE api_keys SET expires_at = $1 WHERE id = $2 AND deleted_at IS NULL")
+                .bind(time_to_sql(stops))
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?
+                .rows_affected();
+        if changed != 1 {
+            // Deleted since it was read.
+            return Err(StoreError::NotFound(id.to_owned()));
+        }
         let mut record = new.into_record(&key);
         if !Self::insert_in(&mut tx, &mut record).await? {
             return Err(generated_hash_taken());
@@ -763,13 +835,13 @@ impl KeyStore for $store {
     ) -> Result<KeyRecord, StoreError> {
         let now = SystemTime::now();
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(backend)?;
-        sqlx::query("UPDATE api_keys SET expires_at = $1 WHERE id = $2")
+        sqlx::query("UPDATE api_keys SET expires_at = $1 WHERE id = $2 AND deleted_at IS NULL")
             .bind(at.map(time_to_sql))
             .bind(id)
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
-        let record = Self::fetch_in(&mut tx, id).await?;
+        let record = Self::live_in(&mut tx, id).await?;
         Self::log_in(&mut tx, now, &AuditEvent::ExpiryChanged, id, actor).await?;
         Self::changed_in(&mut tx, self.retention, now, &record, ChangeKind::ExpiryChanged)
             .await?;
@@ -785,13 +857,13 @@ impl KeyStore for $store {
     ) -> Result<KeyRecord, StoreError> {
         let now = SystemTime::now();
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(backend)?;
-        sqlx::query("UPDATE api_keys SET scopes = $1 WHERE id = $2")
+        sqlx::query("UPDATE api_keys SET scopes = $1 WHERE id = $2 AND deleted_at IS NULL")
             .bind(scopes_to_sql(&scopes))
             .bind(id)
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
-        let record = Self::fetch_in(&mut tx, id).await?;
+        let record = Self::live_in(&mut tx, id).await?;
         Self::log_in(&mut tx, now, &AuditEvent::ScopesChanged, id, actor).await?;
         Self::changed_in(&mut tx, self.retention, now, &record, ChangeKind::ScopesChanged)
             .await?;
@@ -1097,6 +1169,7 @@ impl KeyStore for $store {
                     ("rotated", Some(new_key_id)) => AuditEvent::Rotated { new_key_id },
                     ("expired_by_rotation", _) => AuditEvent::ExpiredByRotation,
                     ("revoked", _) => AuditEvent::Revoked,
+                    ("deleted", _) => AuditEvent::Deleted,
                     ("expiry_changed", _) => AuditEvent::ExpiryChanged,
                     ("scopes_changed", _) => AuditEvent::ScopesChanged,
                     ("imported", _) => AuditEvent::Imported,

@@ -27,6 +27,8 @@ where
     revoke_is_final(&store, &mut secrets).await;
     revoke_unless_last_keeps_one(&store).await;
     revoke_unless_last_under_concurrency(&store).await;
+    delete_removes_a_key_from_its_id(&store, &mut secrets).await;
+    delete_unless_last_keeps_one(&store).await;
     rotate_with_grace(&store, &mut secrets).await;
     expiry_scopes_usage_and_audit(&store, &mut secrets).await;
     concurrent_creates_get_unique_ids(&store, &mut secrets).await;
@@ -236,6 +238,223 @@ async fn revoke_is_final<S: KeyStore>(store: &S, secrets: &mut Vec<String>) {
     assert_eq!(resolved.status(SystemTime::now()), KeyStatus::Revoked);
     assert!(matches!(
         store.revoke("key_missing", "x").await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+/// A deleted key is revoked and gone from its id: listed no more, every change to it
+/// not found; its record (for `get` and `resolve`), audit log and past usage stay.
+async fn delete_removes_a_key_from_its_id<S: KeyStore>(store: &S, secrets: &mut Vec<String>) {
+    let consumer = format!(
+        "deleted-{}",
+        store
+            .create(NewKey::new("x"), "cli")
+            .await
+            .unwrap()
+            .record
+            .id
+    );
+    let created = store
+        .create(NewKey::new(&consumer).with_name("doomed"), "admin-key")
+        .await
+        .unwrap();
+    secrets.push(created.key.expose_secret().to_owned());
+    let kept = store
+        .create(NewKey::new(&consumer), "admin-key")
+        .await
+        .unwrap();
+    let id = created.record.id.clone();
+    let minute = bucket_start(UsageStep::Minute, SystemTime::now());
+    store
+        .record_usage(&[minutes(&id, &[bucket(minute, (4, 0, 0, 1))])])
+        .await
+        .unwrap();
+
+    let deleted = store.delete(&id, "admin-key").await.unwrap();
+    let at = deleted.deleted_at.expect("deleted");
+    assert_eq!(deleted.revoked_at, Some(at), "revoked as it is deleted");
+    assert_eq!(deleted.name, "doomed");
+    // The store keeps the record, as it was returned.
+    assert_eq!(store.get(&id).await.unwrap().as_ref(), Some(&deleted));
+    let resolved = store.resolve(&created.record.hash).await.unwrap().unwrap();
+    assert_eq!(resolved.status(SystemTime::now()), KeyStatus::Revoked);
+    assert_eq!(resolved.deleted_at, Some(at));
+    // Listed no more, with or without a filter.
+    let listed = store
+        .list(&ListQuery::default().consumer(&consumer))
+        .await
+        .unwrap();
+    let ids: Vec<&str> = listed.records.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, [kept.record.id.as_str()]);
+    let searched = store
+        .list(
+            &ListQuery::default()
+                .search(&consumer)
+                .limit(ListQuery::MAX_LIMIT),
+        )
+        .await
+        .unwrap();
+    assert!(searched.records.iter().all(|r| r.id != id));
+    // Every change is refused as for an unknown key, and changes nothing.
+    let gone = |what: &str, result: Result<(), StoreError>| {
+        assert!(
+            matches!(result, Err(StoreError::NotFound(_))),
+            "{what} of a deleted key: {result:?}"
+        );
+    };
+    gone("revoke", store.revoke(&id, "x").await.map(drop));
+    gone(
+        "revoke_unless_last",
+        store
+            .revoke_unless_last(&id, "keys:self", "x")
+            .await
+            .map(drop),
+    );
+    gone("delete", store.delete(&id, "x").await.map(drop));
+    gone(
+        "delete_unless_last",
+        store
+            .delete_unless_last(&id, "keys:self", "x")
+            .await
+            .map(drop),
+    );
+    gone(
+        "rotate",
+        store
+            .rotate(&id, Duration::from_secs(60), "x")
+            .await
+            .map(drop),
+    );
+    gone(
+        "set_expiry",
+        store.set_expiry(&id, None, "x").await.map(drop),
+    );
+    gone(
+        "set_scopes",
+        store.set_scopes(&id, Scopes::empty(), "x").await.map(drop),
+    );
+    assert_eq!(store.get(&id).await.unwrap().as_ref(), Some(&deleted));
+    let events: Vec<(String, String)> = store
+        .audit(Some(&id))
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| (e.event.name().to_owned(), e.actor.clone()))
+        .collect();
+    let entry = |event: &str, actor: &str| (event.to_owned(), actor.to_owned());
+    assert_eq!(
+        events,
+        [
+            entry("created", "admin-key"),
+            entry("revoked", "admin-key"),
+            entry("deleted", "admin-key")
+        ]
+    );
+    // Its past requests still count among all keys'.
+    let all = store
+        .usage_series(
+            None,
+            UsageStep::Minute,
+            minute,
+            minute + Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    assert!(
+        all.iter()
+            .any(|b| b.at == minute && b.allowed >= 4 && b.unauthorized >= 1)
+    );
+    let top = store
+        .usage_top(
+            UsageTopBy::Key,
+            UsageStep::Minute,
+            minute,
+            minute + Duration::from_secs(60),
+            1_000,
+        )
+        .await
+        .unwrap();
+    assert!(top.iter().any(|t| t.name == id && t.counts.total() == 5));
+
+    // A revoked key deleted keeps the time it was revoked, and is not revoked again.
+    let revoked = store.revoke(&kept.record.id, "admin-key").await.unwrap();
+    let deleted = store.delete(&kept.record.id, "cli").await.unwrap();
+    assert_eq!(deleted.revoked_at, revoked.revoked_at);
+    assert!(deleted.deleted_at.is_some());
+    let events: Vec<&str> = store
+        .audit(Some(&kept.record.id))
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.event.name())
+        .collect();
+    assert_eq!(events, ["created", "revoked", "deleted"]);
+    assert!(
+        store
+            .list(&ListQuery::default().consumer(&consumer))
+            .await
+            .unwrap()
+            .records
+            .is_empty()
+    );
+    assert!(matches!(
+        store.delete("key_missing", "x").await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+/// A guarded deletion refuses what a guarded revocation refuses, and changes nothing then.
+async fn delete_unless_last_keeps_one<S: KeyStore>(store: &S) {
+    let consumer = format!(
+        "guarded-delete-{}",
+        store
+            .create(NewKey::new("x"), "cli")
+            .await
+            .unwrap()
+            .record
+            .id
+    );
+    let new = || NewKey::new(&consumer).with_scopes(Scopes::parse(["keys:self"]).unwrap());
+    let a = store.create(new(), "cli").await.unwrap().record.id;
+    let b = store.create(new(), "cli").await.unwrap().record.id;
+    let deleted = store
+        .delete_unless_last(&a, "keys:self", "key_caller")
+        .await
+        .unwrap();
+    assert!(deleted.deleted_at.is_some() && deleted.revoked_at.is_some());
+    let last = store.audit(Some(&a)).await.unwrap();
+    assert_eq!(
+        (
+            &last.last().unwrap().event,
+            last.last().unwrap().actor.as_str()
+        ),
+        (&AuditEvent::Deleted, "key_caller")
+    );
+    match store
+        .delete_unless_last(&b, "keys:self", "key_caller")
+        .await
+    {
+        Err(StoreError::LastKey { scope }) => assert_eq!(scope, "keys:self"),
+        other => panic!("the last key was deleted: {other:?}"),
+    }
+    let kept = store.get(&b).await.unwrap().unwrap();
+    assert_eq!(kept.status(SystemTime::now()), KeyStatus::Active);
+    assert!(kept.deleted_at.is_none());
+    assert_eq!(
+        store.audit(Some(&b)).await.unwrap().len(),
+        1,
+        "only created"
+    );
+    // Once revoked (by an operator), it is not active: deleting it is allowed.
+    store.revoke(&b, "admin-key").await.unwrap();
+    store
+        .delete_unless_last(&b, "keys:self", "key_caller")
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .delete_unless_last("key_missing", "keys:self", "x")
+            .await,
         Err(StoreError::NotFound(_))
     ));
 }

@@ -116,6 +116,21 @@ async fn changes_write_their_events<S: KeyStore + WebhookOutbox>(store: &S) {
     assert_eq!(events[0].data.url.as_deref(), Some("https://x/y"));
     assert_eq!(events[1].data.source.as_deref(), Some("content"));
     assert!(events[0].data.revoked_at.is_none() && events[1].data.revoked_at.is_some());
+
+    // Deleting an active key announces its revocation; deleting a revoked key (the
+    // leak revoked the successor), or a deleted one, announces nothing.
+    let doomed = store.create(NewKey::new("acme"), "admin").await.unwrap();
+    drain(store).await;
+    store.delete(&doomed.record.id, "admin").await.unwrap();
+    store.delete(sid, "admin").await.unwrap();
+    assert!(matches!(
+        store.delete(&doomed.record.id, "admin").await,
+        Err(StoreError::NotFound(_))
+    ));
+    let events = drain(store).await;
+    assert_eq!(types(&events), [EventType::KeyRevoked]);
+    assert_eq!(events[0].data.key_id, doomed.record.id);
+    assert!(events[0].data.revoked_at.is_some());
 }
 
 async fn claims_lease_and_attempts_are_recorded<S: KeyStore + WebhookOutbox>(store: &S) {
