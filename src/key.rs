@@ -203,10 +203,11 @@ impl KeyFormat {
         if &bytes[..p] != self.prefix.as_bytes() || bytes[p] != b'_' {
             return Err(MalformedKey::Prefix);
         }
-        // One table lookup a byte, OR-ed together: no early exit, no branch a byte.
+        // Three range checks a byte, OR-ed together: no early exit, no branch and no
+        // table lookup indexed by a secret byte; the compiler does 16 or 32 bytes a step.
         let bad = bytes[p + 1..]
             .iter()
-            .fold(0u8, |acc, &b| acc | NOT_BASE62[usize::from(b)]);
+            .fold(0u8, |acc, &b| acc | u8::from(!is_base62(b)));
         if bad != 0 {
             return Err(MalformedKey::Charset);
         }
@@ -436,16 +437,11 @@ fn decode_checksum(digits: &[u8]) -> u64 {
     })
 }
 
-/// 0 for a base62 character, 1 for anything else.
-const NOT_BASE62: [u8; 256] = {
-    let mut table = [1u8; 256];
-    let mut i = 0;
-    while i < 62 {
-        table[ALPHABET[i] as usize] = 0;
-        i += 1;
-    }
-    table
-};
+/// Is `b` a base62 character? Without branches: each range check is one wrapping
+/// subtraction and one comparison.
+const fn is_base62(b: u8) -> bool {
+    (b.wrapping_sub(b'0') < 10) | (b.wrapping_sub(b'A') < 26) | (b.wrapping_sub(b'a') < 26)
+}
 
 /// CRC-32 (IEEE 802.3, the zlib/PNG polynomial), slicing-by-8: eight bytes a step.
 fn crc32(data: &[u8]) -> u32 {
@@ -504,6 +500,13 @@ const CRC_TABLES: [[u32; 256]; 8] = {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn base62_characters_are_exactly_the_alphabet() {
+        for b in 0..=u8::MAX {
+            assert_eq!(is_base62(b), ALPHABET.contains(&b), "{b}");
+        }
+    }
 
     #[test]
     fn crc32_matches_the_standard_check_value() {

@@ -36,16 +36,17 @@ pin_project! {
 
 impl<F, B, E> ResponseFuture<F, B, E> {
     pub(crate) fn inner(future: F) -> Self {
-        Self {
-            kind: Kind::Inner { future },
-            report: Report::NONE,
-        }
+        Self::reporting(future, Report::NONE)
     }
 
-    /// Reports the request with `report` when the inner service has answered.
-    pub(crate) fn reporting(mut self, report: Report) -> Self {
-        self.report = report;
-        self
+    /// The inner service is running; `report` reports the request once it has answered.
+    /// (Built in one go: setting the report on a built future would move the whole
+    /// future, the inner one inside it, once more.)
+    pub(crate) fn reporting(future: F, report: Report) -> Self {
+        Self {
+            kind: Kind::Inner { future },
+            report,
+        }
     }
 
     pub(crate) fn resolving(future: BoxFuture<B, E>) -> Self {

@@ -98,6 +98,26 @@ pub(crate) fn mark<B>(response: &mut Response<B>, outcome: Outcome) {
     response.extensions_mut().insert(Marked(outcome));
 }
 
+/// A new request's span.
+///
+/// Without a `tracing` subscriber anywhere in the process, a span can only reach `log`,
+/// through `tracing`'s `log` compatibility (a feature any crate in the build may turn
+/// on), and that writes a DEBUG span's lines only when `log` takes DEBUG records. When
+/// neither can see it, no span is made: a disabled span still costs its creation, its
+/// entering and exiting, and its drop on every request, each asking `log`.
+fn request_span() -> Span {
+    if !tracing::dispatcher::has_been_set() && log::max_level() < log::LevelFilter::Debug {
+        return Span::none();
+    }
+    tracing::debug_span!(
+        target: "tower_api_key::auth",
+        "api_key",
+        key_id = Empty,
+        consumer = Empty,
+        outcome = Empty,
+    )
+}
+
 /// One request's span and count, finished once.
 pub(crate) struct Report {
     span: Span,
@@ -121,13 +141,7 @@ impl Report {
     /// `metrics` feature, its count in `requests`.
     pub(crate) fn start(requests: &Requests) -> Self {
         Self {
-            span: tracing::debug_span!(
-                target: "tower_api_key::auth",
-                "api_key",
-                key_id = Empty,
-                consumer = Empty,
-                outcome = Empty,
-            ),
+            span: request_span(),
             tally: requests.tally(),
             passed: Outcome::Allowed,
             known: false,

@@ -100,7 +100,7 @@ where
             },
             Ok(None) if config.allow_anonymous => {
                 let report = Report::anonymous(&self.shared.metrics);
-                return ResponseFuture::inner(self.inner.call(req)).reporting(report);
+                return ResponseFuture::reporting(self.inner.call(req), report);
             }
             Ok(None) => return self.reject(AuthError::MissingKey, &req),
             Err(Conflicting) => return self.reject(AuthError::ConflictingKeys, &req),
@@ -137,7 +137,7 @@ where
                         *extensions = ROOMY.clone();
                     }
                     extensions.insert(auth);
-                    ResponseFuture::inner(self.inner.call(req)).reporting(report)
+                    ResponseFuture::reporting(self.inner.call(req), report)
                 }
                 Err(refused) => {
                     let mut report = Report::start(&self.shared.metrics);
