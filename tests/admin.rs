@@ -89,6 +89,33 @@ impl Admin {
         self.call(method, path, Some(&self.admin_key.clone()), body)
             .await
     }
+
+    /// A new key of `consumer`: its id, the key, and its path `/admin/keys/{id}`.
+    async fn create(&self, consumer: &str) -> (String, String, String) {
+        let body = format!(r#"{{"consumer": "{consumer}"}}"#);
+        let (status, created, _) = self.admin("POST", "/admin/keys", Some(&body)).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        let id = created["id"].as_str().unwrap().to_owned();
+        let key = created["key"].as_str().unwrap().to_owned();
+        let path = format!("/admin/keys/{id}");
+        (id, key, path)
+    }
+
+    /// The audit log of the key `id`, oldest first: `(event, actor)`.
+    async fn audit(&self, id: &str) -> Vec<(String, String)> {
+        let (status, log, _) = self
+            .admin("GET", &format!("/admin/audit?key_id={id}"), None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{log}");
+        log.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let field = |name: &str| e[name].as_str().unwrap().to_owned();
+                (field("event"), field("actor"))
+            })
+            .collect()
+    }
 }
 
 #[tokio::test]
@@ -1400,12 +1427,7 @@ async fn a_key_does_not_change_itself_and_another_admin_key_can() {
 #[tokio::test]
 async fn a_revoked_key_stays_readable_and_changes_no_more() {
     let a = setup().await;
-    let (_, created, _) = a
-        .admin("POST", "/admin/keys", Some(r#"{"consumer": "acme"}"#))
-        .await;
-    let id = created["id"].as_str().unwrap().to_owned();
-    let key = created["key"].as_str().unwrap().to_owned();
-    let path = format!("/admin/keys/{id}");
+    let (id, key, path) = a.create("acme").await;
     let (status, revoked, ctype) = a.admin("POST", &format!("{path}/revoke"), None).await;
     assert_eq!(status, StatusCode::OK, "{revoked}");
     assert_eq!(ctype, "application/json");
@@ -1449,27 +1471,14 @@ async fn a_revoked_key_stays_readable_and_changes_no_more() {
     assert_eq!(again["revoked_at"], revoked["revoked_at"]);
     let (_, list, _) = a.admin("GET", "/admin/keys?consumer=acme", None).await;
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
-    let (_, log, _) = a
-        .admin("GET", &format!("/admin/audit?key_id={id}"), None)
-        .await;
-    let events: Vec<&str> = log
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["event"].as_str().unwrap())
-        .collect();
+    let events: Vec<String> = a.audit(&id).await.into_iter().map(|(e, _)| e).collect();
     assert_eq!(events, ["created", "revoked"]);
 }
 
 #[tokio::test]
 async fn a_deleted_key_is_gone_from_its_uri_and_its_log_stays() {
     let a = setup().await;
-    let (_, created, _) = a
-        .admin("POST", "/admin/keys", Some(r#"{"consumer": "globex"}"#))
-        .await;
-    let id = created["id"].as_str().unwrap().to_owned();
-    let key = created["key"].as_str().unwrap().to_owned();
-    let path = format!("/admin/keys/{id}");
+    let (id, key, path) = a.create("globex").await;
     assert_eq!(
         a.call("GET", "/v1/ping", Some(&key), None).await.0,
         StatusCode::OK
@@ -1532,21 +1541,9 @@ async fn a_deleted_key_is_gone_from_its_uri_and_its_log_stays() {
         "{list}"
     );
     // What happened to it stays on record, and its traffic in the totals.
-    let (status, log, _) = a
-        .admin("GET", &format!("/admin/audit?key_id={id}"), None)
-        .await;
-    assert_eq!(status, StatusCode::OK);
-    let events: Vec<(&str, &str)> = log
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| (e["event"].as_str().unwrap(), e["actor"].as_str().unwrap()))
-        .collect();
-    let admin = a.admin_id.as_str();
-    assert_eq!(
-        events,
-        [("created", admin), ("revoked", admin), ("deleted", admin)]
-    );
+    let admin = a.admin_id.clone();
+    let expected = ["created", "revoked", "deleted"].map(|e| (e.to_owned(), admin.clone()));
+    assert_eq!(a.audit(&id).await, expected);
     let (status, top, _) = a.admin("GET", "/admin/usage/top?by=key", None).await;
     assert_eq!(status, StatusCode::OK, "{top}");
     assert!(
