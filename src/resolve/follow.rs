@@ -496,6 +496,14 @@ impl<R: KeyResolver, F: ChangeFeed> Follow<R, F> {
                         {
                             continue;
                         }
+                        // Likewise a record the cache holds for a created key: a hash is
+                        // stored once, so it was loaded after the creation committed and
+                        // the creation cannot have made it wrong (only an "unknown"
+                        // remembered before it). Dropping it would cost a store call and,
+                        // for a client over its failure limit, refuse its valid key.
+                        if change.kind == ChangeKind::Created && self.cache.knows(&change.hash) {
+                            continue;
+                        }
                         self.cache.invalidate(&change.hash).await;
                     }
                     if let Some(newest) = changes.last() {
@@ -646,6 +654,41 @@ mod tests {
         assert_eq!(resolver.calls.load(Ordering::SeqCst), calls, "not dropped");
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_record_loaded_before_its_creation_arrives_is_kept() {
+        let store = MemoryStore::new();
+        let resolver = Counting {
+            store: store.clone(),
+            ..Counting::default()
+        };
+        let cache = CachedResolver::new(resolver.clone());
+        // Polling only, and slowly: the creation arrives after the record is cached.
+        let feed = Cuttable {
+            store: store.clone(),
+            refuse_subscribe: Arc::new(AtomicBool::new(true)),
+            ..Cuttable::default()
+        };
+        let follower = cache.follow_with(
+            feed,
+            FollowOptions::default().poll_interval(Duration::from_millis(200)),
+        );
+        // One change read, so that the next read is a poll interval away.
+        store.create(NewKey::new("other"), "admin").await.unwrap();
+        caught_up(&follower, &store).await;
+        // Remembered as unknown before it exists: the creation must drop that.
+        let unknown = KeyFormat::default().generate();
+        assert!(cache.lookup(&unknown.hash()).await.unwrap().is_none());
+        store.insert(KeyRecord::new(&unknown, "acme"));
+        let created = store.create(NewKey::new("acme"), "admin").await.unwrap();
+        cache.lookup(&created.record.hash).await.unwrap().unwrap();
+        let calls = resolver.calls.load(Ordering::SeqCst);
+        caught_up(&follower, &store).await;
+        cache.lookup(&created.record.hash).await.unwrap().unwrap();
+        assert_eq!(resolver.calls.load(Ordering::SeqCst), calls, "not dropped");
+        assert!(cache.lookup(&unknown.hash()).await.unwrap().is_some());
+        assert_eq!(resolver.calls.load(Ordering::SeqCst), calls + 1);
+    }
+
     /// A feed over a memory store whose push channel can be cut, and kept from coming
     /// back, and whose log can be made to report a gap.
     #[derive(Clone, Default)]
@@ -777,10 +820,13 @@ mod tests {
         cache.lookup(&key.hash()).await.unwrap().unwrap();
         assert_eq!(resolver.calls.load(Ordering::SeqCst), 1);
         // The reader is told that changes were pruned before it read them.
-        *feed.gap_at.lock().unwrap() = Some(1_000);
+        // (At the log's real end: a gap beyond it would be followed by a second one, back
+        // to that end, which a late waiter for the first would never see.)
+        let end = ChangeFeed::last_seq(&feed.store).await.unwrap() + 1;
+        *feed.gap_at.lock().unwrap() = Some(end);
         feed.store
             .insert(KeyRecord::new(&KeyFormat::default().generate(), "other"));
-        tokio::time::timeout(Duration::from_secs(10), follower.applied(1_000))
+        tokio::time::timeout(Duration::from_secs(10), follower.applied(end))
             .await
             .unwrap();
         cache.lookup(&key.hash()).await.unwrap().unwrap();
