@@ -5,7 +5,8 @@
     feature = "sqlite",
     feature = "postgres",
     feature = "redis",
-    feature = "admin"
+    feature = "admin",
+    feature = "webhooks"
 ))]
 
 use std::time::{Duration, Instant};
@@ -15,6 +16,8 @@ use tokio::net::TcpStream;
 
 #[path = "common/browser.rs"]
 mod browser;
+#[path = "common/receiver.rs"]
+mod receiver;
 #[path = "common/rfc3339.rs"]
 mod rfc3339;
 #[path = "common/server.rs"]
@@ -1537,4 +1540,167 @@ fn bad_accept_foreign_keys_is_a_clear_error() {
         stderr.contains("ACCEPT_FOREIGN_KEYS must be true or false"),
         "{stderr}"
     );
+}
+
+/// `WEBHOOK_URL` and `WEBHOOK_SECRET`: the server signs its events so that a receiver
+/// holding the secret accepts them (one holding another secret refuses every one), and
+/// its delivery log says how each went.
+#[tokio::test]
+async fn webhooks_from_the_example_server_reach_a_receiver_that_checks_them() {
+    use std::sync::atomic::Ordering;
+    use tower_api_key::webhook::WebhookSecret;
+
+    let secret = WebhookSecret::generate();
+    let (rx, addr) = receiver::Receiver::start(secret.clone(), false).await;
+    let url = format!("http://{addr}/hooks");
+    let text = secret.expose_secret();
+    let server = start_sqlite(&[("WEBHOOK_URL", &url), ("WEBHOOK_SECRET", text.as_str())]);
+    let admin = server.admin_key.clone().unwrap();
+    let mut api = server::Client::new(&server.addr);
+    let created = api
+        .send(
+            "POST",
+            "/admin/keys",
+            Some(&admin),
+            Some(&serde_json::json!({"consumer": "acme", "name": "hooked"})),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let created = created.json();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let key = created["key"].as_str().unwrap().to_owned();
+    let revoked = api
+        .send(
+            "POST",
+            &format!("/admin/keys/{id}/revoke"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(revoked.status, 200);
+
+    eventually(Duration::from_secs(30), "the key's events arrive", || {
+        let rx = rx.clone();
+        let id = id.clone();
+        async move { rx.messages("key.created", &id) == 1 && rx.messages("key.revoked", &id) == 1 }
+    })
+    .await;
+    assert_eq!(rx.bad_signatures.load(Ordering::SeqCst), 0);
+    let bodies = rx.received.lock().unwrap().bodies.clone();
+    let revocation = bodies
+        .values()
+        .find(|b| b["type"] == "key.revoked")
+        .unwrap();
+    assert_eq!(revocation["data"]["consumer"], "acme");
+    assert_eq!(revocation["data"]["name"], "hooked");
+    assert!(revocation["data"]["revoked_at"].is_string());
+    let everything = serde_json::to_string(&bodies).unwrap();
+    assert!(
+        !everything.contains(&key[key.len() - 40..]),
+        "a body holds a key"
+    );
+    // The delivery log says so, once the attempt is recorded.
+    let path = format!("/admin/webhooks/deliveries?key_id={id}");
+    let mut log = serde_json::Value::Null;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        log = api.get(&path, Some(&admin)).await.json();
+        if log.as_array().is_some_and(|l| {
+            l.len() == 2
+                && l.iter()
+                    .all(|d| d["state"] == "delivered" && d["last_status"] == 204)
+        }) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let types: Vec<&str> = log
+        .as_array()
+        .unwrap_or_else(|| panic!("{log}"))
+        .iter()
+        .map(|d| d["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["key.revoked", "key.created"], "{log}");
+    assert!(
+        log.as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["state"] == "delivered"),
+        "{log}"
+    );
+    assert!(
+        !server.stderr().iter().any(|l| l.contains(&text[6..])),
+        "the secret was logged"
+    );
+    drop(server);
+
+    // A server with another secret: the receiver refuses every event, and the log
+    // shows the receiver's 401 on a pending event.
+    let other = WebhookSecret::generate().expose_secret();
+    let server = start_sqlite(&[("WEBHOOK_URL", &url), ("WEBHOOK_SECRET", other.as_str())]);
+    let admin = server.admin_key.clone().unwrap();
+    let mut api = server::Client::new(&server.addr);
+    let before = rx.count();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = api
+            .get("/admin/webhooks/deliveries", Some(&admin))
+            .await
+            .json();
+        if log[0]["last_status"] == 401 {
+            assert_eq!(log[0]["state"], "pending", "{log}");
+            assert_eq!(log[0]["type"], "key.created", "the admin key's creation");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no 401 recorded: {log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(rx.bad_signatures.load(Ordering::SeqCst) > 0);
+    assert_eq!(rx.count(), before, "nothing wrongly signed was accepted");
+}
+
+/// A bad `WEBHOOK_SECRET`, or only one of the two variables: the server does not start,
+/// and says which variable in one line (never the secret).
+#[test]
+fn bad_webhook_settings_are_one_clear_line() {
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let url = "http://127.0.0.1:9/hooks";
+    for (env, says) in [
+        (
+            vec![
+                ("WEBHOOK_URL", url),
+                ("WEBHOOK_SECRET", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+            ],
+            "WEBHOOK_SECRET: a webhook secret must start with `whsec_`",
+        ),
+        (
+            vec![
+                ("WEBHOOK_URL", url),
+                ("WEBHOOK_SECRET", "whsec_not*base64!"),
+            ],
+            "WEBHOOK_SECRET: a webhook secret must be `whsec_` followed by base64",
+        ),
+        (
+            vec![("WEBHOOK_URL", url), ("WEBHOOK_SECRET", "whsec_c2hvcnQ=")],
+            "WEBHOOK_SECRET: a webhook secret must hold at least 16 bytes",
+        ),
+        (vec![("WEBHOOK_URL", url)], "WEBHOOK_SECRET is not set"),
+        (vec![("WEBHOOK_SECRET", secret)], "WEBHOOK_URL is not set"),
+        (
+            vec![
+                ("WEBHOOK_URL", "https://example.com/hooks"),
+                ("WEBHOOK_SECRET", secret),
+            ],
+            "WEBHOOK_URL: ",
+        ),
+    ] {
+        let stderr = refuses_to_start(&env);
+        assert_eq!(stderr.trim().lines().count(), 1, "{env:?}: {stderr}");
+        assert!(stderr.contains(says), "{env:?}: {stderr}");
+        assert!(
+            !stderr.contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("not*base64"), "{stderr}");
+    }
 }
