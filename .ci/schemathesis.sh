@@ -102,6 +102,15 @@ bearer = "\${$key_var}"
 
 [auth.openapi.api_key]
 api_key = "\${$key_var}"
+
+# An import whose rows match the schema is still refused, 422 naming the row, when a
+# row's hash is already stored (an earlier case imported the same hash): issue 13 wants
+# duplicates 422 like any bad row, all or nothing. So 422 is a valid answer to valid
+# data here, and only here.
+[[operations]]
+include-path = "/admin/keys/import"
+include-method = "POST"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "422", "429", "5xx"]
 EOF
     echo "==> schemathesis: $document"
     (

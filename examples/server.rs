@@ -561,7 +561,12 @@ fn webhook_config() -> Result<Option<WebhookConfig>, Box<dyn std::error::Error>>
     let (url, secret) = match (var("WEBHOOK_URL"), var("WEBHOOK_SECRET")) {
         (None, None) => return Ok(None),
         (Some(url), Some(secret)) => (url, secret),
-        _ => return Err("WEBHOOK_URL and WEBHOOK_SECRET must be set together".into()),
+        (Some(_), None) => {
+            return Err("WEBHOOK_SECRET is not set: WEBHOOK_URL needs it (both or neither)".into());
+        }
+        (None, Some(_)) => {
+            return Err("WEBHOOK_URL is not set: WEBHOOK_SECRET needs it (both or neither)".into());
+        }
     };
     let secret = WebhookSecret::parse(&secret).map_err(|e| format!("WEBHOOK_SECRET: {e}"))?;
     let notice_text = var("KEY_EXPIRING_NOTICE").unwrap_or_else(|| "7d".to_owned());

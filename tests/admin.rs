@@ -13,7 +13,7 @@ use rfc3339::{rfc3339, secs_until};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 use tower_api_key::store::NewKey;
-use tower_api_key::{ApiKeyLayer, CachedResolver, KeyStore, MemoryStore, Scopes};
+use tower_api_key::{ApiKeyLayer, CachedResolver, KeyResolver, KeyStore, MemoryStore, Scopes};
 
 struct Admin {
     app: Router,
@@ -635,6 +635,94 @@ async fn allowlists_are_set_on_create_and_shown() {
     assert_eq!(a.cache.resolver().len(), before);
 }
 
+/// `GET /v1/ping` with `key`, from the peer `from`: the status.
+async fn ping_from(a: &Admin, key: &str, from: &str) -> StatusCode {
+    let mut req = Request::get("/v1/ping")
+        .header("authorization", format!("Bearer {key}"))
+        .body(Body::empty())
+        .unwrap();
+    let peer: std::net::SocketAddr = from.parse().unwrap();
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo(peer));
+    a.app.clone().oneshot(req).await.unwrap().status()
+}
+
+#[tokio::test]
+async fn allowlists_change_through_patch_and_a_cached_key_obeys_at_once() {
+    let a = setup().await;
+    let (id, key, path) = a.create("acme").await;
+    // Used from anywhere: the layer caches the key's record.
+    assert_eq!(ping_from(&a, &key, "127.0.0.1:4000").await, StatusCode::OK);
+    assert_eq!(ping_from(&a, &key, "192.0.2.1:4000").await, StatusCode::OK);
+
+    let body = json!({"allowed_ips": ["10.1.2.3/8", "2001:db8::/32"]}).to_string();
+    let (status, record, _) = a.admin("PATCH", &path, Some(&body)).await;
+    assert_eq!(status, StatusCode::OK, "{record}");
+    assert_eq!(
+        record["allowed_ips"],
+        json!(["10.0.0.0/8", "2001:db8::/32"])
+    );
+    // The very next request from outside is refused, though the key was cached.
+    assert_eq!(
+        ping_from(&a, &key, "127.0.0.1:4000").await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(ping_from(&a, &key, "10.9.8.7:4000").await, StatusCode::OK);
+    assert_eq!(
+        ping_from(&a, &key, "[2001:db8::1]:4000").await,
+        StatusCode::OK
+    );
+    let (_, shown, _) = a.admin("GET", &path, None).await;
+    assert_eq!(shown["allowed_ips"], record["allowed_ips"]);
+
+    // Bad input: 422 naming the field; the list stays, and so do the other fields.
+    let too_many: Vec<String> = (0..65).map(|i| format!("10.0.{i}.0/24")).collect();
+    for bad in [
+        json!({"allowed_ips": ["10.0.0.0/33"]}),
+        json!({"allowed_ips": ["localhost"]}),
+        json!({"allowed_ips": [7]}),
+        json!({"allowed_ips": "10.0.0.0/8"}),
+        json!({"allowed_ips": too_many}),
+        json!({"scopes": ["orders:read"], "allowed_ips": ["300.0.0.1"]}),
+    ] {
+        let (status, problem, ctype) = a.admin("PATCH", &path, Some(&bad.to_string())).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {problem}");
+        assert_eq!(ctype, "application/problem+json");
+        assert_eq!(problem["field"], "allowed_ips", "{bad}: {problem}");
+    }
+    let (_, unchanged, _) = a.admin("GET", &path, None).await;
+    assert_eq!(unchanged["allowed_ips"], record["allowed_ips"]);
+    assert_eq!(unchanged["scopes"], json!([]), "nothing of a refused PATCH");
+    // `null` changes nothing, and alone is nothing to change.
+    let (status, _, _) = a
+        .admin("PATCH", &path, Some(r#"{"allowed_ips":null}"#))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    // `[]`: anywhere again, at once.
+    let (status, record, _) = a.admin("PATCH", &path, Some(r#"{"allowed_ips":[]}"#)).await;
+    assert_eq!(status, StatusCode::OK, "{record}");
+    assert_eq!(record["allowed_ips"], json!([]));
+    assert_eq!(ping_from(&a, &key, "127.0.0.1:4000").await, StatusCode::OK);
+    let changes: Vec<_> = a
+        .audit(&id)
+        .await
+        .into_iter()
+        .filter(|(event, _)| event == "allowed_ips_changed")
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            ("allowed_ips_changed".to_owned(), a.admin_id.clone()),
+            ("allowed_ips_changed".to_owned(), a.admin_id.clone())
+        ]
+    );
+    // A revoked key does not change any more.
+    a.admin("POST", &format!("{path}/revoke"), None).await;
+    let (status, _, _) = a.admin("PATCH", &path, Some(&body)).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+}
+
 fn sha256_hex(key: &str) -> String {
     tower_api_key::KeyHash::of(key).to_hex()
 }
@@ -747,23 +835,28 @@ async fn a_bad_or_duplicate_import_row_is_named_and_nothing_is_imported() {
             "a problem never repeats a key"
         );
     }
-    // A hash already stored, or twice in the batch (in either case), conflicts: 409
-    // naming the later row.
+    // A hash already stored, or twice in the batch (in either case), is a bad row too:
+    // 422 naming the later row.
     let body = json!([good(0), good(1), with(json!({"hash": stored}))]);
     let (status, v, ctype) = a
         .admin("POST", "/admin/keys/import", Some(&body.to_string()))
         .await;
-    assert_eq!(status, StatusCode::CONFLICT, "{v}");
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
     assert_eq!(ctype, "application/problem+json");
     assert_eq!(v["field"], "[2].hash");
+    assert_eq!(
+        v["errors"],
+        json!([{"row": 2, "field": "[2].hash", "detail": "a key with this hash is already stored"}])
+    );
     let upper = good(0)["hash"].as_str().unwrap().to_uppercase();
     let body = json!([good(0), good(1), with(json!({"hash": upper}))]);
     let (status, v, _) = a
         .admin("POST", "/admin/keys/import", Some(&body.to_string()))
         .await;
-    assert_eq!(status, StatusCode::CONFLICT, "{v}");
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
     assert_eq!(v["field"], "[2].hash");
     assert!(v["detail"].as_str().unwrap().contains("row 0"), "{v}");
+    assert_eq!(v["errors"][0]["row"], 2, "{v}");
 
     for (body, want) in [
         ("{\"hash\": 1}", StatusCode::BAD_REQUEST),
@@ -794,6 +887,127 @@ async fn a_bad_or_duplicate_import_row_is_named_and_nothing_is_imported() {
     assert_eq!(all.as_array().unwrap().len(), 1, "{all}");
     let (status, _, _) = a.call("POST", "/admin/keys/import", None, Some("[]")).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+/// Every bad row of an import is named in one answer, whatever is wrong with it, and a
+/// good row among them is not imported either.
+#[tokio::test]
+async fn an_import_names_every_bad_row_and_imports_none() {
+    let a = setup().await;
+    let good = |i: usize| json!({"hash": sha256_hex(&format!("every-{i}")), "consumer": "legacy"});
+    let stored = sha256_hex(&a.admin_key);
+    let count = |a: &Admin| a.cache.resolver().len();
+    let before = count(&a);
+
+    // One good row and two bad ones: nothing imported, both named.
+    let body = json!([good(0), {"hash": "abc", "consumer": "legacy"}, {"hash": stored, "consumer": "legacy"}]);
+    let (status, v, ctype) = a
+        .admin("POST", "/admin/keys/import", Some(&body.to_string()))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(ctype, "application/problem+json");
+    let named = |v: &Value| -> Vec<(u64, String)> {
+        v["errors"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no errors: {v}"))
+            .iter()
+            .map(|e| {
+                (
+                    e["row"].as_u64().unwrap(),
+                    e["field"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        named(&v),
+        [(1, "[1].hash".to_owned()), (2, "[2].hash".to_owned())]
+    );
+    assert_eq!(
+        v["field"], "[1].hash",
+        "the first bad row, as other 422s name one"
+    );
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap()
+            .contains("nothing was imported"),
+        "{v}"
+    );
+    assert_eq!(count(&a), before, "the good row was not imported");
+    assert!(
+        a.cache
+            .resolver()
+            .resolve(&tower_api_key::KeyHash::from_hex(good(0)["hash"].as_str().unwrap()).unwrap())
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Every kind at once: a bad member, a repeat (in another case), a hash already
+    // stored and a row that is not an object, among good rows.
+    let repeat = good(1)["hash"].as_str().unwrap().to_uppercase();
+    let body = json!([
+        good(1),
+        {"hash": sha256_hex("x"), "consumer": ""},
+        {"hash": repeat, "consumer": "legacy"},
+        good(3),
+        {"hash": stored, "consumer": "legacy"},
+        "not an object",
+        {"hash": sha256_hex("y"), "consumer": "legacy", "rate_limit": {"requests": 0, "per_seconds": 1}},
+    ]);
+    let (status, v, _) = a
+        .admin("POST", "/admin/keys/import", Some(&body.to_string()))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(
+        named(&v),
+        [
+            (1, "[1].consumer".to_owned()),
+            (2, "[2].hash".to_owned()),
+            (4, "[4].hash".to_owned()),
+            (5, "[5]".to_owned()),
+            (6, "[6].rate_limit.requests".to_owned()),
+        ]
+    );
+    assert!(
+        v["errors"][1]["detail"].as_str().unwrap().contains("row 0"),
+        "{v}"
+    );
+    assert!(
+        v["errors"][2]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("already stored"),
+        "{v}"
+    );
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("5 rows are wrong"),
+        "{v}"
+    );
+    assert_eq!(count(&a), before);
+
+    // Only hashes wrong (the store finds them, in its transaction): each named.
+    let body = json!([good(4), good(5), {"hash": stored, "consumer": "c"}, good(4), good(6)]);
+    let (status, v, _) = a
+        .admin("POST", "/admin/keys/import", Some(&body.to_string()))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(
+        named(&v),
+        [(2, "[2].hash".to_owned()), (3, "[3].hash".to_owned())]
+    );
+    assert_eq!(count(&a), before);
+    // Fixed, the same good rows import.
+    let body = json!([good(4), good(5), good(6)]);
+    let (status, v, _) = a
+        .admin("POST", "/admin/keys/import", Some(&body.to_string()))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    assert_eq!(count(&a), before + 3);
 }
 
 #[tokio::test]

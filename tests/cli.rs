@@ -333,6 +333,71 @@ fn allowlists_from_the_command_line() {
         "{}",
         stderr(&out)
     );
+
+    // An existing key's list is replaced, or taken away; `show` and the audit say so.
+    let id = created["id"].as_str().unwrap();
+    let out = db.run(&[
+        "allowlist",
+        id,
+        "--allow-ip",
+        "192.0.2.7",
+        "--allow-ip",
+        "2001:db8:1::/48",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out).trim(),
+        format!("{id} may be used from 192.0.2.7/32, 2001:db8:1::/48")
+    );
+    assert_eq!(
+        db.json(&["show", "--json", id])["allowed_ips"],
+        serde_json::json!(["192.0.2.7/32", "2001:db8:1::/48"])
+    );
+    let v = db.json(&["--json", "allowlist", id, "--anywhere"]);
+    assert_eq!(v["allowed_ips"], serde_json::json!([]));
+    assert_eq!(
+        db.json(&["show", "--json", id])["allowed_ips"],
+        serde_json::json!([])
+    );
+    // A bad network, neither option, or both: refused, and nothing changes.
+    let before = db.json(&["show", "--json", id]);
+    for args in [
+        vec!["allowlist", id, "--allow-ip", "192.0.2.0/40"],
+        vec!["allowlist", id],
+        vec!["allowlist", id, "--anywhere", "--allow-ip", "10.0.0.0/8"],
+    ] {
+        let out = db.run(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(!stderr(&out).is_empty());
+    }
+    let out = db.run(&["allowlist", id, "--allow-ip", "192.0.2.0/40"]);
+    assert!(
+        stderr(&out).starts_with("apikey: --allow-ip \"192.0.2.0/40\""),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(db.json(&["show", "--json", id]), before);
+    let out = db.run(&["allowlist", "key_missing", "--anywhere"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("key_missing"), "{}", stderr(&out));
+    // Audited, by `cli`, once a change.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let events = runtime.block_on(async {
+        use tower_api_key::KeyStore;
+        let store = tower_api_key::store::SqliteStore::connect(&db.url())
+            .await
+            .unwrap();
+        let log = store.audit(Some(id)).await.unwrap();
+        store.pool().close().await;
+        log.iter()
+            .map(|e| (e.event.name().to_owned(), e.actor.clone()))
+            .collect::<Vec<_>>()
+    });
+    let changed = ("allowed_ips_changed".to_owned(), "cli".to_owned());
+    assert_eq!(events[1..], [changed.clone(), changed]);
 }
 
 fn sha256_hex(key: &str) -> String {
@@ -423,6 +488,41 @@ fn import_reads_json_lines_all_or_nothing() {
         );
         assert!(err.contains("nothing was imported"), "{err}");
     }
+    // Several bad lines, of every kind, among good ones: one line names them all, in
+    // order, and nothing is imported.
+    let file = write_lines(
+        &db,
+        "bad",
+        &[
+            fresh(1),
+            r#"{"hash":"abc","consumer":"x"}"#.into(),
+            row("legacy-1"),
+            fresh(1),
+            "{not json".into(),
+            fresh(2),
+        ],
+    );
+    let out = db.run(&["import", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let mut at = 0;
+    for says in [
+        "line 2: hash",
+        "line 3: a key with this hash is already stored",
+        "line 4: the same hash as line 1",
+        "line 5: not valid JSON",
+        "nothing was imported",
+    ] {
+        let found = err[at..]
+            .find(says)
+            .unwrap_or_else(|| panic!("{says:?}, in order: {err}"));
+        at += found + says.len();
+    }
+    assert!(
+        !err.contains("line 1:") && !err.contains("line 6:"),
+        "{err}"
+    );
     let all = db.json(&["list", "--json"]);
     assert_eq!(
         all.as_array().unwrap().len(),

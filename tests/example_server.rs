@@ -5,7 +5,8 @@
     feature = "sqlite",
     feature = "postgres",
     feature = "redis",
-    feature = "admin"
+    feature = "admin",
+    feature = "webhooks"
 ))]
 
 use std::time::{Duration, Instant};
@@ -15,6 +16,8 @@ use tokio::net::TcpStream;
 
 #[path = "common/browser.rs"]
 mod browser;
+#[path = "common/receiver.rs"]
+mod receiver;
 #[path = "common/rfc3339.rs"]
 mod rfc3339;
 #[path = "common/server.rs"]
@@ -662,6 +665,56 @@ impl Browser {
     }
 }
 
+/// A GitHub secret-scanning key pair of the test's own: the public key in a file in
+/// GitHub's format, for `GITHUB_SECRET_SCANNING_KEYS`, removed when dropped.
+struct GitHubKey {
+    signing: p256::ecdsa::SigningKey,
+    file: std::path::PathBuf,
+}
+
+impl GitHubKey {
+    fn new() -> Self {
+        use p256::pkcs8::EncodePublicKey as _;
+        let signing = p256::ecdsa::SigningKey::from_slice(&[0x42; 32]).unwrap();
+        let pem = signing
+            .verifying_key()
+            .to_public_key_pem(p256::pkcs8::LineEnding::LF)
+            .unwrap();
+        let file = std::env::temp_dir().join(format!("{}.json", unique::unique_name("gh-keys")));
+        let document = serde_json::json!({"public_keys": [{"key_identifier": "k1", "key": pem, "is_current": true}]});
+        std::fs::write(&file, document.to_string()).unwrap();
+        Self { signing, file }
+    }
+
+    fn path(&self) -> &str {
+        self.file.to_str().unwrap()
+    }
+
+    /// Reports `token` found at `url` to the server at `addr`, signed as GitHub signs.
+    async fn report(&self, addr: &str, token: &str, url: &str, source: &str) -> (u16, String) {
+        use base64::Engine as _;
+        use p256::ecdsa::signature::Signer as _;
+        let report =
+            serde_json::json!([{"token": token, "type": "acme_key", "url": url, "source": source}])
+                .to_string();
+        let signature: p256::ecdsa::Signature = self.signing.sign(report.as_bytes());
+        let signature =
+            base64::engine::general_purpose::STANDARD.encode(signature.to_der().as_bytes());
+        let headers = [
+            ("content-type", "application/json"),
+            ("github-public-key-identifier", "k1"),
+            ("github-public-key-signature", signature.as_str()),
+        ];
+        http(addr, "POST", "/github/secret-scanning", &headers, &report).await
+    }
+}
+
+impl Drop for GitHubKey {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
 #[tokio::test]
 async fn the_dashboard_in_a_real_browser() {
     let Some(browser) = Browser::start().await else {
@@ -673,6 +726,8 @@ async fn the_dashboard_in_a_real_browser() {
     // that the deliveries list has pending events to show), and a rate limit small
     // enough to reach.
     let nowhere = format!("http://127.0.0.1:{}/hooks", free_port());
+    // GitHub's secret scanning, with a key pair of the test's own, for a leak report.
+    let github = GitHubKey::new();
     let server = start_on(
         &db.0,
         &[
@@ -681,6 +736,7 @@ async fn the_dashboard_in_a_real_browser() {
             ("WEBHOOK_URL", &nowhere),
             ("WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
             ("RATE_LIMIT", "4/3600s"),
+            ("GITHUB_SECRET_SCANNING_KEYS", github.path()),
         ],
     );
     let admin_key = server.admin_key.clone().unwrap();
@@ -942,6 +998,88 @@ async fn the_dashboard_in_a_real_browser() {
             "#details-audit",
             |t| t.contains("scopes changed") && t.contains("expiry changed"),
             "the audit log",
+        )
+        .await;
+    // The allowlist, edited on the page: from then on the key (cached by the server
+    // since its requests above) is refused from this machine at once.
+    assert_eq!(
+        browser
+            .exec(
+                "return document.getElementById('edit-networks').value;",
+                serde_json::json!([])
+            )
+            .await,
+        "",
+        "anywhere, as the record says"
+    );
+    browser
+        .type_into("#edit-networks", "10.0.0.0/8 2001:db8::/32")
+        .await;
+    browser.click("#save-networks").await;
+    browser
+        .wait_text(
+            "#edit-note",
+            |t| t == "Networks saved.",
+            "the saved networks",
+        )
+        .await;
+    let record = api.get(&format!("/admin/keys/{a_id}"), admin).await.json();
+    assert_eq!(
+        record["allowed_ips"],
+        serde_json::json!(["10.0.0.0/8", "2001:db8::/32"])
+    );
+    browser
+        .wait_text(
+            "#details-networks",
+            |t| t == "10.0.0.0/8, 2001:db8::/32",
+            "the new networks",
+        )
+        .await;
+    let outside = api.get("/v1/whoami", Some(a_key)).await;
+    assert_eq!(outside.status, 403, "{}", outside.body);
+    assert!(
+        outside.body.contains("AddressNotAllowed"),
+        "{}",
+        outside.body
+    );
+    // A refusal of a known key counts as unauthorized.
+    live_a[3] += 1;
+    // A bad network: refused, said so, nothing changed.
+    browser.clear("#edit-networks").await;
+    browser.type_into("#edit-networks", "10.0.0.0/33").await;
+    browser.click("#save-networks").await;
+    browser
+        .wait_text(
+            "#edit-error",
+            |t| t.contains("allowed_ips"),
+            "the refused network",
+        )
+        .await;
+    let record = api.get(&format!("/admin/keys/{a_id}"), admin).await.json();
+    assert_eq!(
+        record["allowed_ips"],
+        serde_json::json!(["10.0.0.0/8", "2001:db8::/32"])
+    );
+    // Emptied: anywhere again.
+    browser.clear("#edit-networks").await;
+    browser.click("#save-networks").await;
+    browser
+        .wait_text(
+            "#edit-note",
+            |t| t == "The key may be used from anywhere now.",
+            "anywhere again",
+        )
+        .await;
+    let record = api.get(&format!("/admin/keys/{a_id}"), admin).await.json();
+    assert_eq!(record["allowed_ips"], serde_json::json!([]));
+    browser
+        .wait_text("#details-networks", |t| t == "anywhere", "anywhere")
+        .await;
+    browser
+        .wait_text(
+            "#details-audit",
+            |t| t.matches("allowed ips changed").count() == 2,
+            "the allowlist changes in the audit log",
         )
         .await;
     browser.scroll_to(None).await;
@@ -1221,6 +1359,104 @@ async fn the_dashboard_in_a_real_browser() {
             "the pending deliveries",
         )
         .await;
+
+    // A leak that GitHub reports: the key's audit log says where it was found, and
+    // lists the webhook events sent for the key, with how their delivery stands.
+    let leaky = api
+        .send(
+            "POST",
+            "/admin/keys",
+            admin,
+            Some(&create("initech", "leaky")),
+        )
+        .await
+        .json();
+    let (leaky_id, leaky_key) = (
+        leaky["id"].as_str().unwrap().to_owned(),
+        leaky["key"].as_str().unwrap().to_owned(),
+    );
+    let leak_url = "https://github.com/octo/repo/blob/abc/.env";
+    let (status, body) = github
+        .report(&server.addr, &leaky_key, leak_url, "content")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("true_positive"), "{body}");
+    browser
+        .session(
+            "POST",
+            "/url",
+            Some(serde_json::json!({"url": format!("http://{}/admin/#/keys/{leaky_id}", server.addr)})),
+        )
+        .await;
+    browser
+        .wait_text(
+            "#details-status",
+            |t| t == "revoked",
+            "the leaked key's page",
+        )
+        .await;
+    let audit = browser
+        .wait_text(
+            "#details-audit",
+            |t| {
+                t.contains(&format!("leaked: found at {leak_url} (content)"))
+                    && t.contains("webhook key.leaked: pending")
+                    && t.contains("webhook key.revoked: pending")
+                    && t.contains("webhook key.created: pending")
+            },
+            "the leak and its webhook events in the audit log",
+        )
+        .await;
+    assert!(!audit.contains(&leaky_key), "the page shows the key");
+    assert!(browser.displayed("#audit-hint").await);
+    // One line for each webhook event the store holds for the key, named by its id.
+    let sent = api
+        .get(
+            &format!("/admin/webhooks/deliveries?key_id={leaky_id}"),
+            admin,
+        )
+        .await
+        .json();
+    let mut ids: Vec<String> = sent
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    let shown = browser
+        .exec(
+            "return [...document.querySelectorAll('#details-audit tr.webhook')].map((r) => r.dataset.delivery).sort();",
+            serde_json::json!([]),
+        )
+        .await;
+    assert_eq!(ids.len(), 3, "{sent}");
+    assert_eq!(shown, serde_json::json!(ids));
+    // Newest first: the revocation's event above the leak's, above the creation's.
+    let order = browser
+        .exec(
+            "return [...document.querySelectorAll('#details-audit tr .event')].map((c) => c.textContent);",
+            serde_json::json!([]),
+        )
+        .await;
+    let order: Vec<String> = serde_json::from_value(order).unwrap();
+    let want = [
+        "webhook key.revoked: ",
+        "revoked",
+        "webhook key.leaked: ",
+        "leaked: ",
+        "webhook key.created: ",
+        "created",
+    ];
+    assert_eq!(order.len(), want.len(), "{order:?}");
+    for (line, want) in order.iter().zip(want) {
+        assert!(line.starts_with(want), "{want:?}: {order:?}");
+    }
+    browser.scroll_to(Some("#details-audit")).await;
+    browser
+        .screenshot("dashboard-key-leaked-1280x800.png")
+        .await;
+    browser.click("a.back").await;
 
     // At phone width: nothing to scroll sideways, on the overview and on a key's page.
     browser.viewport(390, 844).await;
@@ -1537,4 +1773,167 @@ fn bad_accept_foreign_keys_is_a_clear_error() {
         stderr.contains("ACCEPT_FOREIGN_KEYS must be true or false"),
         "{stderr}"
     );
+}
+
+/// `WEBHOOK_URL` and `WEBHOOK_SECRET`: the server signs its events so that a receiver
+/// holding the secret accepts them (one holding another secret refuses every one), and
+/// its delivery log says how each went.
+#[tokio::test]
+async fn webhooks_from_the_example_server_reach_a_receiver_that_checks_them() {
+    use std::sync::atomic::Ordering;
+    use tower_api_key::webhook::WebhookSecret;
+
+    let secret = WebhookSecret::generate();
+    let (rx, addr) = receiver::Receiver::start(secret.clone(), false).await;
+    let url = format!("http://{addr}/hooks");
+    let text = secret.expose_secret();
+    let server = start_sqlite(&[("WEBHOOK_URL", &url), ("WEBHOOK_SECRET", text.as_str())]);
+    let admin = server.admin_key.clone().unwrap();
+    let mut api = server::Client::new(&server.addr);
+    let created = api
+        .send(
+            "POST",
+            "/admin/keys",
+            Some(&admin),
+            Some(&serde_json::json!({"consumer": "acme", "name": "hooked"})),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let created = created.json();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let key = created["key"].as_str().unwrap().to_owned();
+    let revoked = api
+        .send(
+            "POST",
+            &format!("/admin/keys/{id}/revoke"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(revoked.status, 200);
+
+    eventually(Duration::from_secs(30), "the key's events arrive", || {
+        let rx = rx.clone();
+        let id = id.clone();
+        async move { rx.messages("key.created", &id) == 1 && rx.messages("key.revoked", &id) == 1 }
+    })
+    .await;
+    assert_eq!(rx.bad_signatures.load(Ordering::SeqCst), 0);
+    let bodies = rx.received.lock().unwrap().bodies.clone();
+    let revocation = bodies
+        .values()
+        .find(|b| b["type"] == "key.revoked")
+        .unwrap();
+    assert_eq!(revocation["data"]["consumer"], "acme");
+    assert_eq!(revocation["data"]["name"], "hooked");
+    assert!(revocation["data"]["revoked_at"].is_string());
+    let everything = serde_json::to_string(&bodies).unwrap();
+    assert!(
+        !everything.contains(&key[key.len() - 40..]),
+        "a body holds a key"
+    );
+    // The delivery log says so, once the attempt is recorded.
+    let path = format!("/admin/webhooks/deliveries?key_id={id}");
+    let mut log = serde_json::Value::Null;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        log = api.get(&path, Some(&admin)).await.json();
+        if log.as_array().is_some_and(|l| {
+            l.len() == 2
+                && l.iter()
+                    .all(|d| d["state"] == "delivered" && d["last_status"] == 204)
+        }) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let types: Vec<&str> = log
+        .as_array()
+        .unwrap_or_else(|| panic!("{log}"))
+        .iter()
+        .map(|d| d["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["key.revoked", "key.created"], "{log}");
+    assert!(
+        log.as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["state"] == "delivered"),
+        "{log}"
+    );
+    assert!(
+        !server.stderr().iter().any(|l| l.contains(&text[6..])),
+        "the secret was logged"
+    );
+    drop(server);
+
+    // A server with another secret: the receiver refuses every event, and the log
+    // shows the receiver's 401 on a pending event.
+    let other = WebhookSecret::generate().expose_secret();
+    let server = start_sqlite(&[("WEBHOOK_URL", &url), ("WEBHOOK_SECRET", other.as_str())]);
+    let admin = server.admin_key.clone().unwrap();
+    let mut api = server::Client::new(&server.addr);
+    let before = rx.count();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = api
+            .get("/admin/webhooks/deliveries", Some(&admin))
+            .await
+            .json();
+        if log[0]["last_status"] == 401 {
+            assert_eq!(log[0]["state"], "pending", "{log}");
+            assert_eq!(log[0]["type"], "key.created", "the admin key's creation");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no 401 recorded: {log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(rx.bad_signatures.load(Ordering::SeqCst) > 0);
+    assert_eq!(rx.count(), before, "nothing wrongly signed was accepted");
+}
+
+/// A bad `WEBHOOK_SECRET`, or only one of the two variables: the server does not start,
+/// and says which variable in one line (never the secret).
+#[test]
+fn bad_webhook_settings_are_one_clear_line() {
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let url = "http://127.0.0.1:9/hooks";
+    for (env, says) in [
+        (
+            vec![
+                ("WEBHOOK_URL", url),
+                ("WEBHOOK_SECRET", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+            ],
+            "WEBHOOK_SECRET: a webhook secret must start with `whsec_`",
+        ),
+        (
+            vec![
+                ("WEBHOOK_URL", url),
+                ("WEBHOOK_SECRET", "whsec_not*base64!"),
+            ],
+            "WEBHOOK_SECRET: a webhook secret must be `whsec_` followed by base64",
+        ),
+        (
+            vec![("WEBHOOK_URL", url), ("WEBHOOK_SECRET", "whsec_c2hvcnQ=")],
+            "WEBHOOK_SECRET: a webhook secret must hold at least 16 bytes",
+        ),
+        (vec![("WEBHOOK_URL", url)], "WEBHOOK_SECRET is not set"),
+        (vec![("WEBHOOK_SECRET", secret)], "WEBHOOK_URL is not set"),
+        (
+            vec![
+                ("WEBHOOK_URL", "https://example.com/hooks"),
+                ("WEBHOOK_SECRET", secret),
+            ],
+            "WEBHOOK_URL: ",
+        ),
+    ] {
+        let stderr = refuses_to_start(&env);
+        assert_eq!(stderr.trim().lines().count(), 1, "{env:?}: {stderr}");
+        assert!(stderr.contains(says), "{env:?}: {stderr}");
+        assert!(
+            !stderr.contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("not*base64"), "{stderr}");
+    }
 }

@@ -193,5 +193,10 @@ async fn postgres_outbox() {
         .await
         .unwrap();
     outbox::run(&store).await;
+    let pool = store.pool().clone();
+    outbox::rolled_back_changes_announce_nothing(&store, outbox::POSTGRES_REFUSAL, async |sql| {
+        sqlx::raw_sql(sql).execute(&pool).await.unwrap();
+    })
+    .await;
     store.pool().close().await;
 }

@@ -208,5 +208,10 @@ async fn sqlite_outbox() {
         .await
         .unwrap();
     outbox::run(&store).await;
+    let pool = store.pool().clone();
+    outbox::rolled_back_changes_announce_nothing(&store, outbox::SQLITE_REFUSAL, async |sql| {
+        sqlx::raw_sql(sql).execute(&pool).await.unwrap();
+    })
+    .await;
     cleanup(&path);
 }

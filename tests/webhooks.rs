@@ -4,77 +4,26 @@
 //! are announced once.
 #![cfg(all(feature = "sqlite", feature = "webhooks"))]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
-use serde_json::Value;
 use tower_api_key::store::{
     Delivery, DeliveryState, EventType, NewKey, SqliteStore, WebhookOutbox,
 };
-use tower_api_key::webhook::{DEFAULT_TOLERANCE, WebhookConfig, WebhookDeliverer, WebhookSecret};
+use tower_api_key::webhook::{WebhookConfig, WebhookDeliverer, WebhookSecret};
 use tower_api_key::{KeyStore, StoreError};
 
-#[derive(Default)]
-struct Received {
-    /// Bodies by message id, and how often each id came.
-    bodies: BTreeMap<String, Value>,
-    times: BTreeMap<String, usize>,
-}
+#[path = "common/receiver.rs"]
+mod receiver;
 
-struct Receiver {
-    secret: WebhookSecret,
-    failing: AtomicBool,
-    refused: AtomicUsize,
-    bad_signatures: AtomicUsize,
-    received: Mutex<Received>,
-}
+use receiver::Receiver;
 
-async fn receive(State(rx): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes) -> StatusCode {
-    if rx
-        .secret
-        .verify(&headers, &body, SystemTime::now(), DEFAULT_TOLERANCE)
-        .is_err()
-    {
-        rx.bad_signatures.fetch_add(1, Ordering::SeqCst);
-        return StatusCode::UNAUTHORIZED;
-    }
-    if rx.failing.load(Ordering::SeqCst) {
-        rx.refused.fetch_add(1, Ordering::SeqCst);
-        return StatusCode::SERVICE_UNAVAILABLE;
-    }
-    let id = headers["webhook-id"].to_str().unwrap().to_owned();
-    let mut received = rx.received.lock().unwrap();
-    *received.times.entry(id.clone()).or_default() += 1;
-    received
-        .bodies
-        .insert(id, serde_json::from_slice(&body).unwrap());
-    StatusCode::NO_CONTENT
-}
-
-async fn start_receiver(secret: WebhookSecret) -> (Arc<Receiver>, SocketAddr) {
-    let rx = Arc::new(Receiver {
-        secret,
-        failing: AtomicBool::new(true),
-        refused: AtomicUsize::new(0),
-        bad_signatures: AtomicUsize::new(0),
-        received: Mutex::new(Received::default()),
-    });
-    let app = Router::new()
-        .route("/hooks", post(receive))
-        .with_state(rx.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (rx, addr)
+/// A receiver that fails (503) until told to recover.
+async fn start_receiver(secret: WebhookSecret) -> (std::sync::Arc<Receiver>, SocketAddr) {
+    Receiver::start(secret, true).await
 }
 
 fn db_path() -> PathBuf {
@@ -112,17 +61,12 @@ fn config(addr: SocketAddr, secret: &WebhookSecret) -> WebhookConfig {
 }
 
 async fn all(store: &SqliteStore) -> Vec<Delivery> {
-    store.deliveries(1000).await.unwrap()
+    store.deliveries(None, 1000).await.unwrap()
 }
 
 /// How many distinct messages of `event_type` the receiver got for `key_id`.
 fn messages(rx: &Receiver, event_type: &str, key_id: &str) -> usize {
-    let received = rx.received.lock().unwrap();
-    received
-        .bodies
-        .values()
-        .filter(|b| b["type"] == event_type && b["data"]["key_id"] == key_id)
-        .count()
+    rx.messages(event_type, key_id)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -362,4 +306,71 @@ async fn an_event_is_given_up_after_its_retry_window() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(rx.refused.load(Ordering::SeqCst), refused);
     assert!(rx.received.lock().unwrap().bodies.is_empty());
+}
+
+/// Deliveries are bounded: with a receiver that holds every request open, no more than
+/// the configured number are in flight at once, however many events are due, and as
+/// each one is answered the next goes out, until every event has arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_are_bounded_in_flight_and_all_arrive() {
+    const BOUND: usize = 3;
+    const EVENTS: usize = 12;
+    let secret = WebhookSecret::generate();
+    let (rx, addr) = Receiver::holding(secret.clone()).await;
+    let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..EVENTS {
+        let created = store
+            .create(NewKey::new("acme").with_name(format!("key {i}")), "admin")
+            .await
+            .unwrap();
+        ids.push(created.record.id);
+    }
+    // Requests are held for as long as the test likes: no timeout, no retry.
+    let config = config(addr, &secret)
+        .timeout(Duration::from_secs(600))
+        .concurrency(BOUND);
+    let _deliverer = WebhookDeliverer::spawn(store.clone(), config);
+
+    // All twelve are due at once; the receiver holds what it gets.
+    eventually("the bound is reached", async || rx.in_flight() >= BOUND).await;
+    assert!(
+        rx.max_in_flight() <= BOUND,
+        "{} in flight",
+        rx.max_in_flight()
+    );
+    let mut released = 0;
+    while released < EVENTS {
+        // One answered, and (while any are left) the next one goes out.
+        rx.release(1);
+        released += 1;
+        let waiting = (EVENTS - released).min(BOUND);
+        eventually("the next delivery goes out", async || {
+            rx.count() == released && rx.in_flight() >= waiting
+        })
+        .await;
+        assert!(
+            rx.max_in_flight() <= BOUND,
+            "{} in flight",
+            rx.max_in_flight()
+        );
+        assert_eq!(rx.in_flight(), waiting);
+    }
+    assert_eq!(
+        rx.max_in_flight(),
+        BOUND,
+        "the bound was used, not exceeded"
+    );
+    eventually("every event is recorded delivered", async || {
+        all(&store)
+            .await
+            .iter()
+            .all(|d| d.state == DeliveryState::Delivered)
+    })
+    .await;
+    assert_eq!(rx.bad_signatures.load(Ordering::SeqCst), 0);
+    for id in &ids {
+        assert_eq!(rx.messages("key.created", id), 1, "{id}");
+    }
+    assert_eq!(rx.count(), EVENTS);
 }

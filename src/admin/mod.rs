@@ -6,15 +6,15 @@
 //! | `POST /admin/keys` | create a key | 201 with `key`, shown only here |
 //! | `GET /admin/keys[?consumer=…&q=…&limit=…&after=…]` | list keys, oldest first, revoked ones too (deleted ones not); `q` searches consumer and name | 200, never a key; `Link: <…?after=…>; rel="next"` when there are more |
 //! | `GET /admin/keys/{id}` | one record, with `last_used_at` and `revoked_at` | 200 or 404 |
-//! | `PATCH /admin/keys/{id}` `{"scopes"?,"expires_in_seconds"?}` | change scopes or expiry (`null`: never) | 200 with the record |
+//! | `PATCH /admin/keys/{id}` `{"scopes"?,"expires_in_seconds"?,"allowed_ips"?}` | change scopes, expiry (`null`: never) or allowlist (`[]`: anywhere); the key's cache entry goes at once | 200 with the record |
 //! | `POST /admin/keys/{id}/revoke` (no body) | revoke | 200 with the record; the key fails from the next request on |
 //! | `DELETE /admin/keys/{id}` | revoke and delete | 204; the key fails from the next request on, and `/admin/keys/{id}…` answers 404 |
 //! | `POST /admin/keys/{id}/rotate` `{"grace_seconds"}` | rotate | 201 with the new key |
-//! | `POST /admin/keys/import` `[{"hash","consumer","name"?,"scopes"?,"expires_at"?,"rate_limit"?,"allowed_ips"?}]` | import keys minted elsewhere by their SHA-256 (hex), all or nothing | 201 `{"imported","ids"}`; 422 naming the row (`[3].hash`) or beyond 10 000 keys; 409 for a hash already stored or twice in the import; 413 beyond 16 MiB |
+//! | `POST /admin/keys/import` `[{"hash","consumer","name"?,"scopes"?,"expires_at"?,"rate_limit"?,"allowed_ips"?}]` | import keys minted elsewhere by their SHA-256 (hex), all or nothing | 201 `{"imported","ids"}`; 422 beyond 10 000 keys, or naming every bad row in `errors` (`[{"row":3,"field":"[3].hash","detail"}]`; a bad member, or a hash already stored or twice in the import); 413 beyond 16 MiB |
 //! | `GET /admin/keys/{id}/usage` | usage | 200 `{"requests","rejected","last_used_at"}` |
 //! | `GET /admin/audit[?key_id=…]` | audit log | 200 `[{"at","event","key_id","actor"}]`, `leaked` entries with `url` and `source` |
 //! | `GET /admin/settings` | the lifetimes of new keys, and whether webhooks are on (for the dashboard) | 200 `{"default_key_ttl_seconds","max_key_ttl_seconds","webhooks"}` |
-//! | `GET /admin/webhooks/deliveries[?limit=…]` | the webhook delivery log, newest first (with [`AdminConfig::webhook_deliveries`]) | 200 `[{"id","type","key_id","state","attempts",…}]`, 404 without webhooks |
+//! | `GET /admin/webhooks/deliveries[?key_id=…&limit=…]` | the webhook delivery log, newest first, of all keys or of one (with [`AdminConfig::webhook_deliveries`]) | 200 `[{"id","type","key_id","state","attempts",…}]`, 404 without webhooks |
 //! | `GET /admin/` | the web dashboard (asks for an admin key) | 200 HTML |
 //! | `GET /admin/openapi.json` | this API's OpenAPI 3.1 document ([`openapi`]) | 200 JSON |
 //!
@@ -412,6 +412,7 @@ enum AuditEventName {
     Deleted,
     ExpiryChanged,
     ScopesChanged,
+    AllowedIpsChanged,
     Leaked,
     Imported,
 }
@@ -422,6 +423,8 @@ struct Problem {
     status: StatusCode,
     detail: String,
     field: Option<String>,
+    /// Each bad row of an import.
+    errors: Option<Vec<RowError>>,
 }
 
 impl IntoResponse for Problem {
@@ -434,6 +437,9 @@ impl IntoResponse for Problem {
         });
         if let Some(field) = self.field {
             body["field"] = json!(field);
+        }
+        if let Some(errors) = self.errors {
+            body["errors"] = json!(errors);
         }
         let mut response = (
             self.status,
@@ -457,6 +463,7 @@ fn problem(status: StatusCode, detail: impl Into<String>, field: Option<&str>) -
         status,
         detail: detail.into(),
         field: field.map(str::to_owned),
+        errors: None,
     }
 }
 
@@ -507,12 +514,11 @@ fn store_error(e: StoreError) -> Problem {
     match &e {
         StoreError::NotFound(_) => not_found(),
         StoreError::Invalid(detail) => problem(StatusCode::BAD_REQUEST, detail, None),
-        // A key's hash is unique: a row that has the hash of one stored, or of an earlier
-        // row (`AbC…` and `abc…` are one hash), conflicts with it.
-        StoreError::DuplicateHash { index, .. } => problem(
-            StatusCode::CONFLICT,
+        // Not reached from the import, which names each row itself.
+        StoreError::DuplicateHashes(_) => problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
             format!("{e}; nothing was imported"),
-            Some(&format!("[{index}].hash")),
+            None,
         ),
         StoreError::LastKey { scope } => problem(
             StatusCode::CONFLICT,
@@ -851,13 +857,12 @@ async fn create<S: KeyStore>(
 }
 
 #[utoipa::path(post, path = "/admin/keys/import", request_body = openapi::ImportRequest,
-    description = "Imports keys minted elsewhere by their SHA-256, all or nothing: any bad row fails the whole import naming it, e.g. field `[3].hash`. At most 10 000 keys and 16 MiB.",
+    description = "Imports keys minted elsewhere by their SHA-256, all or nothing: any bad row fails the whole import, and the 422 names every bad row in `errors` (`[{\"row\":3,\"field\":\"[3].hash\",\"detail\":…}]`; `field` names the first). A hash already stored, or one of an earlier row (in any case), is a bad row. At most 10 000 keys and 16 MiB.",
     responses(
         (status = 201, description = "Imported", body = ImportedBody),
         (status = 400, description = "The body is not a JSON array."),
-        (status = 409, description = "A row has the hash of a key already stored or of an earlier row (`field`: `[i].hash`); nothing was imported."),
         (status = 413, description = "The body is larger than 16 MiB."),
-        (status = 422, description = "More than 10 000 keys, or a row is wrong (`field` names it, e.g. `[3].hash`), or an expiry is past the longest lifetime; nothing was imported.")))]
+        (status = 422, description = "More than 10 000 keys, or rows are wrong: each is in `errors` (a bad member, an expiry past the longest lifetime, a hash already stored or repeated); nothing was imported.")))]
 async fn import<S: KeyStore>(
     State(store): State<CachedResolver<S>>,
     Extension(admin): Extension<Authenticated>,
@@ -898,34 +903,50 @@ async fn import<S: KeyStore>(
         }
         let now = SystemTime::now();
         let mut keys = Vec::with_capacity(rows.len());
+        let mut bad = Vec::new();
         for (index, row) in rows.iter().enumerate() {
-            let at = |field: &str| match field {
-                "" => format!("[{index}]"),
-                field => format!("[{index}].{field}"),
-            };
-            let mut key = ImportedKey::from_json(row)
-                .map_err(|e| invalid(&at(&e.field), format!("key {index}: {}", e.detail)))?;
-            // The lifetimes of new keys apply to imported ones: a default when none is
-            // given, and the maximum.
-            // A key that expired already is imported as it is: expired.
-            if key.expires_at.is_some_and(|t| t <= now) {
-                keys.push(key);
-                continue;
+            match import_row(row, now, &config.lifetimes) {
+                Ok(key) => keys.push((index, key)),
+                Err((field, detail)) => bad.push(RowError::new(index, &field, detail)),
             }
-            let asked = key
-                .expires_at
-                .map(|t| t.duration_since(now).unwrap_or_default());
-            let life = config
-                .lifetimes
-                .expires_in(asked)
-                .map_err(|e| invalid(&at("expires_at"), format!("key {index}: {e}")))?;
-            key.expires_at = life.map(|life| now + life);
-            keys.push(key);
         }
-        let records = store
-            .import(keys, admin.key_id())
-            .await
-            .map_err(store_error)?;
+        if !bad.is_empty() {
+            // Name the rows refused for their hash too, so that one answer names every
+            // bad row: repeats within the batch, and hashes already stored.
+            let mut batch = std::collections::HashMap::new();
+            for (index, key) in &keys {
+                if let Some(earlier) = batch.insert(key.hash, *index) {
+                    let detail = format!("the same key hash as row {earlier}");
+                    bad.push(RowError::new(*index, "hash", detail));
+                } else if store
+                    .resolver()
+                    .resolve(&key.hash)
+                    .await
+                    .map_err(|e| store_error(StoreError::Backend(Box::new(e))))?
+                    .is_some()
+                {
+                    let detail = "a key with this hash is already stored";
+                    bad.push(RowError::new(*index, "hash", detail));
+                }
+            }
+            return Err(bad_rows(bad));
+        }
+        let keys = keys.into_iter().map(|(_, key)| key).collect();
+        let records = match store.import(keys, admin.key_id()).await {
+            Ok(records) => records,
+            // Every row reached the store, in order: its indexes are the body's.
+            Err(StoreError::DuplicateHashes(rows)) => {
+                let bad = rows.iter().map(|d| {
+                    let detail = match d.earlier {
+                        Some(earlier) => format!("the same key hash as row {earlier}"),
+                        None => "a key with this hash is already stored".to_owned(),
+                    };
+                    RowError::new(d.index, "hash", detail)
+                });
+                return Err(bad_rows(bad.collect()));
+            }
+            Err(e) => return Err(store_error(e)),
+        };
         let body = ImportedBody {
             imported: records.len(),
             ids: records.into_iter().map(|r| r.id).collect(),
@@ -933,6 +954,73 @@ async fn import<S: KeyStore>(
         Ok::<_, Problem>((StatusCode::CREATED, Json(body)).into_response())
     };
     result.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// One import row, checked, with the lifetimes of new keys applied: or the member at
+/// fault (`""` for the row itself) and what is wrong with it.
+fn import_row(
+    row: &Value,
+    now: SystemTime,
+    lifetimes: &KeyLifetimes,
+) -> Result<ImportedKey, (String, String)> {
+    let mut key = ImportedKey::from_json(row).map_err(|e| (e.field, e.detail))?;
+    // A key that expired already is imported as it is: expired.
+    if key.expires_at.is_some_and(|t| t <= now) {
+        return Ok(key);
+    }
+    // The lifetimes of new keys apply to imported ones: a default when none is given,
+    // and the maximum.
+    let asked = key
+        .expires_at
+        .map(|t| t.duration_since(now).unwrap_or_default());
+    let life = lifetimes
+        .expires_in(asked)
+        .map_err(|e| ("expires_at".to_owned(), e.to_string()))?;
+    key.expires_at = life.map(|life| now + life);
+    Ok(key)
+}
+
+/// A bad row of an import, as the 422's `errors` lists it.
+#[derive(Debug, Serialize)]
+struct RowError {
+    /// The row, from 0.
+    row: usize,
+    /// The member at fault, as `field` names it elsewhere: `[3].hash`, `[3]` for the
+    /// row itself.
+    field: String,
+    /// What is wrong with it (never the value, which could be a key).
+    detail: String,
+}
+
+impl RowError {
+    fn new(row: usize, member: &str, detail: impl Into<String>) -> Self {
+        let field = match member {
+            "" => format!("[{row}]"),
+            member => format!("[{row}].{member}"),
+        };
+        Self {
+            row,
+            field,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// The 422 of an import with bad rows: `errors` names each (in row order), `field` and
+/// `detail` the first, as every other 422 does.
+fn bad_rows(mut rows: Vec<RowError>) -> Problem {
+    rows.sort_by_key(|r| r.row);
+    let first = &rows[0];
+    let detail = match rows.len() {
+        1 => format!("{}: {}; nothing was imported", first.field, first.detail),
+        n => format!(
+            "{n} rows are wrong, the first {}: {}; nothing was imported (errors lists them all)",
+            first.field, first.detail
+        ),
+    };
+    let mut problem = invalid(&first.field.clone(), detail);
+    problem.errors = Some(rows);
+    problem
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -1059,6 +1147,7 @@ async fn show<S: KeyStore>(State(store): State<CachedResolver<S>>, KeyId(id): Ke
 }
 
 #[utoipa::path(patch, path = "/admin/keys/{id}", params(openapi::KeyIdPath), request_body = openapi::UpdateKeyRequest,
+    description = "Changes the key's scopes, expiry or networks (`allowed_ips`; `[]`: anywhere). Every field given is checked before any is changed, and each change is audited. The key's cached record goes at once on this instance, and through the change feed on the others: a new allowlist refuses a request from outside it from the next one on.",
     responses(
         (status = 200, description = "Changed; the record", body = KeyBody),
         (status = 400, description = "The body is not a JSON object."),
@@ -1074,15 +1163,22 @@ async fn update<S: KeyStore>(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
-        let map = object(&body.map_err(unread)?, &["scopes", "expires_in_seconds"])?;
+        let fields = ["scopes", "expires_in_seconds", "allowed_ips"];
+        let map = object(&body.map_err(unread)?, &fields)?;
+        let nothing = "give scopes, expires_in_seconds, allowed_ips or more than one";
         if map.is_empty() {
-            return Err(invalid("scopes", "give scopes, expires_in_seconds or both"));
+            return Err(invalid("scopes", nothing));
         }
-        // Both checked before either is changed.
+        // All checked before any is changed.
         let scopes = map
             .get("scopes")
             .is_some_and(|v| !v.is_null())
             .then(|| scopes(&map))
+            .transpose()?;
+        let networks = map
+            .get("allowed_ips")
+            .is_some_and(|v| !v.is_null())
+            .then(|| allowed_ips(&map))
             .transpose()?;
         let expiry = match map.get("expires_in_seconds") {
             None => None,
@@ -1097,8 +1193,8 @@ async fn update<S: KeyStore>(
                 .map_err(|e| invalid("expires_in_seconds", e.to_string()))?;
         }
         let expiry = expiry.map(|life| life.map(|life| SystemTime::now() + life));
-        if scopes.is_none() && expiry.is_none() {
-            return Err(invalid("scopes", "nothing to change"));
+        if scopes.is_none() && expiry.is_none() && networks.is_none() {
+            return Err(invalid("scopes", nothing));
         }
         changeable_key(&store, &id).await?;
         not_the_caller(&id, &admin, "change")?;
@@ -1115,6 +1211,14 @@ async fn update<S: KeyStore>(
             record = Some(
                 store
                     .set_expiry(&id, at, admin.key_id())
+                    .await
+                    .map_err(store_error)?,
+            );
+        }
+        if let Some(networks) = networks {
+            record = Some(
+                store
+                    .set_allowed_ips(&id, networks, admin.key_id())
                     .await
                     .map_err(store_error)?,
             );
@@ -1361,14 +1465,17 @@ struct DeliveriesParams {
     /// At most this many (default 100).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
+    /// Only this key's events.
+    #[param(pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
+    key_id: Option<String>,
 }
 
 #[utoipa::path(get, path = "/admin/webhooks/deliveries", params(DeliveriesParams),
     responses(
         (status = 200, description = "The latest deliveries, newest first", body = Vec<DeliveryBody>),
-        (status = 400, description = "A query parameter other than `limit`, or a `limit` that is not a whole number."),
+        (status = 400, description = "A query parameter other than `limit` and `key_id`, or a `limit` that is not a whole number."),
         (status = 404, description = "Webhooks are not configured."),
-        (status = 422, description = "`limit` is not between 1 and 1000.")))]
+        (status = 422, description = "`limit` is not between 1 and 1000, or `key_id` holds control characters.")))]
 async fn deliveries(
     Extension(config): Extension<AdminConfig>,
     params: Result<Query<DeliveriesParams>, axum::extract::rejection::QueryRejection>,
@@ -1376,7 +1483,7 @@ async fn deliveries(
     let Ok(Query(params)) = params else {
         return problem(
             StatusCode::BAD_REQUEST,
-            "the only query parameter is limit, a number",
+            "the query parameters are limit, a number, and key_id",
             None,
         )
         .into_response();
@@ -1385,10 +1492,18 @@ async fn deliveries(
     if !(1..=1000).contains(&limit) {
         return invalid("limit", "limit must be between 1 and 1000").into_response();
     }
+    // As the audit log's filter: named here, before a store refuses it (PostgreSQL: NUL).
+    if params
+        .key_id
+        .as_deref()
+        .is_some_and(|id| id.chars().any(char::is_control))
+    {
+        return invalid("key_id", "key_id must not hold control characters").into_response();
+    }
     let Some(Outbox(outbox)) = &config.deliveries else {
         return problem(StatusCode::NOT_FOUND, "webhooks are not configured", None).into_response();
     };
-    match outbox.deliveries(limit).await {
+    match outbox.deliveries(params.key_id.as_deref(), limit).await {
         Ok(log) => Json(log.iter().map(delivery_body).collect::<Vec<_>>()).into_response(),
         Err(e) => store_error(e).into_response(),
     }

@@ -20,7 +20,7 @@
 //!    schema (RFC 9457: `type`, `title`, `status`, `detail`, and `field` for a 422). The
 //!    usual ones: 400 the body is not JSON (or not the right JSON type), 413 the body is too
 //!    large, 422 a field is wrong (`field` names it), 409 a conflict with what is stored
-//!    (the caller's own key, a hash already stored), 404 no such key.
+//!    (the caller's own key, a revoked key), 404 no such key.
 //! 3. **Keys: say nothing.** An operation that declares no `security` sits behind the key
 //!    layer and the scope check, and [`Conventions`] adds to it the key schemes (`bearer`,
 //!    `api_key`) and what they answer: 400 (two different keys), 401 (no key, or a bad,
@@ -237,11 +237,12 @@ pub(super) struct RateLimitRequest {
     burst: Option<u64>,
 }
 
-/// `PATCH /admin/keys/{id}`: `scopes`, `expires_in_seconds` or both.
+/// `PATCH /admin/keys/{id}`: any of `scopes`, `expires_in_seconds` and `allowed_ips`.
 #[allow(dead_code)] // Documents the body; the handler checks it field by field.
 pub(super) struct UpdateKeyRequest {
     scopes: Option<Vec<String>>,
     expires_in_seconds: Option<Option<u64>>,
+    allowed_ips: Option<Vec<String>>,
 }
 
 impl PartialSchema for UpdateKeyRequest {
@@ -263,29 +264,37 @@ impl PartialSchema for UpdateKeyRequest {
                         "Seconds from now until the key expires, or `null`: never.",
                     )),
             )
+            .property(
+                "allowed_ips",
+                networks_schema().description(Some(format!(
+                    "The networks the key may be used from from now on: CIDRs such as \
+                     `10.0.0.0/8` or `2001:db8::/32`, or single addresses; at most \
+                     {MAX_NETWORKS} (`[]`: anywhere; `null`: unchanged)."
+                ))),
+            )
             .additional_properties(Some(AdditionalProperties::FreeForm(false)));
-        // Something to change: an expiry (a number or `null`), or scopes that are a list.
+        // Something to change: an expiry (a number or `null`), or scopes or networks
+        // that are a list.
+        let list = |field: &str| {
+            ObjectBuilder::new()
+                .schema_type(SchemaType::AnyValue)
+                .required(field)
+                .property(field, ObjectBuilder::new().schema_type(Type::Array).build())
+        };
         let something = AnyOfBuilder::new()
             .item(
                 ObjectBuilder::new()
                     .schema_type(SchemaType::AnyValue)
                     .required("expires_in_seconds"),
             )
-            .item(
-                ObjectBuilder::new()
-                    .schema_type(SchemaType::AnyValue)
-                    .required("scopes")
-                    .property(
-                        "scopes",
-                        ObjectBuilder::new().schema_type(Type::Array).build(),
-                    ),
-            );
+            .item(list("scopes"))
+            .item(list("allowed_ips"));
         AllOfBuilder::new()
             .item(fields)
             .item(something)
             .description(Some(
-                "`PATCH /admin/keys/{id}`: `scopes`, `expires_in_seconds` or both; \
-                 both are checked before either is changed.",
+                "`PATCH /admin/keys/{id}`: any of `scopes`, `expires_in_seconds` and \
+                 `allowed_ips`; all are checked before any is changed.",
             ))
             .into()
     }
@@ -446,6 +455,27 @@ fn problem_schema() -> Schema {
         .property(
             "field",
             text("The request field at fault (`consumer`, `rate_limit.requests`, `[3].hash`)."),
+        )
+        .property(
+            "errors",
+            ArrayBuilder::new()
+                .items(
+                    ObjectBuilder::new()
+                        .property(
+                            "row",
+                            ObjectBuilder::new()
+                                .schema_type(Type::Integer)
+                                .minimum(Some(0)),
+                        )
+                        .required("row")
+                        .property("field", text("The member at fault (`[3].hash`)."))
+                        .required("field")
+                        .property("detail", text("What is wrong with it."))
+                        .required("detail"),
+                )
+                .description(Some(
+                    "For an import (422): every bad row, in row order; `field` names the first.",
+                )),
         )
         .into()
 }
@@ -858,6 +888,19 @@ mod tests {
             update["allOf"][1]["anyOf"][1]["required"],
             json!(["scopes"])
         );
+        assert_eq!(
+            update["allOf"][1]["anyOf"][2]["required"],
+            json!(["allowed_ips"])
+        );
+        let networks = &fields["properties"]["allowed_ips"];
+        assert_eq!(networks["maxItems"], MAX_NETWORKS);
+        assert_eq!(networks["items"]["pattern"], NETWORK_PATTERN);
+        // An import's 422 lists every bad row.
+        let problem = schema(&doc, "Problem");
+        assert_eq!(
+            problem["properties"]["errors"]["items"]["required"],
+            json!(["row", "field", "detail"])
+        );
 
         let import = schema(&doc, "ImportKeyRequest");
         assert_eq!(import["additionalProperties"], false);
@@ -961,6 +1004,7 @@ mod tests {
             AuditEvent::Deleted,
             AuditEvent::ExpiryChanged,
             AuditEvent::ScopesChanged,
+            AuditEvent::AllowedIpsChanged,
             AuditEvent::Leaked {
                 url: String::new(),
                 source: String::new(),
@@ -977,6 +1021,7 @@ mod tests {
             | AuditEvent::Deleted
             | AuditEvent::ExpiryChanged
             | AuditEvent::ScopesChanged
+            | AuditEvent::AllowedIpsChanged
             | AuditEvent::Leaked { .. }
             | AuditEvent::Imported => e.name(),
         })

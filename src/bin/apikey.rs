@@ -8,13 +8,15 @@
 //! apikey revoke <id>
 //! apikey delete <id>
 //! apikey rotate <id> [--grace 3600]
+//! apikey allowlist <id> --allow-ip 10.0.0.0/8 [--allow-ip 2001:db8::/32]   (or --anywhere)
 //! apikey verify <key>
 //! apikey import keys.jsonl
 //! ```
 //!
 //! `import` reads keys minted elsewhere, one JSON object a line
 //! (`{"hash","consumer","name"?,"scopes"?,"expires_at"?,"rate_limit"?,"allowed_ips"?}`,
-//! `hash` being the hex SHA-256 of the key), and stores them all or none.
+//! `hash` being the hex SHA-256 of the key), and stores them all or none: a file with
+//! bad lines is refused with one message naming every one of them.
 //!
 //! Add `--json` for output that scripts read. Errors are one line on stderr and a
 //! non-zero exit code.
@@ -117,6 +119,20 @@ enum Command {
         /// Seconds the old key keeps working.
         #[arg(long, default_value_t = 0)]
         grace: u64,
+    },
+    /// Replace the networks a key may be used from: the --allow-ip networks, or with
+    /// --anywhere none (the key works from anywhere).
+    #[command(group(clap::ArgGroup::new("networks").required(true).args(["allowed_ips", "anywhere"])))]
+    Allowlist {
+        /// The key's id.
+        id: String,
+        /// A network the key may be used from, such as 10.0.0.0/8, 2001:db8::/32 or one
+        /// address (repeatable).
+        #[arg(long = "allow-ip")]
+        allowed_ips: Vec<String>,
+        /// Take the key's allowlist away: it works from anywhere.
+        #[arg(long, conflicts_with = "allowed_ips")]
+        anywhere: bool,
     },
     /// Check a key: its format, and whether it exists and may be used. Exits 1 if not.
     Verify {
@@ -332,18 +348,38 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             }
             .map_err(|e| format!("{}: {e}", file.display()))?;
             let lifetimes = lifetimes(default_ttl.as_deref(), max_ttl.as_deref())?;
-            let (keys, lines) = import_rows(&text, &lifetimes)?;
+            let (keys, lines, mut bad) = import_rows(&text, &lifetimes);
+            if !bad.is_empty() {
+                // Name the lines refused for their hash too: one message, every bad line.
+                let mut seen = std::collections::HashMap::new();
+                for (key, &line) in keys.iter().zip(&lines) {
+                    if let Some(earlier) = seen.insert(key.hash, line) {
+                        bad.push((line, format!("the same hash as line {earlier}")));
+                    } else if store
+                        .resolve(&key.hash)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .is_some()
+                    {
+                        bad.push((line, "a key with this hash is already stored".to_owned()));
+                    }
+                }
+                return Err(bad_lines(bad));
+            }
             let records = store.import(keys, "cli").await.map_err(|e| match e {
-                StoreError::DuplicateHash { index, earlier } => match earlier {
-                    Some(earlier) => format!(
-                        "line {}: the same hash as line {}; nothing was imported",
-                        lines[index], lines[earlier]
-                    ),
-                    None => format!(
-                        "line {}: a key with this hash is already stored; nothing was imported",
-                        lines[index]
-                    ),
-                },
+                StoreError::DuplicateHashes(rows) => bad_lines(
+                    rows.iter()
+                        .map(|d| {
+                            let why = match d.earlier {
+                                Some(earlier) => {
+                                    format!("the same hash as line {}", lines[earlier])
+                                }
+                                None => "a key with this hash is already stored".to_owned(),
+                            };
+                            (lines[d.index], why)
+                        })
+                        .collect(),
+                ),
                 other => other.to_string(),
             })?;
             if json_out {
@@ -351,6 +387,29 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 println!("{}", json!({ "imported": records.len(), "ids": ids }));
             } else {
                 println!("imported {} keys", records.len());
+            }
+        }
+        Command::Allowlist {
+            id,
+            allowed_ips,
+            anywhere: _,
+        } => {
+            let networks = allowed_ips
+                .iter()
+                .map(|s| parse_network(s).map_err(|e| format!("--allow-ip {s:?}: {e}")))
+                .collect::<Result<Vec<_>, _>>()?;
+            let record = store
+                .set_allowed_ips(&id, networks, "cli")
+                .await
+                .map_err(|e| e.to_string())?;
+            if json_out {
+                println!("{}", record_json(&record));
+            } else if record.allowed_ips.is_empty() {
+                println!("{} may be used from anywhere", record.id);
+            } else {
+                let networks: Vec<String> =
+                    record.allowed_ips.iter().map(ToString::to_string).collect();
+                println!("{} may be used from {}", record.id, networks.join(", "));
             }
         }
         Command::Verify { key } => {
@@ -373,35 +432,53 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The keys of a JSON lines file, and the line number of each; the first bad line is
-/// an error naming it, and then nothing is imported.
+/// The keys of a JSON lines file and the line number of each, and every bad line:
+/// its number and what is wrong with it.
 fn import_rows(
     text: &str,
     lifetimes: &KeyLifetimes,
-) -> Result<(Vec<ImportedKey>, Vec<usize>), String> {
+) -> (Vec<ImportedKey>, Vec<usize>, Vec<(usize, String)>) {
     let now = SystemTime::now();
     let mut keys = Vec::new();
     let mut lines = Vec::new();
+    let mut bad = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let n = i + 1;
         if line.trim().is_empty() {
             continue;
         }
-        let fail = |detail: String| format!("line {n}: {detail}; nothing was imported");
-        let value: Value =
-            serde_json::from_str(line).map_err(|e| fail(format!("not valid JSON ({e})")))?;
-        let mut key = ImportedKey::from_json(&value).map_err(|e| fail(e.to_string()))?;
-        let asked = key
-            .expires_at
-            .map(|t| t.duration_since(now).unwrap_or_default());
-        let life = lifetimes
-            .expires_in(asked)
-            .map_err(|e| fail(format!("expires_at: {e}")))?;
-        key.expires_at = life.map(|life| now + life);
-        keys.push(key);
-        lines.push(n);
+        let key = serde_json::from_str::<Value>(line)
+            .map_err(|e| format!("not valid JSON ({e})"))
+            .and_then(|value| ImportedKey::from_json(&value).map_err(|e| e.to_string()))
+            .and_then(|mut key| {
+                let asked = key
+                    .expires_at
+                    .map(|t| t.duration_since(now).unwrap_or_default());
+                let life = lifetimes
+                    .expires_in(asked)
+                    .map_err(|e| format!("expires_at: {e}"))?;
+                key.expires_at = life.map(|life| now + life);
+                Ok(key)
+            });
+        match key {
+            Ok(key) => {
+                keys.push(key);
+                lines.push(n);
+            }
+            Err(why) => bad.push((n, why)),
+        }
     }
-    Ok((keys, lines))
+    (keys, lines, bad)
+}
+
+/// One line naming every bad line of an import, in line order.
+fn bad_lines(mut bad: Vec<(usize, String)>) -> String {
+    bad.sort_by_key(|(line, _)| *line);
+    let each: Vec<String> = bad
+        .iter()
+        .map(|(line, why)| format!("line {line}: {why}"))
+        .collect();
+    format!("{}; nothing was imported", each.join("; "))
 }
 
 /// Whether `key` works, and if not, why.

@@ -313,14 +313,11 @@ impl KeyStore for MemoryStore {
         let mut records = self.write();
         let mut batch = BatchHashes::default();
         for (index, key) in keys.iter().enumerate() {
-            if records.by_hash.contains_key(&key.hash) {
-                return Err(StoreError::DuplicateHash {
-                    index,
-                    earlier: None,
-                });
+            if batch.first(index, key.hash) && records.by_hash.contains_key(&key.hash) {
+                batch.stored(index, key.hash);
             }
-            batch.add(index, key.hash)?;
         }
+        batch.check()?;
         let mut imported = Vec::with_capacity(keys.len());
         for key in keys {
             let record = records.add(key.into_record(now));
@@ -465,6 +462,22 @@ impl KeyStore for MemoryStore {
         let record = record.clone();
         records.log(now, AuditEvent::ScopesChanged, id, actor);
         records.changed(now, &record, ChangeKind::ScopesChanged);
+        Ok(record)
+    }
+
+    async fn set_allowed_ips(
+        &self,
+        id: &str,
+        networks: Vec<ipnet::IpNet>,
+        actor: &str,
+    ) -> Result<KeyRecord, StoreError> {
+        let now = SystemTime::now();
+        let mut records = self.write();
+        let record = records.live_mut(id)?;
+        record.allowed_ips = networks;
+        let record = record.clone();
+        records.log(now, AuditEvent::AllowedIpsChanged, id, actor);
+        records.changed(now, &record, ChangeKind::AllowedIpsChanged);
         Ok(record)
     }
 
@@ -759,12 +772,17 @@ impl WebhookOutbox for MemoryStore {
         Ok(())
     }
 
-    async fn deliveries(&self, limit: usize) -> Result<Vec<Delivery>, StoreError> {
+    async fn deliveries(
+        &self,
+        key_id: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
         let records = self.read();
         Ok(records
             .outbox
             .iter()
             .rev()
+            .filter(|e| key_id.is_none_or(|id| e.event.data.key_id == id))
             .take(limit)
             .map(|e| Delivery {
                 id: e.event.id.clone(),

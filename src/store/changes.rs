@@ -54,13 +54,15 @@ pub enum ChangeKind {
     ExpiryChanged,
     /// The key's scopes changed.
     ScopesChanged,
+    /// The networks the key may be used from changed.
+    AllowedIpsChanged,
     /// The record changed in some other way (a record replaced as a whole, say).
     Updated,
 }
 
 impl ChangeKind {
     /// A stable snake_case name, as stored: `created`, `revoked`, `rotated`,
-    /// `expiry_changed`, `scopes_changed`, `updated`.
+    /// `expiry_changed`, `scopes_changed`, `allowed_ips_changed`, `updated`.
     pub fn name(self) -> &'static str {
         match self {
             Self::Created => "created",
@@ -68,6 +70,7 @@ impl ChangeKind {
             Self::Rotated => "rotated",
             Self::ExpiryChanged => "expiry_changed",
             Self::ScopesChanged => "scopes_changed",
+            Self::AllowedIpsChanged => "allowed_ips_changed",
             Self::Updated => "updated",
         }
     }
@@ -82,6 +85,7 @@ impl ChangeKind {
             "rotated" => Self::Rotated,
             "expiry_changed" => Self::ExpiryChanged,
             "scopes_changed" => Self::ScopesChanged,
+            "allowed_ips_changed" => Self::AllowedIpsChanged,
             _ => Self::Updated,
         }
     }
@@ -170,6 +174,7 @@ mod tests {
             ChangeKind::Rotated,
             ChangeKind::ExpiryChanged,
             ChangeKind::ScopesChanged,
+            ChangeKind::AllowedIpsChanged,
             ChangeKind::Updated,
         ] {
             assert_eq!(ChangeKind::from_name(kind.name()), kind);

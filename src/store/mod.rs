@@ -271,20 +271,72 @@ impl ImportedKey {
     }
 }
 
-/// Remembers the hashes of an import batch: `Err` names the row whose hash an earlier
-/// row already has.
+/// An import row refused because of its hash, from [`StoreError::DuplicateHashes`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DuplicateRow {
+    /// The row, from 0.
+    pub index: usize,
+    /// The earlier row of the batch with the same hash, when the hash is not stored but
+    /// repeated in the batch; `None`: a key with this hash is already stored.
+    pub earlier: Option<usize>,
+}
+
+impl fmt::Display for DuplicateRow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.earlier {
+            Some(earlier) => write!(f, "row {}: the same key hash as row {earlier}", self.index),
+            None => write!(
+                f,
+                "row {}: a key with this hash is already stored",
+                self.index
+            ),
+        }
+    }
+}
+
+/// The hashes of an import batch, and every row refused for its hash. A store calls
+/// [`first`](Self::first) for each row in order, and [`stored`](Self::stored) for a
+/// first row whose hash turns out to be stored already.
 #[derive(Default)]
-pub(crate) struct BatchHashes(std::collections::HashMap<KeyHash, usize>);
+pub(crate) struct BatchHashes {
+    /// The first row of each hash, and whether its hash was stored already.
+    first: std::collections::HashMap<KeyHash, (usize, bool)>,
+    duplicates: Vec<DuplicateRow>,
+}
 
 impl BatchHashes {
-    pub(crate) fn add(&mut self, index: usize, hash: KeyHash) -> Result<(), StoreError> {
-        match self.0.insert(hash, index) {
-            Some(earlier) => Err(StoreError::DuplicateHash {
-                index,
-                earlier: Some(earlier),
-            }),
-            None => Ok(()),
+    /// Is row `index` the first of the batch with `hash`? If not it is refused: as
+    /// stored when the first one's hash is stored, else as repeating the first one.
+    pub(crate) fn first(&mut self, index: usize, hash: KeyHash) -> bool {
+        match self.first.get(&hash) {
+            Some(&(earlier, stored)) => {
+                let earlier = (!stored).then_some(earlier);
+                self.duplicates.push(DuplicateRow { index, earlier });
+                false
+            }
+            None => {
+                self.first.insert(hash, (index, false));
+                true
+            }
         }
+    }
+
+    /// Row `index`, the first with `hash`, has the hash of a key already stored.
+    pub(crate) fn stored(&mut self, index: usize, hash: KeyHash) {
+        self.first.insert(hash, (index, true));
+        self.duplicates.push(DuplicateRow {
+            index,
+            earlier: None,
+        });
+    }
+
+    /// `Err` naming every refused row, in row order, if there is one.
+    pub(crate) fn check(mut self) -> Result<(), StoreError> {
+        if self.duplicates.is_empty() {
+            return Ok(());
+        }
+        self.duplicates.sort_by_key(|d| d.index);
+        Err(StoreError::DuplicateHashes(self.duplicates))
     }
 }
 
@@ -453,6 +505,9 @@ pub enum AuditEvent {
     ExpiryChanged,
     /// The key's scopes were changed.
     ScopesChanged,
+    /// The networks the key may be used from were changed
+    /// ([`KeyStore::set_allowed_ips`]).
+    AllowedIpsChanged,
     /// The key was minted elsewhere and imported by its hash ([`KeyStore::import`]).
     Imported,
     /// The key was reported leaked (by a secret scanner, such as GitHub's): where it
@@ -470,7 +525,8 @@ pub enum AuditEvent {
 
 impl AuditEvent {
     /// A stable snake_case name: `created`, `rotated`, `expired_by_rotation`, `revoked`,
-    /// `deleted`, `expiry_changed`, `scopes_changed`, `leaked`, `imported`.
+    /// `deleted`, `expiry_changed`, `scopes_changed`, `allowed_ips_changed`, `leaked`,
+    /// `imported`.
     pub fn name(&self) -> &'static str {
         match self {
             Self::Created => "created",
@@ -480,6 +536,7 @@ impl AuditEvent {
             Self::Deleted => "deleted",
             Self::ExpiryChanged => "expiry_changed",
             Self::ScopesChanged => "scopes_changed",
+            Self::AllowedIpsChanged => "allowed_ips_changed",
             Self::Leaked { .. } => "leaked",
             Self::Imported => "imported",
         }
@@ -509,16 +566,11 @@ pub enum StoreError {
     /// The request is not valid (for example a malformed cursor).
     #[error("invalid request: {0}")]
     Invalid(String),
-    /// An [import](KeyStore::import) was refused, and nothing imported, because row
-    /// `index` (from 0) has a hash that is already stored or, with `earlier`, the hash
-    /// of an earlier row of the batch.
-    #[error("{}", duplicate_message(*.index, *.earlier))]
-    DuplicateHash {
-        /// The row, from 0.
-        index: usize,
-        /// The earlier row with the same hash, if the duplicate is within the batch.
-        earlier: Option<usize>,
-    },
+    /// An [import](KeyStore::import) was refused, and nothing imported, because of the
+    /// hashes of these rows (every such row of the batch, in row order): each is already
+    /// stored or repeats an earlier row's.
+    #[error("{}", duplicate_message(.0))]
+    DuplicateHashes(Vec<DuplicateRow>),
     /// [`KeyStore::revoke_unless_last`] or [`KeyStore::delete_unless_last`] refused: the
     /// key is its consumer's last active key granting `scope`.
     #[error("this is the consumer's last active key with scope {scope:?}")]
@@ -531,11 +583,9 @@ pub enum StoreError {
     Backend(#[source] Box<dyn StdError + Send + Sync>),
 }
 
-fn duplicate_message(index: usize, earlier: Option<usize>) -> String {
-    match earlier {
-        Some(earlier) => format!("import row {index}: the same key hash as row {earlier}"),
-        None => format!("import row {index}: a key with this hash is already stored"),
-    }
+fn duplicate_message(rows: &[DuplicateRow]) -> String {
+    let rows: Vec<String> = rows.iter().map(ToString::to_string).collect();
+    format!("import {}", rows.join("; "))
 }
 
 impl From<StoreError> for ResolveError {
@@ -552,8 +602,9 @@ impl From<StoreError> for ResolveError {
 /// A revoked key stays what it was, for anyone to look into; a [deleted](Self::delete)
 /// one is revoked and gone from its id: [`list`](Self::list) leaves it out, and every
 /// change to it ([`revoke`](Self::revoke), [`rotate`](Self::rotate),
-/// [`set_expiry`](Self::set_expiry), [`set_scopes`](Self::set_scopes), deleting it
-/// again) is [`StoreError::NotFound`]. The store keeps its row: [`get`](Self::get) and
+/// [`set_expiry`](Self::set_expiry), [`set_scopes`](Self::set_scopes),
+/// [`set_allowed_ips`](Self::set_allowed_ips), deleting it again) is
+/// [`StoreError::NotFound`]. The store keeps its row: [`get`](Self::get) and
 /// [`resolve`](KeyResolver::resolve) still find it (with
 /// [`deleted_at`](KeyRecord::deleted_at)), and its audit log and past usage stay.
 #[async_trait::async_trait]
@@ -626,6 +677,16 @@ pub trait KeyStore: KeyResolver {
         actor: &str,
     ) -> Result<KeyRecord, StoreError>;
 
+    /// Replaces the networks the key may be used from (empty: anywhere), with an
+    /// [`AuditEvent::AllowedIpsChanged`] entry and a [`ChangeKind::AllowedIpsChanged`]
+    /// change, so that caches that follow the change feed drop the key.
+    async fn set_allowed_ips(
+        &self,
+        id: &str,
+        networks: Vec<ipnet::IpNet>,
+        actor: &str,
+    ) -> Result<KeyRecord, StoreError>;
+
     /// Adds usage counts (unknown ids are ignored).
     async fn record_usage(&self, deltas: &[UsageDelta]) -> Result<(), StoreError>;
 
@@ -674,7 +735,7 @@ pub trait KeyStore: KeyResolver {
 
     /// Stores keys minted elsewhere, by their hashes, all or nothing: if any row's hash
     /// is already stored or repeats an earlier row's, nothing is imported and the error
-    /// ([`StoreError::DuplicateHash`]) names the row. Each imported key gets a fresh id,
+    /// ([`StoreError::DuplicateHashes`]) names every such row. Each imported key gets a fresh id,
     /// an [`AuditEvent::Imported`] entry by `actor` and a
     /// [`ChangeKind::Created`] change. Returns the records in the order of `keys`.
     async fn import(
@@ -740,6 +801,14 @@ impl<T: KeyStore + ?Sized> KeyStore for std::sync::Arc<T> {
         actor: &str,
     ) -> Result<KeyRecord, StoreError> {
         (**self).set_scopes(id, scopes, actor).await
+    }
+    async fn set_allowed_ips(
+        &self,
+        id: &str,
+        networks: Vec<ipnet::IpNet>,
+        actor: &str,
+    ) -> Result<KeyRecord, StoreError> {
+        (**self).set_allowed_ips(id, networks, actor).await
     }
     async fn record_usage(&self, deltas: &[UsageDelta]) -> Result<(), StoreError> {
         (**self).record_usage(deltas).await
@@ -874,6 +943,18 @@ impl<S: KeyStore> KeyStore for CachedResolver<S> {
         actor: &str,
     ) -> Result<KeyRecord, StoreError> {
         let record = self.resolver().set_scopes(id, scopes, actor).await?;
+        self.invalidate(&record.hash).await;
+        Ok(record)
+    }
+
+    async fn set_allowed_ips(
+        &self,
+        id: &str,
+        networks: Vec<ipnet::IpNet>,
+        actor: &str,
+    ) -> Result<KeyRecord, StoreError> {
+        let record = self.resolver().set_allowed_ips(id, networks, actor).await?;
+        // The entry would let the key in from outside its new list until it expired.
         self.invalidate(&record.hash).await;
         Ok(record)
     }

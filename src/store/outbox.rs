@@ -286,8 +286,13 @@ pub trait WebhookOutbox: Send + Sync + 'static {
     /// event was pruned).
     async fn record_attempt(&self, id: &str, attempt: &Attempt) -> Result<(), StoreError>;
 
-    /// The delivery log: the newest `limit` events, newest first.
-    async fn deliveries(&self, limit: usize) -> Result<Vec<Delivery>, StoreError>;
+    /// The delivery log: the newest `limit` events, newest first; with `key_id`, only
+    /// the events of that key.
+    async fn deliveries(
+        &self,
+        key_id: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError>;
 }
 
 #[async_trait::async_trait]
@@ -310,8 +315,12 @@ impl<T: WebhookOutbox + ?Sized> WebhookOutbox for Arc<T> {
     async fn record_attempt(&self, id: &str, attempt: &Attempt) -> Result<(), StoreError> {
         (**self).record_attempt(id, attempt).await
     }
-    async fn deliveries(&self, limit: usize) -> Result<Vec<Delivery>, StoreError> {
-        (**self).deliveries(limit).await
+    async fn deliveries(
+        &self,
+        key_id: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        (**self).deliveries(key_id, limit).await
     }
 }
 
@@ -335,8 +344,12 @@ impl<S: WebhookOutbox + crate::KeyResolver> WebhookOutbox for crate::CachedResol
     async fn record_attempt(&self, id: &str, attempt: &Attempt) -> Result<(), StoreError> {
         self.resolver().record_attempt(id, attempt).await
     }
-    async fn deliveries(&self, limit: usize) -> Result<Vec<Delivery>, StoreError> {
-        self.resolver().deliveries(limit).await
+    async fn deliveries(
+        &self,
+        key_id: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        self.resolver().deliveries(key_id, limit).await
     }
 }
 

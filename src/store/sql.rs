@@ -518,12 +518,17 @@ impl WebhookOutbox for $store {
         Ok(())
     }
 
-    async fn deliveries(&self, limit: usize) -> Result<Vec<Delivery>, StoreError> {
+    async fn deliveries(
+        &self,
+        key_id: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, event_type, key_id, at, state, attempts, last_status, last_error, \
              last_attempt_at, next_attempt_at, delivered_at FROM api_key_events \
-             ORDER BY seq DESC LIMIT $1",
+             WHERE (CAST($1 AS TEXT) IS NULL OR key_id = $1) ORDER BY seq DESC LIMIT $2",
         )
+        .bind(key_id)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await
@@ -871,6 +876,28 @@ impl KeyStore for $store {
         Ok(record)
     }
 
+    async fn set_allowed_ips(
+        &self,
+        id: &str,
+        networks: Vec<ipnet::IpNet>,
+        actor: &str,
+    ) -> Result<KeyRecord, StoreError> {
+        let now = SystemTime::now();
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(backend)?;
+        sqlx::query("UPDATE api_keys SET allowed_ips = $1 WHERE id = $2 AND deleted_at IS NULL")
+            .bind(ips_to_sql(&networks))
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let record = Self::live_in(&mut tx, id).await?;
+        Self::log_in(&mut tx, now, &AuditEvent::AllowedIpsChanged, id, actor).await?;
+        let kind = ChangeKind::AllowedIpsChanged;
+        Self::changed_in(&mut tx, self.retention, now, &record, kind).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(record)
+    }
+
     async fn record_usage(&self, deltas: &[UsageDelta]) -> Result<(), StoreError> {
         use crate::store::series::{UsageBucket, UsageStep, bucket_start};
         // In key order, so that two instances writing at once take row locks in the
@@ -1132,17 +1159,22 @@ impl KeyStore for $store {
         // One transaction: any error drops it, and with it every row inserted so far.
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(backend)?;
         for (index, key) in keys.into_iter().enumerate() {
-            batch.add(index, key.hash)?;
+            if !batch.first(index, key.hash) {
+                continue;
+            }
+            let hash = key.hash;
             let mut record = key.into_record(now);
+            // A conflict inserts nothing and leaves the transaction usable: go on, so
+            // that the error names every such row.
             if !Self::insert_in(&mut tx, &mut record).await? {
-                return Err(StoreError::DuplicateHash {
-                    index,
-                    earlier: None,
-                });
+                batch.stored(index, hash);
+                continue;
             }
             Self::log_in(&mut tx, now, &AuditEvent::Imported, &record.id, actor).await?;
             records.push(record);
         }
+        // Dropping the transaction undoes every row inserted so far.
+        batch.check()?;
         if !records.is_empty() {
             Self::changed_many_in(&mut tx, self.retention, now, &records, ChangeKind::Created)
                 .await?;
@@ -1172,6 +1204,7 @@ impl KeyStore for $store {
                     ("deleted", _) => AuditEvent::Deleted,
                     ("expiry_changed", _) => AuditEvent::ExpiryChanged,
                     ("scopes_changed", _) => AuditEvent::ScopesChanged,
+                    ("allowed_ips_changed", _) => AuditEvent::AllowedIpsChanged,
                     ("imported", _) => AuditEvent::Imported,
                     ("leaked", _) => AuditEvent::Leaked {
                         url: row

@@ -5,8 +5,8 @@ use std::time::{Duration, SystemTime};
 use tower_api_key::ratelimit::QuotaWindow;
 use tower_api_key::store::series::bucket_start;
 use tower_api_key::store::{
-    AuditEvent, IMPORTED_START, ImportedKey, ListQuery, NewKey, UsageBucket, UsageDelta, UsageStep,
-    UsageTopBy,
+    AuditEvent, DuplicateRow, IMPORTED_START, ImportedKey, ListQuery, NewKey, UsageBucket,
+    UsageDelta, UsageStep, UsageTopBy,
 };
 use tower_api_key::{
     KeyHash, KeyStatus, KeyStore, RateLimitPolicy, RateLimits, Scopes, StoreError,
@@ -31,6 +31,7 @@ where
     delete_unless_last_keeps_one(&store).await;
     rotate_with_grace(&store, &mut secrets).await;
     expiry_scopes_usage_and_audit(&store, &mut secrets).await;
+    allowlists_change(&store, &mut secrets).await;
     concurrent_creates_get_unique_ids(&store, &mut secrets).await;
     leak_reports(&store, &mut secrets).await;
     imports_by_hash(&store).await;
@@ -332,6 +333,10 @@ async fn delete_removes_a_key_from_its_id<S: KeyStore>(store: &S, secrets: &mut 
     gone(
         "set_scopes",
         store.set_scopes(&id, Scopes::empty(), "x").await.map(drop),
+    );
+    gone(
+        "set_allowed_ips",
+        store.set_allowed_ips(&id, Vec::new(), "x").await.map(drop),
     );
     assert_eq!(store.get(&id).await.unwrap().as_ref(), Some(&deleted));
     let events: Vec<(String, String)> = store
@@ -710,6 +715,77 @@ async fn expiry_scopes_usage_and_audit<S: KeyStore>(store: &S, secrets: &mut Vec
     assert!(all.windows(2).all(|w| w[0].at <= w[1].at), "oldest first");
 }
 
+/// A key's allowlist is replaced, and cleared: the record, a lookup by hash (through a
+/// cache, for a cached store: it must not keep the old list) and the audit log say so.
+async fn allowlists_change<S: KeyStore>(store: &S, secrets: &mut Vec<String>) {
+    let net = |s: &str| tower_api_key::record::parse_network(s).unwrap();
+    let created = store
+        .create(
+            NewKey::new("acme").with_allowed_ips([net("10.0.0.0/8")]),
+            "cli",
+        )
+        .await
+        .unwrap();
+    secrets.push(created.key.expose_secret().to_owned());
+    let (id, hash) = (created.record.id.clone(), created.record.hash);
+    let resolved = async || store.resolve(&hash).await.unwrap().unwrap();
+    assert_eq!(resolved().await.allowed_ips, [net("10.0.0.0/8")]);
+
+    let networks = vec![net("2001:db8::/32"), net("192.0.2.7")];
+    let r = store
+        .set_allowed_ips(&id, networks.clone(), "admin-key")
+        .await
+        .unwrap();
+    assert_eq!(r.allowed_ips, networks);
+    assert_eq!(store.get(&id).await.unwrap().unwrap().allowed_ips, networks);
+    assert_eq!(resolved().await.allowed_ips, networks);
+    // Nothing else changed.
+    assert_eq!(
+        (r.scopes.clone(), r.expires_at, r.revoked_at),
+        (created.record.scopes.clone(), None, None)
+    );
+
+    let r = store
+        .set_allowed_ips(&id, Vec::new(), "admin-key")
+        .await
+        .unwrap();
+    assert!(r.allowed_ips.is_empty(), "anywhere");
+    assert!(resolved().await.allowed_ips.is_empty());
+    // A rotation's successor takes the list as it is now.
+    store
+        .set_allowed_ips(&id, vec![net("198.51.100.0/24")], "admin-key")
+        .await
+        .unwrap();
+    let next = store
+        .rotate(&id, Duration::from_secs(60), "admin-key")
+        .await
+        .unwrap();
+    secrets.push(next.key.expose_secret().to_owned());
+    assert_eq!(next.record.allowed_ips, [net("198.51.100.0/24")]);
+
+    let log = store.audit(Some(&id)).await.unwrap();
+    let events: Vec<(&str, &str)> = log
+        .iter()
+        .map(|e| (e.event.name(), e.actor.as_str()))
+        .collect();
+    assert_eq!(
+        events[..4],
+        [
+            ("created", "cli"),
+            ("allowed_ips_changed", "admin-key"),
+            ("allowed_ips_changed", "admin-key"),
+            ("allowed_ips_changed", "admin-key"),
+        ]
+    );
+    assert_eq!(log[1].event, AuditEvent::AllowedIpsChanged);
+    assert!(matches!(
+        store
+            .set_allowed_ips("key_missing", Vec::new(), "admin-key")
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
 async fn concurrent_creates_get_unique_ids<S: KeyStore + Clone>(
     store: &S,
     secrets: &mut Vec<String>,
@@ -907,6 +983,7 @@ async fn imports_all_or_nothing<S: KeyStore>(store: &S) {
     let row = |k: &str| ImportedKey::new(KeyHash::of(k), consumer.as_str());
     let audit_before = store.audit(None).await.unwrap().len();
 
+    let dup = |index, earlier| DuplicateRow { index, earlier };
     let err = store
         .import(
             vec![row(&a), row(&b), ImportedKey::new(stored.record.hash, "x")],
@@ -915,13 +992,7 @@ async fn imports_all_or_nothing<S: KeyStore>(store: &S) {
         .await
         .unwrap_err();
     assert!(
-        matches!(
-            err,
-            StoreError::DuplicateHash {
-                index: 2,
-                earlier: None
-            }
-        ),
+        matches!(&err, StoreError::DuplicateHashes(rows) if rows == &[dup(2, None)]),
         "{err:?}"
     );
     assert!(err.to_string().contains("row 2"), "{err}");
@@ -931,16 +1002,36 @@ async fn imports_all_or_nothing<S: KeyStore>(store: &S) {
         .await
         .unwrap_err();
     assert!(
-        matches!(
-            err,
-            StoreError::DuplicateHash {
-                index: 3,
-                earlier: Some(1)
-            }
-        ),
+        matches!(&err, StoreError::DuplicateHashes(rows) if rows == &[dup(3, Some(1))]),
         "{err:?}"
     );
     assert!(err.to_string().contains("row 3"), "{err}");
+
+    // Every such row is named, in row order, not only the first: a stored hash (twice:
+    // both rows are named as stored), and a repeat of a hash that is not stored.
+    let err = store
+        .import(
+            vec![
+                row(&a),
+                ImportedKey::new(stored.record.hash, "x"),
+                row(&b),
+                row(&a),
+                ImportedKey::new(stored.record.hash, "y"),
+                row(&c),
+            ],
+            "admin-key",
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::DuplicateHashes(rows)
+            if rows == &[dup(1, None), dup(3, Some(0)), dup(4, None)]),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    for row in ["row 1", "row 3", "row 4"] {
+        assert!(message.contains(row), "{message}");
+    }
 
     for k in [&a, &b, &c] {
         assert!(
@@ -960,14 +1051,15 @@ async fn imports_all_or_nothing<S: KeyStore>(store: &S) {
         .await
         .unwrap();
     assert_eq!(ok.len(), 3);
-    // And now they are stored: importing one again fails.
-    assert!(matches!(
-        store.import(vec![row(&c)], "admin-key").await,
-        Err(StoreError::DuplicateHash {
-            index: 0,
-            earlier: None
-        })
-    ));
+    // And now they are stored: importing them again fails, naming each.
+    let err = store
+        .import(vec![row(&c), row(&foreign_key()), row(&a)], "admin-key")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::DuplicateHashes(rows) if rows == &[dup(0, None), dup(2, None)]),
+        "{err:?}"
+    );
 }
 
 /// A bucket of `at` with the counts (allowed, rate limited, forbidden, unauthorized).

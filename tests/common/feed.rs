@@ -52,6 +52,11 @@ where
         .set_expiry(&rotated.record.id, None, "admin")
         .await
         .unwrap();
+    let networks = vec!["10.0.0.0/8".parse().unwrap()];
+    store
+        .set_allowed_ips(&rotated.record.id, networks, "admin")
+        .await
+        .unwrap();
     // Usage is no change to a record.
     store
         .record_usage(&[UsageDelta {
@@ -74,6 +79,10 @@ where
         store.set_scopes("key_nope", Scopes::empty(), "admin").await,
         Err(StoreError::NotFound(_))
     ));
+    assert!(matches!(
+        store.set_allowed_ips("key_nope", Vec::new(), "admin").await,
+        Err(StoreError::NotFound(_))
+    ));
 
     let changes = after(store, start).await;
     assert_eq!(
@@ -86,6 +95,7 @@ where
             (ChangeKind::Created, hc),
             (ChangeKind::ScopesChanged, hc),
             (ChangeKind::ExpiryChanged, hc),
+            (ChangeKind::AllowedIpsChanged, hc),
         ]
     );
     assert_eq!(changes[2].key_id, a.record.id);

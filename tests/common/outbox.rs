@@ -2,7 +2,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use tower_api_key::store::{Attempt, DeliveryState, EventType, KeyEvent, NewKey, WebhookOutbox};
+use tower_api_key::store::{
+    Attempt, DeliveryState, EventType, KeyEvent, ListQuery, NewKey, WebhookOutbox,
+};
 use tower_api_key::{KeyStore, StoreError};
 
 /// Runs every check against `store`, which must be empty.
@@ -131,6 +133,22 @@ async fn changes_write_their_events<S: KeyStore + WebhookOutbox>(store: &S) {
     assert_eq!(types(&events), [EventType::KeyRevoked]);
     assert_eq!(events[0].data.key_id, doomed.record.id);
     assert!(events[0].data.revoked_at.is_some());
+
+    // One key's events, newest first, and no other key's.
+    let of_doomed = store.deliveries(Some(&doomed.record.id), 10).await.unwrap();
+    let kinds: Vec<EventType> = of_doomed.iter().map(|d| d.event_type).collect();
+    assert_eq!(kinds, [EventType::KeyRevoked, EventType::KeyCreated]);
+    assert!(of_doomed.iter().all(|d| d.key_id == doomed.record.id));
+    let of_sid = store.deliveries(Some(sid), 2).await.unwrap();
+    assert_eq!(of_sid.len(), 2, "at most the limit");
+    assert!(of_sid.iter().all(|d| &d.key_id == sid));
+    assert!(
+        store
+            .deliveries(Some("key_none"), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn claims_lease_and_attempts_are_recorded<S: KeyStore + WebhookOutbox>(store: &S) {
@@ -156,7 +174,7 @@ async fn claims_lease_and_attempts_are_recorded<S: KeyStore + WebhookOutbox>(sto
         retry_at: Some(retry),
     };
     store.record_attempt(&first[0].id, &failed).await.unwrap();
-    let log = store.deliveries(2).await.unwrap();
+    let log = store.deliveries(None, 2).await.unwrap();
     let entry = log.iter().find(|d| d.id == first[0].id).unwrap();
     assert_eq!(entry.state, DeliveryState::Pending);
     assert_eq!(entry.last_status, Some(503));
@@ -202,7 +220,7 @@ async fn claims_lease_and_attempts_are_recorded<S: KeyStore + WebhookOutbox>(sto
     // A late failure of an event already delivered (a lease that ran out) changes nothing.
     store.record_attempt(&second[0].id, &failed).await.unwrap();
     store.record_attempt("msg_unknown", &done).await.unwrap();
-    let log = store.deliveries(2).await.unwrap();
+    let log = store.deliveries(None, 2).await.unwrap();
     assert_eq!(log[0].id, second[0].id, "newest first");
     assert_eq!(log[0].state, DeliveryState::Delivered);
     assert_eq!(log[0].last_status, Some(204));
@@ -272,4 +290,129 @@ async fn expiries_are_announced_once<S: KeyStore + WebhookOutbox>(store: &S) {
     drain(store).await;
     assert_eq!(store.announce_expiries(later, notice).await.unwrap(), 1);
     assert_eq!(types(&drain(store).await), [EventType::KeyExpiring]);
+}
+
+/// The consumer whose changes the trigger of [`rolled_back_changes_announce_nothing`]
+/// refuses.
+const MARKED: &str = "rollback-marked";
+
+/// SQL that makes every write to the change log for a key of [`MARKED`] fail, and SQL
+/// that takes that away again: the change log is the last table a change writes, so the
+/// change's outbox row is written by then and must go with its transaction.
+#[allow(dead_code)] // each store's test uses one
+pub(crate) const SQLITE_REFUSAL: (&str, &str) = (
+    "CREATE TRIGGER refuse_marked_changes BEFORE INSERT ON api_key_changes \
+     WHEN EXISTS (SELECT 1 FROM api_keys WHERE id = NEW.key_id AND consumer = 'rollback-marked') \
+     BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+    "DROP TRIGGER refuse_marked_changes",
+);
+
+/// As [`SQLITE_REFUSAL`], for PostgreSQL.
+#[allow(dead_code)]
+pub(crate) const POSTGRES_REFUSAL: (&str, &str) = (
+    "CREATE FUNCTION refuse_marked_changes() RETURNS trigger LANGUAGE plpgsql AS $$ \
+     BEGIN \
+       IF EXISTS (SELECT 1 FROM api_keys WHERE id = NEW.key_id AND consumer = 'rollback-marked') THEN \
+         RAISE EXCEPTION 'refused by the test'; \
+       END IF; \
+       RETURN NEW; \
+     END $$; \
+     CREATE TRIGGER refuse_marked_changes BEFORE INSERT ON api_key_changes \
+     FOR EACH ROW EXECUTE FUNCTION refuse_marked_changes()",
+    "DROP TRIGGER refuse_marked_changes ON api_key_changes; \
+     DROP FUNCTION refuse_marked_changes()",
+);
+
+/// Changes whose transaction really aborts (`exec` runs the SQL of `refusal`, as
+/// [`SQLITE_REFUSAL`]) leave no event in the outbox, nor the change itself, while others
+/// go on; once the refusal is gone, the same change commits and announces.
+#[allow(dead_code)] // for the SQL stores' tests
+pub(crate) async fn rolled_back_changes_announce_nothing<S, F>(
+    store: &S,
+    refusal: (&str, &str),
+    exec: F,
+) where
+    S: KeyStore + WebhookOutbox,
+    F: AsyncFn(&str),
+{
+    drain(store).await;
+    let marked = store
+        .create(NewKey::new(MARKED).with_name("marked"), "admin")
+        .await
+        .unwrap();
+    let id = marked.record.id.clone();
+    assert_eq!(types(&drain(store).await), [EventType::KeyCreated]);
+    let audit_before = store.audit(Some(&id)).await.unwrap().len();
+    let keys_of = async || {
+        store
+            .list(&ListQuery::default().consumer(MARKED))
+            .await
+            .unwrap()
+            .records
+    };
+
+    exec(refusal.0).await;
+    let refused = |what: &str, result: Result<(), StoreError>| {
+        assert!(result.is_err(), "{what} committed past the trigger");
+    };
+    refused(
+        "a create",
+        store.create(NewKey::new(MARKED), "admin").await.map(drop),
+    );
+    refused("a revoke", store.revoke(&id, "admin").await.map(drop));
+    refused(
+        "a rotation",
+        store
+            .rotate(&id, Duration::from_secs(60), "admin")
+            .await
+            .map(drop),
+    );
+    refused(
+        "a leak report that revokes",
+        store
+            .report_leak(&id, "https://x/leak", "content", true, "github")
+            .await
+            .map(drop),
+    );
+    refused("a delete", store.delete(&id, "admin").await.map(drop));
+    // None of them left anything: no key, no change to the key, no audit entry, no event.
+    let keys = keys_of().await;
+    assert_eq!(keys.len(), 1, "the refused create left a key");
+    let record = &keys[0];
+    assert!(record.revoked_at.is_none() && record.deleted_at.is_none());
+    assert_eq!(
+        record.expires_at, None,
+        "the refused rotation left its grace"
+    );
+    assert_eq!(store.audit(Some(&id)).await.unwrap().len(), audit_before);
+    let due = drain(store).await;
+    assert!(due.is_empty(), "events of rolled-back changes: {due:?}");
+    assert!(
+        store
+            .deliveries(None, 1000)
+            .await
+            .unwrap()
+            .iter()
+            .all(|d| d.key_id != id || d.event_type == EventType::KeyCreated),
+        "the outbox holds an event of a rolled-back change"
+    );
+    // Another consumer's changes go on, and announce.
+    let other = store
+        .create(NewKey::new("unmarked"), "admin")
+        .await
+        .unwrap();
+    let due = drain(store).await;
+    assert_eq!(types(&due), [EventType::KeyCreated]);
+    assert_eq!(due[0].data.key_id, other.record.id);
+
+    exec(refusal.1).await;
+    store.revoke(&id, "admin").await.unwrap();
+    let due = drain(store).await;
+    assert_eq!(types(&due), [EventType::KeyRevoked]);
+    assert_eq!(due[0].data.key_id, id);
+    assert_eq!(
+        store.deliveries(Some(&id), 10).await.unwrap().len(),
+        2,
+        "the key's events: created and revoked"
+    );
 }

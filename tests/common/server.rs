@@ -88,8 +88,11 @@ impl Drop for Server {
 
 /// The variables of the server's contract that the test does not give are unset, so
 /// that the developer's environment does not leak in.
-const CONTRACT_VARS: [&str; 10] = [
+const CONTRACT_VARS: [&str; 13] = [
     "DATABASE_URL",
+    "WEBHOOK_URL",
+    "WEBHOOK_SECRET",
+    "KEY_EXPIRING_NOTICE",
     "FAILURE_LIMIT",
     "REDIS_URL",
     "RATE_LIMIT",
