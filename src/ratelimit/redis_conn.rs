@@ -318,6 +318,8 @@ fn invalid_url(e: &redis::RedisError) -> RedisConfigError {
 }
 
 /// What makes connections: a client of one server, or of a cluster.
+// One per store, made once and never moved on a request's path: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Connector {
     One(redis::Client),
     Cluster(ClusterClient),
