@@ -185,7 +185,7 @@ async fn moved_and_ask_are_followed_while_a_slot_moves() {
             [true, true],
             "{mode:?}: ASK"
         );
-        tokio::task::block_in_place(|| cluster.end_migration(slot, middle));
+        tokio::task::block_in_place(|| cluster.end_migration(slot, from, middle));
         // MOVED: `middle` serves the slot now; the store's map still says `from`.
         assert_eq!(
             run(&store, subject, &policies, t + 4, 1).await,
@@ -195,7 +195,7 @@ async fn moved_and_ask_are_followed_while_a_slot_moves() {
         // And once more, to `to`, all at once.
         tokio::task::block_in_place(|| {
             cluster.begin_migration(slot, middle, to);
-            cluster.end_migration(slot, to);
+            cluster.end_migration(slot, middle, to);
         });
         // The count went along with the keys: six in all, then refused.
         assert_eq!(

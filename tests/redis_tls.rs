@@ -179,7 +179,22 @@ async fn a_wrong_ca_is_one_clear_error_at_once_and_the_store_falls_back() {
     );
     assert!(!e.to_string().contains(PASSWORD), "{e}");
 
-    // Plain text to a TLS port is not taken for an outage either.
+    // TLS to a plain-text port: Redis waits for the end of a line that the handshake
+    // never sends, as a server that does not answer would; so it is an outage (the
+    // store falls back), said within the deadline, not a hang.
+    if let Some(plain) = OwnRedis::start() {
+        let tls_url = format!("rediss://:{PASSWORD}@127.0.0.1:{}/", plain.port());
+        let store = RedisRateLimitStore::builder(&tls_url)
+            .ca_file(pki.ca())
+            .build()
+            .unwrap();
+        let e = ping(&store).await.unwrap_err();
+        assert!(!e.is_misconfigured(), "{e}");
+        assert!(!e.to_string().contains(PASSWORD), "{e}");
+    }
+
+    // Plain text to a TLS port: no answer (the server waits for a handshake), and
+    // still no password.
     let plain = format!("redis://:{PASSWORD}@127.0.0.1:{}/", server.port());
     let store = RedisRateLimitStore::open(&plain).unwrap();
     let e = ping(&store).await.unwrap_err();

@@ -102,7 +102,7 @@ pub struct RedisPingError {
 impl RedisPingError {
     /// Did Redis (or something on its port) answer and refuse this configuration: a TLS
     /// handshake that failed (a certificate not signed by a trusted CA, a name that does
-    /// not match, a client certificate refused, TLS spoken to a plain port), or
+    /// not match, a client certificate refused), or
     /// credentials refused? Otherwise Redis did not answer (down, unreachable, slow),
     /// which may pass.
     pub fn is_misconfigured(&self) -> bool {
@@ -163,8 +163,6 @@ fn is_tls_failure(error: &redis::RedisError) -> bool {
         e.source().is_some_and(tls_in)
     }
     std::error::Error::source(error).is_some_and(tls_in)
-        // A plain-text server sends no handshake: rustls calls the first bytes corrupt.
-        || error.to_string().contains("received corrupt message")
 }
 
 fn is_auth_failure(error: &redis::RedisError) -> bool {

@@ -221,10 +221,12 @@ impl OwnCluster {
     }
 
     /// Ends a migration: every node is told that `to` serves `slot` (the source then
-    /// answers `MOVED`).
-    pub(crate) fn end_migration(&self, slot: u16, to: usize) {
+    /// answers `MOVED`): the new owner first, then the old one, as Redis's docs order
+    /// it (the other way round, each would send a client to the other for a moment).
+    pub(crate) fn end_migration(&self, slot: u16, from: usize, to: usize) {
         let to_id = self.node_id(to);
-        for i in 0..3 {
+        let other = 3 - from - to;
+        for i in [to, from, other] {
             let _: () = redis::cmd("CLUSTER")
                 .arg("SETSLOT")
                 .arg(slot)
