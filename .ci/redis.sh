@@ -10,11 +10,11 @@ STATE=/tmp/tower-api-key-redis
 
 case "${1:-}" in
 start)
-    if ! command -v redis-server >/dev/null 2>&1; then
+    if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
         echo "installing redis-server" >&2
         if [ "$(id -u)" = 0 ]; then
             apt-get update -qq >&2
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >&2
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >&2
         else
             echo "redis-server is not installed and this is not root" >&2
             exit 1

@@ -2,14 +2,23 @@
 //!
 //! - `BIND` (default `127.0.0.1:3000`) is where it listens.
 //! - `DATABASE_URL` (default `sqlite://keys.db`, created if missing; `postgres://…` for
-//!   PostgreSQL) is where keys, usage and the audit log live.
+//!   PostgreSQL, with libpq's `sslmode`, `sslrootcert`, `sslcert` and `sslkey` for TLS,
+//!   e.g. `?sslmode=verify-full&sslrootcert=/etc/ssl/pg-ca.pem`) is where keys, usage and
+//!   the audit log live.
 //! - `RATE_LIMIT` (default `1000/60s`) limits `/v1/*` per key, for keys whose record
 //!   carries no policy of its own.
 //! - `REDIS_URL` (unset by default) keeps rate-limit state in Redis, so that several
 //!   instances enforce one limit. While Redis does not answer, each instance limits on
 //!   its own and logs that it does. `REDIS_MODE` (default `batched`: each instance takes
 //!   slices of a key's budget and spends them in process; `exact`: one Redis call per
-//!   request) says how.
+//!   request) says how. `rediss://…` speaks TLS, checked against the system's roots, or
+//!   against `REDIS_CA_FILE` (PEM); `REDIS_CLIENT_CERT` and `REDIS_CLIENT_KEY` (PEM files,
+//!   both or neither) present a client certificate; `rediss://…/#insecure` checks no
+//!   certificate (test servers only; it says so in a warning). `REDIS_CLUSTER_URLS`
+//!   (comma-separated `redis://`/`rediss://` URLs of one or more nodes, or a configuration
+//!   endpoint; instead of `REDIS_URL`) talks to a Redis Cluster. A Redis that answers and
+//!   refuses the configuration (a certificate not trusted, a password refused) stops the
+//!   start with one line naming the variable; one that does not answer does not.
 //! - `DEFAULT_KEY_TTL` and `MAX_KEY_TTL` (such as `90d` and `365d`; unset: none): the
 //!   lifetime of a key created without `expires_in_seconds`, and the longest a new key may
 //!   have (a longer one, or none, is refused with 422).
@@ -163,7 +172,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "sqlite://keys.db".to_owned());
     let store: Arc<dyn Store> = if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        Arc::new(PostgresStore::connect(&url).await?)
+        Arc::new(
+            PostgresStore::connect(&url)
+                .await
+                .map_err(|e| format!("DATABASE_URL: {e}"))?,
+        )
     } else if url.starts_with("sqlite:") {
         Arc::new(SqliteStore::connect(&url).await?)
     } else {
@@ -602,11 +615,31 @@ fn key_lifetimes() -> Result<KeyLifetimes, Box<dyn std::error::Error>> {
 /// A rate-limit store, and the Redis store when it is one.
 type LimitStores = (Arc<dyn RateLimitStore>, Option<RedisRateLimitStore>);
 
-/// Redis when `REDIS_URL` is set, this process's memory otherwise.
+/// Redis when `REDIS_URL` (or `REDIS_CLUSTER_URLS`) is set, this process's memory
+/// otherwise.
 async fn rate_limit_store() -> Result<LimitStores, Box<dyn std::error::Error>> {
-    let url = match std::env::var("REDIS_URL") {
-        Ok(url) if !url.is_empty() => url,
-        _ => return Ok((Arc::new(MemoryRateLimitStore::new()), None)),
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let (name, builder) = match (var("REDIS_URL"), var("REDIS_CLUSTER_URLS")) {
+        (Some(_), Some(_)) => {
+            return Err(
+                "set REDIS_URL (one server) or REDIS_CLUSTER_URLS (a cluster), not both".into(),
+            );
+        }
+        (Some(url), None) => ("REDIS_URL", RedisRateLimitStore::builder(&url)),
+        (None, Some(urls)) => (
+            "REDIS_CLUSTER_URLS",
+            RedisRateLimitStore::cluster_builder(urls.split(',').map(str::trim)),
+        ),
+        (None, None) => return Ok((Arc::new(MemoryRateLimitStore::new()), None)),
+    };
+    let builder = match var("REDIS_CA_FILE") {
+        Some(path) => builder.ca_file(path),
+        None => builder,
+    };
+    let builder = match (var("REDIS_CLIENT_CERT"), var("REDIS_CLIENT_KEY")) {
+        (Some(cert), Some(key)) => builder.client_cert_files(cert, key),
+        (None, None) => builder,
+        _ => return Err("set REDIS_CLIENT_CERT and REDIS_CLIENT_KEY together".into()),
     };
     let mode = match std::env::var("REDIS_MODE").as_deref() {
         Err(_) | Ok("") | Ok("batched") => RedisMode::Batched,
@@ -615,14 +648,15 @@ async fn rate_limit_store() -> Result<LimitStores, Box<dyn std::error::Error>> {
             return Err(format!("REDIS_MODE must be batched or exact, not {other:?}").into());
         }
     };
-    let redis = RedisRateLimitStore::open(&url)
-        .map_err(|e| format!("REDIS_URL: {e}"))?
+    let redis = builder
+        .build()
+        .map_err(|e| format!("{name}: {e}"))?
         .with_mode(mode);
     match redis.ping().await {
         Ok(()) => eprintln!("rate limits: shared through Redis ({mode:?} mode)"),
-        Err(e) => eprintln!(
-            "rate limits: Redis does not answer ({e}); limiting per instance until it does"
-        ),
+        // Waiting will not mend a certificate that is not trusted or a password refused.
+        Err(e) if e.is_misconfigured() => return Err(format!("{name}: {e}").into()),
+        Err(e) => eprintln!("rate limits: {e}; limiting per instance until Redis answers"),
     }
     Ok((Arc::new(redis.clone()), Some(redis)))
 }

@@ -443,9 +443,12 @@ async fn the_password_never_shows() {
     let err = RedisRateLimitStore::open("redis://user:s3cretpw@[::1/").unwrap_err();
     assert!(!err.to_string().contains("s3cretpw"), "{err}");
     assert!(!format!("{err:?}").contains("s3cretpw"));
+    // TLS is built in now (tests/redis_tls.rs): a rediss:// URL makes a store.
+    let tls = RedisRateLimitStore::open("rediss://user:s3cretpw@example.com/").unwrap();
+    assert!(!format!("{tls:?}").contains("s3cretpw"));
     for url in [
-        "http://example.com/",
-        "rediss://user:s3cretpw@example.com/",
+        "http://user:s3cretpw@example.com/",
+        "rediss://user:s3cretpw@example.com/#not-insecure",
         "",
     ] {
         let err = RedisRateLimitStore::open(url).unwrap_err();

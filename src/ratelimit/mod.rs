@@ -62,11 +62,15 @@ mod memory;
 mod policy;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(feature = "redis")]
+mod redis_conn;
 mod service;
 pub(crate) mod store;
 
 #[cfg(feature = "redis")]
-pub use self::redis::{InvalidRedisUrl, RedisMode, RedisRateLimitStore};
+pub use self::redis::{RedisMode, RedisRateLimitStore};
+#[cfg(feature = "redis")]
+pub use self::redis_conn::{RedisConfigError, RedisPingError, RedisStoreBuilder};
 pub use future::ResponseFuture;
 pub use layer::{Clock, Cost, ManualClock, OnStoreError, RateLimitLayer, RequestInfo, SystemClock};
 pub use memory::MemoryRateLimitStore;

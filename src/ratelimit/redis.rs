@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use zeroize::Zeroizing;
 
 use super::batch::{self, Ask, Batching, Begin, Local, Slices};
 use super::gcra;
 use super::memory::MemoryRateLimitStore;
 use super::policy::{Limit, RateLimitPolicy, RateLimits};
+use super::redis_conn::{Conn, Connector, RedisConfigError, RedisPingError, RedisStoreBuilder};
 use super::store::{Decision, PolicyStatus, RateLimitStore, RateLimitStoreError, Subject};
 
 /// The GCRA and quota check as one Lua script, run atomically by the server.
@@ -59,9 +60,17 @@ pub enum RedisMode {
 ///
 /// Each policy of each subject is one Redis key, `{prefix}{kind:id}:{policy}` (for
 /// example `tak:{key:key_01HV…}:burst`), holding a number and expiring as soon as
-/// forgetting it changes nothing. The keys of one subject share a hash tag, as Redis
-/// Cluster needs of one script call; the store itself connects to one Redis server (or
-/// a proxy in front of a cluster). TLS (`rediss://`) is not built in.
+/// forgetting it changes nothing. The keys of one subject share a hash tag, so that one
+/// script call (all the policies of a request, or a give-back) touches one hash slot, as
+/// Redis Cluster needs; subjects spread over the slots. (A prefix with braces of its own
+/// would become the tag and put every key in one slot: keep braces out of it.)
+///
+/// **Connections**: [`open`](Self::open) takes `redis://[user:password@]host[:port][/db]`
+/// or, for TLS, `rediss://…` (the system's root certificates; a CA file and client
+/// certificates through [`builder`](Self::builder)); [`open_cluster`](Self::open_cluster)
+/// and [`cluster_builder`](Self::cluster_builder) take the URLs of one or more nodes of a
+/// Redis Cluster (or its configuration endpoint), learn the slot map from them, route each
+/// call to the master of its slot and follow `MOVED` and `ASK` as slots move.
 ///
 /// Times come from the layer's [`Clock`](super::Clock), as with the memory store, and
 /// are kept in microseconds on the server (where Lua's numbers are exact); keep the
@@ -91,9 +100,12 @@ pub enum RedisMode {
 /// use tower_api_key::ratelimit::RedisRateLimitStore;
 ///
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-/// let store = RedisRateLimitStore::open("redis://127.0.0.1:6379/")?;
-/// if let Err(e) = store.ping().await {
-///     eprintln!("Redis is not there yet ({e}); limiting per instance until it is");
+/// let store = RedisRateLimitStore::open("rediss://default:secret@redis.example.com:6380/")?;
+/// match store.ping().await {
+///     Ok(()) => {}
+///     // A certificate not trusted, a password refused: waiting will not mend it.
+///     Err(e) if e.is_misconfigured() => return Err(e.into()),
+///     Err(e) => eprintln!("Redis is not there yet ({e}); limiting per instance until it is"),
 /// }
 /// let layer = RateLimitLayer::new(store, "100/60s".parse::<RateLimitPolicy>()?);
 /// # let _ = layer; Ok(()) }
@@ -104,8 +116,8 @@ pub struct RedisRateLimitStore {
 }
 
 struct Inner {
-    client: redis::Client,
-    conn: ConnectionManager,
+    connector: Connector,
+    conn: Conn,
     script: redis::Script,
     batch_script: redis::Script,
     /// The batched mode's slices; `None` in the exact mode.
@@ -143,18 +155,11 @@ impl fmt::Debug for RedisRateLimitStore {
             .field("retry_interval", &self.inner.retry_interval)
             .field("local_fallback", &self.inner.fallback.is_some())
             .field("mode", &self.mode())
+            .field("cluster", &self.inner.connector.is_cluster())
             .field("degraded", &self.is_degraded())
             .finish_non_exhaustive()
     }
 }
-
-/// A Redis URL that could not be used. It does not repeat the URL, which may hold a
-/// password.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "invalid Redis URL (expected redis://[user:password@]host[:port][/db]; TLS is not built in)"
-)]
-pub struct InvalidRedisUrl(());
 
 /// The longest subject id written into a Redis key as it is.
 const MAX_ID_IN_KEY: usize = 64;
@@ -167,20 +172,53 @@ const DEFAULT_BATCHING: Batching = Batching {
 };
 
 impl RedisRateLimitStore {
-    /// A store on the server at `url` (`redis://[user:password@]host[:port][/db]`). It
-    /// connects on first use and reconnects by itself, so it can be made while Redis is
-    /// down; [`ping`](Self::ping) checks it. Must be called within a Tokio runtime.
-    pub fn open(url: &str) -> Result<Self, InvalidRedisUrl> {
-        let client = redis::Client::open(url).map_err(|_| InvalidRedisUrl(()))?;
-        Self::build(client, DEFAULT_TIMEOUT)
+    /// A store on the server at `url`: `redis://[user:password@]host[:port][/db]`, or
+    /// `rediss://…` for TLS with the system's root certificates (`rediss://…/#insecure`
+    /// checks no certificate: test servers only). It connects on first use and reconnects
+    /// by itself, so it can be made while Redis is down; [`ping`](Self::ping) checks it.
+    /// Must be called within a Tokio runtime.
+    pub fn open(url: &str) -> Result<Self, RedisConfigError> {
+        Self::builder(url).build()
     }
 
-    fn build(client: redis::Client, timeout: Duration) -> Result<Self, InvalidRedisUrl> {
-        let conn = connection(client.clone(), timeout).map_err(|_| InvalidRedisUrl(()))?;
+    /// A store on the Redis Cluster of these nodes' URLs (`redis://` or `rediss://`, one
+    /// or more; they share one password): see [`open`](Self::open).
+    pub fn open_cluster<I, S>(urls: I) -> Result<Self, RedisConfigError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        Self::cluster_builder(urls).build()
+    }
+
+    /// A builder for a store on the server at `url`, to set a CA file or a client
+    /// certificate.
+    pub fn builder(url: &str) -> RedisStoreBuilder {
+        RedisStoreBuilder::new(vec![Zeroizing::new(url.to_owned())], false)
+    }
+
+    /// A builder for a store on the Redis Cluster of these nodes' URLs.
+    pub fn cluster_builder<I, S>(urls: I) -> RedisStoreBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let urls = urls
+            .into_iter()
+            .map(|u| Zeroizing::new(u.as_ref().to_owned()))
+            .collect();
+        RedisStoreBuilder::new(urls, true)
+    }
+
+    pub(super) fn with_connector(connector: Connector) -> Result<Self, RedisConfigError> {
+        let timeout = DEFAULT_TIMEOUT;
+        let conn = connector.connect(timeout).map_err(|e| {
+            RedisConfigError::new(format!("cannot set up the Redis connection: {e}"))
+        })?;
         crate::metrics::redis_fallback(false);
         Ok(Self {
             inner: Arc::new(Inner {
-                client,
+                connector,
                 conn,
                 script: redis::Script::new(SCRIPT),
                 batch_script: redis::Script::new(BATCH_SCRIPT),
@@ -228,7 +266,7 @@ impl RedisRateLimitStore {
         let inner = self.inner_mut();
         // The connection's own connect and response timeouts follow (it has not
         // connected yet: it connects on first use).
-        if let Ok(conn) = connection(inner.client.clone(), timeout) {
+        if let Ok(conn) = inner.connector.connect(timeout) {
             inner.conn = conn;
             inner.timeout = timeout;
         }
@@ -326,16 +364,36 @@ impl RedisRateLimitStore {
         self.inner.batch.as_ref().map_or(0, Slices::len)
     }
 
-    /// Asks Redis for `PONG`, within the timeout.
-    pub async fn ping(&self) -> Result<(), RateLimitStoreError> {
+    /// Asks Redis for `PONG`, within the timeout (each node of a cluster). When that
+    /// fails, one fresh connection (given up to 2 s) tells why:
+    /// [`RedisPingError::is_misconfigured`] says
+    /// whether Redis answered and refused this configuration (a certificate not trusted,
+    /// the credentials refused), which is worth stopping for at start.
+    pub async fn ping(&self) -> Result<(), RedisPingError> {
         let mut conn = self.inner.conn.clone();
-        let reply: String = self
-            .within_timeout(redis::cmd("PING").query_async(&mut conn))
-            .await?;
-        if reply == "PONG" {
-            Ok(())
-        } else {
-            Err(store_error(format!("unexpected reply to PING: {reply:?}")))
+        let timeout = self.inner.timeout;
+        let reply =
+            tokio::time::timeout(timeout, redis::cmd("PING").query_async::<String>(&mut conn))
+                .await;
+        match reply {
+            Ok(Ok(reply)) if reply == "PONG" => Ok(()),
+            Ok(Ok(reply)) => Err(RedisPingError::other(format!(
+                "unexpected reply to PING: {reply:?}"
+            ))),
+            Ok(Err(e)) => Err(self
+                .inner
+                .connector
+                .diagnose(timeout)
+                .await
+                .err()
+                .unwrap_or_else(|| RedisPingError::of(e))),
+            Err(_) => Err(self
+                .inner
+                .connector
+                .diagnose(timeout)
+                .await
+                .err()
+                .unwrap_or_else(|| RedisPingError::timeout(timeout))),
         }
     }
 
@@ -500,17 +558,6 @@ impl RedisRateLimitStore {
             );
         }
     }
-}
-
-/// A connection that connects on first use and reconnects by itself, with `timeout`
-/// for connecting and for each answer.
-fn connection(client: redis::Client, timeout: Duration) -> redis::RedisResult<ConnectionManager> {
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout))
-        .set_number_of_retries(1)
-        .set_max_delay(Duration::from_millis(500));
-    ConnectionManager::new_lazy_with_config(client, config)
 }
 
 /// `a * b`, capped at 2^50 µs (35 years), so that sums with the time stay exact in the

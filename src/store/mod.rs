@@ -33,6 +33,8 @@ mod codec;
 pub(crate) mod import;
 pub mod outbox;
 #[cfg(feature = "postgres")]
+mod pg_tls;
+#[cfg(feature = "postgres")]
 mod postgres;
 pub mod series;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]

@@ -1,6 +1,6 @@
 //! [`PostgresStore`]: keys in PostgreSQL (feature `postgres`), shared by many instances.
 
-use std::str::FromStr;
+use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
@@ -31,6 +31,17 @@ use crate::resolve::{KeyResolver, ResolveError};
 /// in `pg_stat_activity`); writers of the change log take a transaction-scoped advisory
 /// lock, so that its sequences become visible in order.
 ///
+/// **TLS** as libpq users know it, from the URL (or `PGSSLMODE`, `PGSSLROOTCERT`, …):
+/// `sslmode=disable|prefer|require|verify-ca|verify-full` (default `prefer`: TLS when
+/// the server offers it, unchecked), `sslrootcert=<file>` (a CA to trust besides the
+/// system's roots; with `require` it is checked, as `verify-ca`), `sslrootcert=system`
+/// (the system's roots, `verify-full` by default), `sslcert=<file>&sslkey=<file>` (a
+/// client certificate). Through rustls (ring), with the system's root certificates; the
+/// change feed's `LISTEN` connection uses the same settings. Two differences from libpq:
+/// a `sslrootcert` file adds to the system's roots instead of replacing them, and
+/// `verify-ca` checks the server's name too, as `verify-full` does (sqlx 0.8's rustls
+/// verifier misses rustls 0.23.24's name-mismatch error: stricter, never weaker).
+///
 /// The schema's migrations are embedded in the crate and run on connect (unless turned
 /// off with [`PostgresStoreBuilder::migrate`]); a database made by an older version is
 /// migrated forward. The hash column is unique and indexed; times are stored as UTC
@@ -54,7 +65,6 @@ pub struct PostgresStore {
 }
 
 /// Configures a [`PostgresStore`]; from [`PostgresStore::builder`].
-#[derive(Debug)]
 pub struct PostgresStoreBuilder {
     url: String,
     options: Option<PgConnectOptions>,
@@ -63,6 +73,19 @@ pub struct PostgresStoreBuilder {
     max_connections: u32,
     retention: Duration,
     outbox_retention: Duration,
+}
+
+impl fmt::Debug for PostgresStoreBuilder {
+    // The URL and the options may hold a password: neither is shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresStoreBuilder")
+            .field("migrate", &self.migrate)
+            .field("format", &self.format)
+            .field("max_connections", &self.max_connections)
+            .field("retention", &self.retention)
+            .field("outbox_retention", &self.outbox_retention)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PostgresStoreBuilder {
@@ -102,7 +125,8 @@ impl PostgresStoreBuilder {
     pub async fn connect(self) -> Result<PostgresStore, StoreError> {
         let options = match self.options {
             Some(options) => options,
-            None => PgConnectOptions::from_str(&self.url).map_err(backend)?,
+            None => super::pg_tls::connect_options(&self.url)
+                .map_err(|e| StoreError::Backend(e.into()))?,
         };
         let pool = PgPoolOptions::new()
             .max_connections(self.max_connections)
@@ -124,7 +148,8 @@ impl PostgresStoreBuilder {
 }
 
 impl PostgresStore {
-    /// Connects to `url` (`postgres://user:password@host/database`) and migrates.
+    /// Connects to `url` (`postgres://user:password@host/database`, with
+    /// `?sslmode=verify-full&sslrootcert=…` for TLS: see [`PostgresStore`]) and migrates.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         Self::builder(url).connect().await
     }

@@ -133,6 +133,8 @@ pub(crate) struct Cluster {
     dir: PathBuf,
     bin: PathBuf,
     pub(crate) port: u16,
+    /// `listen_addresses`.
+    listen: &'static str,
 }
 
 /// The newest installed server's bin directory (a client-only install has no initdb).
@@ -191,6 +193,84 @@ fn signal(pid: &str, sig: &str) {
 impl Cluster {
     /// initdb and start.
     pub(crate) fn start() -> Self {
+        let cluster = Self::init("-A trust");
+        cluster.start_again();
+        cluster
+    }
+
+    /// initdb, then start with `ssl = on` and this certificate and key (PEM), listening
+    /// on 127.0.0.1 and 127.0.0.2 and accepting only TLS connections on TCP: as
+    /// `postgres` with `password` (SCRAM), or as `cert_user` with a client certificate
+    /// (of that common name) signed by `ca_pem`.
+    pub(crate) fn start_tls(
+        cert_pem: &str,
+        key_pem: &str,
+        ca_pem: &str,
+        password: &str,
+        cert_user: &str,
+    ) -> Self {
+        let mut probe = Self::init_dir();
+        probe.listen = "127.0.0.1,127.0.0.2";
+        let pwfile = probe.dir.join("pwfile");
+        std::fs::write(&pwfile, format!("{password}\n")).unwrap();
+        let cluster = probe.initdb(&format!(
+            "--auth-local=trust --auth-host=scram-sha-256 --pwfile='{}'",
+            pwfile.display()
+        ));
+        let _ = std::fs::remove_file(&pwfile);
+        let data = cluster.data();
+        std::fs::write(data.join("server.crt"), cert_pem).unwrap();
+        std::fs::write(data.join("ca.crt"), ca_pem).unwrap();
+        std::fs::write(data.join("server.key"), key_pem).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(
+                data.join("server.key"),
+                std::fs::Permissions::from_mode(0o600),
+            )
+            .unwrap();
+        }
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .unwrap();
+        std::io::Write::write_all(
+            &mut conf,
+            b"\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\nssl_ca_file = 'ca.crt'\n",
+        )
+        .unwrap();
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            format!(
+                "local all all trust\n\
+                 hostssl all {cert_user} 127.0.0.0/8 cert\n\
+                 hostssl all all 127.0.0.0/8 scram-sha-256\n"
+            ),
+        )
+        .unwrap();
+        cluster.chown();
+        cluster.start_again();
+        let role = format!(
+            "{}/psql -h '{}' -p {} -U postgres -d postgres -qc 'CREATE ROLE {cert_user} LOGIN SUPERUSER' >>'{}/psql.log' 2>&1",
+            cluster.bin.display(),
+            cluster.dir.display(),
+            cluster.port,
+            cluster.dir.display()
+        );
+        assert!(
+            as_postgres(&role),
+            "CREATE ROLE: {}",
+            cluster.log("psql.log")
+        );
+        cluster
+    }
+
+    fn init(auth: &str) -> Self {
+        Self::init_dir().initdb(auth)
+    }
+
+    /// A directory and a port for a cluster, not made yet.
+    fn init_dir() -> Self {
         let dir = std::env::temp_dir().join(unique_name("pg"));
         std::fs::create_dir_all(&dir).unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -198,32 +278,40 @@ impl Cluster {
             .local_addr()
             .unwrap()
             .port();
-        let cluster = Self {
+        Self {
             dir,
             bin: bin_dir(),
             port,
-        };
+            listen: "127.0.0.1",
+        }
+    }
+
+    /// Gives the cluster's directory to `postgres`, when this is root.
+    fn chown(&self) {
         if is_root() {
             let chown = Command::new("chown")
                 .args(["-R", "postgres"])
-                .arg(&cluster.dir)
+                .arg(&self.dir)
                 .status()
                 .unwrap();
             assert!(chown.success(), "chown the cluster's directory");
         }
+    }
+
+    fn initdb(self, auth: &str) -> Self {
+        self.chown();
         let initdb = format!(
-            "{}/initdb -D '{}' -U postgres -A trust --no-sync >'{}/initdb.log' 2>&1",
-            cluster.bin.display(),
-            cluster.data().display(),
-            cluster.dir.display()
+            "{}/initdb -D '{}' -U postgres {auth} --no-sync >'{}/initdb.log' 2>&1",
+            self.bin.display(),
+            self.data().display(),
+            self.dir.display()
         );
         assert!(
             as_postgres(&initdb),
             "initdb failed: {}",
-            cluster.log("initdb.log")
+            self.log("initdb.log")
         );
-        cluster.start_again();
-        cluster
+        self
     }
 
     fn data(&self) -> PathBuf {
@@ -252,8 +340,9 @@ impl Cluster {
     /// Starts it (again) on the same data directory and port.
     pub(crate) fn start_again(&self) {
         let options = format!(
-            "-o \"-p {} -c listen_addresses=127.0.0.1 -k '{}' -c fsync=off\"",
+            "-o \"-p {} -c listen_addresses={} -k '{}' -c fsync=off\"",
             self.port,
+            self.listen,
             self.dir.display()
         );
         assert!(

@@ -87,29 +87,82 @@ pub(crate) fn free_port() -> u16 {
 pub(crate) struct OwnRedis {
     port: u16,
     child: Option<Child>,
+    /// The TLS options, for a server that speaks only TLS on `port`.
+    tls: Vec<String>,
+}
+
+/// Is `redis-server` on the PATH? Without it, says the test is skipped (`false`), unless
+/// `TOWER_API_KEY_REQUIRE_SERVICES=1`, which makes it a failure.
+pub(crate) fn redis_server_found() -> bool {
+    let found = Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok();
+    if !found {
+        assert!(
+            !require_services(),
+            "redis-server is not on the PATH and TOWER_API_KEY_REQUIRE_SERVICES=1 requires it"
+        );
+        eprintln!("skipped: redis-server is not on the PATH");
+        return false;
+    }
+    true
 }
 
 impl OwnRedis {
     pub(crate) fn start() -> Option<Self> {
-        let found = Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok();
-        if !found {
-            assert!(
-                !require_services(),
-                "redis-server is not on the PATH and TOWER_API_KEY_REQUIRE_SERVICES=1 requires it"
-            );
-            eprintln!("skipped: redis-server is not on the PATH");
+        if !redis_server_found() {
             return None;
         }
         let mut redis = Self {
             port: free_port(),
             child: None,
+            tls: Vec::new(),
         };
         redis.restart();
         Some(redis)
+    }
+
+    /// A server that speaks only TLS, with this certificate and key (PEM files), trusting
+    /// client certificates of `ca`; `client_certs`: whether it asks for one; and a
+    /// password, when given.
+    pub(crate) fn start_tls(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        ca: &std::path::Path,
+        client_certs: bool,
+        password: Option<&str>,
+    ) -> Option<Self> {
+        if !redis_server_found() {
+            return None;
+        }
+        let mut tls: Vec<String> = [
+            "--tls-cert-file",
+            &cert.display().to_string(),
+            "--tls-key-file",
+            &key.display().to_string(),
+            "--tls-ca-cert-file",
+            &ca.display().to_string(),
+            "--tls-auth-clients",
+            if client_certs { "yes" } else { "no" },
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        if let Some(password) = password {
+            tls.extend(["--requirepass".to_owned(), password.to_owned()]);
+        }
+        let mut redis = Self {
+            port: free_port(),
+            child: None,
+            tls,
+        };
+        redis.restart();
+        Some(redis)
+    }
+
+    pub(crate) fn port(&self) -> u16 {
+        self.port
     }
 
     pub(crate) fn url(&self) -> String {
@@ -117,14 +170,33 @@ impl OwnRedis {
     }
 
     pub(crate) fn restart(&mut self) {
+        let port = self.port.to_string();
+        let ports: Vec<&str> = if self.tls.is_empty() {
+            vec!["--port", &port]
+        } else {
+            vec!["--port", "0", "--tls-port", &port]
+        };
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
+            .args(ports)
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&self.tls)
             .stdout(Stdio::null())
             .spawn()
             .expect("start redis-server");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
+        if !self.tls.is_empty() {
+            // Accepting connections on its TLS port: ready (what speaks TLS to it is the
+            // test's business).
+            while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "redis-server (TLS) did not start"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            return;
+        }
         let client = redis::Client::open(self.url()).unwrap();
         loop {
             if let Ok(mut c) = client.get_connection()

@@ -88,13 +88,17 @@ impl Drop for Server {
 
 /// The variables of the server's contract that the test does not give are unset, so
 /// that the developer's environment does not leak in.
-const CONTRACT_VARS: [&str; 13] = [
+const CONTRACT_VARS: [&str; 17] = [
     "DATABASE_URL",
     "WEBHOOK_URL",
     "WEBHOOK_SECRET",
     "KEY_EXPIRING_NOTICE",
     "FAILURE_LIMIT",
     "REDIS_URL",
+    "REDIS_CLUSTER_URLS",
+    "REDIS_CA_FILE",
+    "REDIS_CLIENT_CERT",
+    "REDIS_CLIENT_KEY",
     "RATE_LIMIT",
     "CACHE_TTL",
     "CACHE_STALE",
