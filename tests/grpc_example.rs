@@ -494,10 +494,28 @@ async fn store_down_and_key_not_cached_is_unavailable() {
     let store = PostgresStore::connect(&url).await.unwrap();
     let (_, seen) = issue(&store, &["orders:read"]).await;
     let (_, unseen) = issue(&store, &["orders:read"]).await;
-    drop(store);
     let channel = connect(&server).await;
     let orders = || OrdersClient::new(channel.clone());
     let get = |key: &str| request(GetOrderRequest { id: 1 }, Some(key));
+    // Applying a key's create drops it from the cache (a negative entry would be
+    // wrong), so `seen` is warmed only once the server has applied both creates: a
+    // sentinel revoked after them is refused only then, as the log is applied in order.
+    let (sentinel_id, sentinel) = issue(&store, &["orders:read"]).await;
+    assert_eq!(
+        orders().get_order(get(&sentinel)).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    store.revoke(&sentinel_id, "test").await.unwrap();
+    poll(
+        "the sentinel's revocation",
+        Duration::from_secs(20),
+        || async {
+            let status = orders().get_order(get(&sentinel)).await.unwrap_err();
+            (status.code() == Code::Unauthenticated).then_some(())
+        },
+    )
+    .await;
+    drop(store);
     assert_eq!(
         orders().get_order(get(&seen)).await.unwrap_err().code(),
         Code::NotFound
