@@ -75,11 +75,11 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, FromRequest, Request, State};
-use axum::http::{HeaderMap, HeaderName, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -91,17 +91,21 @@ use tokio::sync::Mutex as AsyncMutex;
 use tower_api_key::admin::{LeakAction, PublicKeys, SecretScanning};
 use tower_api_key::auth::FailureLimit;
 use tower_api_key::lifetime::{KeyLifetimes, parse_lifetime};
-use tower_api_key::ratelimit::{RateLimitStore, RedisMode, RedisRateLimitStore};
+use tower_api_key::ratelimit::RedisRateLimitStore;
 use tower_api_key::record::parse_network;
-use tower_api_key::resolve::{ChangeFollower, FeedHealth, FollowOptions};
-use tower_api_key::store::WebhookOutbox;
-use tower_api_key::store::{ChangeFeed, ListQuery, NewKey, PostgresStore, SqliteStore};
+use tower_api_key::resolve::{ChangeFollower, FeedHealth};
 use tower_api_key::usage::{UsageLayer, UsageRecorder};
 use tower_api_key::webhook::{WebhookConfig, WebhookDeliverer, WebhookSecret};
 use tower_api_key::{
-    ApiKeyLayer, AuthError, Authenticated, CachedResolver, KeySource, KeyStatus, KeyStore,
-    MemoryRateLimitStore, RateLimitLayer, RateLimitPolicy, Rejection, RequireScope, Scopes, scope,
+    ApiKeyLayer, AuthError, Authenticated, RateLimitLayer, Rejection, RequireScope, scope,
 };
+
+// Shared with the gRPC example server: the store, its cache and change feed, the rate
+// limit, where keys are read, the shutdown signal.
+#[path = "support/setup.rs"]
+mod setup;
+
+use setup::{Store, duration_var, shutdown_signal};
 
 scope!(OrdersRead = "orders:read");
 scope!(OrdersWrite = "orders:write");
@@ -125,10 +129,6 @@ struct NewOrder {
     item: String,
     quantity: u32,
 }
-
-/// A key store with a change log: what every instance shares.
-trait Store: KeyStore + ChangeFeed + WebhookOutbox {}
-impl<T: KeyStore + ChangeFeed + WebhookOutbox> Store for T {}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -156,61 +156,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|_| "127.0.0.1:3000".to_owned())
         .parse()
         .map_err(|e| format!("BIND must be an address such as 127.0.0.1:3000: {e}"))?;
-    let rate_limit: RateLimitPolicy = std::env::var("RATE_LIMIT")
-        .unwrap_or_else(|_| "1000/60s".to_owned())
-        .parse()
-        .map_err(|e| format!("RATE_LIMIT: {e}"))?;
+    let rate_limit = setup::rate_limit()?;
 
     let header_timeout = duration_var("HEADER_TIMEOUT", "30s")?;
     let request_timeout = duration_var("REQUEST_TIMEOUT", "30s")?;
-    let fresh = duration_var("CACHE_TTL", "30s")?;
-    let stale = duration_var("CACHE_STALE", "10m")?;
-    let store_timeout = duration_var("STORE_TIMEOUT", "2s")?;
-    let poll = duration_var("CHANGES_POLL", "250ms")?;
+    let cache_settings = setup::CacheSettings::from_env()?;
     let scanning = secret_scanning_config()?;
     let webhooks = webhook_config()?;
 
-    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "sqlite://keys.db".to_owned());
-    let store: Arc<dyn Store> = if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        Arc::new(
-            PostgresStore::connect(&url)
-                .await
-                .map_err(|e| format!("DATABASE_URL: {e}"))?,
-        )
-    } else if url.starts_with("sqlite:") {
-        Arc::new(SqliteStore::connect(&url).await?)
-    } else {
-        return Err("DATABASE_URL must start with sqlite:// or postgres://".into());
-    };
-    if !has_active_admin_key(&store).await? {
-        let created = store
-            .create(
-                NewKey::new("admin")
-                    .with_name("admin")
-                    .with_scopes(Scopes::parse(["admin"])?),
-                "server",
-            )
-            .await?;
-        // The one place the secret is shown: once, to the operator.
-        println!("admin key: {}", created.key.expose_secret());
-    }
-    let cache = CachedResolver::builder(store.clone())
-        .ttl(fresh)
-        .stale_window(stale)
-        .load_timeout((!store_timeout.is_zero()).then_some(store_timeout))
-        .build();
+    let store = setup::open_store().await?;
+    setup::ensure_admin_key(&store, "server").await?;
     // Changes made through any instance reach this one's cache.
-    // `STORE_TIMEOUT=0` takes the deadline off key loads; reads of the change log and
-    // the readiness probe still give up after the default 2 s.
-    let probe_timeout = if store_timeout.is_zero() {
-        Duration::from_secs(2)
-    } else {
-        store_timeout
-    };
-    let options = FollowOptions::default()
-        .poll_interval(poll)
-        .read_timeout(probe_timeout);
-    let follower = Arc::new(cache.follow_with(store.clone(), options));
+    let setup::Cache {
+        cache,
+        follower,
+        probe_timeout,
+    } = cache_settings.build(&store);
     let proxies = trusted_proxies()?;
     let mut config = tower_api_key::admin::AdminConfig::new()
         .lifetimes(key_lifetimes()?)
@@ -240,7 +201,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let usage = UsageRecorder::spawn(store.clone(), Duration::from_secs(5));
 
     let mut auth = ApiKeyLayer::from_cache(cache)
-        .source(KeySource::bearer().or(KeySource::header(HeaderName::from_static("x-api-key"))))
+        .source(setup::key_source())
         .trusted_proxies(proxies)
         .accept_foreign_keys(accept_foreign)
         .count_refusals(usage.clone());
@@ -248,7 +209,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         auth = auth.limit_failures(limit);
     }
 
-    let (limit_store, redis) = rate_limit_store().await?;
+    let (limit_store, redis) = setup::rate_limit_store().await?;
     let limits = RateLimitLayer::new(limit_store, rate_limit);
     let readiness = Readiness {
         store: store.clone(),
@@ -507,30 +468,6 @@ fn secret_scanning_config() -> Result<Option<(PublicKeys, LeakAction)>, String> 
     Ok(Some((keys, action)))
 }
 
-/// A duration from the environment, written like `250ms`, `2s`, `10m`, `1h` or `0`.
-fn duration_var(name: &str, default: &str) -> Result<Duration, String> {
-    let text = std::env::var(name).unwrap_or_else(|_| default.to_owned());
-    parse_duration(text.trim())
-        .ok_or_else(|| format!("{name}: '{text}' is not a duration such as 250ms, 2s, 10m or 1h"))
-}
-
-fn parse_duration(text: &str) -> Option<Duration> {
-    if text == "0" {
-        return Some(Duration::ZERO);
-    }
-    let split = text.find(|c: char| !c.is_ascii_digit())?;
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number.parse().ok()?;
-    let millis = match unit {
-        "ms" => n,
-        "s" => n.checked_mul(1_000)?,
-        "m" => n.checked_mul(60_000)?,
-        "h" => n.checked_mul(3_600_000)?,
-        _ => return None,
-    };
-    Some(Duration::from_millis(millis))
-}
-
 /// `FAILURE_LIMIT`: failed authentications a client may have in a window (default
 /// `100/60s`), or `off`.
 fn failure_limit() -> Result<Option<FailureLimit>, String> {
@@ -612,75 +549,6 @@ fn key_lifetimes() -> Result<KeyLifetimes, Box<dyn std::error::Error>> {
     Ok(lifetimes)
 }
 
-/// A rate-limit store, and the Redis store when it is one.
-type LimitStores = (Arc<dyn RateLimitStore>, Option<RedisRateLimitStore>);
-
-/// Redis when `REDIS_URL` (or `REDIS_CLUSTER_URLS`) is set, this process's memory
-/// otherwise.
-async fn rate_limit_store() -> Result<LimitStores, Box<dyn std::error::Error>> {
-    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    let (name, builder) = match (var("REDIS_URL"), var("REDIS_CLUSTER_URLS")) {
-        (Some(_), Some(_)) => {
-            return Err(
-                "set REDIS_URL (one server) or REDIS_CLUSTER_URLS (a cluster), not both".into(),
-            );
-        }
-        (Some(url), None) => ("REDIS_URL", RedisRateLimitStore::builder(&url)),
-        (None, Some(urls)) => (
-            "REDIS_CLUSTER_URLS",
-            RedisRateLimitStore::cluster_builder(urls.split(',').map(str::trim)),
-        ),
-        (None, None) => return Ok((Arc::new(MemoryRateLimitStore::new()), None)),
-    };
-    let builder = match var("REDIS_CA_FILE") {
-        Some(path) => builder.ca_file(path),
-        None => builder,
-    };
-    let builder = match (var("REDIS_CLIENT_CERT"), var("REDIS_CLIENT_KEY")) {
-        (Some(cert), Some(key)) => builder.client_cert_files(cert, key),
-        (None, None) => builder,
-        _ => return Err("set REDIS_CLIENT_CERT and REDIS_CLIENT_KEY together".into()),
-    };
-    let mode = match std::env::var("REDIS_MODE").as_deref() {
-        Err(_) | Ok("") | Ok("batched") => RedisMode::Batched,
-        Ok("exact") => RedisMode::Exact,
-        Ok(other) => {
-            return Err(format!("REDIS_MODE must be batched or exact, not {other:?}").into());
-        }
-    };
-    let redis = builder
-        .build()
-        .map_err(|e| format!("{name}: {e}"))?
-        .with_mode(mode);
-    match redis.ping().await {
-        Ok(()) => eprintln!("rate limits: shared through Redis ({mode:?} mode)"),
-        // Waiting will not mend a certificate that is not trusted or a password refused.
-        Err(e) if e.is_misconfigured() => return Err(format!("{name}: {e}").into()),
-        Err(e) => eprintln!("rate limits: {e}; limiting per instance until Redis answers"),
-    }
-    Ok((Arc::new(redis.clone()), Some(redis)))
-}
-
-/// Is there a key with the `admin` scope that may be used now?
-async fn has_active_admin_key(store: &Arc<dyn Store>) -> Result<bool, Box<dyn std::error::Error>> {
-    let mut query = ListQuery::default().limit(ListQuery::MAX_LIMIT);
-    loop {
-        let page = store.list(&query).await?;
-        let now = SystemTime::now();
-        if page
-            .records
-            .iter()
-            .any(|r| r.scopes.grants("admin") && r.status(now) == KeyStatus::Active)
-        {
-            return Ok(true);
-        }
-        match page.next {
-            Some(next) => query = query.after(next),
-            None => return Ok(false),
-        }
-    }
-}
-
 async fn whoami(auth: Authenticated) -> Json<serde_json::Value> {
     Json(json!({
         "key_id": auth.key_id(),
@@ -742,28 +610,4 @@ fn problem(status: StatusCode, detail: &str) -> Response {
         body.to_string(),
     )
         .into_response()
-}
-
-/// Resolves on Ctrl-C or SIGTERM. The handlers are installed when this is called, not
-/// when the future is first polled: a signal that arrives between the server announcing
-/// itself and its first poll must still shut it down gracefully.
-fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut interrupt = signal(SignalKind::interrupt())?;
-        let mut terminate = signal(SignalKind::terminate())?;
-        Ok(async move {
-            tokio::select! {
-                _ = interrupt.recv() => {},
-                _ = terminate.recv() => {},
-            }
-        })
-    }
-    #[cfg(not(unix))]
-    {
-        Ok(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-    }
 }

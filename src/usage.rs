@@ -234,8 +234,10 @@ async fn flush<S: KeyStore>(shared: &Shared, store: &S) {
 }
 
 /// Counts every authenticated request into a [`UsageRecorder`] by its [`Outcome`]: rate
-/// limited when the response is 429, forbidden when it is 403, allowed otherwise. Put it inside [`ApiKeyLayer`](crate::ApiKeyLayer) and outside
-/// the [`RateLimitLayer`](crate::RateLimitLayer), so that it sees the final answer.
+/// limited when the response is 429 (gRPC: `grpc-status` 8 in its headers, a
+/// trailers-only refusal), forbidden when it is 403 (gRPC: 7), allowed otherwise. Put it
+/// inside [`ApiKeyLayer`](crate::ApiKeyLayer) and outside the
+/// [`RateLimitLayer`](crate::RateLimitLayer), so that it sees the final answer.
 #[derive(Clone, Debug)]
 pub struct UsageLayer {
     recorder: UsageRecorder,
@@ -309,9 +311,11 @@ where
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
         if let (Ok(response), Some((auth, recorder))) = (&result, this.caller.take()) {
-            let outcome = match response.status() {
-                StatusCode::TOO_MANY_REQUESTS => Outcome::RateLimited,
-                StatusCode::FORBIDDEN => Outcome::Forbidden,
+            // A gRPC refusal is HTTP 200 with its status in the headers (trailers-only).
+            let grpc = response.headers().get("grpc-status").map(|v| v.as_bytes());
+            let outcome = match (response.status(), grpc) {
+                (StatusCode::TOO_MANY_REQUESTS, _) | (_, Some(b"8")) => Outcome::RateLimited,
+                (StatusCode::FORBIDDEN, _) | (_, Some(b"7")) => Outcome::Forbidden,
                 _ => Outcome::Allowed,
             };
             recorder.record(auth.key_id(), outcome, SystemTime::now());

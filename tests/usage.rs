@@ -227,3 +227,39 @@ async fn every_outcome_is_counted_by_minute() {
     let usage = store.usage(&revoked.record.id).await.unwrap().unwrap();
     assert_eq!((usage.requests, usage.rejected), (0, 2));
 }
+
+#[tokio::test]
+async fn grpc_refusals_are_counted_by_their_grpc_status() {
+    let store = MemoryStore::new();
+    let created = store.create(NewKey::new("acme"), "test").await.unwrap();
+    let recorder = UsageRecorder::spawn(store.clone(), Duration::from_secs(3600));
+    let policy: RateLimitPolicy = "3/1000h".parse().unwrap();
+    // What tonic answers for a handler's `Err(Status::permission_denied(…))`: HTTP 200,
+    // the status in the headers (trailers-only).
+    let denied = || async {
+        http::Response::builder()
+            .header("content-type", "application/grpc")
+            .header("grpc-status", "7")
+            .body(Body::empty())
+            .unwrap()
+    };
+    let app = Router::new()
+        .route("/ok", axum::routing::post(|| async { "ok" }))
+        .route("/denied", axum::routing::post(denied))
+        .layer(RateLimitLayer::new(MemoryRateLimitStore::new(), policy))
+        .layer(UsageLayer::new(recorder.clone()))
+        .layer(ApiKeyLayer::new(store.clone()));
+    let bearer = format!("Bearer {}", created.key.expose_secret());
+    // Two allowed, one denied by the handler, then two refused by the rate limit.
+    for path in ["/ok", "/ok", "/denied", "/ok", "/ok"] {
+        let req = Request::post(path)
+            .header("authorization", &bearer)
+            .header("content-type", "application/grpc")
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(app.clone().oneshot(req).await.unwrap().status(), 200);
+    }
+    recorder.shutdown().await;
+    let usage = store.usage(&created.record.id).await.unwrap().unwrap();
+    assert_eq!((usage.requests, usage.rejected), (2, 3));
+}

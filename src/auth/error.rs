@@ -7,6 +7,7 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
+use super::retry_info::status_details;
 use crate::resolve::ResolveError;
 
 /// Where the problem types are documented.
@@ -318,27 +319,31 @@ impl Rejection {
         if let Some(challenge) = &self.challenge {
             headers.insert(WWW_AUTHENTICATE, challenge.clone());
         }
-        match &self.error {
-            AuthError::InsufficientScope { scope } => {
-                let value = if is_quotable(scope) {
-                    format!("Bearer error=\"insufficient_scope\", scope=\"{scope}\"")
-                } else {
-                    "Bearer error=\"insufficient_scope\"".to_owned()
-                };
-                if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
-                    headers.insert(WWW_AUTHENTICATE, value);
-                }
+        if let AuthError::InsufficientScope { scope } = &self.error {
+            let value = if is_quotable(scope) {
+                format!("Bearer error=\"insufficient_scope\", scope=\"{scope}\"")
+            } else {
+                "Bearer error=\"insufficient_scope\"".to_owned()
+            };
+            if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
+                headers.insert(WWW_AUTHENTICATE, value);
             }
-            AuthError::Unavailable(_) => {
-                headers.insert(RETRY_AFTER, retry_after_value(self.retry_after));
-            }
-            AuthError::RateLimited { retry_after, .. }
-            | AuthError::TooManyFailures { retry_after } => {
-                headers.insert(RETRY_AFTER, retry_after_value(*retry_after));
-            }
-            _ => {}
+        }
+        if let Some(after) = self.retry_delay() {
+            headers.insert(RETRY_AFTER, retry_after_value(after));
         }
         response
+    }
+
+    /// How long the caller should wait before it tries again, for the errors that say
+    /// so: the store's outage (the layer's `retry_after`) and spent limits.
+    fn retry_delay(&self) -> Option<Duration> {
+        match &self.error {
+            AuthError::Unavailable(_) => Some(self.retry_after),
+            AuthError::RateLimited { retry_after, .. }
+            | AuthError::TooManyFailures { retry_after } => Some(*retry_after),
+            _ => None,
+        }
     }
 
     fn problem_body(&self) -> Bytes {
@@ -411,9 +416,19 @@ impl Rejection {
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         headers.insert("grpc-status", HeaderValue::from(self.error.grpc_code()));
-        let message = percent_encode(&self.error.detail());
-        if let Ok(value) = HeaderValue::from_str(&message) {
+        let detail = self.error.detail();
+        if let Ok(value) = HeaderValue::from_str(&percent_encode(&detail)) {
             headers.insert("grpc-message", value);
+        }
+        // The delay as `retry-after` metadata (whole seconds, as over HTTP) and as the
+        // standard `google.rpc.RetryInfo` detail.
+        if let Some(after) = self.retry_delay() {
+            let seconds = retry_after_secs(after);
+            headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
+            headers.insert(
+                "grpc-status-details-bin",
+                status_details(self.error.grpc_code(), &detail, seconds),
+            );
         }
         response
     }
@@ -636,7 +651,21 @@ mod tests {
             assert_eq!(r.headers()[CONTENT_TYPE], "application/grpc");
             assert_eq!(r.headers()["grpc-status"], code);
             assert!(r.headers().contains_key("grpc-message"));
+            // Only the outage says when to try again.
+            assert_eq!(r.headers().contains_key(RETRY_AFTER), code == "14");
+            assert_eq!(
+                r.headers().contains_key("grpc-status-details-bin"),
+                code == "14"
+            );
         }
+        let limited = AuthError::RateLimited {
+            retry_after: Duration::from_millis(11_001),
+            violated: vec!["burst".into()],
+        };
+        let r = Rejection::new(limited, true).render();
+        assert_eq!(r.headers()["grpc-status"], "8");
+        assert_eq!(r.headers()[RETRY_AFTER], "12");
+        assert!(r.headers().contains_key("grpc-status-details-bin"));
         assert_eq!(percent_encode("a%b\u{e9}"), "a%25b%C3%A9");
     }
 

@@ -25,7 +25,9 @@
 //!
 //! HTTP bodies are RFC 9457 `application/problem+json`. A request whose `content-type`
 //! starts with `application/grpc` gets HTTP 200 with `grpc-status` and `grpc-message`
-//! instead. A [`Responder`] replaces the rendering.
+//! instead; where the HTTP answer has `Retry-After`, the gRPC one has `retry-after`
+//! metadata (seconds) and a `google.rpc.RetryInfo` detail in `grpc-status-details-bin`
+//! with the same delay. A [`Responder`] replaces the rendering.
 //!
 //! # Tracing
 //!
@@ -81,6 +83,7 @@ mod layer;
 mod outcome;
 mod require_scope;
 mod responder;
+mod retry_info;
 mod service;
 mod source;
 

@@ -1,6 +1,7 @@
-//! Driving the built example server (`examples/server.rs`) over real TCP: start it on a
-//! free loopback port (killed on drop), on a given store or a SQLite file of its own, or
-//! see it refuse to start; and a small keep-alive HTTP/1.1 client.
+//! Driving the built example servers (`examples/server.rs`, and the gRPC one,
+//! `examples/grpc_server.rs`) over real TCP: start one on a free loopback port (killed on
+//! drop), on a given store or a SQLite file of its own, or see it refuse to start; and a
+//! small keep-alive HTTP/1.1 client.
 #![allow(dead_code)] // each test crate uses part of it
 
 use std::io::{BufRead, BufReader};
@@ -15,25 +16,65 @@ use tokio::net::TcpStream;
 // The including test crate declares `#[path = "common/unique.rs"] mod unique;` (see pg.rs).
 use crate::unique::unique_name;
 
-/// target/<profile>/examples/server, next to this test's target/<profile>/deps; or
-/// `TOWER_API_KEY_EXAMPLE_SERVER`, when set (a copy kept apart from a target directory
-/// that other checkouts build into).
-pub(crate) fn example_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("TOWER_API_KEY_EXAMPLE_SERVER") {
-        return PathBuf::from(path);
+/// Which example server.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Example {
+    /// `examples/server.rs`, the HTTP one.
+    Http,
+    /// `examples/grpc_server.rs`.
+    Grpc,
+}
+
+impl Example {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Http => "server",
+            Self::Grpc => "grpc_server",
+        }
     }
-    let mut path = std::env::current_exe().unwrap();
-    path.pop();
-    path.pop();
-    path.push("examples");
-    path.push("server");
-    assert!(
-        path.exists(),
-        "{} is missing: build it with `cargo build --features full --example server` \
-         (or run the tests with `cargo test`, which builds examples)",
-        path.display()
-    );
-    path
+
+    /// The variable that names another binary to drive.
+    fn binary_var(self) -> &'static str {
+        match self {
+            Self::Http => "TOWER_API_KEY_EXAMPLE_SERVER",
+            Self::Grpc => "TOWER_API_KEY_EXAMPLE_GRPC_SERVER",
+        }
+    }
+
+    /// The variable of the address it listens on.
+    fn bind_var(self) -> &'static str {
+        match self {
+            Self::Http => "BIND",
+            Self::Grpc => "GRPC_BIND",
+        }
+    }
+
+    /// target/<profile>/examples/<name>, next to this test's target/<profile>/deps; or
+    /// the binary its variable names, when set (a copy kept apart from a target
+    /// directory that other checkouts build into).
+    pub(crate) fn binary(self) -> PathBuf {
+        if let Some(path) = std::env::var_os(self.binary_var()) {
+            return PathBuf::from(path);
+        }
+        let mut path = std::env::current_exe().unwrap();
+        path.pop();
+        path.pop();
+        path.push("examples");
+        path.push(self.name());
+        assert!(
+            path.exists(),
+            "{} is missing: build it with `cargo build --features full --example {}` \
+             (or run the tests with `cargo test`, which builds examples)",
+            path.display(),
+            self.name()
+        );
+        path
+    }
+}
+
+/// The HTTP example server's binary: see [`Example::binary`].
+pub(crate) fn example_binary() -> PathBuf {
+    Example::Http.binary()
 }
 
 /// A running example server; killed when dropped. While a test panics, its stderr is
@@ -88,13 +129,16 @@ impl Drop for Server {
 
 /// The variables of the server's contract that the test does not give are unset, so
 /// that the developer's environment does not leak in.
-const CONTRACT_VARS: [&str; 17] = [
+const CONTRACT_VARS: [&str; 20] = [
+    "BIND",
+    "GRPC_BIND",
     "DATABASE_URL",
     "WEBHOOK_URL",
     "WEBHOOK_SECRET",
     "KEY_EXPIRING_NOTICE",
     "FAILURE_LIMIT",
     "REDIS_URL",
+    "REDIS_MODE",
     "REDIS_CLUSTER_URLS",
     "REDIS_CA_FILE",
     "REDIS_CLIENT_CERT",
@@ -110,13 +154,13 @@ const CONTRACT_VARS: [&str; 17] = [
 
 /// The example server on a free loopback port with `env` and no other variable of the
 /// contract.
-fn command(env: &[(&str, &str)]) -> Command {
-    let mut command = Command::new(example_binary());
+fn command(example: Example, env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(example.binary());
     for var in CONTRACT_VARS {
         command.env_remove(var);
     }
     command
-        .env("BIND", "127.0.0.1:0")
+        .env(example.bind_var(), "127.0.0.1:0")
         .envs(env.iter().copied())
         .stdin(Stdio::null());
     command
@@ -147,7 +191,7 @@ pub(crate) fn start_sqlite(env: &[(&str, &str)]) -> Server {
 /// refuse to start, and returns what it wrote on stderr.
 pub(crate) fn refuses_to_start(env: &[(&str, &str)]) -> String {
     let db = TempDb::new("refused");
-    let mut child = command(&with_database(&db.url(), env))
+    let mut child = command(Example::Http, &with_database(&db.url(), env))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -193,7 +237,18 @@ impl Server {
 /// Starts the example server with `env` (which should name `DATABASE_URL`) and waits
 /// until it listens.
 pub(crate) fn start(env: &[(&str, &str)]) -> Server {
-    let mut child = command(env)
+    start_example(Example::Http, env)
+}
+
+/// Starts the gRPC example server with `env` (which should name `DATABASE_URL`) and
+/// waits until it listens.
+pub(crate) fn start_grpc(env: &[(&str, &str)]) -> Server {
+    start_example(Example::Grpc, env)
+}
+
+/// Starts `example` with `env` and waits until it listens.
+pub(crate) fn start_example(example: Example, env: &[(&str, &str)]) -> Server {
+    let mut child = command(example, env)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
