@@ -4,12 +4,18 @@
 //! `ServiceBuilder` holding both (`MODE=auth-one`), or wrapped around the router
 //! (`MODE=auth-outer`). Two modes split the cost: `MODE=auth-only` is `ApiKeyLayer` alone,
 //! and `MODE=bare-headers` a bare route answering the two `RateLimit` header lines that
-//! `auth` sends (what those bytes alone cost on the wire). `MODE=auth-redis` is `auth` with the rate limits in Redis at
-//! `REDIS_URL` (default `redis://127.0.0.1:6379/`), in `REDIS_MODE` `batched` (the
-//! default) or `exact`. It prints `key: <key>` and `listening on http://<addr>`, and
-//! runs on one thread so that it can be pinned to one core.
+//! `auth` sends (what those bytes alone cost on the wire). `MODE=auth-redis` is `auth`
+//! with the rate limits in Redis at `REDIS_URL` (default `redis://127.0.0.1:6379/`), in
+//! `REDIS_MODE` `batched` (the default) or `exact`. `MODE=floor` is the same work for an
+//! allowed request written as plainly as it can be, in one service around the router
+//! (`examples/support/floor.rs`): the floor under our layers, to tell the work from what
+//! the layers add. It prints `key: <key>` and `listening on http://<addr>`, and runs on
+//! one thread so that it can be pinned to one core.
 
 use std::time::Duration;
+
+#[path = "support/floor.rs"]
+mod floor;
 
 use axum::routing::get;
 use axum::{Router, ServiceExt};
@@ -84,9 +90,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let make = ServiceExt::<axum::extract::Request>::into_make_service(service);
             axum::serve(listener, make).await?
         }
+        "floor" => {
+            let service = floor::FloorLayer::new(&key, "loadtest", generous).layer(app);
+            let make = ServiceExt::<axum::extract::Request>::into_make_service(service);
+            axum::serve(listener, make).await?
+        }
         other => {
             return Err(format!(
-                "MODE must be bare, bare-headers, auth, auth-only, auth-one, auth-outer or auth-redis, not {other:?}"
+                "MODE must be bare, bare-headers, auth, auth-only, auth-one, auth-outer, auth-redis or floor, not {other:?}"
             )
             .into());
         }
