@@ -90,7 +90,9 @@ mod source;
 pub use body::{RejectionBody, ResponseBody};
 pub use client_ip::PeerAddr;
 pub use error::{AuthError, Rejection};
-pub(crate) use error::{DEFAULT_RETRY_AFTER, is_grpc, retry_after_secs, retry_after_value};
+#[cfg(feature = "admin")]
+pub(crate) use error::{DEFAULT_RETRY_AFTER, retry_after_value};
+pub(crate) use error::{is_grpc, retry_after_secs};
 pub(crate) use failures::FailureLimiter;
 pub use failures::{DEFAULT_MAX_CLIENTS, FailureLimit, InvalidFailureLimit};
 pub(crate) use future::BoxFuture;
