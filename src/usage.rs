@@ -233,6 +233,9 @@ async fn flush<S: KeyStore>(shared: &Shared, store: &S) {
     }
 }
 
+/// Where a trailers-only gRPC answer carries its status.
+static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
 /// Counts every authenticated request into a [`UsageRecorder`] by its [`Outcome`]: rate
 /// limited when the response is 429 (gRPC: `grpc-status` 8 in its headers, a
 /// trailers-only refusal), forbidden when it is 403 (gRPC: 7), allowed otherwise. Put it
@@ -311,11 +314,18 @@ where
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
         if let (Ok(response), Some((auth, recorder))) = (&result, this.caller.take()) {
-            // A gRPC refusal is HTTP 200 with its status in the headers (trailers-only).
-            let grpc = response.headers().get("grpc-status").map(|v| v.as_bytes());
-            let outcome = match (response.status(), grpc) {
-                (StatusCode::TOO_MANY_REQUESTS, _) | (_, Some(b"8")) => Outcome::RateLimited,
-                (StatusCode::FORBIDDEN, _) | (_, Some(b"7")) => Outcome::Forbidden,
+            let outcome = match response.status() {
+                StatusCode::TOO_MANY_REQUESTS => Outcome::RateLimited,
+                StatusCode::FORBIDDEN => Outcome::Forbidden,
+                // A gRPC refusal is HTTP 200 with its status in the headers
+                // (trailers-only); only a 200 needs the header looked up.
+                StatusCode::OK => {
+                    match response.headers().get(&GRPC_STATUS).map(|v| v.as_bytes()) {
+                        Some(b"8") => Outcome::RateLimited,
+                        Some(b"7") => Outcome::Forbidden,
+                        _ => Outcome::Allowed,
+                    }
+                }
                 _ => Outcome::Allowed,
             };
             recorder.record(auth.key_id(), outcome, SystemTime::now());
