@@ -87,67 +87,157 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        // The request with a cached key is served here; everything else is in functions
+        // of its own, kept out of the way of the code every request runs (end to end,
+        // with the kernel's networking between requests, the size of that code costs
+        // time of its own).
         let config = &self.shared.config;
         let hash = match config.source.extract(req.headers(), req.uri()) {
             Ok(Some(key)) => match config.format.validate_bytes(key) {
                 Ok(()) => KeyHash::of_bytes(key),
-                // Minted elsewhere, imported by hash: looked up like ours, bounded by the
-                // negative cache. Keys claiming our format never get here.
-                Err(_) if config.accept_foreign_keys && config.format.may_be_foreign(key) => {
-                    KeyHash::of_bytes(key)
-                }
-                Err(_) => return self.fail(AuthError::InvalidKey, &req),
+                Err(_) => match self.foreign(key) {
+                    Some(hash) => hash,
+                    None => return self.fail(AuthError::InvalidKey, &req),
+                },
             },
-            Ok(None) if config.allow_anonymous => {
-                let report = Report::anonymous(&self.shared.metrics);
-                return ResponseFuture::reporting(self.inner.call(req), report);
-            }
-            Ok(None) => return self.reject(AuthError::MissingKey, &req),
+            Ok(None) => return self.no_key(req),
             Err(Conflicting) => return self.reject(AuthError::ConflictingKeys, &req),
         };
         if config.hide_credentials {
-            let (mut parts, body) = req.into_parts();
-            config.source.strip(&mut parts.headers, &mut parts.uri);
-            req = Request::from_parts(parts, body);
+            req = self.strip(req);
         }
 
-        // Hit path: no await, no boxing. A client over its failure limit gets only
-        // what the tables hold, and no lookup, but for the keys the store knows: those
-        // are refreshed as usual once their entries age (else its valid keys would stop
-        // working one time to live into the block).
+        // Hit path: no await, no boxing.
         let now = crate::clock::mono_nanos();
-        if let Some(found) = self.shared.cache.lookup_cached(&hash, now).or_else(|| {
-            let error = self.too_many_failures(&req)?;
-            if self.shared.cache.knows(&hash) {
-                return None;
+        match self.shared.cache.lookup_cached(&hash, now) {
+            Some(Ok(auth)) if auth.record().allowed_ips.is_empty() => self.admit(auth, req),
+            Some(found) => self.found(found, req),
+            None => self.miss(hash, now, req),
+        }
+    }
+}
+
+impl<S, R, P> ApiKeyService<S, R, P>
+where
+    R: KeyResolver,
+    P: Responder,
+{
+    /// Calls the inner service for `auth`'s request.
+    #[inline]
+    fn admit<ReqBody, ResBody>(
+        &mut self,
+        auth: crate::Authenticated,
+        mut req: Request<ReqBody>,
+    ) -> ResponseFuture<S::Future, ResBody, S::Error>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    {
+        let report = Report::of_caller(&self.shared.metrics, &auth);
+        let extensions = req.extensions_mut();
+        if extensions.is_empty() {
+            *extensions = ROOMY.clone();
+        }
+        extensions.insert(auth);
+        ResponseFuture::reporting(self.inner.call(req), report)
+    }
+
+    /// A key not in our format, which may have been minted elsewhere and imported by
+    /// hash: looked up like ours (bounded by the negative cache) if foreign keys are
+    /// accepted. Keys claiming our format never get here.
+    #[cold]
+    #[inline(never)]
+    fn foreign(&self, key: &[u8]) -> Option<KeyHash> {
+        let config = &self.shared.config;
+        (config.accept_foreign_keys && config.format.may_be_foreign(key))
+            .then(|| KeyHash::of_bytes(key))
+    }
+
+    /// A request without a key: passed on if anonymous requests are allowed, else
+    /// refused.
+    #[cold]
+    #[inline(never)]
+    fn no_key<ReqBody, ResBody>(
+        &mut self,
+        req: Request<ReqBody>,
+    ) -> ResponseFuture<S::Future, ResBody, S::Error>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+        ResBody: RejectionBody,
+    {
+        if self.shared.config.allow_anonymous {
+            let report = Report::anonymous(&self.shared.metrics);
+            return ResponseFuture::reporting(self.inner.call(req), report);
+        }
+        self.reject(AuthError::MissingKey, &req)
+    }
+
+    /// `req` without its key, for an inner service that must not see it.
+    #[cold]
+    #[inline(never)]
+    fn strip<ReqBody>(&self, req: Request<ReqBody>) -> Request<ReqBody> {
+        let (mut parts, body) = req.into_parts();
+        self.shared
+            .config
+            .source
+            .strip(&mut parts.headers, &mut parts.uri);
+        Request::from_parts(parts, body)
+    }
+
+    /// What the tables hold for the key, other than a plain hit: a key with an
+    /// allowlist, or a refusal.
+    #[cold]
+    #[inline(never)]
+    fn found<ReqBody, ResBody>(
+        &mut self,
+        found: Result<crate::Authenticated, crate::resolve::Refused>,
+        req: Request<ReqBody>,
+    ) -> ResponseFuture<S::Future, ResBody, S::Error>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+        ResBody: RejectionBody,
+    {
+        match found {
+            Ok(auth) if !address_allowed(&self.shared.config, &auth, &req) => {
+                let mut report = Report::start(&self.shared.metrics);
+                self.refused(&mut report, Some(&auth));
+                self.refuse(report, AuthError::AddressNotAllowed, &req)
             }
+            Ok(auth) => self.admit(auth, req),
+            Err(refused) => {
+                let mut report = Report::start(&self.shared.metrics);
+                self.refused(&mut report, refused.known.as_ref());
+                self.fail_reported(report, refused.error, &req)
+            }
+        }
+    }
+
+    /// Not answered from the tables. A client over its failure limit gets only what the
+    /// tables hold, and no lookup, but for the keys the store knows: those are refreshed
+    /// as usual once their entries age (else its valid keys would stop working one time
+    /// to live into the block). Otherwise: resolve, then call the inner service that was
+    /// made ready.
+    #[cold]
+    #[inline(never)]
+    fn miss<ReqBody, ResBody>(
+        &mut self,
+        hash: KeyHash,
+        now: u64,
+        mut req: Request<ReqBody>,
+    ) -> ResponseFuture<S::Future, ResBody, S::Error>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        ReqBody: Send + 'static,
+        ResBody: RejectionBody + Send + 'static,
+    {
+        if let Some(error) = self.too_many_failures(&req)
+            && !self.shared.cache.knows(&hash)
+        {
             let peeked = self.shared.cache.peek(&hash, now);
-            Some(peeked.unwrap_or(Err(crate::resolve::Refused { error, known: None })))
-        }) {
-            return match found {
-                Ok(auth) if !address_allowed(config, &auth, &req) => {
-                    let mut report = Report::start(&self.shared.metrics);
-                    self.refused(&mut report, Some(&auth));
-                    self.refuse(report, AuthError::AddressNotAllowed, &req)
-                }
-                Ok(auth) => {
-                    let report = Report::of_caller(&self.shared.metrics, &auth);
-                    let extensions = req.extensions_mut();
-                    if extensions.is_empty() {
-                        *extensions = ROOMY.clone();
-                    }
-                    extensions.insert(auth);
-                    ResponseFuture::reporting(self.inner.call(req), report)
-                }
-                Err(refused) => {
-                    let mut report = Report::start(&self.shared.metrics);
-                    self.refused(&mut report, refused.known.as_ref());
-                    self.fail_reported(report, refused.error, &req)
-                }
-            };
+            let found = peeked.unwrap_or(Err(crate::resolve::Refused { error, known: None }));
+            return self.found(found, req);
         }
 
-        // Miss: resolve, then call the inner service that was made ready.
         let clone = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, clone);
         let this = self.with_inner(ready);
@@ -256,6 +346,8 @@ impl<S, R, P: Responder> ApiKeyService<S, R, P> {
 
     /// Refuses a key that failed: with `error`, or once the client has failed too often,
     /// with [`AuthError::TooManyFailures`] (and without counting it again).
+    #[cold]
+    #[inline(never)]
     fn fail<F, B: RejectionBody, E, T>(
         &self,
         error: AuthError,
@@ -295,6 +387,8 @@ impl<S, R, P: Responder> ApiKeyService<S, R, P> {
             .map(B::from_rejection)
     }
 
+    #[cold]
+    #[inline(never)]
     fn reject<F, B: RejectionBody, E, T>(
         &self,
         error: AuthError,
