@@ -184,8 +184,7 @@ where
     }
 
     /// What the tables hold for the key, other than a plain hit: a key with an
-    /// allowlist, or a refusal.
-    #[cold]
+    /// allowlist (not cold: every request of such a key comes here), or a refusal.
     #[inline(never)]
     fn found<ReqBody, ResBody>(
         &mut self,

@@ -117,9 +117,9 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         // Decide while borrowing from the request: no clone on the synchronous path, and
-        // no clock read for a request that is not charged. The allowed request is served
-        // here; everything else is in functions of its own, kept out of the way of the
-        // code every request runs (end to end, the size of that code costs time).
+        // no clock read for a request that is not charged. What only a refused request or
+        // an asynchronous store needs is in functions of its own, kept out of the way of
+        // the code every request runs (end to end, the size of that code costs time).
         let now;
         let decided = {
             let Some(charge) = self.charge(&req) else {
@@ -132,11 +132,6 @@ where
                 .store
                 .check_sync(charge.subject(), policies, charge.cost, now)
             {
-                Some(Ok(decision)) if decision.allowed() => {
-                    let headers =
-                        Headers::new(&charge.limits, &decision, self.shared.config.x_headers);
-                    return ResponseFuture::inner(self.inner.call(req), Some(headers));
-                }
                 Some(result) => Ok(self.verdict(result, &charge, req.headers())),
                 None => Err(charge.into_owned()),
             }
@@ -223,21 +218,42 @@ impl<S, St> RateLimitService<S, St> {
         (!charge.limits.is_empty()).then_some(charge)
     }
 
-    /// What to do, given the store's answer. (An allowed request of a synchronous store
-    /// does not come here: `call` serves it.)
-    #[cold]
-    #[inline(never)]
+    /// What to do, given the store's answer.
+    #[inline]
     fn verdict<B: RejectionBody>(
         &self,
         result: Result<Decision, RateLimitStoreError>,
         charge: &Charge<'_>,
         request_headers: &http::HeaderMap,
     ) -> Verdict<B> {
+        let headers = match result {
+            Ok(decision) => {
+                let headers = Headers::new(&charge.limits, &decision, self.shared.config.x_headers);
+                if decision.allowed() {
+                    return Verdict::Pass(Some(headers));
+                }
+                Ok((decision, headers))
+            }
+            Err(error) => Err(error),
+        };
+        self.refusal(headers, charge, request_headers)
+    }
+
+    /// A request over its limits, or the store's failure: refused, or passed without
+    /// headers if the layer lets requests through when the store fails.
+    #[cold]
+    #[inline(never)]
+    fn refusal<B: RejectionBody>(
+        &self,
+        over: Result<(Decision, Headers), RateLimitStoreError>,
+        charge: &Charge<'_>,
+        request_headers: &http::HeaderMap,
+    ) -> Verdict<B> {
         // Only a rejection needs to know whether the caller speaks gRPC.
         let grpc = || is_grpc(request_headers);
         let config = &self.shared.config;
-        let decision = match result {
-            Ok(decision) => decision,
+        let (decision, headers) = match over {
+            Ok(over) => over,
             Err(error) => {
                 if let Some(failures) = self.shared.failures.record(config.clock.now()) {
                     tracing::warn!(
@@ -260,10 +276,6 @@ impl<S, St> RateLimitService<S, St> {
                 };
             }
         };
-        let headers = Headers::new(&charge.limits, &decision, config.x_headers);
-        if decision.allowed() {
-            return Verdict::Pass(Some(headers));
-        }
         let violated = charge
             .limits
             .iter()
