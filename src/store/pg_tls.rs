@@ -66,19 +66,26 @@ fn mode_name(mode: PgSslMode) -> &'static str {
     }
 }
 
-/// `message` with the URL's password, should it appear, replaced.
+/// `message` with the URL's password, should it appear as written in the URL or
+/// percent-decoded (as a parser's message may quote it), replaced.
 fn redact(message: &str, url: &str) -> String {
     let password = url
         .split_once("://")
-        .and_then(|(_, rest)| rest.split(['/', '?']).next())
+        .and_then(|(_, rest)| rest.split(['/', '?', '#']).next())
         .and_then(|authority| authority.rsplit_once('@'))
         .and_then(|(userinfo, _)| userinfo.split_once(':'))
         .map(|(_, password)| password)
         .filter(|p| !p.is_empty());
-    match password {
-        Some(password) => message.replace(password, "***"),
-        None => message.to_owned(),
+    let Some(password) = password else {
+        return message.to_owned();
+    };
+    // In userinfo `+` is a plus, not a space.
+    let decoded = percent_decode(&password.replace('+', "%2B"));
+    let mut message = message.replace(password, "***");
+    if !decoded.is_empty() {
+        message = message.replace(&decoded, "***");
     }
+    message
 }
 
 /// The query's `name=value` pairs, percent-decoded.
@@ -167,6 +174,17 @@ mod tests {
                 ("b".to_owned(), "system".to_owned()),
                 ("c".to_owned(), "%2".to_owned())
             ]
+        );
+    }
+
+    #[test]
+    fn redaction_covers_the_written_and_the_decoded_password() {
+        let url = "postgres://u:p%40ss+w%2Fd@db.example.com/keys";
+        let message = "bad: p%40ss+w%2Fd or p@ss+w/d";
+        assert_eq!(redact(message, url), "bad: *** or ***");
+        assert_eq!(
+            redact("no password here", "postgres://u@h/d"),
+            "no password here"
         );
     }
 
