@@ -9,7 +9,8 @@
 //! `REDIS_MODE` `batched` (the default) or `exact`. `MODE=floor` is the same work for an
 //! allowed request written as plainly as it can be, in one service around the router
 //! (`examples/support/floor.rs`): the floor under our layers, to tell the work from what
-//! the layers add. It prints `key: <key>` and `listening on http://<addr>`, and runs on
+//! the layers add; `MODE=floor-nosha-nohdr` and the like leave parts of that work out, to
+//! price each. It prints `key: <key>` and `listening on http://<addr>`, and runs on
 //! one thread so that it can be pinned to one core.
 
 use std::time::Duration;
@@ -90,14 +91,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let make = ServiceExt::<axum::extract::Request>::into_make_service(service);
             axum::serve(listener, make).await?
         }
-        "floor" => {
-            let service = floor::FloorLayer::new(&key, "loadtest", generous).layer(app);
+        mode if floor::Skip::parse(mode).is_some() => {
+            let skip = floor::Skip::parse(mode).unwrap_or_default();
+            let service = floor::FloorLayer::new(&key, "loadtest", generous, skip).layer(app);
             let make = ServiceExt::<axum::extract::Request>::into_make_service(service);
             axum::serve(listener, make).await?
         }
         other => {
             return Err(format!(
-                "MODE must be bare, bare-headers, auth, auth-only, auth-one, auth-outer, auth-redis or floor, not {other:?}"
+                "MODE must be bare, bare-headers, auth, auth-only, auth-one, auth-outer, auth-redis, floor or floor-no<part>…, not {other:?}"
             )
             .into());
         }

@@ -6,6 +6,12 @@
 //! response. No cache with a TTL, no change feed, no usage, no failure limit, no spans: what
 //! is left is the floor under our layers on this machine, so that an end-to-end ratio can
 //! be split into the work (this mode) and what our layers add above it (`auth-outer`).
+//!
+//! `MODE=floor-no<part>[-no<part>…]` leaves parts of the work out, to price each on a real
+//! server: `nosha` looks the one key up by its hash without hashing the token, `nocrc`
+//! skips the format and checksum check, `nogcra` the GCRA step, `noext` the caller in the
+//! extensions, `nohdr` the two response fields. With all five off what is left is the
+//! header lookup, the map lookup and the expiry check.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -39,29 +45,70 @@ pub(crate) struct Caller {
     tat: AtomicU64,
 }
 
+/// The parts of the work a `floor-no…` mode leaves out.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Skip {
+    sha: bool,
+    crc: bool,
+    gcra: bool,
+    ext: bool,
+    hdr: bool,
+}
+
+impl Skip {
+    /// The parts `mode` (`floor`, `floor-nosha-nohdr`, …) leaves out; `None` if `mode` is
+    /// not a floor mode.
+    pub(crate) fn parse(mode: &str) -> Option<Self> {
+        let rest = mode.strip_prefix("floor")?;
+        let mut skip = Self::default();
+        for part in rest.split('-').skip(1) {
+            let flag = match part {
+                "nosha" => &mut skip.sha,
+                "nocrc" => &mut skip.crc,
+                "nogcra" => &mut skip.gcra,
+                "noext" => &mut skip.ext,
+                "nohdr" => &mut skip.hdr,
+                _ => return None,
+            };
+            *flag = true;
+        }
+        (rest.is_empty() || rest.starts_with('-')).then_some(skip)
+    }
+}
+
 /// Keys by SHA-256, the one policy and its prebuilt `RateLimit-Policy` field.
 pub(crate) struct FloorLayer {
     keys: Arc<HashMap<[u8; 32], Arc<Caller>>>,
     policy: Arc<(RateLimitPolicy, HeaderValue)>,
     format: Arc<KeyFormat>,
+    /// The one key's hash, for `nosha`.
+    hash: [u8; 32],
+    /// The policy's burst less one, what `nogcra` answers as remaining.
+    full: u64,
+    skip: Skip,
 }
 
 impl FloorLayer {
     /// One key, for `consumer`, limited by `policy`.
-    pub(crate) fn new(key: &ApiKey, consumer: &str, policy: RateLimitPolicy) -> Self {
+    pub(crate) fn new(key: &ApiKey, consumer: &str, policy: RateLimitPolicy, skip: Skip) -> Self {
         let hash: [u8; 32] = Sha256::digest(key.expose_secret().as_bytes()).into();
         let caller = Arc::new(Caller {
             consumer: consumer.to_owned(),
             expires_at: u64::MAX,
             tat: AtomicU64::new(0),
         });
-        let field = match policy.limit() {
-            Limit::Rate { requests, per, .. } => {
-                format!(
+        let (field, full) = match policy.limit() {
+            Limit::Rate {
+                requests,
+                per,
+                burst,
+            } => {
+                let field = format!(
                     "\"{}\";q={requests};w={}",
                     policy.name(),
                     per.as_secs().max(1)
-                )
+                );
+                (field, u64::from(burst).saturating_sub(1))
             }
             Limit::Quota { .. } => panic!("the floor takes a rate, not a quota"),
         };
@@ -70,6 +117,9 @@ impl FloorLayer {
             keys: Arc::new(HashMap::from([(hash, caller)])),
             policy: Arc::new((policy, field)),
             format: Arc::new(KeyFormat::default()),
+            hash,
+            full,
+            skip,
         }
     }
 }
@@ -83,6 +133,9 @@ impl<S> Layer<S> for FloorLayer {
             keys: Arc::clone(&self.keys),
             policy: Arc::clone(&self.policy),
             format: Arc::clone(&self.format),
+            hash: self.hash,
+            full: self.full,
+            skip: self.skip,
         }
     }
 }
@@ -94,6 +147,9 @@ pub(crate) struct Floor<S> {
     keys: Arc<HashMap<[u8; 32], Arc<Caller>>>,
     policy: Arc<(RateLimitPolicy, HeaderValue)>,
     format: Arc<KeyFormat>,
+    hash: [u8; 32],
+    full: u64,
+    skip: Skip,
 }
 
 fn refuse<B: Default>(status: StatusCode) -> Response<B> {
@@ -125,12 +181,17 @@ where
                 response: Some(refuse(StatusCode::UNAUTHORIZED)),
             };
         };
-        if self.format.validate_bytes(token).is_err() {
+        let skip = self.skip;
+        if !skip.crc && self.format.validate_bytes(token).is_err() {
             return FloorFuture::Ready {
                 response: Some(refuse(StatusCode::UNAUTHORIZED)),
             };
         }
-        let hash: [u8; 32] = Sha256::digest(token).into();
+        let hash: [u8; 32] = if skip.sha {
+            self.hash
+        } else {
+            Sha256::digest(token).into()
+        };
         let Some(caller) = self.keys.get(&hash) else {
             return FloorFuture::Ready {
                 response: Some(refuse(StatusCode::UNAUTHORIZED)),
@@ -146,20 +207,31 @@ where
         }
         let (policy, policy_field) = &*self.policy;
         let limit = policy.limit();
-        let mut state = caller.tat.load(Ordering::Relaxed);
-        let outcome = loop {
-            let outcome = gcra::check(&limit, state, now, 1);
-            if !outcome.allowed {
-                break outcome;
+        let outcome = if skip.gcra {
+            // What a full bucket would answer, without reading or writing the state.
+            gcra::Outcome {
+                allowed: true,
+                state: 0,
+                remaining: self.full,
+                reset: Duration::from_secs(1),
+                retry_after: Duration::ZERO,
             }
-            match caller.tat.compare_exchange_weak(
-                state,
-                outcome.state,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => break outcome,
-                Err(actual) => state = actual,
+        } else {
+            let mut state = caller.tat.load(Ordering::Relaxed);
+            loop {
+                let outcome = gcra::check(&limit, state, now, 1);
+                if !outcome.allowed {
+                    break outcome;
+                }
+                match caller.tat.compare_exchange_weak(
+                    state,
+                    outcome.state,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => break outcome,
+                    Err(actual) => state = actual,
+                }
             }
         };
         if !outcome.allowed {
@@ -167,11 +239,16 @@ where
                 response: Some(refuse(StatusCode::TOO_MANY_REQUESTS)),
             };
         }
-        let field = ratelimit_field(policy.name(), outcome.remaining, outcome.reset);
-        req.extensions_mut().insert(Arc::clone(caller));
+        if !skip.ext {
+            req.extensions_mut().insert(Arc::clone(caller));
+        }
+        let fields = (!skip.hdr).then(|| {
+            let field = ratelimit_field(policy.name(), outcome.remaining, outcome.reset);
+            (policy_field.clone(), field)
+        });
         FloorFuture::Inner {
             future: self.inner.call(req),
-            fields: Some((policy_field.clone(), field)),
+            fields,
         }
     }
 }
