@@ -458,6 +458,24 @@ async fn the_password_never_shows() {
         );
         assert!(!err.to_string().contains("s3cretpw"));
     }
+    // A cluster's URLs, and a password written percent-encoded (shown neither way).
+    for urls in [
+        vec!["redis://user:s3cretpw@[::1/"],
+        vec![
+            "redis://127.0.0.1:1/",
+            "redis://user:s3cretpw@127.0.0.1:notaport/",
+        ],
+        vec!["redis://user:s3cret%21pw@[::1/"],
+    ] {
+        let err = RedisRateLimitStore::open_cluster(urls.clone()).unwrap_err();
+        let shown = format!("{err} {err:?}");
+        assert!(shown.contains("invalid Redis URL"), "{urls:?}: {shown}");
+        for secret in ["s3cretpw", "s3cret%21pw", "s3cret!pw"] {
+            assert!(!shown.contains(secret), "{urls:?}: {shown}");
+        }
+    }
+    let err = RedisRateLimitStore::open("redis://user:s3cret%21pw@[::1/").unwrap_err();
+    assert!(!format!("{err} {err:?}").contains("s3cret"), "{err:?}");
     let store = store.with_local_fallback(false);
     let policy = ["1/1s".parse::<RateLimitPolicy>().unwrap()];
     let err = store
