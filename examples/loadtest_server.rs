@@ -91,17 +91,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let make = ServiceExt::<axum::extract::Request>::into_make_service(service);
             axum::serve(listener, make).await?
         }
-        mode if floor::Skip::parse(mode).is_some() => {
-            let skip = floor::Skip::parse(mode).unwrap_or_default();
+        other => {
+            let Some(skip) = floor::Skip::parse(other) else {
+                return Err(format!(
+                    "MODE must be bare, bare-headers, auth, auth-only, auth-one, auth-outer, auth-redis, floor or floor-no<part>…, not {other:?}"
+                )
+                .into());
+            };
             let service = floor::FloorLayer::new(&key, "loadtest", generous, skip).layer(app);
             let make = ServiceExt::<axum::extract::Request>::into_make_service(service);
             axum::serve(listener, make).await?
-        }
-        other => {
-            return Err(format!(
-                "MODE must be bare, bare-headers, auth, auth-only, auth-one, auth-outer, auth-redis, floor or floor-no<part>…, not {other:?}"
-            )
-            .into());
         }
     }
     Ok(())
